@@ -1,0 +1,234 @@
+//! Addresses and prefixes as users type them: `198.18.0.1`, `198.18.0.0/15`,
+//! `2001:db8::1`, `2001:db8::/32`. Host bits past the prefix are cleared, so
+//! `198.18.0.7/24` means `198.18.0.0/24`.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+/// An IPv4 or IPv6 prefix, normalised (host bits cleared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cidr {
+    V4 { addr: [u8; 4], prefix: u8 },
+    V6 { addr: [u8; 16], prefix: u8 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error(
+        "'{0}' is not an IPv4 or IPv6 address (expected e.g. 198.18.0.1, 198.18.0.0/15, 2001:db8::/32)"
+    )]
+    BadAddress(String),
+    #[error("'{token}': prefix length '{prefix}' is not a number")]
+    BadPrefix { token: String, prefix: String },
+    #[error("'{token}': prefix length {prefix} is out of range (0-{max} for {family})")]
+    PrefixOutOfRange {
+        token: String,
+        prefix: u32,
+        max: u8,
+        family: &'static str,
+    },
+}
+
+impl Cidr {
+    /// A single address (/32 or /128).
+    #[must_use]
+    pub fn host(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4 {
+                addr: v4.octets(),
+                prefix: 32,
+            },
+            IpAddr::V6(v6) => Self::V6 {
+                addr: v6.octets(),
+                prefix: 128,
+            },
+        }
+    }
+
+    /// Builds a prefix, clearing host bits. Panics never; `prefix` is clamped by the caller's checks.
+    #[must_use]
+    pub fn new(ip: IpAddr, prefix: u8) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let prefix = prefix.min(32);
+                Self::V4 {
+                    addr: mask_bytes(v4.octets(), prefix),
+                    prefix,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let prefix = prefix.min(128);
+                Self::V6 {
+                    addr: mask_bytes(v6.octets(), prefix),
+                    prefix,
+                }
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn prefix(&self) -> u8 {
+        match self {
+            Self::V4 { prefix, .. } | Self::V6 { prefix, .. } => *prefix,
+        }
+    }
+
+    #[must_use]
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Self::V4 { addr, .. } => IpAddr::V4(Ipv4Addr::from(*addr)),
+            Self::V6 { addr, .. } => IpAddr::V6(Ipv6Addr::from(*addr)),
+        }
+    }
+
+    /// The prefix in the IPv4-mapped IPv6 space (`::ffff:0:0/96` for IPv4),
+    /// as used by the rate-limit and only-from keys.
+    #[must_use]
+    pub fn mapped(&self) -> ([u8; 16], u8) {
+        match self {
+            Self::V4 { addr, prefix } => {
+                (Ipv4Addr::from(*addr).to_ipv6_mapped().octets(), 96 + prefix)
+            }
+            Self::V6 { addr, prefix } => (*addr, *prefix),
+        }
+    }
+
+    /// Whether `ip` lies inside this prefix.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Self::V4 { addr, prefix }, IpAddr::V4(v4)) => {
+                mask_bytes(v4.octets(), *prefix) == *addr
+            }
+            (Self::V6 { addr, prefix }, IpAddr::V6(v6)) => {
+                mask_bytes(v6.octets(), *prefix) == *addr
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Clears every bit after the first `prefix` bits.
+#[must_use]
+pub fn mask_bytes<const N: usize>(mut bytes: [u8; N], prefix: u8) -> [u8; N] {
+    let prefix = usize::from(prefix);
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        let bit = i * 8;
+        if bit >= prefix {
+            *byte = 0;
+        } else if prefix - bit < 8 {
+            *byte &= 0xffu8 << (8 - (prefix - bit));
+        }
+    }
+    bytes
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(token: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match token.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (token, None),
+        };
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| CidrError::BadAddress(token.to_string()))?;
+        let (max, family) = match ip {
+            IpAddr::V4(_) => (32u8, "IPv4"),
+            IpAddr::V6(_) => (128u8, "IPv6"),
+        };
+        let prefix = match prefix {
+            None => max,
+            Some(text) => {
+                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(CidrError::BadPrefix {
+                        token: token.to_string(),
+                        prefix: text.to_string(),
+                    });
+                }
+                let value: u32 = text.parse().map_err(|_| CidrError::PrefixOutOfRange {
+                    token: token.to_string(),
+                    prefix: u32::MAX,
+                    max,
+                    family,
+                })?;
+                if value > u32::from(max) {
+                    return Err(CidrError::PrefixOutOfRange {
+                        token: token.to_string(),
+                        prefix: value,
+                        max,
+                        family,
+                    });
+                }
+                u8::try_from(value).unwrap_or(max)
+            }
+        };
+        Ok(Self::new(ip, prefix))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip(), self.prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_and_prefixes() {
+        let cases = [
+            ("198.18.0.1", "198.18.0.1/32"),
+            ("198.18.0.0/15", "198.18.0.0/15"),
+            ("198.18.3.7/24", "198.18.3.0/24"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("2001:db8::1", "2001:db8::1/128"),
+            ("2001:db8:ffff::/32", "2001:db8::/32"),
+            ("2001:db8::/127", "2001:db8::/127"),
+            ("::/0", "::/0"),
+            ("2001:db8::ff/121", "2001:db8::80/121"),
+        ];
+        for (input, expected) in cases {
+            let cidr: Cidr = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(cidr.to_string(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_token() {
+        let cases = [
+            ("198.18.0.256", "198.18.0.256"),
+            ("198.18.0.1/33", "out of range"),
+            ("2001:db8::/129", "out of range"),
+            ("198.18.0.1/", "not a number"),
+            ("198.18.0.1/-1", "not a number"),
+            ("198.18.0.1/24/2", "not a number"),
+            ("host.example", "host.example"),
+            ("", "not an IPv4"),
+            ("198.18.0.1/99999999999", "out of range"),
+        ];
+        for (input, needle) in cases {
+            let err = input.parse::<Cidr>().expect_err(input).to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+            assert!(err.contains(input) || input.is_empty(), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn contains_and_mapped() {
+        let net: Cidr = "198.18.0.0/15".parse().unwrap();
+        assert!(net.contains("198.19.255.255".parse().unwrap()));
+        assert!(!net.contains("198.20.0.0".parse().unwrap()));
+        assert!(!net.contains("2001:db8::1".parse().unwrap()));
+        let (mapped, prefix) = net.mapped();
+        assert_eq!(prefix, 111);
+        assert_eq!(&mapped[10..12], &[0xff, 0xff]);
+        assert_eq!(&mapped[12..], &[198, 18, 0, 0]);
+    }
+}

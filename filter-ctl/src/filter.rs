@@ -1,0 +1,512 @@
+//! Operations on a loaded filter through its pinned maps. Every command that
+//! edits or reads state goes through [`Filter`], from any process and any
+//! network namespace (bpffs is not namespaced).
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Pod,
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use filter_common::{
+    AutoBlock, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, RuleCounter, maps, reason,
+    table_stat,
+};
+use serde::Serialize;
+
+use crate::{
+    cidr::{Cidr, mask_bytes},
+    clock,
+    pins::PinDir,
+};
+
+/// Which address list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl ListKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allowlist",
+            Self::Block => "blocklist",
+        }
+    }
+
+    fn map_names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Allow => (maps::ALLOW_V4, maps::ALLOW_V6),
+            Self::Block => (maps::BLOCK_V4, maps::BLOCK_V6),
+        }
+    }
+}
+
+/// One allow/block entry as listed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub cidr: String,
+    /// Seconds until the entry expires; absent for permanent entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One automatic block as listed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListedAutoBlock {
+    pub source: String,
+    /// Rule whose limit the source exceeded (`default`, `tcp/25`, ...).
+    pub rule: String,
+    pub over_limit: u32,
+    pub expires_in_secs: u64,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    pub reasons: std::collections::BTreeMap<String, CounterJson>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CounterJson {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Counter> for CounterJson {
+    fn from(c: Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// A loaded filter, reached through its pins.
+pub struct Filter {
+    pins: PinDir,
+    /// Exclusive lock on the pin directory while this handle edits maps, so
+    /// edits from several processes never interleave.
+    _lock: Option<File>,
+}
+
+impl Filter {
+    /// Opens the filter pinned under `pins` for reading.
+    pub fn open(pins: &PinDir) -> anyhow::Result<Self> {
+        pins.ensure_loaded()?;
+        Ok(Self {
+            pins: pins.clone(),
+            _lock: None,
+        })
+    }
+
+    /// Opens the filter for editing: takes the edit lock (waits for other editors).
+    pub fn open_for_edit(pins: &PinDir) -> anyhow::Result<Self> {
+        pins.ensure_loaded()?;
+        let dir = pins.maps_dir();
+        let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: valid fd owned by `lock`.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(err).with_context(|| format!("locking {}", dir.display()));
+        }
+        Ok(Self {
+            pins: pins.clone(),
+            _lock: Some(lock),
+        })
+    }
+
+    #[must_use]
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Opens one pinned map.
+    pub fn map(&self, name: &str) -> anyhow::Result<Map> {
+        let path = self.pins.map(name);
+        let data =
+            MapData::from_pin(&path).map_err(|e| privilege_hint(e, &path.display().to_string()))?;
+        Map::from_map_data(data).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    fn lpm<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<LpmTrie<MapData, K, V>> {
+        LpmTrie::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected LPM trie"))
+    }
+
+    fn array<V: Pod>(&self, name: &str) -> anyhow::Result<Array<MapData, V>> {
+        Array::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected array"))
+    }
+
+    fn per_cpu_array<V: Pod>(&self, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
+        PerCpuArray::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected per-CPU array"))
+    }
+
+    fn hash<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
+        HashMap::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected hash map"))
+    }
+
+    // ---- allow and block lists -------------------------------------------
+
+    /// Adds (or refreshes) every prefix with the same expiry. All or nothing:
+    /// if the map fills up midway, the entries written so far are rolled back.
+    pub fn list_insert(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let (v4_name, v6_name) = kind.map_names();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let entry = ListEntry {
+            expires_at_ns: clock::expiry_from_now(ttl),
+        };
+        let mut undo: Vec<(Cidr, Option<ListEntry>)> = Vec::with_capacity(cidrs.len());
+        for (index, cidr) in cidrs.iter().enumerate() {
+            let result = match *cidr {
+                Cidr::V4 { addr, prefix } => {
+                    upsert(&mut v4, &Key::new(u32::from(prefix), addr), entry)
+                }
+                Cidr::V6 { addr, prefix } => {
+                    upsert(&mut v6, &Key::new(u32::from(prefix), addr), entry)
+                }
+            };
+            match result {
+                Ok(previous) => undo.push((*cidr, previous)),
+                Err(err) => {
+                    let rollback = rollback(&mut v4, &mut v6, &undo);
+                    let err = if errno(&err) == Some(libc::ENOSPC)
+                        || errno(&err) == Some(libc::E2BIG)
+                    {
+                        anyhow!(
+                            "the {} is full ({} entries for {}); nothing from this command was applied. Remove entries, or restart with a larger --list-capacity",
+                            kind.name(),
+                            index,
+                            if matches!(cidr, Cidr::V4 { .. }) {
+                                "IPv4"
+                            } else {
+                                "IPv6"
+                            }
+                        )
+                    } else {
+                        anyhow::Error::new(err)
+                            .context(format!("adding {cidr} to the {}", kind.name()))
+                    };
+                    rollback?;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes exactly these prefixes. Fails, changing nothing, if any is absent.
+    pub fn list_remove(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
+        let (v4_name, v6_name) = kind.map_names();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let present = self.list_entries_raw(kind)?;
+        if let Some(missing) = cidrs.iter().find(|c| !present.iter().any(|(p, _)| p == *c)) {
+            bail!(
+                "{missing} is not on the {}; nothing was removed",
+                kind.name()
+            );
+        }
+        for cidr in cidrs {
+            match *cidr {
+                Cidr::V4 { addr, prefix } => v4.remove(&Key::new(u32::from(prefix), addr)),
+                Cidr::V6 { addr, prefix } => v6.remove(&Key::new(u32::from(prefix), addr)),
+            }
+            .with_context(|| format!("removing {cidr} from the {}", kind.name()))?;
+        }
+        Ok(())
+    }
+
+    /// Every entry, expired ones included, as stored.
+    pub fn list_entries_raw(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        let (v4_name, v6_name) = kind.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let mut out = Vec::new();
+        for item in v4.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v4_name}"))?;
+            out.push((
+                Cidr::new(
+                    IpAddr::V4(Ipv4Addr::from(key.data())),
+                    prefix_u8(key.prefix_len()),
+                ),
+                value,
+            ));
+        }
+        for item in v6.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v6_name}"))?;
+            out.push((
+                Cidr::new(
+                    IpAddr::V6(Ipv6Addr::from(key.data())),
+                    prefix_u8(key.prefix_len()),
+                ),
+                value,
+            ));
+        }
+        out.sort_by_key(|(cidr, _)| *cidr);
+        Ok(out)
+    }
+
+    /// Active entries with their remaining time.
+    pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<ListedEntry>> {
+        let now = clock::monotonic_ns();
+        Ok(self
+            .list_entries_raw(kind)?
+            .into_iter()
+            .filter(|(_, e)| e.is_active(now))
+            .map(|(cidr, e)| ListedEntry {
+                cidr: cidr.to_string(),
+                expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
+            })
+            .collect())
+    }
+
+    /// Deletes expired list entries (the kernel already ignores them). Returns how many.
+    pub fn sweep_expired(&self) -> anyhow::Result<usize> {
+        let now = clock::monotonic_ns();
+        let mut removed = 0;
+        for kind in [ListKind::Allow, ListKind::Block] {
+            let expired: Vec<Cidr> = self
+                .list_entries_raw(kind)?
+                .into_iter()
+                .filter(|(_, e)| !e.is_active(now))
+                .map(|(c, _)| c)
+                .collect();
+            if !expired.is_empty() {
+                removed += expired.len();
+                self.list_remove(kind, &expired)?;
+            }
+        }
+        let mut auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
+        let stale: Vec<Ipv6Bytes> = auto
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires_at_ns <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            if auto.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- automatic blocks --------------------------------------------------
+
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let config: Array<MapData, Config> = self.array(maps::CONFIG)?;
+        config.get(&0, 0).context("reading CONFIG")
+    }
+
+    /// Active automatic blocks.
+    pub fn autoblocks(&self) -> anyhow::Result<Vec<ListedAutoBlock>> {
+        let auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
+        let config = self.config()?;
+        let rules = crate::limits::RuleTable::read(self)?;
+        let now = clock::monotonic_ns();
+        let mut out = Vec::new();
+        for item in auto.iter() {
+            let (source, block) = item.context("reading AUTOBLOCK")?;
+            if block.expires_at_ns <= now {
+                continue;
+            }
+            out.push(ListedAutoBlock {
+                source: source_cidr(source, &config).to_string(),
+                rule: rules.describe(block.rule),
+                over_limit: block.over_limit,
+                expires_in_secs: Duration::from_nanos(block.expires_at_ns - now).as_secs(),
+            });
+        }
+        out.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(out)
+    }
+
+    /// Lifts the automatic block covering `cidr`'s address. Returns whether there was one.
+    pub fn autoblock_remove(&self, cidr: &Cidr) -> anyhow::Result<bool> {
+        let mut auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
+        let key = aggregate(cidr, &self.config()?);
+        match auto.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(MapError::ElementNotFound | MapError::KeyNotFound) => Ok(false),
+            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("removing the automatic block of {cidr}")),
+        }
+    }
+
+    /// Whether `cidr`'s address has an active automatic block.
+    pub fn is_autoblocked(&self, cidr: &Cidr) -> anyhow::Result<bool> {
+        let auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
+        let key = aggregate(cidr, &self.config()?);
+        Ok(auto
+            .get(&key, 0)
+            .is_ok_and(|b| b.expires_at_ns > clock::monotonic_ns()))
+    }
+
+    // ---- counters ------------------------------------------------------------
+
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let stats: PerCpuArray<MapData, Counter> = self.per_cpu_array(maps::STATS)?;
+        let mut out = Stats::default();
+        for (index, name) in reason::NAMES.iter().enumerate() {
+            let index = u32::try_from(index).expect("few reasons");
+            let per_cpu = stats
+                .get(&index, 0)
+                .with_context(|| format!("reading STATS[{name}]"))?;
+            let sum = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            });
+            out.reasons.insert((*name).to_string(), sum.into());
+        }
+        Ok(out)
+    }
+
+    /// Per-rule counters summed over CPUs, by slot.
+    pub fn rule_counters(&self, slot: u32) -> anyhow::Result<RuleCounter> {
+        let stats: PerCpuArray<MapData, RuleCounter> = self.per_cpu_array(maps::RULE_STATS)?;
+        let per_cpu = stats.get(&slot, 0).context("reading RULE_STATS")?;
+        Ok(per_cpu
+            .iter()
+            .fold(RuleCounter::default(), |acc, c| RuleCounter {
+                passed: Counter {
+                    packets: acc.passed.packets + c.passed.packets,
+                    bytes: acc.passed.bytes + c.passed.bytes,
+                },
+                dropped: Counter {
+                    packets: acc.dropped.packets + c.dropped.packets,
+                    bytes: acc.dropped.bytes + c.dropped.bytes,
+                },
+            }))
+    }
+
+    /// One of the `table_stat` counters, summed over CPUs.
+    pub fn table_stat(&self, index: u32) -> anyhow::Result<u64> {
+        debug_assert!(index < table_stat::COUNT);
+        let stats: PerCpuArray<MapData, u64> = self.per_cpu_array(maps::TABLE_STATS)?;
+        Ok(stats
+            .get(&index, 0)
+            .context("reading TABLE_STATS")?
+            .iter()
+            .sum())
+    }
+}
+
+fn prefix_u8(prefix_len: u32) -> u8 {
+    u8::try_from(prefix_len).unwrap_or(u8::MAX)
+}
+
+/// Inserts or overwrites; returns the previous exact entry for rollback. An
+/// LPM lookup with the key's own prefix length returns the exact entry when
+/// it exists, so BPF_NOEXIST tells apart "new" and "overwritten".
+fn upsert<K: Pod>(
+    trie: &mut LpmTrie<MapData, K, ListEntry>,
+    key: &Key<K>,
+    entry: ListEntry,
+) -> Result<Option<ListEntry>, MapError> {
+    const BPF_NOEXIST: u64 = 1;
+    match trie.insert(key, entry, BPF_NOEXIST) {
+        Ok(()) => Ok(None),
+        Err(err) if errno(&err) == Some(libc::EEXIST) => {
+            let previous = trie.get(key, 0).ok();
+            trie.insert(key, entry, 0)?;
+            Ok(previous)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn rollback(
+    v4: &mut LpmTrie<MapData, Ipv4Bytes, ListEntry>,
+    v6: &mut LpmTrie<MapData, Ipv6Bytes, ListEntry>,
+    undo: &[(Cidr, Option<ListEntry>)],
+) -> anyhow::Result<()> {
+    for (cidr, previous) in undo.iter().rev() {
+        let result = match (*cidr, previous) {
+            (Cidr::V4 { addr, prefix }, Some(p)) => {
+                v4.insert(&Key::new(u32::from(prefix), addr), p, 0)
+            }
+            (Cidr::V4 { addr, prefix }, None) => v4.remove(&Key::new(u32::from(prefix), addr)),
+            (Cidr::V6 { addr, prefix }, Some(p)) => {
+                v6.insert(&Key::new(u32::from(prefix), addr), p, 0)
+            }
+            (Cidr::V6 { addr, prefix }, None) => v6.remove(&Key::new(u32::from(prefix), addr)),
+        };
+        result.with_context(|| format!("rolling back {cidr}"))?;
+    }
+    Ok(())
+}
+
+/// The errno of a failed map syscall.
+#[must_use]
+pub fn errno(err: &MapError) -> Option<i32> {
+    match err {
+        MapError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Turns EPERM/EACCES into a message that says what to do.
+fn privilege_hint(err: MapError, what: &str) -> anyhow::Error {
+    match errno(&err) {
+        Some(libc::EPERM | libc::EACCES) => anyhow!(
+            "permission denied opening {what}: filter-ctl needs root (CAP_BPF and CAP_NET_ADMIN)"
+        ),
+        Some(libc::ENOENT) => anyhow!(
+            "{what} does not exist: no filter is loaded there; start one with `filter-ctl run --iface IF`"
+        ),
+        _ => anyhow::Error::new(err).context(format!("opening {what}")),
+    }
+}
+
+/// The rate-limit key of an address: IPv4-mapped, masked to the configured prefix.
+#[must_use]
+pub fn aggregate(cidr: &Cidr, config: &Config) -> Ipv6Bytes {
+    let (mapped, _) = cidr.mapped();
+    match cidr {
+        Cidr::V4 { .. } => {
+            let prefix = u8::try_from(96 + config.ipv4_source_prefix.min(32)).unwrap_or(128);
+            mask_bytes(mapped, prefix)
+        }
+        Cidr::V6 { .. } => mask_bytes(
+            mapped,
+            u8::try_from(config.ipv6_source_prefix.min(128)).unwrap_or(128),
+        ),
+    }
+}
+
+/// The prefix an aggregated rate-limit key stands for.
+#[must_use]
+pub fn source_cidr(source: Ipv6Bytes, config: &Config) -> Cidr {
+    let v6 = Ipv6Addr::from(source);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => Cidr::new(
+            IpAddr::V4(v4),
+            u8::try_from(config.ipv4_source_prefix.min(32)).unwrap_or(32),
+        ),
+        None => Cidr::new(
+            IpAddr::V6(v6),
+            u8::try_from(config.ipv6_source_prefix.min(128)).unwrap_or(128),
+        ),
+    }
+}

@@ -1,0 +1,234 @@
+//! Loading the embedded program, attaching it, and pinning the links so that
+//! enforcement outlives the controller.
+
+use std::{fmt, path::Path};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use filter_common::{Config, capacity, maps};
+
+use crate::pins::PinDir;
+
+/// The compiled XDP program, embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter"));
+
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "filter";
+
+/// Map capacities chosen at load time. Maps that already exist as pins keep
+/// the capacity they were created with.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    /// Entries per allow/block list and family.
+    pub list: u32,
+    /// Tracked (rule, source) buckets.
+    pub buckets: u32,
+    /// Sources on the automatic block list at once.
+    pub autoblock: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            list: capacity::LIST_ENTRIES,
+            buckets: capacity::BUCKETS,
+            autoblock: capacity::AUTOBLOCK,
+        }
+    }
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native (driver) mode, falling back to generic (skb) mode.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+/// Loads the program, reusing maps already pinned under `pins` (so state
+/// survives a controller restart) and pinning the ones that are new.
+pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
+    pins.create()?;
+    let maps_dir = pins.maps_dir();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps_dir)
+        .map_max_entries(maps::ALLOW_V4, caps.list)
+        .map_max_entries(maps::ALLOW_V6, caps.list)
+        .map_max_entries(maps::BLOCK_V4, caps.list)
+        .map_max_entries(maps::BLOCK_V6, caps.list)
+        .map_max_entries(maps::BUCKETS, caps.buckets)
+        .map_max_entries(maps::AUTOBLOCK, caps.autoblock)
+        .load(EBPF_OBJECT)
+        .map_err(|e| load_hint(e, &maps_dir))?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the embedded object"))?
+        .try_into()
+        .context("program is not XDP")?;
+    program.load().map_err(|e| {
+        let text = format!("{e:#}");
+        anyhow::Error::new(e).context(format!(
+            "the kernel verifier rejected the XDP program{}",
+            if text.contains("Operation not permitted") {
+                ": permission denied (needs root: CAP_BPF, CAP_NET_ADMIN)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    init_config(pins)?;
+    Ok(ebpf)
+}
+
+fn load_hint(err: aya::EbpfError, dir: &Path) -> anyhow::Error {
+    let text = format!("{err:#} {:?}", err);
+    let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
+        "permission denied: filter-ctl needs root (CAP_BPF, CAP_NET_ADMIN)".to_string()
+    } else if text.contains("Invalid argument") {
+        format!(
+            "maps pinned under {} do not match this build (stale layout?); run `filter-ctl detach` to remove them",
+            dir.display()
+        )
+    } else {
+        format!(
+            "loading the XDP program with maps pinned under {}",
+            dir.display()
+        )
+    };
+    anyhow::Error::new(err).context(hint)
+}
+
+/// Writes the default aggregation prefixes on a fresh CONFIG map (all zero).
+fn init_config(pins: &PinDir) -> anyhow::Result<()> {
+    let data =
+        MapData::from_pin(pins.map(maps::CONFIG)).context("opening the pinned CONFIG map")?;
+    let mut config: Array<MapData, Config> =
+        Array::try_from(aya::maps::Map::Array(data)).context("CONFIG is not an array")?;
+    if config.get(&0, 0).context("reading CONFIG")? == Config::default() {
+        let defaults = Config {
+            ipv4_source_prefix: 32,
+            ipv6_source_prefix: 64,
+        };
+        config.set(0, defaults, 0).context("writing CONFIG")?;
+    }
+    Ok(())
+}
+
+/// Attaches to `iface` and pins the link. If a link is already pinned for it
+/// (a previous controller was stopped or killed), the new program replaces the
+/// old one on that link atomically: no packet goes unfiltered.
+/// Returns a description of what was done ("native mode", ...).
+pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow::Result<String> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
+        .try_into()
+        .context("program is not XDP")?;
+    let link_pin = pins.link(iface);
+    if link_pin.exists() {
+        let pinned = PinnedLink::from_pin(&link_pin)
+            .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+        let fd_link: FdLink = pinned.into();
+        let xdp_link = XdpLink::try_from(fd_link).context("the pinned link is not an XDP link")?;
+        let id = program
+            .attach_to_link(xdp_link)
+            .with_context(|| format!("replacing the program on {iface}'s pinned link"))?;
+        // The pin keeps the link; dropping our handle must not detach it.
+        let link = program.take_link(id)?;
+        let fd_link: FdLink = link.try_into().context("link is not an fd link")?;
+        drop(fd_link);
+        return Ok("existing pinned link, program replaced in place".into());
+    }
+    let attempts: &[(XdpMode, &str)] = match mode {
+        Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "skb")],
+        Mode::Native => &[(XdpMode::Driver, "native")],
+        Mode::Skb => &[(XdpMode::Skb, "skb")],
+    };
+    let mut errors = Vec::new();
+    for (xdp_mode, name) in attempts {
+        match program.attach(iface, *xdp_mode) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                let fd_link: FdLink = link.try_into().map_err(|_| {
+                    anyhow!("the kernel attached {iface} without a bpf_link (too old?), which cannot be pinned")
+                })?;
+                fd_link
+                    .pin(&link_pin)
+                    .with_context(|| format!("pinning the link at {}", link_pin.display()))?;
+                return Ok(format!("{name} mode"));
+            }
+            Err(aya::programs::ProgramError::UnknownInterface { .. }) => {
+                bail!("interface {iface} does not exist in this network namespace (see `ip link`)")
+            }
+            Err(err) => errors.push(format!("{name}: {:#}", anyhow::Error::new(err))),
+        }
+    }
+    let joined = errors.join("; ");
+    let hint = if joined.contains("Device or resource busy") || joined.contains("File exists") {
+        format!(
+            " — {iface} already has an XDP program attached (another filter-ctl pin directory, or another tool; see `ip link show {iface}`)"
+        )
+    } else if mode == Mode::Native {
+        " — the driver may not support native XDP: try --mode skb".to_string()
+    } else {
+        String::new()
+    };
+    bail!("attaching to {iface} failed ({joined}){hint}")
+}
+
+/// Detaches `iface` (removes its link pin; the link goes with its last reference).
+pub fn detach(pins: &PinDir, iface: &str) -> anyhow::Result<()> {
+    let link_pin = pins.link(iface);
+    if !link_pin.exists() {
+        bail!("{iface} is not attached under {}", pins.root().display());
+    }
+    let pinned = PinnedLink::from_pin(&link_pin)
+        .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+    let fd_link = pinned
+        .unpin()
+        .with_context(|| format!("removing the pin {}", link_pin.display()))?;
+    // Explicit detach, so a controller still holding the program does not keep it attached.
+    let xdp_link = XdpLink::try_from(fd_link).context("the pinned link is not an XDP link")?;
+    let fd_link: FdLink = xdp_link.try_into().context("link is not an fd link")?;
+    aya::programs::links::Link::detach(fd_link)
+        .with_context(|| format!("detaching from {iface}"))?;
+    Ok(())
+}
+
+/// Detaches every interface and removes all pins and the directory.
+pub fn detach_all(pins: &PinDir) -> anyhow::Result<Vec<String>> {
+    let ifaces = pins.linked_interfaces()?;
+    for iface in &ifaces {
+        detach(pins, iface)?;
+    }
+    for name in maps::ALL {
+        let path = pins.map(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing pin {}", path.display()))?;
+        }
+    }
+    pins.remove_dirs()?;
+    Ok(ifaces)
+}
