@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::sys;
+
 /// The workspace root (this crate's parent directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -31,13 +33,15 @@ pub fn display(command: &Command) -> String {
     line
 }
 
-/// Runs `command` with the terminal as its output; fails unless it exits 0.
+/// Runs `command` with the terminal as its output; fails unless it exits 0
+/// (or if Ctrl-C arrived meanwhile, see [`sys::catch_interrupts`]).
 pub fn run(command: &mut Command) -> Result<()> {
     let line = display(command);
     let status = command
         .stdin(Stdio::null())
         .status()
         .with_context(|| format!("could not start `{line}`"))?;
+    sys::check_interrupted()?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }

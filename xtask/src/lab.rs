@@ -35,9 +35,9 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Leave the namespaces and the pinned filter (still blocking 198.18.0.1)
-    /// in place to explore; prints how to remove them. The next lab removes
-    /// them too.
+    /// After a successful demo, leave the namespaces and the pinned filter
+    /// (still blocking 198.18.0.1) in place to explore; prints how to remove
+    /// them. The next lab removes them too.
     #[arg(long)]
     keep: bool,
 }
@@ -49,9 +49,12 @@ pub fn run(options: &Options) -> Result<()> {
     let ctl = build::run()?;
     sys::check_interrupted()?;
     remove_stale_labs(&ctl)?;
-    let mut lab = Lab::new(Names::for_pid(std::process::id()), ctl, options.keep);
+    let mut lab = Lab::new(Names::for_pid(std::process::id()), ctl);
     lab.create()?;
-    lab.demo()
+    lab.demo(options.keep)?;
+    // Only a lab that worked is kept: one that failed is torn down.
+    lab.keep = options.keep;
+    Ok(())
 }
 
 /// Everything a lab creates is named after the pid of the xtask that made it.
@@ -107,6 +110,7 @@ fn indented(text: &str) {
 struct Lab {
     names: Names,
     ctl: PathBuf,
+    /// Leave the lab in place when dropped.
     keep: bool,
     /// Namespaces this lab created (or adopted from a dead lab), to delete.
     namespaces: Vec<String>,
@@ -114,11 +118,11 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(names: Names, ctl: PathBuf, keep: bool) -> Self {
+    fn new(names: Names, ctl: PathBuf) -> Self {
         Self {
             names,
             ctl,
-            keep,
+            keep: false,
             namespaces: Vec::new(),
             controller: None,
         }
@@ -166,7 +170,8 @@ impl Lab {
         Ok(())
     }
 
-    fn demo(&mut self) -> Result<()> {
+    /// Shows the filter at work; stops before `detach` when the lab is to be kept.
+    fn demo(&mut self, keep: bool) -> Result<()> {
         self.legend();
 
         step(&format!(
@@ -210,7 +215,7 @@ impl Lab {
         );
         self.expect_ping(DST_V4, false, "still dropped without the controller")?;
 
-        if self.keep {
+        if keep {
             return Ok(());
         }
 
@@ -464,14 +469,14 @@ fn remove_stale_labs(ctl: &Path) -> Result<()> {
         if pid == own || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        step(&format!("Removing the lab left by process {pid}"));
-        let mut lab = Lab::new(Names::for_pid(pid), ctl.to_path_buf(), false);
+        println!("\nFound the lab of process {pid}, which is gone (killed, or run with --keep)");
+        let mut lab = Lab::new(Names::for_pid(pid), ctl.to_path_buf());
         lab.namespaces = [&lab.names.src_ns, &lab.names.dst_ns]
             .into_iter()
             .filter(|ns| Path::new(NETNS_DIR).join(ns).exists())
             .cloned()
             .collect();
-        lab.teardown();
+        drop(lab);
         sys::check_interrupted()?;
     }
     Ok(())
@@ -486,6 +491,7 @@ struct Controller {
 impl Controller {
     fn spawn(command: &mut Command) -> Result<Self> {
         let line = cmd::display(command);
+        sys::terminate_with_parent(command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

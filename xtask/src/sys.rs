@@ -1,7 +1,9 @@
 //! The few libc calls xtask needs, declared here so that xtask depends on
 //! nothing but anyhow and clap.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_ulong};
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
@@ -16,7 +18,10 @@ unsafe extern "C" {
     // `sighandler_t signal(int, sighandler_t)`; glibc gives it BSD semantics
     // (the handler stays installed, system calls restart).
     fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+    fn prctl(option: c_int, ...) -> c_int;
 }
+
+const PR_SET_PDEATHSIG: c_int = 1;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -63,5 +68,20 @@ pub fn send_signal(pid: u32, signal: c_int) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Makes the kernel send SIGTERM to the child `command` starts when xtask
+/// dies, so that even a killed xtask leaves no process behind.
+pub fn terminate_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as a pre_exec hook requires.
+    unsafe {
+        command.pre_exec(|| {
+            if prctl(PR_SET_PDEATHSIG, c_ulong::from(SIGTERM.unsigned_abs())) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
