@@ -1,1 +1,453 @@
-//! (being written)
+//! A driver for the real `filter-ctl` binary: each [`Ctl`] owns a pin
+//! directory of its own, runs CLI commands against it from the host
+//! namespace (pins are found whatever the namespace), and starts controllers
+//! inside a lab's namespace with `nsenter`.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex, OnceLock, PoisonError, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::netns::{NetNs, unique_id};
+
+/// How long `run` may take to attach before the test fails.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The `filter-ctl` binary of the same build profile as the running test.
+///
+/// `FILTER_CTL_BIN` overrides the search. Otherwise the binary is
+/// `target/<profile>/filter-ctl` next to the test executable
+/// (`target/<profile>/deps/…`). Cargo does not build a dependency's binaries
+/// for a test, so when the tests run under cargo (`CARGO` is set) it is built
+/// once per process with `cargo build -p filter-ctl` (a no-op when fresh; it
+/// never tests a stale binary); without cargo it is built only if missing.
+pub fn binary() -> &'static Path {
+    BINARY.get_or_init(locate_binary)
+}
+
+fn locate_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FILTER_CTL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let mut dir = exe.parent().expect("test executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    let candidate = dir.join("filter-ctl");
+    let cargo = std::env::var_os("CARGO");
+    if cargo.is_some() || !candidate.exists() {
+        build_binary(
+            cargo.map_or_else(|| PathBuf::from("cargo"), PathBuf::from),
+            dir,
+        );
+    }
+    assert!(
+        candidate.exists(),
+        "{} does not exist after building filter-ctl",
+        candidate.display()
+    );
+    candidate
+}
+
+fn build_binary(cargo: PathBuf, profile_dir: &Path) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--quiet", "-p", "filter-ctl", "--manifest-path"])
+        .arg(&manifest);
+    if let (Some(profile), Some(target_dir)) = (profile_dir.file_name(), profile_dir.parent()) {
+        command.arg("--target-dir").arg(target_dir);
+        match profile.to_str() {
+            Some("debug") => {}
+            Some("release") => {
+                command.arg("--release");
+            }
+            Some(other) => {
+                command.args(["--profile", other]);
+            }
+            None => {}
+        }
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// One filter instance under its own pin directory
+/// (`/sys/fs/bpf/ft-<tag>-<pid>-<n>`). On drop it runs `detach` (which
+/// removes the pins) if the pin directory still exists, and removes the
+/// controller lock file that `run` leaves in `/run/filter-ctl`. Checking
+/// that nothing is left is the test's job: see [`Ctl::detach_and_check`].
+#[derive(Debug)]
+pub struct Ctl {
+    pin_dir: PathBuf,
+}
+
+impl Ctl {
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let tag: String = tag.chars().take(16).collect();
+        Self {
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/ft-{tag}-{}-{}",
+                std::process::id(),
+                unique_id()
+            )),
+        }
+    }
+
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// `filter-ctl --pin-dir P` with `args`, ready to run in the host namespace.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        command.env_remove("FILTER_CTL_PIN_DIR");
+        command
+    }
+
+    /// Runs the CLI and returns its output, whatever the exit status.
+    #[must_use]
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        let mut command = self.command(args);
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("running {command:?}: {e}"))
+    }
+
+    /// Runs the CLI, panics unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "`filter-ctl {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, panics if it succeeds; returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            !out.status.success(),
+            "`filter-ctl {}` should have failed but succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs the CLI and parses its stdout as JSON.
+    #[must_use]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "`filter-ctl {}` printed bad JSON ({e}): {text}",
+                args.join(" ")
+            )
+        })
+    }
+
+    /// `stats --json`.
+    #[must_use]
+    pub fn stats_json(&self) -> Value {
+        self.json(&["stats", "--json"])
+    }
+
+    /// Packets counted under `reason` (`pass`, `blocklist`, ...).
+    #[must_use]
+    pub fn packets(&self, reason: &str) -> u64 {
+        packets(&self.stats_json(), reason)
+    }
+
+    /// `list --json`.
+    #[must_use]
+    pub fn list_json(&self) -> Value {
+        self.json(&["list", "--json"])
+    }
+
+    /// Starts `run --iface IF…` inside `ns` and waits (at most
+    /// [`ATTACH_TIMEOUT`]) until it reports every interface attached.
+    #[must_use]
+    pub fn run_background(&self, ns: &NetNs, ifaces: &[&str]) -> Controller {
+        let mut command = self.run_command(ns, ifaces);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let out_log = Arc::new(Mutex::new(String::new()));
+        let err_log = Arc::new(Mutex::new(String::new()));
+        let (lines_tx, lines) = mpsc::channel();
+        let readers = vec![
+            pump(stdout, Arc::clone(&out_log), Some(lines_tx)),
+            pump(stderr, Arc::clone(&err_log), None),
+        ];
+        let mut controller = Controller {
+            child,
+            out_log,
+            err_log,
+            readers,
+        };
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut attached = 0;
+        while attached < ifaces.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("filter-ctl: attached to") => attached += 1,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "`filter-ctl run` did not attach within {ATTACH_TIMEOUT:?}:\n{}",
+                    controller.output()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = controller.wait_exit(Duration::from_secs(5));
+                    panic!(
+                        "`filter-ctl run` exited ({status:?}) before attaching:\n{}",
+                        controller.output()
+                    );
+                }
+            }
+        }
+        controller
+    }
+
+    /// Runs `run ARGS` inside `ns` to completion (killed after `timeout`),
+    /// for runs expected to fail.
+    #[must_use]
+    pub fn run_foreground(&self, ns: &NetNs, args: &[&str], timeout: Duration) -> Output {
+        let mut command = self.nsenter(ns);
+        command
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait().expect("waiting for filter-ctl").is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                child.kill().ok();
+                let out = child.wait_with_output().expect("collecting output");
+                panic!(
+                    "`filter-ctl run {}` still running after {timeout:?}:\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("collecting output")
+    }
+
+    fn nsenter(&self, ns: &NetNs) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .env_remove("FILTER_CTL_PIN_DIR")
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    fn run_command(&self, ns: &NetNs, ifaces: &[&str]) -> Command {
+        let mut command = self.nsenter(ns);
+        command.arg("run");
+        for iface in ifaces {
+            command.args(["--iface", iface]);
+        }
+        command
+    }
+
+    /// Runs `detach` and asserts that it succeeded, that the pin directory is
+    /// gone and that `ip link show` in `ns` shows no XDP program on `iface`.
+    pub fn detach_and_check(&self, ns: &NetNs, iface: &str) {
+        self.ok(&["detach"]);
+        assert!(
+            !self.pin_dir.exists(),
+            "{} still exists after detach",
+            self.pin_dir.display()
+        );
+        let link = ns.ip(&["link", "show", iface]);
+        assert!(
+            !link.contains("xdp"),
+            "{iface} still has an XDP program after detach:\n{link}"
+        );
+    }
+
+    /// The lock file `run` keeps in /run/filter-ctl for this pin directory.
+    fn lock_file(&self) -> PathBuf {
+        let name: String = self
+            .pin_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        PathBuf::from("/run/filter-ctl").join(format!("{name}.lock"))
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            let out = self.cmd(&["detach"]);
+            if !out.status.success() {
+                eprintln!(
+                    "warning: cleanup `filter-ctl --pin-dir {} detach` failed: {}",
+                    self.pin_dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        std::fs::remove_file(self.lock_file()).ok();
+    }
+}
+
+/// Packets counted under `reason` in a `stats --json` document.
+#[must_use]
+pub fn packets(stats: &Value, reason: &str) -> u64 {
+    stats["reasons"][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats has no reasons.{reason}.packets: {stats}"))
+}
+
+fn pump(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        // Ends at EOF, when the process exits.
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            {
+                let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+            if let Some(tx) = &lines {
+                tx.send(line).ok();
+            }
+        }
+    })
+}
+
+/// A running `filter-ctl run`; killed (SIGKILL) on drop if still running.
+#[derive(Debug)]
+pub struct Controller {
+    child: Child,
+    out_log: Arc<Mutex<String>>,
+    err_log: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Controller {
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed so far (stdout, then stderr).
+    #[must_use]
+    pub fn output(&self) -> String {
+        let out = self
+            .out_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let err = self
+            .err_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        format!("--- stdout\n{out}--- stderr\n{err}")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("waiting for filter-ctl")
+            .is_none()
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit.
+    pub fn signal(&mut self, signal: libc::c_int) -> ExitStatus {
+        if self.is_running() {
+            let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, signal) };
+        }
+        self.wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("filter-ctl ignored signal {signal}:\n{}", self.output()))
+    }
+
+    /// SIGKILL: the controller dies without any cleanup.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// SIGTERM: the controller stops cleanly, leaving the filter attached.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for filter-ctl") {
+                for reader in self.readers.drain(..) {
+                    reader.join().ok();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
