@@ -22,7 +22,7 @@ pub mod reason {
     pub const BLOCKLIST: u32 = 2;
     /// Frame claims a header it does not contain, or a header is invalid: dropped.
     pub const MALFORMED: u32 = 3;
-    /// Source is on the automatic block list: dropped.
+    /// Source is automatically blocked (it kept exceeding its limit): dropped.
     pub const AUTOBLOCK: u32 = 4;
     /// Source exceeded its rate limit: dropped.
     pub const RATELIMIT: u32 = 5;
@@ -64,12 +64,31 @@ pub struct Counter {
 }
 
 /// Value of an allowlist or blocklist entry.
+///
+/// Automatic blocks live in the blocklist tries too (origin
+/// [`ORIGIN_AUTO`], keyed by the aggregated source prefix), so a packet costs
+/// one blocklist lookup for both; the more specific entry decides the reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListEntry {
     /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
     pub expires_at_ns: u64,
+    /// The entry's own prefix length, so the program can delete it once expired
+    /// (a lookup returns only the value, and an expired longest match would
+    /// otherwise hide shorter prefixes).
+    pub prefix_len: u8,
+    /// [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`].
+    pub origin: u8,
+    /// For automatic blocks: the rule slot whose limit was exceeded.
+    pub rule: u16,
+    /// For automatic blocks: over-limit packets in the window that triggered it.
+    pub over_limit: u32,
 }
+
+/// Entry added by an operator (`filter-ctl block`/`allow`).
+pub const ORIGIN_MANUAL: u8 = 0;
+/// Entry added by the program: a source that kept exceeding its limit.
+pub const ORIGIN_AUTO: u8 = 1;
 
 impl ListEntry {
     /// Whether the entry still applies at `now_ns`.
@@ -172,18 +191,6 @@ pub struct Bucket {
     pub over_limit: u64,
 }
 
-/// Value of the automatic block list (key: source as in [`BucketKey::source`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AutoBlock {
-    pub blocked_at_ns: u64,
-    pub expires_at_ns: u64,
-    /// Rule slot whose limit was exceeded.
-    pub rule: u32,
-    /// Over-limit packets in the window that triggered the block.
-    pub over_limit: u32,
-}
-
 /// Ring-buffer event: a source was put on the automatic block list.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,7 +221,9 @@ pub mod table_stat {
     pub const AUTOBLOCKS: u32 = 1;
     /// Automatic-block events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Automatic blocks that could not be added (blocklist full).
+    pub const AUTOBLOCKS_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Global settings, one entry in `CONFIG`.
@@ -238,7 +247,6 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const BLOCK_V4: &str = "BLOCK_V4";
     pub const BLOCK_V6: &str = "BLOCK_V6";
-    pub const AUTOBLOCK: &str = "AUTOBLOCK";
     pub const CONFIG: &str = "CONFIG";
     pub const RULES: &str = "RULES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -248,13 +256,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const TABLE_STATS: &str = "TABLE_STATS";
     /// Every map, in the order user space pins and removes them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 13] = [
         STATS,
         ALLOW_V4,
         ALLOW_V6,
         BLOCK_V4,
         BLOCK_V6,
-        AUTOBLOCK,
         CONFIG,
         RULES,
         RULE_STATS,
@@ -270,17 +277,15 @@ pub mod maps {
 pub mod capacity {
     pub const LIST_ENTRIES: u32 = 1_048_576;
     pub const BUCKETS: u32 = 1_048_576;
-    pub const AUTOBLOCK: u32 = 65_536;
     pub const ONLY_FROM: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 256 * 1024;
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);
-const _: () = assert!(size_of::<ListEntry>() == 8);
+const _: () = assert!(size_of::<ListEntry>() == 16);
 const _: () = assert!(size_of::<RateRule>() == 88);
 const _: () = assert!(size_of::<BucketKey>() == 20);
 const _: () = assert!(size_of::<Bucket>() == 32);
-const _: () = assert!(size_of::<AutoBlock>() == 24);
 const _: () = assert!(size_of::<AutoBlockEvent>() == 40);
 const _: () = assert!(size_of::<Config>() == 8);
 const _: () = assert!(size_of::<RuleCounter>() == 32);
@@ -294,7 +299,6 @@ mod pod {
     unsafe impl aya::Pod for super::RateRule {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
-    unsafe impl aya::Pod for super::AutoBlock {}
     unsafe impl aya::Pod for super::AutoBlockEvent {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RuleCounter {}

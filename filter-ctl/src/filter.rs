@@ -13,13 +13,13 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Pod,
     maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray,
+        Array, Map, MapData, MapError, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use filter_common::{
-    AutoBlock, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, RuleCounter, maps, reason,
-    table_stat,
+    Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL, RuleCounter,
+    maps, reason, table_stat,
 };
 use serde::Serialize;
 
@@ -155,11 +155,6 @@ impl Filter {
             .with_context(|| format!("map {name} is not the expected per-CPU array"))
     }
 
-    fn hash<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
-        HashMap::try_from(self.map(name)?)
-            .with_context(|| format!("map {name} is not the expected hash map"))
-    }
-
     // ---- allow and block lists -------------------------------------------
 
     /// Adds (or refreshes) every prefix with the same expiry. All or nothing:
@@ -173,11 +168,15 @@ impl Filter {
         let (v4_name, v6_name) = kind.map_names();
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
-        let entry = ListEntry {
-            expires_at_ns: clock::expiry_from_now(ttl),
-        };
+        let expires_at_ns = clock::expiry_from_now(ttl);
         let mut undo: Vec<(Cidr, Option<ListEntry>)> = Vec::with_capacity(cidrs.len());
         for (index, cidr) in cidrs.iter().enumerate() {
+            let entry = ListEntry {
+                expires_at_ns,
+                prefix_len: cidr.prefix(),
+                origin: ORIGIN_MANUAL,
+                ..ListEntry::default()
+            };
             let result = match *cidr {
                 Cidr::V4 { addr, prefix } => {
                     upsert(&mut v4, &Key::new(u32::from(prefix), addr), entry)
@@ -273,7 +272,7 @@ impl Filter {
         Ok(self
             .list_entries_raw(kind)?
             .into_iter()
-            .filter(|(_, e)| e.is_active(now))
+            .filter(|(_, e)| e.origin == ORIGIN_MANUAL && e.is_active(now))
             .map(|(cidr, e)| ListedEntry {
                 cidr: cidr.to_string(),
                 expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
@@ -297,18 +296,6 @@ impl Filter {
                 self.list_remove(kind, &expired)?;
             }
         }
-        let mut auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
-        let stale: Vec<Ipv6Bytes> = auto
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.expires_at_ns <= now)
-            .map(|(k, _)| k)
-            .collect();
-        for key in stale {
-            if auto.remove(&key).is_ok() {
-                removed += 1;
-            }
-        }
         Ok(removed)
     }
 
@@ -319,48 +306,52 @@ impl Filter {
         config.get(&0, 0).context("reading CONFIG")
     }
 
-    /// Active automatic blocks.
+    /// Active automatic blocks (blocklist entries added by the program).
     pub fn autoblocks(&self) -> anyhow::Result<Vec<ListedAutoBlock>> {
-        let auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
-        let config = self.config()?;
         let rules = crate::limits::RuleTable::read(self)?;
         let now = clock::monotonic_ns();
-        let mut out = Vec::new();
-        for item in auto.iter() {
-            let (source, block) = item.context("reading AUTOBLOCK")?;
-            if block.expires_at_ns <= now {
-                continue;
-            }
-            out.push(ListedAutoBlock {
-                source: source_cidr(source, &config).to_string(),
-                rule: rules.describe(block.rule),
-                over_limit: block.over_limit,
-                expires_in_secs: Duration::from_nanos(block.expires_at_ns - now).as_secs(),
-            });
-        }
-        out.sort_by(|a, b| a.source.cmp(&b.source));
-        Ok(out)
+        Ok(self
+            .list_entries_raw(ListKind::Block)?
+            .into_iter()
+            .filter(|(_, e)| e.origin == ORIGIN_AUTO && e.is_active(now))
+            .map(|(cidr, e)| ListedAutoBlock {
+                source: cidr.to_string(),
+                rule: rules.describe(u32::from(e.rule)),
+                over_limit: e.over_limit,
+                expires_in_secs: Duration::from_nanos(e.expires_at_ns.saturating_sub(now))
+                    .as_secs(),
+            })
+            .collect())
     }
 
-    /// Lifts the automatic block covering `cidr`'s address. Returns whether there was one.
-    pub fn autoblock_remove(&self, cidr: &Cidr) -> anyhow::Result<bool> {
-        let mut auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
-        let key = aggregate(cidr, &self.config()?);
-        match auto.remove(&key) {
-            Ok(()) => Ok(true),
-            Err(MapError::ElementNotFound | MapError::KeyNotFound) => Ok(false),
-            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(err).with_context(|| format!("removing the automatic block of {cidr}")),
-        }
+    /// The prefix an automatic block of `cidr`'s address would have (the
+    /// address masked to the rate-limit aggregation prefix).
+    pub fn autoblock_prefix(&self, cidr: &Cidr) -> anyhow::Result<Cidr> {
+        let config = self.config()?;
+        Ok(match cidr {
+            Cidr::V4 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv4_source_prefix.min(32))),
+            Cidr::V6 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv6_source_prefix.min(128))),
+        })
     }
 
     /// Whether `cidr`'s address has an active automatic block.
     pub fn is_autoblocked(&self, cidr: &Cidr) -> anyhow::Result<bool> {
-        let auto: HashMap<MapData, Ipv6Bytes, AutoBlock> = self.hash(maps::AUTOBLOCK)?;
-        let key = aggregate(cidr, &self.config()?);
-        Ok(auto
-            .get(&key, 0)
-            .is_ok_and(|b| b.expires_at_ns > clock::monotonic_ns()))
+        let prefix = self.autoblock_prefix(cidr)?;
+        let now = clock::monotonic_ns();
+        Ok(self
+            .list_entries_raw(ListKind::Block)?
+            .iter()
+            .any(|(c, e)| *c == prefix && e.origin == ORIGIN_AUTO && e.is_active(now)))
+    }
+
+    /// Lifts the automatic block covering `cidr`'s address. Returns whether there was one.
+    pub fn autoblock_remove(&self, cidr: &Cidr) -> anyhow::Result<bool> {
+        if !self.is_autoblocked(cidr)? {
+            return Ok(false);
+        }
+        let prefix = self.autoblock_prefix(cidr)?;
+        self.list_remove(ListKind::Block, &[prefix])?;
+        Ok(true)
     }
 
     // ---- counters ------------------------------------------------------------

@@ -31,8 +31,6 @@ pub struct Capacities {
     pub list: u32,
     /// Tracked (rule, source) buckets.
     pub buckets: u32,
-    /// Sources on the automatic block list at once.
-    pub autoblock: u32,
 }
 
 impl Default for Capacities {
@@ -40,7 +38,6 @@ impl Default for Capacities {
         Self {
             list: capacity::LIST_ENTRIES,
             buckets: capacity::BUCKETS,
-            autoblock: capacity::AUTOBLOCK,
         }
     }
 }
@@ -78,7 +75,6 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::BLOCK_V4, caps.list)
         .map_max_entries(maps::BLOCK_V6, caps.list)
         .map_max_entries(maps::BUCKETS, caps.buckets)
-        .map_max_entries(maps::AUTOBLOCK, caps.autoblock)
         .load(EBPF_OBJECT)
         .map_err(|e| load_hint(e, &maps_dir))?;
     let program: &mut Xdp = ebpf

@@ -85,9 +85,6 @@ struct RunArgs {
     /// Rate-limit tracking table size in (rule, source) pairs; least recently used are evicted.
     #[arg(long, default_value_t = Capacities::default().buckets, value_parser = clap::value_parser!(u32).range(1..))]
     bucket_capacity: u32,
-    /// Sources on the automatic block list at once.
-    #[arg(long, default_value_t = Capacities::default().autoblock, value_parser = clap::value_parser!(u32).range(1..))]
-    autoblock_capacity: u32,
 }
 
 #[derive(Args, Debug)]
@@ -210,7 +207,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let caps = Capacities {
                 list: args.list_capacity,
                 buckets: args.bucket_capacity,
-                autoblock: args.autoblock_capacity,
             };
             run::run(&pins, &args.iface, args.mode, &caps)
         }

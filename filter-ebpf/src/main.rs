@@ -4,8 +4,8 @@
 //! Order of decisions (first match wins):
 //! 1. malformed frame (a header claimed but missing or invalid) -> drop
 //! 2. non-IP frame (ARP, LLDP, ...) -> pass
-//! 3. allowlist -> pass, 4. blocklist -> drop, 5. automatic block -> drop
-//! 6. port rule (drop / only-from / rate limit), else 7. default source limit.
+//! 3. allowlist -> pass, 4. blocklist or automatic block -> drop
+//! 5. port rule (drop / only-from / rate limit), else 6. default source limit.
 #![no_std]
 #![no_main]
 // The BPF target offers no `AtomicU64::compare_exchange`; the kernel has
@@ -20,14 +20,14 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    AutoBlock, AutoBlockEvent, Bucket, BucketKey, Config, Counter, DEFAULT_RULE, Ipv4Bytes,
-    Ipv6Bytes, ListEntry, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
+    AutoBlockEvent, Bucket, BucketKey, Config, Counter, DEFAULT_RULE, Ipv4Bytes, Ipv6Bytes,
+    ListEntry, ORIGIN_AUTO, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
     RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, RuleCounter, TICKS_PER_NS, capacity, reason,
     table_stat,
 };
@@ -46,10 +46,6 @@ static ALLOW_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_
 static BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
 static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
-
-/// Sources suspended for exceeding their limit, keyed like `BucketKey::source`.
-#[map]
-static AUTOBLOCK: LruHashMap<Ipv6Bytes, AutoBlock> = LruHashMap::pinned(capacity::AUTOBLOCK, 0);
 
 #[map]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -108,68 +104,84 @@ fn bump_table_stat(index: u32) {
     }
 }
 
-/// Lazily read clock: most packets that pass the lists never need it twice.
-struct Clock(u64);
+/// Clocks, read at most once per packet and only when needed. Both are
+/// `CLOCK_MONOTONIC`: `coarse` (last tick, nearly free) decides list expiry,
+/// where a few ms do not matter; `precise` (`bpf_ktime_get_ns`) drives the
+/// rate limiter.
+struct Clock {
+    coarse: u64,
+    precise: u64,
+}
 
 impl Clock {
     #[inline(always)]
-    fn now(&mut self) -> u64 {
-        if self.0 == 0 {
-            self.0 = unsafe { bpf_ktime_get_ns() };
+    fn coarse(&mut self) -> u64 {
+        if self.coarse == 0 {
+            self.coarse = unsafe { bpf_ktime_get_coarse_ns() };
         }
-        self.0
+        self.coarse
+    }
+
+    #[inline(always)]
+    fn precise(&mut self) -> u64 {
+        if self.precise == 0 {
+            self.precise = unsafe { bpf_ktime_get_ns() };
+        }
+        self.precise
     }
 }
 
+/// Origin of the active longest-prefix match for `addr`, if any. An expired
+/// match is deleted (it would hide shorter prefixes) and the lookup repeated once.
 #[inline(always)]
-fn list_hit(entry: Option<&ListEntry>, clock: &mut Clock) -> bool {
-    match entry {
-        None => false,
-        Some(entry) => entry.expires_at_ns == 0 || entry.is_active(clock.now()),
+fn list_match<K: Copy>(
+    map: &LpmTrie<K, ListEntry>,
+    bits: u32,
+    addr: K,
+    clock: &mut Clock,
+) -> Option<u8> {
+    for _ in 0..2 {
+        let entry = map.get(Key::new(bits, addr))?;
+        if entry.expires_at_ns == 0 || clock.coarse() < entry.expires_at_ns {
+            return Some(entry.origin);
+        }
+        let _ = map.remove(Key::new(u32::from(entry.prefix_len), addr));
     }
+    None
 }
 
 fn decide(packet: &Packet, len: u64) -> u32 {
-    let mut clock = Clock(0);
+    let mut clock = Clock {
+        coarse: 0,
+        precise: 0,
+    };
     let (allowed, blocked) = if packet.is_v6 {
-        let key = Key::new(128, packet.source);
         (
-            list_hit(ALLOW_V6.get(&key), &mut clock),
-            list_hit(BLOCK_V6.get(&key), &mut clock),
+            list_match(&ALLOW_V6, 128, packet.source, &mut clock),
+            list_match(&BLOCK_V6, 128, packet.source, &mut clock),
         )
     } else {
         let v4 = packet.source_v4();
-        let key = Key::new(32, v4);
         (
-            list_hit(ALLOW_V4.get(&key), &mut clock),
-            list_hit(BLOCK_V4.get(&key), &mut clock),
+            list_match(&ALLOW_V4, 32, v4, &mut clock),
+            list_match(&BLOCK_V4, 32, v4, &mut clock),
         )
     };
-    if allowed {
+    if allowed.is_some() {
         return reason::ALLOWLIST;
     }
-    if blocked {
-        return reason::BLOCKLIST;
+    match blocked {
+        Some(ORIGIN_AUTO) => return reason::AUTOBLOCK,
+        Some(_) => return reason::BLOCKLIST,
+        None => {}
     }
 
-    let source = aggregated_source(packet);
-    if let Some(entry) = AUTOBLOCK.get_ptr(&source) {
-        let expires = unsafe { (*entry).expires_at_ns };
-        if clock.now() < expires {
-            return reason::AUTOBLOCK;
-        }
-        // Expired: forget it here so user space need not be running to release it.
-        let _ = AUTOBLOCK.remove(&source);
-    }
-
-    let slot = port_rule_slot(packet);
-    let Some(rule) = RULES.get(slot) else {
+    let (slot, rule) = rule_for(packet);
+    let Some(rule) = rule else {
         return reason::PASS;
     };
-    let why = apply_rule(slot, rule, packet, &source, len, &mut clock);
-    if slot != DEFAULT_RULE || rule.action != 0 {
-        count_rule(slot, why, len);
-    }
+    let why = apply_rule(slot, rule, packet, len, &mut clock);
+    count_rule(slot, why, len);
     why
 }
 
@@ -187,37 +199,36 @@ fn count_rule(slot: u32, why: u32, len: u64) {
     }
 }
 
-/// Slot of the port rule for this packet's destination, or the default slot.
+/// The rule for this packet: its destination port's rule if there is one,
+/// else the default rule (slot 0), if set.
 #[inline(always)]
-fn port_rule_slot(packet: &Packet) -> u32 {
-    let base = match packet.protocol {
-        parse::IPPROTO_TCP => 0,
-        parse::IPPROTO_UDP => PORT_INDEX_UDP_BASE,
-        _ => return DEFAULT_RULE,
+fn rule_for(packet: &Packet) -> (u32, Option<&'static RateRule>) {
+    let port_base = match (packet.protocol, packet.has_ports) {
+        (parse::IPPROTO_TCP, true) => Some(0),
+        (parse::IPPROTO_UDP, true) => Some(PORT_INDEX_UDP_BASE),
+        _ => None,
     };
-    if !packet.has_ports {
-        return DEFAULT_RULE;
-    }
-    let slot = PORT_RULE_INDEX
-        .get(base + u32::from(packet.dst_port))
-        .copied()
-        .unwrap_or(DEFAULT_RULE);
-    match RULES.get(slot) {
+    if let Some(base) = port_base {
+        let slot = PORT_RULE_INDEX
+            .get(base + u32::from(packet.dst_port))
+            .copied()
+            .unwrap_or(DEFAULT_RULE);
         // A slot without a rule (being rewritten) falls back to the default.
-        Some(rule) if rule.action != 0 => slot,
-        _ => DEFAULT_RULE,
+        if let Some(rule) = RULES
+            .get(slot)
+            .filter(|r| slot != DEFAULT_RULE && r.action != 0)
+        {
+            return (slot, Some(rule));
+        }
     }
+    (
+        DEFAULT_RULE,
+        RULES.get(DEFAULT_RULE).filter(|r| r.action != 0),
+    )
 }
 
 #[inline(always)]
-fn apply_rule(
-    slot: u32,
-    rule: &RateRule,
-    packet: &Packet,
-    source: &Ipv6Bytes,
-    len: u64,
-    clock: &mut Clock,
-) -> u32 {
+fn apply_rule(slot: u32, rule: &RateRule, packet: &Packet, len: u64, clock: &mut Clock) -> u32 {
     if rule.action == RULE_DROP {
         return reason::PORT_DENIED;
     }
@@ -230,7 +241,8 @@ fn apply_rule(
     if rule.packet_interval == 0 && rule.byte_interval == 0 {
         return reason::PASS;
     }
-    if within_limit(slot, rule, source, len, clock) {
+    let source = aggregated_source(packet);
+    if within_limit(slot, rule, packet, &source, len, clock) {
         reason::PASS
     } else {
         reason::RATELIMIT
@@ -311,6 +323,7 @@ fn mask128(hi: u64, lo: u64, prefix: u32) -> (u64, u64) {
 fn within_limit(
     slot: u32,
     rule: &RateRule,
+    packet: &Packet,
     source: &Ipv6Bytes,
     len: u64,
     clock: &mut Clock,
@@ -319,7 +332,7 @@ fn within_limit(
         rule: slot,
         source: *source,
     };
-    let now_ns = clock.now();
+    let now_ns = clock.precise();
     let now = now_ns.wrapping_mul(TICKS_PER_NS);
     let Some(bucket) = bucket_for(&key) else {
         // Table insert failed (should not happen with an LRU): fail open, counted as pass.
@@ -341,7 +354,7 @@ fn within_limit(
                 rule.byte_tolerance,
             ));
     if !ok && rule.autoblock_after != 0 {
-        note_over_limit(bucket, slot, rule, source, now_ns);
+        note_over_limit(bucket, slot, rule, packet, source, now_ns);
     }
     ok
 }
@@ -414,9 +427,16 @@ fn atomic_increment(counter: *mut u64) -> u64 {
 }
 
 /// Count an over-limit packet in the rule's window; the packet that reaches
-/// the threshold puts the source on the automatic block list.
+/// the threshold puts the source's prefix on the blocklist as an automatic block.
 #[inline(always)]
-fn note_over_limit(bucket: *mut Bucket, slot: u32, rule: &RateRule, source: &Ipv6Bytes, now: u64) {
+fn note_over_limit(
+    bucket: *mut Bucket,
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    source: &Ipv6Bytes,
+    now: u64,
+) {
     let window_start = unsafe { field(bucket, 2) };
     let over_limit = unsafe { field(bucket, 3) };
     let start = unsafe { window_start.read_volatile() };
@@ -432,13 +452,27 @@ fn note_over_limit(bucket: *mut Bucket, slot: u32, rule: &RateRule, source: &Ipv
     if seen != u64::from(rule.autoblock_after) {
         return;
     }
-    let entry = AutoBlock {
-        blocked_at_ns: now,
+    let config = CONFIG.get(0);
+    let mut entry = ListEntry {
         expires_at_ns: now + rule.autoblock_for_ns,
-        rule: slot,
+        prefix_len: 0,
+        origin: ORIGIN_AUTO,
+        rule: slot as u16,
         over_limit: rule.autoblock_after,
     };
-    if AUTOBLOCK.insert(source, entry, 0).is_err() {
+    // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
+    let inserted = if packet.is_v6 {
+        let bits = config.map_or(64, |c| c.ipv6_source_prefix);
+        entry.prefix_len = bits as u8;
+        BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
+    } else {
+        let bits = config.map_or(32, |c| c.ipv4_source_prefix);
+        entry.prefix_len = bits as u8;
+        let v4 = [source[12], source[13], source[14], source[15]];
+        BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
+    };
+    if inserted.is_err() {
+        bump_table_stat(table_stat::AUTOBLOCKS_FAILED);
         return;
     }
     bump_table_stat(table_stat::AUTOBLOCKS);
