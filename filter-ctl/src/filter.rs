@@ -18,12 +18,13 @@ use aya::{
     },
 };
 use filter_common::{
-    Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL, RuleCounter,
-    maps, reason, table_stat,
+    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO,
+    ORIGIN_MANUAL, RuleCounter, maps, reason, table_stat,
 };
 use serde::Serialize;
 
 use crate::{
+    batch::{self, BatchError},
     cidr::{Cidr, mask_bytes},
     clock,
     pins::PinDir,
@@ -75,7 +76,12 @@ pub struct ListedAutoBlock {
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
+    /// Packets and bytes per decision reason.
     pub reasons: std::collections::BTreeMap<String, CounterJson>,
+    /// The program's own tables: `buckets_live`, `bucket_inserts`,
+    /// `bucket_evictions` (inserts - live: buckets are only ever evicted),
+    /// `autoblocks`, `autoblocks_failed`, `events_lost`.
+    pub tables: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -159,6 +165,9 @@ impl Filter {
 
     /// Adds (or refreshes) every prefix with the same expiry. All or nothing:
     /// if the map fills up midway, the entries written so far are rolled back.
+    ///
+    /// Entries go in sorted (neighbouring prefixes share trie nodes, so the
+    /// kernel's walk stays in cache) and in batches of one syscall each.
     pub fn list_insert(
         &self,
         kind: ListKind,
@@ -169,47 +178,110 @@ impl Filter {
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let expires_at_ns = clock::expiry_from_now(ttl);
-        let mut undo: Vec<(Cidr, Option<ListEntry>)> = Vec::with_capacity(cidrs.len());
-        for (index, cidr) in cidrs.iter().enumerate() {
-            let entry = ListEntry {
-                expires_at_ns,
-                prefix_len: cidr.prefix(),
-                origin: ORIGIN_MANUAL,
-                ..ListEntry::default()
-            };
-            let result = match *cidr {
+        let entry = |prefix_len| ListEntry {
+            expires_at_ns,
+            prefix_len,
+            origin: ORIGIN_MANUAL,
+            ..ListEntry::default()
+        };
+        let mut sorted = cidrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let (mut keys4, mut values4, mut keys6, mut values6) = (vec![], vec![], vec![], vec![]);
+        for cidr in &sorted {
+            match *cidr {
                 Cidr::V4 { addr, prefix } => {
-                    upsert(&mut v4, &Key::new(u32::from(prefix), addr), entry)
+                    keys4.push(Key::new(u32::from(prefix), addr));
+                    values4.push(entry(prefix));
                 }
                 Cidr::V6 { addr, prefix } => {
-                    upsert(&mut v6, &Key::new(u32::from(prefix), addr), entry)
-                }
-            };
-            match result {
-                Ok(previous) => undo.push((*cidr, previous)),
-                Err(err) => {
-                    let rollback = rollback(&mut v4, &mut v6, &undo);
-                    let err = if errno(&err) == Some(libc::ENOSPC)
-                        || errno(&err) == Some(libc::E2BIG)
-                    {
-                        anyhow!(
-                            "the {} is full ({} entries for {}); nothing from this command was applied. Remove entries, or restart with a larger --list-capacity",
-                            kind.name(),
-                            index,
-                            if matches!(cidr, Cidr::V4 { .. }) {
-                                "IPv4"
-                            } else {
-                                "IPv6"
-                            }
-                        )
-                    } else {
-                        anyhow::Error::new(err)
-                            .context(format!("adding {cidr} to the {}", kind.name()))
-                    };
-                    rollback?;
-                    return Err(err);
+                    keys6.push(Key::new(u32::from(prefix), addr));
+                    values6.push(entry(prefix));
                 }
             }
+        }
+        let mut undo4 = Vec::new();
+        let mut undo6 = Vec::new();
+        let result = self
+            .insert_family(v4_name, &mut v4, &keys4, &values4, &mut undo4)
+            .map_err(|e| (e, "IPv4"))
+            .and_then(|()| {
+                self.insert_family(v6_name, &mut v6, &keys6, &values6, &mut undo6)
+                    .map_err(|e| (e, "IPv6"))
+            });
+        let Err((error, family)) = result else {
+            return Ok(());
+        };
+        rollback(&mut v4, &undo4)?;
+        rollback(&mut v6, &undo6)?;
+        if matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) {
+            bail!(
+                "the {} has no room for {} more {family} entries; nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
+                kind.name(),
+                if family == "IPv4" {
+                    keys4.len()
+                } else {
+                    keys6.len()
+                }
+            );
+        }
+        Err(anyhow::Error::new(error).context(format!(
+            "adding {family} entries to the {}; nothing from this command was applied",
+            kind.name()
+        )))
+    }
+
+    /// Batched inserts. Existing keys are read first, so that the capacity
+    /// is checked before anything changes and overwritten entries can be
+    /// restored by a rollback (`undo`).
+    fn insert_family<K: Pod + Eq + std::hash::Hash>(
+        &self,
+        name: &str,
+        trie: &mut LpmTrie<MapData, K, ListEntry>,
+        keys: &[Key<K>],
+        values: &[ListEntry],
+        undo: &mut Vec<(Key<K>, Option<ListEntry>)>,
+    ) -> Result<(), std::io::Error> {
+        const CHUNK: usize = 8192;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let data = MapData::from_pin(self.pins.map(name)).map_err(std::io::Error::other)?;
+        let capacity = data.info().map_err(std::io::Error::other)?.max_entries() as usize;
+        let mut existing = std::collections::HashSet::new();
+        for key in trie.keys() {
+            let key = key.map_err(std::io::Error::other)?;
+            existing.insert((key.prefix_len(), key.data()));
+        }
+        let new = keys
+            .iter()
+            .filter(|k| !existing.contains(&(k.prefix_len(), k.data())))
+            .count();
+        if existing.len() + new > capacity {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut previous = Vec::with_capacity(keys.len());
+        for key in keys {
+            let old = if existing.contains(&(key.prefix_len(), key.data())) {
+                Some(trie.get(key, 0).map_err(std::io::Error::other)?)
+            } else {
+                None
+            };
+            previous.push(old);
+        }
+        let mut start = 0;
+        while start < keys.len() {
+            let end = (start + CHUNK).min(keys.len());
+            let result = batch::update(&data, &keys[start..end], &values[start..end], 0);
+            let applied = match &result {
+                Ok(()) => end - start,
+                Err(BatchError { applied, .. }) => *applied,
+            };
+            undo.extend((start..start + applied).map(|i| (keys[i], previous[i])));
+            if let Err(BatchError { error, .. }) = result {
+                return Err(error);
+            }
+            start = end;
         }
         Ok(())
     }
@@ -370,6 +442,24 @@ impl Filter {
             });
             out.reasons.insert((*name).to_string(), sum.into());
         }
+        let buckets: aya::maps::HashMap<MapData, BucketKey, Bucket> =
+            aya::maps::HashMap::try_from(self.map(maps::BUCKETS)?)
+                .context("BUCKETS is not the expected hash map")?;
+        let live = buckets.keys().filter(Result::is_ok).count() as u64;
+        let inserts = self.table_stat(table_stat::BUCKET_INSERTS)?;
+        for (name, value) in [
+            ("buckets_live", live),
+            ("bucket_inserts", inserts),
+            ("bucket_evictions", inserts.saturating_sub(live)),
+            ("autoblocks", self.table_stat(table_stat::AUTOBLOCKS)?),
+            (
+                "autoblocks_failed",
+                self.table_stat(table_stat::AUTOBLOCKS_FAILED)?,
+            ),
+            ("events_lost", self.table_stat(table_stat::EVENTS_LOST)?),
+        ] {
+            out.tables.insert(name.to_string(), value);
+        }
         Ok(out)
     }
 
@@ -407,43 +497,17 @@ fn prefix_u8(prefix_len: u32) -> u8 {
     u8::try_from(prefix_len).unwrap_or(u8::MAX)
 }
 
-/// Inserts or overwrites; returns the previous exact entry for rollback. An
-/// LPM lookup with the key's own prefix length returns the exact entry when
-/// it exists, so BPF_NOEXIST tells apart "new" and "overwritten".
-fn upsert<K: Pod>(
+/// Undoes inserts in reverse order: restores overwritten entries, removes new ones.
+fn rollback<K: Pod>(
     trie: &mut LpmTrie<MapData, K, ListEntry>,
-    key: &Key<K>,
-    entry: ListEntry,
-) -> Result<Option<ListEntry>, MapError> {
-    const BPF_NOEXIST: u64 = 1;
-    match trie.insert(key, entry, BPF_NOEXIST) {
-        Ok(()) => Ok(None),
-        Err(err) if errno(&err) == Some(libc::EEXIST) => {
-            let previous = trie.get(key, 0).ok();
-            trie.insert(key, entry, 0)?;
-            Ok(previous)
-        }
-        Err(err) => Err(err),
-    }
-}
-
-fn rollback(
-    v4: &mut LpmTrie<MapData, Ipv4Bytes, ListEntry>,
-    v6: &mut LpmTrie<MapData, Ipv6Bytes, ListEntry>,
-    undo: &[(Cidr, Option<ListEntry>)],
+    undo: &[(Key<K>, Option<ListEntry>)],
 ) -> anyhow::Result<()> {
-    for (cidr, previous) in undo.iter().rev() {
-        let result = match (*cidr, previous) {
-            (Cidr::V4 { addr, prefix }, Some(p)) => {
-                v4.insert(&Key::new(u32::from(prefix), addr), p, 0)
-            }
-            (Cidr::V4 { addr, prefix }, None) => v4.remove(&Key::new(u32::from(prefix), addr)),
-            (Cidr::V6 { addr, prefix }, Some(p)) => {
-                v6.insert(&Key::new(u32::from(prefix), addr), p, 0)
-            }
-            (Cidr::V6 { addr, prefix }, None) => v6.remove(&Key::new(u32::from(prefix), addr)),
-        };
-        result.with_context(|| format!("rolling back {cidr}"))?;
+    for (key, previous) in undo.iter().rev() {
+        match previous {
+            Some(entry) => trie.insert(key, entry, 0),
+            None => trie.remove(key),
+        }
+        .context("rolling back a partly applied list edit")?;
     }
     Ok(())
 }

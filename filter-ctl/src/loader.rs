@@ -212,15 +212,22 @@ pub fn detach(pins: &PinDir, iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Detaches every interface and removes all pins and the directory.
+/// Detaches every interface and removes all pins and the directory. Pins of
+/// maps this build does not know (an older layout under the same version
+/// directory) are removed too: the directory belongs to filter-ctl.
 pub fn detach_all(pins: &PinDir) -> anyhow::Result<Vec<String>> {
     let ifaces = pins.linked_interfaces()?;
     for iface in &ifaces {
         detach(pins, iface)?;
     }
-    for name in maps::ALL {
-        let path = pins.map(name);
-        if path.exists() {
+    let dir = pins.maps_dir();
+    if dir.exists() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("reading {}", dir.display()))?
+                .path();
             std::fs::remove_file(&path)
                 .with_context(|| format!("removing pin {}", path.display()))?;
         }

@@ -357,6 +357,10 @@ fn stats(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     for (name, c) in &stats.reasons {
         writeln!(out, "{name:<12} {:>14} {:>16}", c.packets, c.bytes)?;
     }
+    writeln!(out)?;
+    for (name, value) in &stats.tables {
+        writeln!(out, "{name:<18} {value:>14}")?;
+    }
     Ok(())
 }
 
