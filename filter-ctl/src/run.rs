@@ -65,11 +65,26 @@ fn take_run_lock(pins: &PinDir) -> anyhow::Result<File> {
 pub fn run(pins: &PinDir, ifaces: &[String], mode: Mode, caps: &Capacities) -> anyhow::Result<()> {
     ensure_bpffs_mounted()?;
     let _lock = take_run_lock(pins)?;
-    let mut ebpf = loader::load(pins, caps)?;
-    for iface in ifaces {
-        let how = loader::attach(&mut ebpf, pins, iface, mode)?;
-        println!("filter-ctl: attached to {iface} ({how})");
-    }
+    // A failed start must change nothing: if this run created the pins, it removes them.
+    let fresh = !pins.is_loaded();
+    let started = loader::load(pins, caps).and_then(|mut ebpf| {
+        for iface in ifaces {
+            let how = loader::attach(&mut ebpf, pins, iface, mode)?;
+            println!("filter-ctl: attached to {iface} ({how})");
+        }
+        Ok(ebpf)
+    });
+    let ebpf = match started {
+        Ok(ebpf) => ebpf,
+        Err(err) => {
+            if fresh && pins.root().exists() {
+                if let Err(cleanup) = loader::detach_all(pins) {
+                    warn!("removing the pins this run created failed: {cleanup:#}");
+                }
+            }
+            return Err(err);
+        }
+    };
     println!(
         "filter-ctl: running; pins under {}. Ctrl-C stops the controller, the filter stays attached (`filter-ctl detach` removes it)",
         pins.root().display()
