@@ -77,10 +77,11 @@ pub fn run(pins: &PinDir, ifaces: &[String], mode: Mode, caps: &Capacities) -> a
     let ebpf = match started {
         Ok(ebpf) => ebpf,
         Err(err) => {
-            if fresh && pins.root().exists() {
-                if let Err(cleanup) = loader::detach_all(pins) {
-                    warn!("removing the pins this run created failed: {cleanup:#}");
-                }
+            if fresh
+                && pins.root().exists()
+                && let Err(cleanup) = loader::detach_all(pins)
+            {
+                warn!("removing the pins this run created failed: {cleanup:#}");
             }
             return Err(err);
         }

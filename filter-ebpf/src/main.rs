@@ -131,8 +131,12 @@ impl Clock {
     }
 }
 
+/// Expired entries nested over one address that a single lookup skips (and
+/// deletes); deeper nesting is cleared by the controller's periodic sweep.
+const MAX_EXPIRED_SKIPS: usize = 4;
+
 /// Origin of the active longest-prefix match for `addr`, if any. An expired
-/// match is deleted (it would hide shorter prefixes) and the lookup repeated once.
+/// match is deleted (it would hide shorter prefixes) and the lookup repeated.
 #[inline(always)]
 fn list_match<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
@@ -140,7 +144,7 @@ fn list_match<K: Copy>(
     addr: K,
     clock: &mut Clock,
 ) -> Option<u8> {
-    for _ in 0..2 {
+    for _ in 0..=MAX_EXPIRED_SKIPS {
         let entry = map.get(Key::new(bits, addr))?;
         if entry.expires_at_ns == 0 || clock.coarse() < entry.expires_at_ns {
             return Some(entry.origin);
