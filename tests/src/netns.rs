@@ -16,7 +16,7 @@ use std::{
     process::{Command, Output},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -396,18 +396,32 @@ pub fn udp_send(
     sent
 }
 
+const PAYLOAD_TAG: &[u8; 8] = b"ft-probe";
+
+/// Test datagram: a tag and the sender's sequence number.
 fn payload(seq: usize) -> [u8; 16] {
     let mut p = [0u8; 16];
-    p[..8].copy_from_slice(b"ft-probe");
+    p[..8].copy_from_slice(PAYLOAD_TAG);
     p[8..].copy_from_slice(&(seq as u64).to_be_bytes());
     p
+}
+
+/// The sequence number of a test datagram.
+fn payload_seq(data: &[u8]) -> Option<u64> {
+    if data.len() != 16 || &data[..8] != PAYLOAD_TAG {
+        return None;
+    }
+    Some(u64::from_be_bytes(data[8..].try_into().ok()?))
 }
 
 /// One received datagram.
 #[derive(Clone, Copy, Debug)]
 pub struct Datagram {
     pub from: IpAddr,
+    /// When the receiver read it.
     pub at: Instant,
+    /// The sender's sequence number, for datagrams sent by these helpers.
+    pub seq: Option<u64>,
 }
 
 /// How many of `datagrams` came from `ip`.
@@ -457,11 +471,12 @@ impl UdpReceiver {
             .expect("SO_RCVTIMEO");
         while start.elapsed() < max && last.elapsed() < quiet {
             match self.sock.recv_from(&mut buf) {
-                Ok((_, from)) => {
+                Ok((len, from)) => {
                     last = Instant::now();
                     out.push(Datagram {
                         from: from.ip(),
                         at: last,
+                        seq: payload_seq(&buf[..len]),
                     });
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -648,13 +663,26 @@ pub fn ping(ns: &NetNs, src: IpAddr, dst: IpAddr, count: u16, timeout: Duration)
 }
 
 /// A thread sending one UDP datagram every `interval` from `src` to `dst`
-/// until stopped (or for at most `max`).
+/// until stopped (or for at most `max`). Datagram `n` carries sequence number `n`.
 #[derive(Debug)]
 pub struct UdpStream {
     stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU32>,
-    times: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
-    handle: Option<thread::JoinHandle<()>>,
+    sent: Arc<AtomicU64>,
+    handle: Option<thread::JoinHandle<StreamReport>>,
+}
+
+/// What a [`UdpStream`] sent.
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    /// Datagrams the kernel accepted (sequence numbers `0..sent`).
+    pub sent: u64,
+    /// When the first `send` returned.
+    pub first: Option<Instant>,
+    /// When the last `send` returned.
+    pub last: Option<Instant>,
+    /// For each sequence number, the time just before its `send` call: the
+    /// filter saw that datagram after this instant.
+    pub send_started: Vec<Instant>,
 }
 
 impl UdpStream {
@@ -668,30 +696,31 @@ impl UdpStream {
     ) -> Self {
         let sock = udp_socket(ns, SocketAddr::new(src, 0));
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU32::new(0));
-        let times = Arc::new(Mutex::new((None, None)));
+        let sent = Arc::new(AtomicU64::new(0));
         let handle = {
-            let (stop, sent, times) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&times));
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
             thread::spawn(move || {
                 let start = Instant::now();
-                let mut seq = 0usize;
+                let mut report = StreamReport::default();
                 while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
+                    let before = Instant::now();
+                    let seq = report.send_started.len();
                     if sock.send_to(&payload(seq), dst).is_ok() {
-                        let now = Instant::now();
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        let mut t = times.lock().unwrap_or_else(PoisonError::into_inner);
-                        t.0.get_or_insert(now);
-                        t.1 = Some(now);
+                        let after = Instant::now();
+                        report.send_started.push(before);
+                        report.first.get_or_insert(after);
+                        report.last = Some(after);
+                        report.sent += 1;
+                        sent.store(report.sent, Ordering::Relaxed);
                     }
-                    seq += 1;
                     thread::sleep(interval);
                 }
+                report
             })
         };
         Self {
             stop,
             sent,
-            times,
             handle: Some(handle),
         }
     }
@@ -699,30 +728,27 @@ impl UdpStream {
     /// Datagrams sent so far.
     #[must_use]
     pub fn sent(&self) -> u64 {
-        u64::from(self.sent.load(Ordering::Relaxed))
+        self.sent.load(Ordering::Relaxed)
     }
 
-    /// Stops the thread; returns (datagrams sent, first send, last send).
+    /// Stops the thread and returns what it sent.
     #[must_use]
-    pub fn stop(mut self) -> (u64, Option<Instant>, Option<Instant>) {
-        self.halt();
-        let (first, last) = *self.times.lock().unwrap_or_else(PoisonError::into_inner);
-        (self.sent(), first, last)
+    pub fn stop(mut self) -> StreamReport {
+        self.halt().unwrap_or_default()
     }
 
-    fn halt(&mut self) {
+    fn halt(&mut self) -> Option<StreamReport> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take()
-            && let Err(panic) = handle.join()
-            && !thread::panicking()
-        {
-            std::panic::resume_unwind(panic);
+        match self.handle.take()?.join() {
+            Ok(report) => Some(report),
+            Err(panic) if !thread::panicking() => std::panic::resume_unwind(panic),
+            Err(_) => None,
         }
     }
 }
 
 impl Drop for UdpStream {
     fn drop(&mut self) {
-        self.halt();
+        let _ = self.halt();
     }
 }

@@ -274,9 +274,12 @@ fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
         !out.status.success() && err.contains("nosuch0") && err.contains("does not exist"),
         "{err}"
     );
-    // (That failed run leaves its maps pinned: see the known-bug test
-    // `failed_run_leaves_no_pins` in integration_known_bugs.rs. `other`'s
-    // drop detaches them.)
+    // A failed start removes the pins it created.
+    assert!(
+        !other.pin_dir().exists(),
+        "a failed run left {} behind",
+        other.pin_dir().display()
+    );
 
     controller.terminate();
     ctl.detach_and_check(&lab.dst, &lab.dst_if);

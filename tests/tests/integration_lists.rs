@@ -361,6 +361,47 @@ fn block_with_ttl_expires_by_itself() {
 }
 
 #[test]
+fn expired_nested_entries_never_unblock_a_covering_prefix() {
+    if skip_unless_root("expired_nested_entries_never_unblock_a_covering_prefix") {
+        return;
+    }
+    let lab = Lab::new("nest");
+    let ctl = Ctl::new("nest");
+    let mut controller = ctl.run_background(&lab.dst, &[&lab.dst_if]);
+    let dst = SocketAddr::new(IpAddr::V4(lab.dst_v4()), UDP_PORT);
+    let receiver = UdpReceiver::bind(&lab.dst, dst);
+    let src = lab.add_src_v4(0x21);
+    ctl.ok(&["block", &lab.v4_net()]);
+    // Four expired entries nested over `src` inside the permanent /24: the
+    // program skips (and deletes) up to four in one lookup.
+    for prefix in ["/26", "/28", "/30", "/32"] {
+        ctl.ok(&["block", &format!("{src}{prefix}"), "--ttl", "1s"]);
+    }
+    assert_eq!(
+        ctl.list_json()["blocklist"].as_array().map(Vec::len),
+        Some(5)
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+
+    assert_eq!(udp_send(&lab.src, src, dst, 3, Duration::from_millis(5)), 3);
+    let got = count_from(&receiver.drain(QUIET, DRAIN_MAX), src);
+    assert_eq!(
+        got,
+        0,
+        "{src} is inside the permanently blocked {}",
+        lab.v4_net()
+    );
+    assert_eq!(ctl.packets("blocklist"), 3);
+    assert_eq!(
+        ctl.list_json()["blocklist"],
+        serde_json::json!([{ "cidr": lab.v4_net() }])
+    );
+
+    controller.terminate();
+    ctl.detach_and_check(&lab.dst, &lab.dst_if);
+}
+
+#[test]
 fn block_issued_during_traffic_takes_effect_at_once() {
     if skip_unless_root("block_issued_during_traffic_takes_effect_at_once") {
         return;
@@ -391,18 +432,25 @@ fn block_issued_during_traffic_takes_effect_at_once() {
     let issued = Instant::now();
     ctl.ok(&["block", &src.to_string()]);
     let returned = Instant::now();
-    let sent_at_return = stream.sent();
     // Keep sending well past the block.
     std::thread::sleep(Duration::from_millis(500));
-    let (sent, _, _) = stream.stop();
+    let report = stream.stop();
     let got = collector.stop();
-    let received = count_from(&got, src) as u64;
-    let last = got
+    let sent = report.sent;
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter(|d| d.from == src)
+        .map(|d| d.seq.expect("a test datagram"))
+        .collect();
+    let received = seqs.len() as u64;
+    let last_seq = *seqs.iter().max().expect("received something");
+    let last_read = got
         .iter()
         .filter(|d| d.from == src)
         .map(|d| d.at)
         .max()
         .expect("received something");
+    let last_sent = report.send_started[usize::try_from(last_seq).expect("small")];
     let millis = |later: Instant, earlier: Instant| {
         if later >= earlier {
             (later - earlier).as_secs_f64() * 1000.0
@@ -411,21 +459,43 @@ fn block_issued_during_traffic_takes_effect_at_once() {
         }
     };
     eprintln!(
-        "live block: `filter-ctl block` took {:.1} ms; last packet received {:.1} ms after it returned \
-         ({:.1} ms after it was issued); {sent} sent, {received} received",
+        "live block: `filter-ctl block` took {:.1} ms; the last datagram that got through was sent \
+         {:.1} ms after it returned ({:.1} ms after it was issued) and read {:.1} ms after it \
+         returned; {sent} sent, {received} received",
         millis(returned, issued),
-        millis(last, returned),
-        millis(last, issued),
+        millis(last_sent, returned),
+        millis(last_sent, issued),
+        millis(last_read, returned),
     );
-    let grace = Duration::from_millis(50);
-    assert!(
-        last <= returned + grace,
-        "a packet arrived {:.1} ms after `block` returned",
-        millis(last, returned)
+    // Everything before the block arrived, in order, nothing after it.
+    assert_eq!(
+        last_seq + 1,
+        received,
+        "datagrams were lost before the block"
     );
+    let after_block = report
+        .send_started
+        .iter()
+        .filter(|t| **t > returned)
+        .count();
     assert!(
-        sent >= sent_at_return + 100,
-        "the sender stalled after the block ({sent_at_return} -> {sent})"
+        after_block >= 100,
+        "the sender stalled after the block ({after_block} sent after it returned)"
+    );
+    // A datagram sent after `block` returned meets the updated map: the grace
+    // only covers clock reads around the calls.
+    let grace = Duration::from_millis(5);
+    assert!(
+        last_sent <= returned + grace,
+        "a datagram sent {:.1} ms after `block` returned got through",
+        millis(last_sent, returned)
+    );
+    // And, as the receiver sees it, nothing arrives after the block returned
+    // (plus the receiver thread's scheduling delay).
+    assert!(
+        last_read <= returned + Duration::from_millis(200),
+        "a datagram was read {:.1} ms after `block` returned",
+        millis(last_read, returned)
     );
     assert_eq!(
         ctl.packets("blocklist"),

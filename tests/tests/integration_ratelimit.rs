@@ -36,16 +36,15 @@ impl Flood {
 
     /// Stops both threads: (datagrams sent, time from the first send to the last).
     fn stop(self) -> (u64, Duration) {
-        let [a, b] = self.streams;
-        let (sent_a, first_a, last_a) = a.stop();
-        let (sent_b, first_b, last_b) = b.stop();
-        let first = first_a
+        let [a, b] = self.streams.map(UdpStream::stop);
+        let first = a
+            .first
             .into_iter()
-            .chain(first_b)
+            .chain(b.first)
             .min()
             .expect("flood sent");
-        let last = last_a.into_iter().chain(last_b).max().expect("flood sent");
-        (sent_a + sent_b, last - first)
+        let last = a.last.into_iter().chain(b.last).max().expect("flood sent");
+        (a.sent + b.sent, last - first)
     }
 }
 
@@ -80,7 +79,7 @@ fn rate_limit_holds_a_flooder_to_rate_and_burst_and_spares_a_well_behaved_source
         UdpStream::start(&lab.src, polite, dst, Duration::from_millis(20), MAX_STREAM);
     std::thread::sleep(Duration::from_secs(3));
     let (flood_sent, duration) = flood.stop();
-    let (polite_sent, _, _) = polite_stream.stop();
+    let polite_sent = polite_stream.stop().sent;
     std::thread::sleep(QUIET);
     let got = collector.stop();
     let flood_received = count_from(&got, flooder) as u64;
