@@ -1,1 +1,590 @@
-//! (being written)
+//! Reference model of the XDP program's decision, written from the
+//! specification (not from the kernel code): plain Rust over a byte slice and
+//! a copy of the map contents. The differential test runs every frame through
+//! both and compares verdict and reason.
+
+use std::collections::HashMap;
+
+use filter_common::{
+    Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, PORT_INDEX_ENTRIES,
+    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RateRule, RuleCounter, TICKS_PER_NS,
+    reason,
+};
+
+/// XDP return codes.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// No header may start beyond this offset.
+const MAX_HEADER_OFFSET: usize = 4096;
+/// Extension headers walked before giving up.
+const MAX_EXT_HEADERS: usize = 6;
+
+/// The verdict the reason implies.
+#[must_use]
+pub fn action_of(reason: u32) -> u32 {
+    if reason::is_drop(reason) {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// What the parser makes of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    NonIp,
+    Malformed,
+    Ip(IpInfo),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpInfo {
+    /// The source address, IPv4-mapped for IPv4.
+    pub mapped_source: [u8; 16],
+    pub is_v4: bool,
+    /// Upper-layer protocol (for a non-first IPv6 fragment: the fragment header's next header).
+    pub protocol: u8,
+    /// Destination port, for TCP/UDP that is not a non-first fragment.
+    pub dport: Option<u16>,
+}
+
+impl IpInfo {
+    #[must_use]
+    pub fn source_v4(&self) -> [u8; 4] {
+        let mut out = [0; 4];
+        out.copy_from_slice(&self.mapped_source[12..]);
+        out
+    }
+}
+
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// Whether `len` bytes starting at `at` lie inside the frame.
+fn has(f: &[u8], at: usize, len: usize) -> bool {
+    at <= MAX_HEADER_OFFSET && at + len <= f.len()
+}
+
+/// Parses a frame as the specification says.
+#[must_use]
+pub fn parse(f: &[u8]) -> Parsed {
+    if !has(f, 0, 14) {
+        return Parsed::Malformed;
+    }
+    let mut ethertype = be16(f, 12);
+    let mut off = 14;
+    let mut tags = 0;
+    while ethertype == 0x8100 || ethertype == 0x88A8 {
+        if tags == 2 || !has(f, off, 4) {
+            return Parsed::Malformed;
+        }
+        ethertype = be16(f, off + 2);
+        off += 4;
+        tags += 1;
+    }
+    match ethertype {
+        0x0800 => parse_v4(f, off),
+        0x86DD => parse_v6(f, off),
+        _ => Parsed::NonIp,
+    }
+}
+
+fn parse_v4(f: &[u8], off: usize) -> Parsed {
+    if !has(f, off, 20) || f[off] >> 4 != 4 {
+        return Parsed::Malformed;
+    }
+    let ihl = usize::from(f[off] & 0x0f) * 4;
+    let total = usize::from(be16(f, off + 2));
+    if ihl < 20 || total < ihl || !has(f, off, total) {
+        return Parsed::Malformed;
+    }
+    let mut mapped_source = [0u8; 16];
+    mapped_source[10] = 0xff;
+    mapped_source[11] = 0xff;
+    mapped_source[12..].copy_from_slice(&f[off + 12..off + 16]);
+    let protocol = f[off + 9];
+    let info = IpInfo {
+        mapped_source,
+        is_v4: true,
+        protocol,
+        dport: None,
+    };
+    if be16(f, off + 6) & 0x1fff != 0 {
+        return Parsed::Ip(info);
+    }
+    transport(f, off + ihl, total - ihl, info)
+}
+
+fn parse_v6(f: &[u8], off: usize) -> Parsed {
+    if !has(f, off, 40) || f[off] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let payload_length = usize::from(be16(f, off + 4));
+    if payload_length == 0 || !has(f, off, 40 + payload_length) {
+        return Parsed::Malformed;
+    }
+    let mut mapped_source = [0u8; 16];
+    mapped_source.copy_from_slice(&f[off + 8..off + 24]);
+    let mut info = IpInfo {
+        mapped_source,
+        is_v4: false,
+        protocol: 0,
+        dport: None,
+    };
+    let mut next = f[off + 6];
+    let mut cur = off + 40;
+    let mut remaining = payload_length;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match next {
+            0 | 43 | 60 => {
+                if !has(f, cur, 2) {
+                    return Parsed::Malformed;
+                }
+                (usize::from(f[cur + 1]) + 1) * 8
+            }
+            44 => {
+                if !has(f, cur, 8) {
+                    return Parsed::Malformed;
+                }
+                if be16(f, cur + 2) & 0xfff8 != 0 {
+                    if remaining < 8 {
+                        return Parsed::Malformed;
+                    }
+                    info.protocol = f[cur];
+                    return Parsed::Ip(info);
+                }
+                8
+            }
+            _ => {
+                info.protocol = next;
+                return transport(f, cur, remaining, info);
+            }
+        };
+        if len > remaining {
+            return Parsed::Malformed;
+        }
+        next = f[cur];
+        cur += len;
+        remaining -= len;
+    }
+    if matches!(next, 0 | 43 | 44 | 60) {
+        return Parsed::Malformed;
+    }
+    info.protocol = next;
+    transport(f, cur, remaining, info)
+}
+
+fn transport(f: &[u8], at: usize, ip_payload: usize, mut info: IpInfo) -> Parsed {
+    let min = match info.protocol {
+        6 => 20,
+        17 | 1 => 8,
+        58 => 4,
+        _ => return Parsed::Ip(info),
+    };
+    if ip_payload < min || !has(f, at, min) {
+        return Parsed::Malformed;
+    }
+    match info.protocol {
+        6 => {
+            let doff = usize::from(f[at + 12] >> 4) * 4;
+            if doff < 20 || doff > ip_payload {
+                return Parsed::Malformed;
+            }
+            info.dport = Some(be16(f, at + 2));
+        }
+        17 => {
+            let len = usize::from(be16(f, at + 4));
+            if len < 8 || len > ip_payload {
+                return Parsed::Malformed;
+            }
+            info.dport = Some(be16(f, at + 2));
+        }
+        _ => {}
+    }
+    Parsed::Ip(info)
+}
+
+/// Clears every bit after the first `prefix` bits.
+#[must_use]
+pub fn mask<const N: usize>(mut bytes: [u8; N], prefix: u32) -> [u8; N] {
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        let bit = u32::try_from(i * 8).unwrap_or(u32::MAX);
+        if bit >= prefix {
+            *byte = 0;
+        } else if prefix - bit < 8 {
+            *byte &= 0xffu8 << (8 - (prefix - bit));
+        }
+    }
+    bytes
+}
+
+/// One allow/block list entry (automatic blocks are blocklist entries too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListItem<const N: usize> {
+    pub net: [u8; N],
+    pub prefix: u32,
+    /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
+    pub expires_at_ns: u64,
+    /// `ORIGIN_MANUAL` or `ORIGIN_AUTO`.
+    pub origin: u8,
+    /// For automatic blocks: the rule slot and over-limit count that triggered it.
+    pub rule: u32,
+    pub over_limit: u64,
+}
+
+impl<const N: usize> ListItem<N> {
+    fn is_active(&self, now_ns: u64) -> bool {
+        self.expires_at_ns == 0 || now_ns < self.expires_at_ns
+    }
+}
+
+/// Expired longest matches a lookup deletes before it gives up.
+pub const MAX_EXPIRED_SKIPS: usize = 4;
+
+/// An allow/block list of one family: longest-prefix match.
+#[derive(Clone, Debug, Default)]
+pub struct PrefixList<const N: usize> {
+    pub entries: Vec<ListItem<N>>,
+}
+
+impl<const N: usize> PrefixList<N> {
+    /// Adds or replaces the entry for `item`'s prefix (host bits cleared).
+    pub fn insert(&mut self, mut item: ListItem<N>) {
+        item.net = mask(item.net, item.prefix);
+        self.entries
+            .retain(|e| !(e.net == item.net && e.prefix == item.prefix));
+        self.entries.push(item);
+    }
+
+    /// Adds a permanent or expiring operator entry.
+    pub fn insert_manual(&mut self, net: [u8; N], prefix: u32, expires_at_ns: u64) {
+        self.insert(ListItem {
+            net,
+            prefix,
+            expires_at_ns,
+            origin: filter_common::ORIGIN_MANUAL,
+            rule: 0,
+            over_limit: 0,
+        });
+    }
+
+    fn longest(&self, addr: [u8; N]) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| mask(addr, e.prefix) == e.net)
+            .max_by_key(|(_, e)| e.prefix)
+            .map(|(i, _)| i)
+    }
+
+    /// The entry deciding for `addr`: the longest matching prefix, if active.
+    /// An expired longest match is deleted and the lookup repeated, at most
+    /// [`MAX_EXPIRED_SKIPS`] times; an expired match after that is no match.
+    pub fn lookup(&mut self, addr: [u8; N], now_ns: u64) -> Option<ListItem<N>> {
+        for _ in 0..MAX_EXPIRED_SKIPS {
+            let i = self.longest(addr)?;
+            if self.entries[i].is_active(now_ns) {
+                return Some(self.entries[i]);
+            }
+            self.entries.swap_remove(i);
+        }
+        let i = self.longest(addr)?;
+        self.entries[i].is_active(now_ns).then_some(self.entries[i])
+    }
+}
+
+/// The map contents the program decides with, and its counters.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub allow_v4: PrefixList<4>,
+    pub allow_v6: PrefixList<16>,
+    pub block_v4: PrefixList<4>,
+    pub block_v6: PrefixList<16>,
+    /// Aggregation prefix lengths for the rate-limit/autoblock key.
+    pub ipv4_source_prefix: u32,
+    pub ipv6_source_prefix: u32,
+    /// `MAX_RULES` slots; slot 0 is the default rule.
+    pub rules: Vec<RateRule>,
+    /// `PORT_INDEX_ENTRIES` slots: TCP ports, then UDP ports; 0 = no rule.
+    pub port_index: Vec<u32>,
+    /// Only-from prefixes per slot, in the mapped space: (slot, network, prefix length).
+    pub only_from: Vec<(u32, [u8; 16], u32)>,
+    /// Source keys in the order they were automatically blocked (with the rule slot).
+    pub autoblock_log: Vec<([u8; 16], u32)>,
+    pub buckets: HashMap<(u32, [u8; 16]), Bucket>,
+    pub stats: [Counter; reason::COUNT as usize],
+    pub rule_stats: Vec<RuleCounter>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self {
+            allow_v4: PrefixList::default(),
+            allow_v6: PrefixList::default(),
+            block_v4: PrefixList::default(),
+            block_v6: PrefixList::default(),
+            ipv4_source_prefix: 32,
+            ipv6_source_prefix: 64,
+            rules: vec![RateRule::default(); MAX_RULES as usize],
+            port_index: vec![0; PORT_INDEX_ENTRIES as usize],
+            only_from: Vec::new(),
+            autoblock_log: Vec::new(),
+            buckets: HashMap::new(),
+            stats: [Counter::default(); reason::COUNT as usize],
+            rule_stats: vec![RuleCounter::default(); MAX_RULES as usize],
+        }
+    }
+}
+
+fn add(counter: &mut Counter, bytes: u64) {
+    counter.packets += 1;
+    counter.bytes += bytes;
+}
+
+impl Model {
+    /// Sets a port rule (or the default rule for `ports == None`) in `slot`.
+    pub fn set_rule(&mut self, slot: u32, rule: RateRule, ports: Option<(u8, u16, u16)>) {
+        self.rules[slot as usize] = rule;
+        if let Some((protocol, first, last)) = ports {
+            let base = if protocol == IPPROTO_UDP {
+                PORT_INDEX_UDP_BASE
+            } else {
+                0
+            };
+            for port in first..=last {
+                self.port_index[(base + u32::from(port)) as usize] = slot;
+            }
+        }
+    }
+
+    /// The rate-limit key of a source: mapped, masked to the aggregation prefix.
+    #[must_use]
+    pub fn source_key(&self, info: &IpInfo) -> [u8; 16] {
+        if info.is_v4 {
+            mask(info.mapped_source, 96 + self.ipv4_source_prefix.min(32))
+        } else {
+            mask(info.mapped_source, self.ipv6_source_prefix.min(128))
+        }
+    }
+
+    /// Decides one frame at `now_ns` (`CLOCK_MONOTONIC`), updating the state
+    /// and counters like the program does. Returns the reason.
+    pub fn decide(&mut self, frame: &[u8], now_ns: u64) -> u32 {
+        let reason = self.decide_inner(frame, now_ns);
+        add(&mut self.stats[reason as usize], frame.len() as u64);
+        reason
+    }
+
+    fn decide_inner(&mut self, frame: &[u8], now_ns: u64) -> u32 {
+        let info = match parse(frame) {
+            Parsed::NonIp => return reason::NON_IP,
+            Parsed::Malformed => return reason::MALFORMED,
+            Parsed::Ip(info) => info,
+        };
+        let allowed = if info.is_v4 {
+            self.allow_v4.lookup(info.source_v4(), now_ns).is_some()
+        } else {
+            self.allow_v6.lookup(info.mapped_source, now_ns).is_some()
+        };
+        if allowed {
+            return reason::ALLOWLIST;
+        }
+        let block_origin = if info.is_v4 {
+            self.block_v4
+                .lookup(info.source_v4(), now_ns)
+                .map(|e| e.origin)
+        } else {
+            self.block_v6
+                .lookup(info.mapped_source, now_ns)
+                .map(|e| e.origin)
+        };
+        match block_origin {
+            Some(filter_common::ORIGIN_AUTO) => return reason::AUTOBLOCK,
+            Some(_) => return reason::BLOCKLIST,
+            None => {}
+        }
+        let key = self.source_key(&info);
+        let mut slot = DEFAULT_RULE;
+        if let Some(port) = info.dport {
+            let base = if info.protocol == IPPROTO_TCP {
+                0
+            } else {
+                PORT_INDEX_UDP_BASE
+            };
+            let candidate = self.port_index[(base + u32::from(port)) as usize];
+            if candidate != 0 && self.rules[candidate as usize].action != 0 {
+                slot = candidate;
+            }
+        }
+        let rule = self.rules[slot as usize];
+        if rule.action == 0 {
+            return reason::PASS;
+        }
+        let len = frame.len() as u64;
+        let verdict = self.apply_rule(slot, &rule, &info, key, len, now_ns);
+        let counters = &mut self.rule_stats[slot as usize];
+        if reason::is_drop(verdict) {
+            add(&mut counters.dropped, len);
+        } else {
+            add(&mut counters.passed, len);
+        }
+        verdict
+    }
+
+    fn apply_rule(
+        &mut self,
+        slot: u32,
+        rule: &RateRule,
+        info: &IpInfo,
+        key: [u8; 16],
+        len: u64,
+        now_ns: u64,
+    ) -> u32 {
+        if rule.action == RULE_DROP {
+            return reason::PORT_DENIED;
+        }
+        if rule.flags & RULE_FLAG_ONLY_FROM != 0
+            && !self
+                .only_from
+                .iter()
+                .any(|(s, net, p)| *s == slot && mask(info.mapped_source, *p) == *net)
+        {
+            return reason::PORT_DENIED;
+        }
+        if rule.packet_interval == 0 && rule.byte_interval == 0 {
+            return reason::PASS;
+        }
+        let now = now_ns * TICKS_PER_NS;
+        let bucket = self.buckets.entry((slot, key)).or_default();
+        let mut conforming = true;
+        let mut packet_tat = bucket.packet_tat;
+        let mut byte_tat = bucket.byte_tat;
+        if rule.packet_interval != 0 {
+            if bucket.packet_tat <= now + rule.packet_tolerance {
+                packet_tat = bucket.packet_tat.max(now) + rule.packet_interval;
+            } else {
+                conforming = false;
+            }
+        }
+        if conforming && rule.byte_interval != 0 {
+            if bucket.byte_tat <= now + rule.byte_tolerance {
+                byte_tat = bucket.byte_tat.max(now) + len * rule.byte_interval;
+            } else {
+                conforming = false;
+            }
+        }
+        if conforming {
+            bucket.packet_tat = packet_tat;
+            bucket.byte_tat = byte_tat;
+            return reason::PASS;
+        }
+        if rule.autoblock_after != 0 {
+            if now_ns.saturating_sub(bucket.window_start_ns) > rule.autoblock_window_ns {
+                bucket.window_start_ns = now_ns;
+                bucket.over_limit = 1;
+            } else {
+                bucket.over_limit += 1;
+            }
+            if bucket.over_limit == u64::from(rule.autoblock_after) {
+                let over_limit = bucket.over_limit;
+                self.autoblock(info, key, slot, over_limit, rule, now_ns);
+            }
+        }
+        reason::RATELIMIT
+    }
+
+    /// Puts the source key on the blocklist of its family, as an automatic
+    /// block of the aggregation prefix.
+    fn autoblock(
+        &mut self,
+        info: &IpInfo,
+        key: [u8; 16],
+        slot: u32,
+        over_limit: u64,
+        rule: &RateRule,
+        now_ns: u64,
+    ) {
+        let expires_at_ns = now_ns.saturating_add(rule.autoblock_for_ns);
+        if info.is_v4 {
+            let mut net = [0u8; 4];
+            net.copy_from_slice(&key[12..]);
+            self.block_v4.insert(ListItem {
+                net,
+                prefix: self.ipv4_source_prefix.min(32),
+                expires_at_ns,
+                origin: filter_common::ORIGIN_AUTO,
+                rule: slot,
+                over_limit,
+            });
+        } else {
+            self.block_v6.insert(ListItem {
+                net: key,
+                prefix: self.ipv6_source_prefix.min(128),
+                expires_at_ns,
+                origin: filter_common::ORIGIN_AUTO,
+                rule: slot,
+                over_limit,
+            });
+        }
+        self.autoblock_log.push((key, slot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::{self, Ext, Frame};
+
+    #[test]
+    fn parses_ports() {
+        let f = Frame::ipv4(frames::tcp4(frames::SRC4, 443)).build();
+        let Parsed::Ip(info) = parse(&f) else {
+            panic!("{:?}", parse(&f))
+        };
+        assert_eq!(info.dport, Some(443));
+        assert!(info.is_v4);
+        let f = Frame::ipv6(frames::udp6(frames::SRC6, 53).ext(Ext::hop_by_hop(0))).build();
+        let Parsed::Ip(info) = parse(&f) else {
+            panic!("{:?}", parse(&f))
+        };
+        assert_eq!((info.protocol, info.dport), (17, Some(53)));
+    }
+
+    #[test]
+    fn longest_prefix_skips_expired() {
+        let mut list = PrefixList::<4>::default();
+        list.insert_manual([198, 18, 0, 0], 16, 0);
+        list.insert_manual([198, 18, 5, 0], 24, 10);
+        assert!(
+            list.lookup([198, 18, 5, 1], 5)
+                .is_some_and(|e| e.prefix == 24)
+        );
+        // Expired: deleted, the covering /16 decides.
+        assert!(
+            list.lookup([198, 18, 5, 1], 10)
+                .is_some_and(|e| e.prefix == 16)
+        );
+        assert_eq!(list.entries.len(), 1);
+        let mut nested = PrefixList::<4>::default();
+        nested.insert_manual([198, 18, 0, 0], 16, 0);
+        for prefix in 20..=24 {
+            nested.insert_manual([198, 18, 5, 0], prefix, 10);
+        }
+        // Five expired entries nested: four are skipped, the fifth hides the /16.
+        assert!(nested.lookup([198, 18, 5, 1], 10).is_none());
+        assert!(
+            nested
+                .lookup([198, 18, 5, 1], 10)
+                .is_some_and(|e| e.prefix == 16)
+        );
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask([0xff; 4], 12), [0xff, 0xf0, 0, 0]);
+        assert_eq!(mask([0xff; 4], 32), [0xff; 4]);
+        assert_eq!(mask([0xff; 4], 0), [0; 4]);
+    }
+}

@@ -1,1 +1,507 @@
-//! (being written)
+//! Harness for running the real XDP program on crafted frames with
+//! `BPF_PROG_TEST_RUN`: each [`ProgTest`] loads its own copy with maps pinned
+//! in a private bpffs directory (tests run in parallel threads) and removes
+//! them on drop, also on panic.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+};
+use filter_common::{
+    Counter, ListEntry, MAX_RULES, ORIGIN_AUTO, OnlyFromBytes, RateRule, RuleCounter, maps, reason,
+};
+use filter_ctl::{
+    cidr::Cidr,
+    filter::{Filter, ListKind},
+    limits::{self, LimitSpec, Target},
+    loader::{self, Capacities, PROGRAM},
+    pins::PinDir,
+};
+
+use crate::model::{ListItem, Model};
+
+/// Counters of every reason.
+pub type ReasonCounters = [Counter; reason::COUNT as usize];
+
+/// Whether the tests run as root (loading BPF programs needs it).
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns true, after printing why, when `test` must be skipped (not root).
+#[must_use]
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: loading the XDP program needs root (CAP_BPF, CAP_NET_ADMIN)");
+    true
+}
+
+static NEXT_FIXTURE: AtomicU32 = AtomicU32::new(0);
+
+/// Small capacities: tests never need the production sizes.
+#[must_use]
+pub fn small_capacities() -> Capacities {
+    Capacities {
+        list: 1024,
+        buckets: 4096,
+    }
+}
+
+/// One loaded copy of the program with its own pinned maps.
+pub struct ProgTest {
+    ebpf: Ebpf,
+    stats: PerCpuArray<MapData, Counter>,
+    pins: PinDir,
+}
+
+/// Result of one run: the verdict and how every reason counter moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub delta: ReasonCounters,
+}
+
+impl Outcome {
+    /// The one reason whose counter moved by exactly one packet of `len`
+    /// bytes while every other stayed put, or a description of what moved.
+    pub fn reason(&self, len: usize) -> Result<u32, String> {
+        let moved: Vec<u32> = (0..reason::COUNT)
+            .filter(|&r| self.delta[r as usize] != Counter::default())
+            .collect();
+        match moved.as_slice() {
+            [r] if self.delta[*r as usize]
+                == (Counter {
+                    packets: 1,
+                    bytes: len as u64,
+                }) =>
+            {
+                Ok(*r)
+            }
+            _ => Err(describe_delta(&self.delta)),
+        }
+    }
+}
+
+/// `name: packets/bytes` for every counter that moved.
+#[must_use]
+pub fn describe_delta(delta: &ReasonCounters) -> String {
+    let mut out = String::new();
+    for (i, c) in delta.iter().enumerate() {
+        if *c != Counter::default() {
+            let _ = write!(
+                out,
+                "{}{}: {} pkts/{} bytes",
+                if out.is_empty() { "" } else { ", " },
+                reason::NAMES[i],
+                c.packets,
+                c.bytes
+            );
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no counter moved");
+    }
+    out
+}
+
+/// Name of an XDP action.
+#[must_use]
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "unknown action",
+    }
+}
+
+fn cidr(text: &str) -> Cidr {
+    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+impl ProgTest {
+    /// Loads the program with small map capacities.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_capacities(&small_capacities())
+    }
+
+    #[must_use]
+    pub fn with_capacities(caps: &Capacities) -> Self {
+        let n = NEXT_FIXTURE.fetch_add(1, Ordering::Relaxed);
+        let pins = PinDir::new(format!("/sys/fs/bpf/fpt-{}-{n}", std::process::id()));
+        if pins.root().exists() {
+            // Left over by a crashed run whose pid we now have.
+            loader::detach_all(&pins)
+                .unwrap_or_else(|e| panic!("removing stale {}: {e:#}", pins.root().display()));
+        }
+        let ebpf = match loader::load(&pins, caps) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                let _ = loader::detach_all(&pins);
+                panic!(
+                    "loading the XDP program under {}: {e:#}",
+                    pins.root().display()
+                );
+            }
+        };
+        let filter = Filter::open(&pins).expect("opening the pinned maps");
+        let stats = PerCpuArray::try_from(filter.map(maps::STATS).expect("STATS map"))
+            .expect("STATS is a per-CPU array");
+        Self { ebpf, stats, pins }
+    }
+
+    #[must_use]
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// A handle for editing the maps (takes the edit lock until dropped:
+    /// never hold two at once).
+    #[must_use]
+    pub fn filter(&self) -> Filter {
+        Filter::open_for_edit(&self.pins).expect("opening the filter for editing")
+    }
+
+    /// A handle for reading the maps (no lock).
+    #[must_use]
+    pub fn reader(&self) -> Filter {
+        Filter::open(&self.pins).expect("opening the filter")
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .expect("program in the object")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// Runs the program once on `frame`; the kernel refuses some inputs
+    /// (shorter than an Ethernet header, larger than a page).
+    pub fn try_run(&self, frame: &[u8]) -> Result<u32, ProgramError> {
+        self.program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map(|r| r.return_value)
+    }
+
+    /// Runs the program once on `frame` and returns its XDP action.
+    #[must_use]
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        self.try_run(frame)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
+    }
+
+    /// Every reason's counter, summed over CPUs.
+    #[must_use]
+    pub fn stats(&self) -> ReasonCounters {
+        let mut out = [Counter::default(); reason::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let index = u32::try_from(i).expect("few reasons");
+            let per_cpu = self.stats.get(&index, 0).expect("reading STATS");
+            for c in per_cpu.iter() {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        out
+    }
+
+    /// Runs `frame` and reports the verdict with the counter movement.
+    #[must_use]
+    pub fn run_counted(&self, frame: &[u8]) -> Outcome {
+        let before = self.stats();
+        let action = self.run(frame);
+        let after = self.stats();
+        let mut delta = [Counter::default(); reason::COUNT as usize];
+        for i in 0..delta.len() {
+            delta[i] = Counter {
+                packets: after[i].packets - before[i].packets,
+                bytes: after[i].bytes - before[i].bytes,
+            };
+        }
+        Outcome { action, delta }
+    }
+
+    // ---- map edits through filter-ctl's library --------------------------
+
+    fn list_insert(&self, kind: ListKind, cidrs: &[&str], ttl: Option<Duration>) {
+        let cidrs: Vec<Cidr> = cidrs.iter().map(|c| cidr(c)).collect();
+        self.filter()
+            .list_insert(kind, &cidrs, ttl)
+            .unwrap_or_else(|e| panic!("adding {cidrs:?} to the {}: {e:#}", kind.name()));
+    }
+
+    pub fn block(&self, cidrs: &[&str]) {
+        self.list_insert(ListKind::Block, cidrs, None);
+    }
+
+    pub fn block_ttl(&self, cidrs: &[&str], ttl: Duration) {
+        self.list_insert(ListKind::Block, cidrs, Some(ttl));
+    }
+
+    pub fn allow(&self, cidrs: &[&str]) {
+        self.list_insert(ListKind::Allow, cidrs, None);
+    }
+
+    pub fn allow_ttl(&self, cidrs: &[&str], ttl: Duration) {
+        self.list_insert(ListKind::Allow, cidrs, Some(ttl));
+    }
+
+    /// Sets a rule (`default`, `tcp/22`, `udp/1000-2000`) and returns its slot.
+    pub fn limit(&self, target: &str, spec: &LimitSpec) -> u32 {
+        let parsed: Target = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
+        let filter = self.filter();
+        limits::set(&filter, &parsed, spec).unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
+        self.slot_of(target)
+    }
+
+    /// The slot holding the rule for `target`.
+    #[must_use]
+    pub fn slot_of(&self, target: &str) -> u32 {
+        let parsed: Target = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
+        let Target::Port {
+            protocol,
+            first,
+            last,
+        } = parsed
+        else {
+            return filter_common::DEFAULT_RULE;
+        };
+        let rules: Array<MapData, RateRule> =
+            Array::try_from(self.reader().map(maps::RULES).expect("RULES map"))
+                .expect("RULES array");
+        (1..MAX_RULES)
+            .find(|&s| {
+                let r = rules.get(&s, 0).expect("reading RULES");
+                r.action != 0
+                    && r.protocol == protocol
+                    && r.port_first == first
+                    && r.port_last == last
+            })
+            .unwrap_or_else(|| panic!("no rule for {target}"))
+    }
+
+    /// Rewrites the rule in `slot` in place, e.g. to give it a rate below the
+    /// CLI's 1 packet/s minimum so that no bucket refills during a test.
+    pub fn patch_rule(&self, slot: u32, edit: impl FnOnce(&mut RateRule)) {
+        let filter = self.filter();
+        let mut rules: Array<MapData, RateRule> =
+            Array::try_from(filter.map(maps::RULES).expect("RULES map")).expect("RULES array");
+        let mut rule = rules.get(&slot, 0).expect("reading RULES");
+        edit(&mut rule);
+        rules.set(slot, rule, 0).expect("writing RULES");
+    }
+
+    /// Sets the rate-limit aggregation prefix lengths.
+    pub fn set_aggregation(&self, ipv4: u32, ipv6: u32) {
+        limits::set_aggregation(&self.filter(), Some(ipv4), Some(ipv6))
+            .unwrap_or_else(|e| panic!("setting the aggregation: {e:#}"));
+    }
+
+    #[must_use]
+    pub fn rule_counters(&self, slot: u32) -> RuleCounter {
+        self.reader()
+            .rule_counters(slot)
+            .expect("reading RULE_STATS")
+    }
+
+    /// The automatic blocks as stored in the blocklists (expired ones included).
+    #[must_use]
+    pub fn autoblocks(&self) -> Vec<(Cidr, ListEntry)> {
+        self.reader()
+            .list_entries_raw(ListKind::Block)
+            .expect("reading the blocklists")
+            .into_iter()
+            .filter(|(_, e)| e.origin == ORIGIN_AUTO)
+            .collect()
+    }
+
+    /// A reference model holding exactly what the maps hold now (lists with
+    /// their expiry times, configuration, rules, port index, only-from
+    /// prefixes). Counters and buckets start empty.
+    #[must_use]
+    pub fn model(&self) -> Model {
+        let filter = self.reader();
+        let mut model = Model::default();
+        for (kind, (v4, v6)) in [
+            (ListKind::Allow, (&mut model.allow_v4, &mut model.allow_v6)),
+            (ListKind::Block, (&mut model.block_v4, &mut model.block_v6)),
+        ] {
+            for (c, e) in filter.list_entries_raw(kind).expect("reading the lists") {
+                match c {
+                    Cidr::V4 { addr, prefix } => v4.insert(ListItem {
+                        net: addr,
+                        prefix: u32::from(prefix),
+                        expires_at_ns: e.expires_at_ns,
+                        origin: e.origin,
+                        rule: u32::from(e.rule),
+                        over_limit: u64::from(e.over_limit),
+                    }),
+                    Cidr::V6 { addr, prefix } => v6.insert(ListItem {
+                        net: addr,
+                        prefix: u32::from(prefix),
+                        expires_at_ns: e.expires_at_ns,
+                        origin: e.origin,
+                        rule: u32::from(e.rule),
+                        over_limit: u64::from(e.over_limit),
+                    }),
+                }
+            }
+        }
+        let config = filter.config().expect("reading CONFIG");
+        model.ipv4_source_prefix = config.ipv4_source_prefix;
+        model.ipv6_source_prefix = config.ipv6_source_prefix;
+        let rules: Array<MapData, RateRule> =
+            Array::try_from(filter.map(maps::RULES).expect("RULES map")).expect("RULES array");
+        for (slot, rule) in model.rules.iter_mut().enumerate() {
+            *rule = rules
+                .get(&u32::try_from(slot).expect("few slots"), 0)
+                .expect("reading RULES");
+        }
+        let index: Array<MapData, u32> = Array::try_from(
+            filter
+                .map(maps::PORT_RULE_INDEX)
+                .expect("PORT_RULE_INDEX map"),
+        )
+        .expect("PORT_RULE_INDEX array");
+        for (i, slot) in index.iter().enumerate() {
+            model.port_index[i] = slot.expect("reading PORT_RULE_INDEX");
+        }
+        let only_from: LpmTrie<MapData, OnlyFromBytes, u8> =
+            LpmTrie::try_from(filter.map(maps::ONLY_FROM).expect("ONLY_FROM map"))
+                .expect("ONLY_FROM trie");
+        for key in only_from.keys() {
+            let key = key.expect("reading ONLY_FROM");
+            let data = key.data();
+            let slot = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let mut net = [0u8; 16];
+            net.copy_from_slice(&data[4..]);
+            model
+                .only_from
+                .push((slot, net, key.prefix_len().saturating_sub(32)));
+        }
+        model
+    }
+}
+
+impl Default for ProgTest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ProgTest {
+    fn drop(&mut self) {
+        if let Err(e) = loader::detach_all(&self.pins) {
+            eprintln!("removing {}: {e:#}", self.pins.root().display());
+        }
+    }
+}
+
+// ---- table tests ------------------------------------------------------------------
+
+/// One row of a table test: a frame and the reason (hence verdict) expected.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub what: String,
+    pub frame: Vec<u8>,
+    pub action: u32,
+    pub reason: u32,
+}
+
+impl Case {
+    #[must_use]
+    pub fn new(what: impl Into<String>, frame: Vec<u8>, reason: u32) -> Self {
+        Self {
+            what: what.into(),
+            frame,
+            action: crate::model::action_of(reason),
+            reason,
+        }
+    }
+}
+
+/// Hex dump, 16 bytes a line, for failure messages.
+#[must_use]
+pub fn hex(frame: &[u8]) -> String {
+    frame
+        .chunks(16)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let bytes: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{:04x}: {}", i * 16, bytes.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs every case in order through the program and through a reference
+/// model holding the same map contents; checks the verdict, that exactly the
+/// expected reason's counter moved by one packet and the frame's bytes, and
+/// that the model agrees. Reports every failing case, then panics.
+pub fn run_table(test: &ProgTest, cases: &[Case]) {
+    let mut model = test.model();
+    let mut failures = Vec::new();
+    for case in cases {
+        let model_reason = model.decide(&case.frame, filter_ctl::clock::monotonic_ns());
+        let outcome = test.run_counted(&case.frame);
+        let kernel_reason = outcome.reason(case.frame.len());
+        let mut problems = Vec::new();
+        if outcome.action != case.action {
+            problems.push(format!(
+                "verdict {} (expected {})",
+                action_name(outcome.action),
+                action_name(case.action)
+            ));
+        }
+        if kernel_reason != Ok(case.reason) {
+            problems.push(format!(
+                "counters moved: {} (expected {}: 1 pkt/{} bytes)",
+                describe_delta(&outcome.delta),
+                reason::NAMES[case.reason as usize],
+                case.frame.len()
+            ));
+        }
+        if model_reason != case.reason {
+            problems.push(format!(
+                "the model says {}",
+                reason::NAMES[model_reason as usize]
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{} (expected {} / {}): {}\n{}",
+                case.what,
+                action_name(case.action),
+                reason::NAMES[case.reason as usize],
+                problems.join("; "),
+                hex(&case.frame)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
