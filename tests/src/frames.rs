@@ -572,7 +572,7 @@ impl L4 {
     fn bytes(&self, pseudo: &Pseudo) -> Vec<u8> {
         match self {
             Self::Tcp(t) => {
-                let mut b = t.bytes();
+                let mut b = t.encode();
                 let sum = pseudo.checksum(proto::TCP, &b);
                 b[16..18].copy_from_slice(&sum.to_be_bytes());
                 b
@@ -663,7 +663,9 @@ impl Tcp {
         20 + self.options.len().div_ceil(4) * 4
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The segment as bytes, checksum left zero (for raw payloads).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
         let mut options = self.options.clone();
         while !options.len().is_multiple_of(4) {
             options.push(0);

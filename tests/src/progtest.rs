@@ -11,11 +11,12 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Counter, ListEntry, MAX_RULES, ORIGIN_AUTO, OnlyFromBytes, RateRule, RuleCounter, maps, reason,
+    Bucket, BucketKey, Counter, ListEntry, MAX_RULES, ORIGIN_AUTO, OnlyFromBytes, RateRule,
+    RuleCounter, maps, reason,
 };
 use filter_ctl::{
     cidr::Cidr,
@@ -335,8 +336,8 @@ impl ProgTest {
     }
 
     /// A reference model holding exactly what the maps hold now (lists with
-    /// their expiry times, configuration, rules, port index, only-from
-    /// prefixes). Counters and buckets start empty.
+    /// their expiry times and automatic blocks, configuration, rules, port
+    /// index, only-from prefixes, rate-limit buckets). Counters start at zero.
     #[must_use]
     pub fn model(&self) -> Model {
         let filter = self.reader();
@@ -398,6 +399,13 @@ impl ProgTest {
                 .only_from
                 .push((slot, net, key.prefix_len().saturating_sub(32)));
         }
+        let buckets: HashMap<MapData, BucketKey, Bucket> =
+            HashMap::try_from(filter.map(maps::BUCKETS).expect("BUCKETS map"))
+                .expect("BUCKETS hash");
+        for item in buckets.iter() {
+            let (key, bucket) = item.expect("reading BUCKETS");
+            model.buckets.insert((key.rule, key.source), bucket);
+        }
         model
     }
 }
@@ -456,8 +464,9 @@ pub fn hex(frame: &[u8]) -> String {
 /// Runs every case in order through the program and through a reference
 /// model holding the same map contents; checks the verdict, that exactly the
 /// expected reason's counter moved by one packet and the frame's bytes, and
-/// that the model agrees. Reports every failing case, then panics.
-pub fn run_table(test: &ProgTest, cases: &[Case]) {
+/// that the model agrees. Reports every failing case, then panics. Returns
+/// the model, for checks of its state and rule counters.
+pub fn run_table(test: &ProgTest, cases: &[Case]) -> Model {
     let mut model = test.model();
     let mut failures = Vec::new();
     for case in cases {
@@ -504,4 +513,5 @@ pub fn run_table(test: &ProgTest, cases: &[Case]) {
         cases.len(),
         failures.join("\n\n")
     );
+    model
 }

@@ -1,0 +1,380 @@
+//! Table tests of port rules, rate limits and automatic blocks through
+//! `BPF_PROG_TEST_RUN`. Rates are set so low (one packet per 1000 s) that no
+//! bucket refills while a test runs: a bucket lets exactly `burst` packets through.
+
+use std::time::Duration;
+
+use filter_common::{
+    ORIGIN_AUTO, RateRule, TICKS_PER_SEC,
+    reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, PASS, PORT_DENIED, RATELIMIT},
+};
+use filter_ctl::limits::{AutoblockSpec, LimitSpec};
+use filter_tests::{
+    frames::{self, Ext, Frame, Ipv4, L4, Udp, ip4, ip6, proto},
+    model::Model,
+    progtest::{Case, ProgTest, run_table, skip_unless_root},
+};
+
+/// Ticks one packet costs at one packet per 1000 s.
+const SLOW: u64 = 1000 * TICKS_PER_SEC;
+
+/// Makes the rule in `slot` let exactly `burst` packets per source through
+/// during the test (no refill).
+fn freeze(test: &ProgTest, slot: u32, burst: u64) {
+    test.patch_rule(slot, |rule: &mut RateRule| {
+        rule.packet_interval = SLOW;
+        rule.packet_tolerance = (burst - 1) * SLOW;
+    });
+}
+
+fn udp4(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv4(frames::udp4(ip4(src), port)).build()
+}
+
+fn tcp4(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv4(frames::tcp4(ip4(src), port)).build()
+}
+
+fn udp6(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv6(frames::udp6(ip6(src), port)).build()
+}
+
+fn tcp6(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv6(frames::tcp6(ip6(src), port)).build()
+}
+
+fn icmp4(src: &str) -> Vec<u8> {
+    Frame::ipv4(frames::icmp4(ip4(src))).build()
+}
+
+/// The model's rule counters agree with the kernel's for `slots`.
+fn assert_rule_counters(test: &ProgTest, model: &Model, slots: &[u32]) {
+    for &slot in slots {
+        assert_eq!(
+            test.rule_counters(slot),
+            model.rule_stats[slot as usize],
+            "rule counters of slot {slot}"
+        );
+    }
+}
+
+#[test]
+fn drop_and_only_from_rules() {
+    if skip_unless_root("drop_and_only_from_rules") {
+        return;
+    }
+    let test = ProgTest::new();
+    let closed = test.limit(
+        "tcp/23",
+        &LimitSpec {
+            drop: true,
+            ..Default::default()
+        },
+    );
+    let ssh = test.limit(
+        "tcp/22",
+        &LimitSpec {
+            only_from: vec![
+                "198.18.7.0/24".parse().unwrap(),
+                "2001:db8:7::/48".parse().unwrap(),
+            ],
+            ..Default::default()
+        },
+    );
+    let range = test.limit(
+        "udp/6000-6010",
+        &LimitSpec {
+            drop: true,
+            ..Default::default()
+        },
+    );
+    let cases = vec![
+        Case::new(
+            "TCP to the closed port",
+            tcp4("198.18.1.1", 23),
+            PORT_DENIED,
+        ),
+        Case::new(
+            "IPv6 TCP to the closed port",
+            tcp6("2001:db8::1", 23),
+            PORT_DENIED,
+        ),
+        Case::new("UDP to 23 (only TCP closed)", udp4("198.18.1.1", 23), PASS),
+        Case::new("TCP to 24", tcp4("198.18.1.1", 24), PASS),
+        Case::new(
+            "non-first fragment to the closed port (no ports)",
+            Frame::ipv4(
+                Ipv4::new(
+                    ip4("198.18.1.1"),
+                    frames::DST4,
+                    L4::raw(proto::TCP, frames::Tcp::new(1, 23).encode()),
+                )
+                .fragment(2, false),
+            )
+            .build(),
+            PASS,
+        ),
+        Case::new(
+            "IPv6 TCP behind extension headers to the closed port",
+            Frame::ipv6(
+                frames::tcp6(ip6("2001:db8::1"), 23)
+                    .ext(Ext::hop_by_hop(0))
+                    .ext(Ext::dest_opts(0)),
+            )
+            .build(),
+            PORT_DENIED,
+        ),
+        Case::new("only-from: inside the /24", tcp4("198.18.7.5", 22), PASS),
+        Case::new("only-from: outside", tcp4("198.18.8.5", 22), PORT_DENIED),
+        Case::new(
+            "only-from: IPv6 inside the /48",
+            tcp6("2001:db8:7:1::1", 22),
+            PASS,
+        ),
+        Case::new(
+            "only-from: IPv6 outside",
+            tcp6("2001:db8:8::1", 22),
+            PORT_DENIED,
+        ),
+        Case::new(
+            "only-from: IPv4-mapped IPv6 source of an allowed IPv4 prefix",
+            tcp6("::ffff:198.18.7.5", 22),
+            PASS,
+        ),
+        Case::new(
+            "only-from: UDP to 22 is not covered",
+            udp4("198.18.8.5", 22),
+            PASS,
+        ),
+        Case::new(
+            "closed range, first port",
+            udp4("198.18.1.1", 6000),
+            PORT_DENIED,
+        ),
+        Case::new(
+            "closed range, last port",
+            udp6("2001:db8::1", 6010),
+            PORT_DENIED,
+        ),
+        Case::new("after the range", udp4("198.18.1.1", 6011), PASS),
+        Case::new("before the range", udp4("198.18.1.1", 5999), PASS),
+        Case::new("ICMP is not a port", icmp4("198.18.8.5"), PASS),
+    ];
+    let model = run_table(&test, &cases);
+    assert_rule_counters(&test, &model, &[0, closed, ssh, range]);
+    assert_eq!(test.rule_counters(ssh).dropped.packets, 2);
+}
+
+#[test]
+fn rate_limit_then_autoblock() {
+    if skip_unless_root("rate_limit_then_autoblock") {
+        return;
+    }
+    let test = ProgTest::new();
+    let hour = Duration::from_secs(3600);
+    let slot = test.limit(
+        "udp/5000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(3),
+            autoblock: Some(AutoblockSpec {
+                after: 2,
+                window: hour,
+                block_for: hour,
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 3);
+    let flooder = "198.18.20.1";
+    let flooder6 = "2001:db8:20::1";
+    let mut cases = Vec::new();
+    for i in 1..=3 {
+        cases.push(Case::new(
+            format!("packet {i} within the burst"),
+            udp4(flooder, 5000),
+            PASS,
+        ));
+    }
+    cases.extend([
+        Case::new("over the limit (1)", udp4(flooder, 5000), RATELIMIT),
+        Case::new("other port: no rule", udp4(flooder, 5001), PASS),
+        Case::new("over the limit (2): blocks", udp4(flooder, 5000), RATELIMIT),
+        Case::new("autoblocked: same port", udp4(flooder, 5000), AUTOBLOCK),
+        Case::new("autoblocked: other port", tcp4(flooder, 80), AUTOBLOCK),
+        Case::new("autoblocked: ICMP", icmp4(flooder), AUTOBLOCK),
+        Case::new(
+            "autoblocked: non-first fragment",
+            Frame::ipv4(
+                Ipv4::new(ip4(flooder), frames::DST4, L4::raw(proto::UDP, vec![1; 4]))
+                    .fragment(9, false),
+            )
+            .build(),
+            AUTOBLOCK,
+        ),
+        Case::new("neighbour: own bucket", udp4("198.18.20.2", 5000), PASS),
+    ]);
+    for i in 1..=3 {
+        cases.push(Case::new(
+            format!("IPv6 packet {i} within the burst (hosts of one /64)"),
+            udp6(&format!("2001:db8:20::{i}"), 5000),
+            PASS,
+        ));
+    }
+    cases.extend([
+        Case::new("IPv6 over the limit (1)", udp6(flooder6, 5000), RATELIMIT),
+        Case::new(
+            "IPv6 over the limit (2)",
+            udp6("2001:db8:20::ffff", 5000),
+            RATELIMIT,
+        ),
+        Case::new(
+            "IPv6 /64 autoblocked",
+            tcp6("2001:db8:20::abc", 443),
+            AUTOBLOCK,
+        ),
+        Case::new("IPv6 next /64", udp6("2001:db8:20:1::1", 5000), PASS),
+    ]);
+    let model = run_table(&test, &cases);
+    assert_rule_counters(&test, &model, &[0, slot]);
+    let auto: Vec<String> = test
+        .autoblocks()
+        .iter()
+        .map(|(c, e)| {
+            assert_eq!(e.origin, ORIGIN_AUTO);
+            assert_eq!(u32::from(e.rule), slot);
+            assert_eq!(e.over_limit, 2);
+            c.to_string()
+        })
+        .collect();
+    assert_eq!(auto, ["198.18.20.1/32", "2001:db8:20::/64"]);
+
+    // An allow entry beats the automatic block; the more specific automatic
+    // block beats a covering manual block.
+    test.allow(&[flooder]);
+    test.block(&["2001:db8:20::/48", "198.18.20.0/24"]);
+    let cases = vec![
+        Case::new("allowlisted flooder", udp4(flooder, 5000), ALLOWLIST),
+        Case::new(
+            "automatic /64 inside a manual /48",
+            udp6(flooder6, 53),
+            AUTOBLOCK,
+        ),
+        Case::new(
+            "manual /48 elsewhere",
+            udp6("2001:db8:20:5::1", 53),
+            BLOCKLIST,
+        ),
+        Case::new("manual /24", udp4("198.18.20.2", 5000), BLOCKLIST),
+    ];
+    run_table(&test, &cases);
+}
+
+#[test]
+fn default_rule_aggregation_and_bytes() {
+    if skip_unless_root("default_rule_aggregation_and_bytes") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.set_aggregation(24, 48);
+    let default = test.limit(
+        "default",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(2),
+            ..Default::default()
+        },
+    );
+    freeze(&test, default, 2);
+    // Open to everyone, no rate: always passes, bypassing the default limit.
+    let open = test.limit(
+        "udp/53",
+        &LimitSpec {
+            only_from: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            ..Default::default()
+        },
+    );
+    // A byte limit only: 150 bytes of tolerance, 100 bytes per 1000 s.
+    let bytes = test.limit(
+        "tcp/8080",
+        &LimitSpec {
+            rate: Some(1),
+            bytes: Some(1),
+            ..Default::default()
+        },
+    );
+    test.patch_rule(bytes, |rule| {
+        rule.packet_interval = 0;
+        rule.packet_tolerance = 0;
+        rule.byte_interval = SLOW / 100;
+        rule.byte_tolerance = 150 * (SLOW / 100);
+    });
+    let small = |src: &str| {
+        // 60 bytes: the minimum Ethernet frame.
+        Frame::ipv4(frames::tcp4(ip4(src), 8080).trailer(vec![0; 6])).build()
+    };
+    assert_eq!(small("198.18.40.1").len(), 60);
+    let big = Frame::ipv4(Ipv4::new(
+        ip4("198.18.41.1"),
+        frames::DST4,
+        frames::Tcp::new(1, 8080).payload(vec![0; 146]).into(),
+    ))
+    .build();
+    assert_eq!(big.len(), 200);
+    let cases = vec![
+        Case::new("default: first of the /24", udp4("198.18.30.1", 1), PASS),
+        Case::new(
+            "default: second host, same /24 bucket",
+            tcp4("198.18.30.2", 2),
+            PASS,
+        ),
+        Case::new("default: third, over", icmp4("198.18.30.3"), RATELIMIT),
+        Case::new(
+            "default: GRE counts too",
+            Frame::ipv4(Ipv4::new(
+                ip4("198.18.30.4"),
+                frames::DST4,
+                L4::raw(proto::GRE, vec![0; 4]),
+            ))
+            .build(),
+            RATELIMIT,
+        ),
+        Case::new("default: next /24", udp4("198.18.31.1", 1), PASS),
+        Case::new("open port: no limit", udp4("198.18.30.1", 53), PASS),
+        Case::new("open port again", udp4("198.18.30.1", 53), PASS),
+        Case::new("open port, IPv6", udp6("2001:db8:30::1", 53), PASS),
+        Case::new("default IPv6: /48 bucket", udp6("2001:db8:30::1", 9), PASS),
+        Case::new(
+            "default IPv6: same /48",
+            udp6("2001:db8:30:ffff::1", 9),
+            PASS,
+        ),
+        Case::new("default IPv6: over", udp6("2001:db8:30:1::1", 9), RATELIMIT),
+        Case::new("bytes: 60 (60 of 150)", small("198.18.40.1"), PASS),
+        Case::new("bytes: 60 (120 of 150)", small("198.18.40.1"), PASS),
+        Case::new("bytes: 60 (tat 120 <= 150)", small("198.18.40.1"), PASS),
+        Case::new(
+            "bytes: over (tat 180 > 150)",
+            small("198.18.40.1"),
+            RATELIMIT,
+        ),
+        Case::new("bytes: 200 at once from a fresh source", big.clone(), PASS),
+        Case::new(
+            "bytes: then even 60 is over",
+            small("198.18.41.1"),
+            RATELIMIT,
+        ),
+        Case::new(
+            "bytes: UDP to 8080 takes the default rule",
+            Frame::ipv4(Ipv4::new(
+                ip4("198.18.42.1"),
+                frames::DST4,
+                Udp::new(1, 8080).into(),
+            ))
+            .build(),
+            PASS,
+        ),
+    ];
+    let model = run_table(&test, &cases);
+    assert_rule_counters(&test, &model, &[default, open, bytes]);
+}
