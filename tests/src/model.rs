@@ -281,17 +281,17 @@ impl<const N: usize> PrefixList<N> {
 
     /// The entry deciding for `addr`: the longest matching prefix, if active.
     /// An expired longest match is deleted and the lookup repeated, at most
-    /// [`MAX_EXPIRED_SKIPS`] times; an expired match after that is no match.
+    /// [`MAX_EXPIRED_SKIPS`] times; an expired match after that is deleted
+    /// too, and the lookup ends without a match.
     pub fn lookup(&mut self, addr: [u8; N], now_ns: u64) -> Option<ListItem<N>> {
-        for _ in 0..MAX_EXPIRED_SKIPS {
+        for _ in 0..=MAX_EXPIRED_SKIPS {
             let i = self.longest(addr)?;
             if self.entries[i].is_active(now_ns) {
                 return Some(self.entries[i]);
             }
             self.entries.swap_remove(i);
         }
-        let i = self.longest(addr)?;
-        self.entries[i].is_active(now_ns).then_some(self.entries[i])
+        None
     }
 }
 

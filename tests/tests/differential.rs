@@ -97,6 +97,7 @@ fn configure(test: &ProgTest) -> Vec<u32> {
         "198.18.1.1",
         "198.18.2.0/24",
         "198.18.3.0/24",
+        "198.18.6.0/23",
         "198.18.101.0/24",
         "2001:db8:bad::/48",
         "2001:db8:1::1",
@@ -115,6 +116,15 @@ fn configure(test: &ProgTest) -> Vec<u32> {
         gone,
     );
     test.allow_ttl(&["198.18.101.8", "2001:db8:bad::8"], gone);
+    // More nested expired entries than one lookup skips.
+    let mut nested: Vec<String> = (24..=32).map(|p| format!("198.18.6.0/{p}")).collect();
+    nested.extend(
+        [52, 56, 60, 64, 72, 80, 88, 96, 104, 112, 120, 128]
+            .iter()
+            .map(|p| format!("2001:db8:6::1/{p}")),
+    );
+    test.block(&["2001:db8:6::/48"]);
+    test.block_ttl(&nested.iter().map(String::as_str).collect::<Vec<_>>(), gone);
     // Expiring long after the run.
     test.block_ttl(&["198.18.5.0/24", "2001:db8:5::/64"], hour);
     test.allow_ttl(&["198.18.2.9"], hour);
@@ -214,7 +224,9 @@ fn port(rng: &mut Rng) -> u16 {
 }
 
 fn src4(rng: &mut Rng) -> [u8; 4] {
-    const SPECIAL: [[u8; 4]; 16] = [
+    const SPECIAL: [[u8; 4]; 18] = [
+        [198, 18, 6, 0],
+        [198, 18, 6, 1],
         [198, 18, 1, 1],
         [198, 18, 2, 9],
         [198, 18, 2, 200],

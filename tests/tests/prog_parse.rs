@@ -11,7 +11,7 @@ use filter_tests::{
         SRC6, Tcp, Udp, proto,
     },
     model::{self, Parsed},
-    progtest::{Case, ProgTest, run_table, skip_unless_root},
+    progtest::{Case, MAX_TEST_FRAME, ProgTest, run_table, skip_unless_root},
 };
 
 /// The port closed by the fixture's drop rule.
@@ -834,13 +834,13 @@ fn frames_shorter_than_ethernet_are_refused_by_test_run() {
     }
 }
 
-/// Frames up to a page (the largest the program sees in one piece).
+/// Frames up to the largest `BPF_PROG_TEST_RUN` passes in one piece.
 #[test]
 fn large_frames() {
     if skip("large_frames") {
         return;
     }
-    let cases: Vec<Case> = [1500usize, 2000, 3000]
+    let cases: Vec<Case> = [1500usize, 2000, 3000, MAX_TEST_FRAME]
         .into_iter()
         .flat_map(|size| {
             let pad = size - 14 - 20 - 20;
