@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// Tasks for the XDP packet filter workspace.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about)]
+#[command(name = "xtask", bin_name = "cargo xtask", version, about)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
