@@ -458,26 +458,24 @@ impl Model {
         }
         let now = now_ns * TICKS_PER_NS;
         let bucket = self.buckets.entry((slot, key)).or_default();
+        // Each bucket is charged when it conforms, as specified: a packet the
+        // byte bucket refuses has already been charged to the packet bucket.
         let mut conforming = true;
-        let mut packet_tat = bucket.packet_tat;
-        let mut byte_tat = bucket.byte_tat;
         if rule.packet_interval != 0 {
             if bucket.packet_tat <= now + rule.packet_tolerance {
-                packet_tat = bucket.packet_tat.max(now) + rule.packet_interval;
+                bucket.packet_tat = bucket.packet_tat.max(now) + rule.packet_interval;
             } else {
                 conforming = false;
             }
         }
         if conforming && rule.byte_interval != 0 {
             if bucket.byte_tat <= now + rule.byte_tolerance {
-                byte_tat = bucket.byte_tat.max(now) + len * rule.byte_interval;
+                bucket.byte_tat = bucket.byte_tat.max(now) + len * rule.byte_interval;
             } else {
                 conforming = false;
             }
         }
         if conforming {
-            bucket.packet_tat = packet_tat;
-            bucket.byte_tat = byte_tat;
             return reason::PASS;
         }
         if rule.autoblock_after != 0 {

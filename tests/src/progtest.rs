@@ -337,6 +337,15 @@ impl ProgTest {
             .expect("reading RULE_STATS")
     }
 
+    /// The kernel's rate-limit bucket of (`slot`, source key), if any.
+    #[must_use]
+    pub fn bucket(&self, slot: u32, source: [u8; 16]) -> Option<Bucket> {
+        let buckets: HashMap<MapData, BucketKey, Bucket> =
+            HashMap::try_from(self.reader().map(maps::BUCKETS).expect("BUCKETS map"))
+                .expect("BUCKETS hash");
+        buckets.get(&BucketKey { rule: slot, source }, 0).ok()
+    }
+
     /// The automatic blocks as stored in the blocklists (expired ones included).
     #[must_use]
     pub fn autoblocks(&self) -> Vec<(Cidr, ListEntry)> {
@@ -481,6 +490,13 @@ pub fn hex(frame: &[u8]) -> String {
 /// the model, for checks of its state and rule counters.
 pub fn run_table(test: &ProgTest, cases: &[Case]) -> Model {
     let mut model = test.model();
+    run_cases(test, &mut model, cases);
+    model
+}
+
+/// [`run_table`] with a model carried over from earlier cases (so that its
+/// buckets evolve on their own instead of being copied from the kernel).
+pub fn run_cases(test: &ProgTest, model: &mut Model, cases: &[Case]) {
     let mut failures = Vec::new();
     for case in cases {
         let model_reason = model.decide(&case.frame, filter_ctl::clock::monotonic_ns());
@@ -526,5 +542,4 @@ pub fn run_table(test: &ProgTest, cases: &[Case]) -> Model {
         cases.len(),
         failures.join("\n\n")
     );
-    model
 }

@@ -12,7 +12,7 @@ use filter_ctl::limits::{AutoblockSpec, LimitSpec};
 use filter_tests::{
     frames::{self, Ext, Frame, Ipv4, L4, Udp, ip4, ip6, proto},
     model::Model,
-    progtest::{Case, ProgTest, run_table, skip_unless_root},
+    progtest::{Case, ProgTest, run_cases, run_table, skip_unless_root},
 };
 
 /// Ticks one packet costs at one packet per 1000 s.
@@ -377,4 +377,186 @@ fn default_rule_aggregation_and_bytes() {
     ];
     let model = run_table(&test, &cases);
     assert_rule_counters(&test, &model, &[default, open, bytes]);
+}
+
+/// The over-limit window restarts when an over-limit packet comes more than
+/// the window after its start; only a full count within one window blocks.
+#[test]
+fn autoblock_window_restarts() {
+    if skip_unless_root("autoblock_window_restarts") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "udp/7000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 3,
+                window: Duration::from_millis(300),
+                block_for: Duration::from_secs(3600),
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 1);
+    let src = "198.18.70.1";
+    let mut model = test.model();
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("within the burst", udp4(src, 7000), PASS),
+            Case::new("over (window starts, 1)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("over, window restarted (1)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (3): blocked", udp4(src, 7000), RATELIMIT),
+            Case::new("autoblocked", udp4(src, 7000), AUTOBLOCK),
+        ],
+    );
+}
+
+/// After an automatic block expires the entry is dropped on the next lookup
+/// and the source meets its (still exhausted) limit again.
+#[test]
+fn autoblock_expires() {
+    if skip_unless_root("autoblock_expires") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "udp/7001",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 2,
+                window: Duration::from_secs(3600),
+                block_for: Duration::from_millis(200),
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 1);
+    let src = "198.18.71.1";
+    let mut model = test.model();
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("within the burst", udp4(src, 7001), PASS),
+            Case::new("over (1)", udp4(src, 7001), RATELIMIT),
+            Case::new("over (2): blocked", udp4(src, 7001), RATELIMIT),
+            Case::new("autoblocked", icmp4(src), AUTOBLOCK),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("block expired: other traffic passes", icmp4(src), PASS),
+            Case::new(
+                "block expired: still over the limit",
+                udp4(src, 7001),
+                RATELIMIT,
+            ),
+            Case::new("over again", udp4(src, 7001), RATELIMIT),
+            Case::new("over again", udp4(src, 7001), RATELIMIT),
+        ],
+    );
+    assert!(
+        test.autoblocks().is_empty(),
+        "the expired automatic block was looked up, yet is still stored: {:?}",
+        test.autoblocks()
+    );
+}
+
+/// A packet the byte bucket refuses has already been charged to the packet
+/// bucket (the specification charges each bucket when it conforms, and checks
+/// the byte bucket only after the packet bucket). So refused packets use up
+/// packet allowance: after 3 passed and 4 byte-refused packets of a burst of
+/// 10, only 3 more packets pass once the bytes have refilled, not 7.
+#[test]
+fn byte_refused_packets_are_charged_to_the_packet_bucket() {
+    if skip_unless_root("byte_refused_packets_are_charged_to_the_packet_bucket") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "tcp/7002",
+        &LimitSpec {
+            rate: Some(1),
+            bytes: Some(1),
+            burst: Some(10),
+            ..Default::default()
+        },
+    );
+    // Packets: 10, never refilled. Bytes: 1 ms a byte, 150 ms of tolerance,
+    // so 60-byte frames 100 ms apart always conform.
+    let ms = 1_000_000 * filter_common::TICKS_PER_NS;
+    test.patch_rule(slot, |rule| {
+        rule.packet_interval = SLOW;
+        rule.packet_tolerance = 9 * SLOW;
+        rule.byte_interval = ms;
+        rule.byte_tolerance = 150 * ms;
+    });
+    let src = "198.18.72.1";
+    let frame = Frame::ipv4(frames::tcp4(ip4(src), 7002).trailer(vec![0; 6])).build();
+    assert_eq!(frame.len(), 60);
+    let mut cases = Vec::new();
+    for i in 1..=3 {
+        cases.push(Case::new(
+            format!("{} ms of bytes", 60 * i),
+            frame.clone(),
+            PASS,
+        ));
+    }
+    for _ in 0..4 {
+        cases.push(Case::new("over the byte limit", frame.clone(), RATELIMIT));
+    }
+    let start_ns = filter_ctl::clock::monotonic_ns();
+    let mut model = test.model();
+    run_cases(&test, &mut model, &cases);
+
+    let mut key = [0u8; 16];
+    key[10] = 0xff;
+    key[11] = 0xff;
+    key[12..].copy_from_slice(&ip4(src));
+    let kernel = test.bucket(slot, key).expect("the kernel has a bucket");
+    // Times differ by the microseconds between kernel and user space; the
+    // number of packet intervals charged must not.
+    let charged = |tat: u64| (tat - start_ns * filter_common::TICKS_PER_NS + SLOW / 2) / SLOW;
+    assert_eq!(
+        charged(kernel.packet_tat),
+        7,
+        "packet intervals charged for 3 passed and 4 byte-refused packets: {kernel:?}"
+    );
+    assert_eq!(charged(model.buckets[&(slot, key)].packet_tat), 7);
+
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, reason) in [PASS, PASS, PASS, RATELIMIT, RATELIMIT]
+        .into_iter()
+        .enumerate()
+    {
+        run_cases(
+            &test,
+            &mut model,
+            &[Case::new(
+                format!("bytes refilled, packet {} of the burst", 8 + i),
+                frame.clone(),
+                reason,
+            )],
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
