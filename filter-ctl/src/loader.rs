@@ -67,6 +67,7 @@ impl fmt::Display for Mode {
 /// survives a controller restart) and pinning the ones that are new.
 pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
     pins.create()?;
+    check_pinned_layout(pins)?;
     let maps_dir = pins.maps_dir();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
@@ -113,6 +114,71 @@ fn load_hint(err: aya::EbpfError, dir: &Path) -> anyhow::Error {
         )
     };
     anyhow::Error::new(err).context(hint)
+}
+
+/// Key and value sizes of every map, as this build's program expects them.
+fn expected_layout() -> [(&'static str, usize, usize); 12] {
+    use filter_common::{
+        Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, OnlyFromBytes, RateRule,
+        RuleCounter,
+    };
+    let lpm = |data: usize| 4 + data;
+    [
+        (maps::STATS, 4, size_of::<Counter>()),
+        (maps::TABLE_STATS, 4, size_of::<u64>()),
+        (
+            maps::ALLOW_V4,
+            lpm(size_of::<Ipv4Bytes>()),
+            size_of::<ListEntry>(),
+        ),
+        (
+            maps::ALLOW_V6,
+            lpm(size_of::<Ipv6Bytes>()),
+            size_of::<ListEntry>(),
+        ),
+        (
+            maps::BLOCK_V4,
+            lpm(size_of::<Ipv4Bytes>()),
+            size_of::<ListEntry>(),
+        ),
+        (
+            maps::BLOCK_V6,
+            lpm(size_of::<Ipv6Bytes>()),
+            size_of::<ListEntry>(),
+        ),
+        (maps::CONFIG, 4, size_of::<Config>()),
+        (maps::RULES, 4, size_of::<RateRule>()),
+        (maps::RULE_STATS, 4, size_of::<RuleCounter>()),
+        (maps::PORT_RULE_INDEX, 4, size_of::<u32>()),
+        (maps::ONLY_FROM, lpm(size_of::<OnlyFromBytes>()), 1),
+        (maps::BUCKETS, size_of::<BucketKey>(), size_of::<Bucket>()),
+    ]
+}
+
+/// Refuses, with a hint, maps pinned by a build with another layout (the
+/// program would otherwise fail verification or misread them).
+fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
+    for (name, key_size, value_size) in expected_layout() {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
+            bail!(
+                "the map pinned at {} was made by another filter-ctl build (key/value {}/{} bytes, this build needs {key_size}/{value_size}); remove the old filter with `filter-ctl --pin-dir {} detach`",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                pins.root().display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes the default aggregation prefixes on a fresh CONFIG map (all zero).

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/filter-ctl";
 /// Bump when any map's key or value layout changes.
-pub const LAYOUT_VERSION: &str = "v1";
+pub const LAYOUT_VERSION: &str = "v2";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 
@@ -75,6 +75,12 @@ impl PinDir {
     #[must_use]
     pub fn is_loaded(&self) -> bool {
         self.map(filter_common::maps::STATS).exists()
+    }
+
+    /// Whether nothing at all is pinned here (no directory, or an empty one).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        fs::read_dir(self.maps_dir()).map_or(true, |mut entries| entries.next().is_none())
     }
 
     /// Fails with a hint when nothing is pinned here.

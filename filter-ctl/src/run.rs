@@ -5,7 +5,6 @@ use std::{
     fs::{self, File},
     io::Write as _,
     os::fd::AsRawFd as _,
-    path::PathBuf,
     time::Duration,
 };
 
@@ -30,46 +29,54 @@ use tokio::{
 /// kernel already ignores them; this only frees the memory).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// One controller per pin directory: an exclusive lock held for the process's life.
+/// One controller per pin directory: an exclusive `flock` on the pin root
+/// directory, held for the process's life (released by the kernel even on
+/// SIGKILL; edits lock the versioned maps directory, a different inode).
 fn take_run_lock(pins: &PinDir) -> anyhow::Result<File> {
-    let dir = PathBuf::from("/run/filter-ctl");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name: String = pins
-        .root()
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let path = dir.join(format!("{name}.lock"));
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
-    // SAFETY: valid fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let owner = fs::read_to_string(&path).unwrap_or_default();
+    let root = pins.root();
+    let dir = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    // SAFETY: valid fd owned by `dir`.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let owner = lock_holder(&dir).map_or_else(String::new, |pid| format!(" (pid {pid})"));
         bail!(
-            "another `filter-ctl run` (pid {}) already manages {}: stop it first, or give all interfaces to one `run`",
-            owner.trim(),
-            pins.root().display()
+            "another `filter-ctl run`{owner} already manages {}: stop it first, or give all interfaces to one `run`",
+            root.display()
         );
     }
-    file.set_len(0).ok();
-    write!(file, "{}", std::process::id()).ok();
-    Ok(file)
+    Ok(dir)
+}
+
+/// The pid holding a `flock` on `file`, from /proc/locks.
+fn lock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = file.metadata().ok()?.ino();
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let device_inode = fields.get(5)?;
+        let line_inode: u64 = device_inode.rsplit(':').next()?.parse().ok()?;
+        (fields.get(1) == Some(&"FLOCK") && line_inode == inode)
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
 }
 
 pub fn run(pins: &PinDir, ifaces: &[String], mode: Mode, caps: &Capacities) -> anyhow::Result<()> {
     ensure_bpffs_mounted()?;
+    // A failed start must change nothing: it detaches what it attached and,
+    // if the pin directory was empty before, removes the maps it pinned.
+    let fresh = pins.is_empty();
+    pins.create()?;
     let _lock = take_run_lock(pins)?;
-    // A failed start must change nothing: if this run created the pins, it removes them.
-    let fresh = !pins.is_loaded();
+    let mut attached = Vec::new();
     let started = loader::load(pins, caps).and_then(|mut ebpf| {
         for iface in ifaces {
+            let already = pins.link(iface).exists();
             let how = loader::attach(&mut ebpf, pins, iface, mode)?;
+            if !already {
+                attached.push(iface.clone());
+            }
             println!("filter-ctl: attached to {iface} ({how})");
         }
         Ok(ebpf)
@@ -77,11 +84,15 @@ pub fn run(pins: &PinDir, ifaces: &[String], mode: Mode, caps: &Capacities) -> a
     let ebpf = match started {
         Ok(ebpf) => ebpf,
         Err(err) => {
-            if fresh
-                && pins.root().exists()
-                && let Err(cleanup) = loader::detach_all(pins)
-            {
-                warn!("removing the pins this run created failed: {cleanup:#}");
+            let cleanup = if fresh {
+                loader::detach_all(pins).map(|_| ())
+            } else {
+                attached
+                    .iter()
+                    .try_for_each(|iface| loader::detach(pins, iface))
+            };
+            if let Err(cleanup) = cleanup {
+                warn!("undoing the failed start failed: {cleanup:#}");
             }
             return Err(err);
         }
