@@ -56,6 +56,35 @@ pub fn skip_unless_root(test: &str) -> bool {
 pub const MAX_TEST_FRAME: usize = 3520;
 
 static NEXT_FIXTURE: AtomicU32 = AtomicU32::new(0);
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
+/// Removes the pin directories of test processes that died without cleaning
+/// up (killed with SIGKILL, say): `/sys/fs/bpf/fpt-<pid>-<n>` of a pid that
+/// is no longer running.
+fn sweep_dead_fixtures() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fpt-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(e) = loader::detach_all(&PinDir::new(entry.path())) {
+                eprintln!(
+                    "removing the stale test pins {}: {e:#}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
 
 /// Small capacities: tests never need the production sizes.
 #[must_use]
@@ -149,6 +178,7 @@ impl ProgTest {
 
     #[must_use]
     pub fn with_capacities(caps: &Capacities) -> Self {
+        SWEEP.call_once(sweep_dead_fixtures);
         let n = NEXT_FIXTURE.fetch_add(1, Ordering::Relaxed);
         let pins = PinDir::new(format!("/sys/fs/bpf/fpt-{}-{n}", std::process::id()));
         if pins.root().exists() {
