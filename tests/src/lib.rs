@@ -3,6 +3,7 @@
 //! harness, and an independent reference model of the filter's decisions.
 
 pub mod ctl;
+pub mod flood;
 pub mod frames;
 pub mod model;
 pub mod netns;

@@ -3,6 +3,7 @@
 //! xtask orchestrates; it does not replace cargo. One module per task: add a
 //! variant to [`Task`] and a module with a `run` function to add one.
 
+mod bench;
 mod build;
 mod cmd;
 mod lab;
@@ -40,6 +41,11 @@ enum Task {
     ///
     /// Example: cargo xtask lab --keep
     Lab(lab::Options),
+    /// Run setup, build, and the benchmark suite (needs root); writes
+    /// BENCHMARKS.md. --quick is a smoke run of every part (verdicts only).
+    ///
+    /// Example: cargo xtask bench --quick
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Task::Build => build::run().map(drop),
         Task::Test(options) => test::run(&options),
         Task::Lab(options) => lab::run(&options),
+        Task::Bench(options) => bench::run(&options),
     }
 }

@@ -1,0 +1,645 @@
+//! What every part of the benchmark shares: the run's environment (paths,
+//! options, the log of commands), statistics, and RAII guards for everything
+//! a part creates (loaded filters, controllers, xdp-filter instances).
+
+use std::{
+    cell::RefCell,
+    collections::BTreeSet,
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use aya::{Ebpf, programs::loaded_programs};
+use filter_ctl::{
+    loader::{self, Capacities, PROGRAM},
+    pins::PinDir,
+};
+use filter_tests::netns::NetNs;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT/SIGTERM into a flag checked between steps, so that every
+/// guard runs and nothing is left behind.
+pub fn catch_interrupts() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
+/// Fails once SIGINT or SIGTERM arrived.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The run's settings and shared state.
+pub struct Env {
+    pub quick: bool,
+    /// Rounds of every interleaved measurement.
+    pub rounds: usize,
+    pub filter_ctl: PathBuf,
+    /// Scratch directory (frames, list files), removed at the end.
+    pub work: PathBuf,
+    /// Every distinct command run, in order of first use (the report lists them).
+    commands: RefCell<Vec<String>>,
+    command_keys: RefCell<BTreeSet<String>>,
+    /// Verdict and sanity failures; any of them fails the run.
+    failures: RefCell<Vec<String>>,
+}
+
+impl Env {
+    pub fn new(quick: bool, rounds: usize, filter_ctl: PathBuf) -> Result<Self> {
+        let work = PathBuf::from(format!("/tmp/fbench-{}", std::process::id()));
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(Self {
+            quick,
+            rounds,
+            filter_ctl,
+            work,
+            commands: RefCell::default(),
+            command_keys: RefCell::default(),
+            failures: RefCell::default(),
+        })
+    }
+
+    /// Records a command line for the report; one example per kind of command.
+    pub fn record(&self, line: &str) {
+        let mut words = Vec::new();
+        let mut skip_next = false;
+        for word in line.split_whitespace() {
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
+            if word == "--pin-dir" {
+                skip_next = true;
+            } else if word != "nsenter"
+                && !word.starts_with("--net=")
+                && !word.starts_with("--mount=")
+            {
+                words.push(word.rsplit('/').next().unwrap_or(word));
+            }
+        }
+        let key = words.iter().take(3).copied().collect::<Vec<_>>().join(" ");
+        if self.command_keys.borrow_mut().insert(key) {
+            self.commands.borrow_mut().push(line.to_string());
+        }
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.borrow().clone()
+    }
+
+    /// Notes a failure (wrong verdict, packet that got through); the run goes
+    /// on so that the report shows everything, then fails.
+    pub fn fail(&self, what: String) {
+        eprintln!("FAILURE: {what}");
+        self.failures.borrow_mut().push(what);
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.borrow().clone()
+    }
+
+    /// Runs `command`, recording it; returns stdout, or fails quoting stderr.
+    pub fn run(&self, command: &mut Command) -> Result<String> {
+        check_interrupted()?;
+        let line = display(command);
+        self.record(&line);
+        let out = command
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("starting `{line}`"))?;
+        if !out.status.success() {
+            bail!(
+                "`{line}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `filter-ctl --pin-dir PINS ARGS` in the host namespace.
+    pub fn ctl(&self, pins: &PinDir, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.filter_ctl);
+        command
+            .arg("--pin-dir")
+            .arg(pins.root())
+            .args(args)
+            .env_remove("FILTER_CTL_PIN_DIR")
+            .env("RUST_LOG", "warn");
+        command
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.work) {
+            eprintln!("warning: removing {}: {e}", self.work.display());
+        }
+    }
+}
+
+/// The command line, for logs and the report.
+pub fn display(command: &Command) -> String {
+    let mut line = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// `nsenter --net=/run/netns/NS PROGRAM`: unlike `ip netns exec`, it keeps
+/// the host's /sys (and so /sys/fs/bpf).
+pub fn nsenter(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", ns.path().display()))
+        .arg(program);
+    command
+}
+
+/// Makes a child started with `command` get SIGTERM when this process dies,
+/// even by SIGKILL.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Median, minimum and maximum of a set of measurements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: usize,
+}
+
+impl Summary {
+    /// `None` for no samples.
+    #[must_use]
+    pub fn of(samples: &[f64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])
+        };
+        Some(Self {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            count: n,
+        })
+    }
+
+    /// `median (min–max)` with `decimals` digits.
+    #[must_use]
+    pub fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+/// `median (min–max)` of `samples`, or a dash.
+#[must_use]
+pub fn show(samples: &[f64], decimals: usize) -> String {
+    Summary::of(samples).map_or_else(|| "–".to_string(), |s| s.show(decimals))
+}
+
+/// Per-round ratios `a[i] / b[i]` (the rounds were interleaved, so each pair
+/// was measured close together in time).
+#[must_use]
+pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, d)| **d > 0.0)
+        .map(|(n, d)| n / d)
+        .collect()
+}
+
+/// xorshift64*: deterministic pseudo-random numbers for generated lists.
+pub struct Rng(u64);
+
+impl Rng {
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+static NEXT_PIN_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A pin directory of this run: `/sys/fs/bpf/fbench-<pid>-<tag><n>`.
+#[must_use]
+pub fn pin_dir(tag: &str) -> PinDir {
+    let n = NEXT_PIN_DIR.fetch_add(1, Ordering::Relaxed);
+    PinDir::new(format!(
+        "/sys/fs/bpf/fbench-{}-{tag}{n}",
+        std::process::id()
+    ))
+}
+
+/// Our filter loaded through filter-ctl's library (not attached anywhere),
+/// for `BPF_PROG_TEST_RUN`; every pin removed on drop.
+pub struct LoadedFilter {
+    pub pins: PinDir,
+    pub id: u32,
+    _ebpf: Ebpf,
+}
+
+impl LoadedFilter {
+    pub fn load(tag: &str, caps: &Capacities) -> Result<Self> {
+        let pins = pin_dir(tag);
+        let ebpf = match loader::load(&pins, caps) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                let _ = loader::detach_all(&pins);
+                return Err(e.context(format!(
+                    "loading the filter under {}",
+                    pins.root().display()
+                )));
+            }
+        };
+        let mut guard = Self {
+            pins,
+            id: 0,
+            _ebpf: ebpf,
+        };
+        let program: &aya::programs::Xdp = guard
+            ._ebpf
+            .program(PROGRAM)
+            .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
+            .try_into()?;
+        guard.id = program.info()?.id();
+        Ok(guard)
+    }
+}
+
+impl Drop for LoadedFilter {
+    fn drop(&mut self) {
+        if let Err(e) = loader::detach_all(&self.pins) {
+            eprintln!("warning: removing {}: {e:#}", self.pins.root().display());
+        }
+    }
+}
+
+/// `filter-ctl run` on one interface of a namespace (started with nsenter),
+/// with its own pin directory. Dropping it stops the controller, detaches
+/// and removes every pin.
+pub struct Controller {
+    pub pins: PinDir,
+    /// What `run` reported for the attachment ("native mode", ...).
+    pub attached: String,
+    filter_ctl: PathBuf,
+    child: Option<Child>,
+}
+
+impl Controller {
+    pub fn start(env: &Env, ns: &NetNs, iface: &str, tag: &str) -> Result<Self> {
+        check_interrupted()?;
+        let pins = pin_dir(tag);
+        let mut command = nsenter(ns, &env.filter_ctl);
+        command
+            .arg("--pin-dir")
+            .arg(pins.root())
+            .args(["run", "--iface", iface])
+            .env_remove("FILTER_CTL_PIN_DIR")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut command);
+        env.record(&display(&command));
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting `{}`", display(&command)))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut guard = Self {
+            pins,
+            attached: String::new(),
+            filter_ctl: env.filter_ctl.clone(),
+            child: Some(child),
+        };
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Read to the end, so that the controller never writes to a closed pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let status = guard
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                bail!(
+                    "`filter-ctl run --iface {iface}` did not report running within 60 s (exit status {status:?})"
+                );
+            };
+            if let Some(how) = line
+                .split_once(&format!("attached to {iface} ("))
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+            {
+                guard.attached = how.to_string();
+            }
+            if line.contains("running;") {
+                break;
+            }
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: signalling our own child by pid.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if self.pins.root().exists() {
+            let out = Command::new(&self.filter_ctl)
+                .arg("--pin-dir")
+                .arg(self.pins.root())
+                .arg("detach")
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "warning: filter-ctl detach: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("warning: running filter-ctl detach: {e}"),
+            }
+        }
+    }
+}
+
+/// Debian's `xdp-filter` on one interface. Its state is global
+/// (`/sys/fs/bpf/xdp-filter`), so every command runs in a private mount
+/// namespace with a bpffs of its own: other xdp-filter users on the machine
+/// neither see nor disturb ours. Unloaded, and the mount namespace released,
+/// on drop.
+pub struct XdpFilter {
+    holder: Child,
+    mount_ns: PathBuf,
+    net_ns: PathBuf,
+    iface: String,
+    pub mode: String,
+}
+
+impl XdpFilter {
+    pub fn load(env: &Env, ns: &NetNs, iface: &str, mode: &str) -> Result<Self> {
+        check_interrupted()?;
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "sleep", "3600"])
+            .stdin(Stdio::null());
+        die_with_parent(&mut command);
+        let holder = command
+            .spawn()
+            .context("starting `unshare --mount sleep`")?;
+        let mount_ns = PathBuf::from(format!("/proc/{}/ns/mnt", holder.id()));
+        let guard = Self {
+            holder,
+            mount_ns,
+            net_ns: ns.path(),
+            iface: iface.to_string(),
+            mode: mode.to_string(),
+        };
+        // Wait until unshare has moved the holder to its new mount namespace.
+        let ours = fs::read_link("/proc/self/ns/mnt")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_link(&guard.mount_ns).is_ok_and(|l| l == ours) {
+            ensure!(Instant::now() < deadline, "unshare --mount did not start");
+            thread::sleep(Duration::from_millis(5));
+        }
+        env.run(
+            Command::new("nsenter")
+                .arg(format!("--mount={}", guard.mount_ns.display()))
+                .args(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]),
+        )?;
+        env.run(&mut guard.command(&["load", iface, "-m", mode]))?;
+        Ok(guard)
+    }
+
+    /// `xdp-filter ARGS` in the lab's network namespace and our mount namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--mount={}", self.mount_ns.display()))
+            .arg(format!("--net={}", self.net_ns.display()))
+            .arg("xdp-filter")
+            .args(args);
+        command
+    }
+
+    /// The id of the program attached to the interface (`bpftool net show`).
+    pub fn program_id(&self, env: &Env) -> Result<u32> {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.net_ns.display()))
+            .args(["bpftool", "-j", "net", "show", "dev", &self.iface]);
+        let text = env.run(&mut command)?;
+        let json: serde_json::Value = serde_json::from_str(&text)?;
+        json[0]["xdp"][0]["id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| anyhow!("no XDP program on {} ({text})", self.iface))
+    }
+
+    /// The hit counter of a filtered address (`xdp-filter status`).
+    pub fn hits(&self, env: &Env, addr: &str) -> Result<u64> {
+        let text = env.run(&mut self.command(&["status"]))?;
+        text.lines()
+            .find_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(addr))
+                    .then(|| words.nth(1).and_then(|n| n.parse().ok()))
+                    .flatten()
+            })
+            .ok_or_else(|| anyhow!("xdp-filter status shows no counter for {addr}:\n{text}"))
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        match self.command(&["unload", &self.iface]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: xdp-filter unload {}: {}",
+                self.iface,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: running xdp-filter unload: {e}"),
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Size and instruction counts of a loaded program (by id).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgramSize {
+    pub verified_insns: Option<u32>,
+    pub xlated_bytes: Option<u32>,
+    pub jited_bytes: u32,
+}
+
+pub fn program_size(id: u32) -> Result<ProgramSize> {
+    for info in loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        if info.id() == id {
+            return Ok(ProgramSize {
+                verified_insns: info.verified_instruction_count(),
+                xlated_bytes: info.size_translated(),
+                jited_bytes: info.size_jitted(),
+            });
+        }
+    }
+    bail!("no BPF program with id {id}")
+}
+
+/// `bpftool prog run id ID data_in FILE repeat N`: the action and the
+/// kernel's average ns per run.
+pub fn bpftool_run(env: &Env, id: u32, frame: &Path, repeat: u32) -> Result<(u32, f64)> {
+    let id = id.to_string();
+    let repeat = repeat.to_string();
+    let mut command = Command::new("bpftool");
+    command.args(["-j", "prog", "run", "id", &id, "data_in"]);
+    command.arg(frame).args(["repeat", &repeat]);
+    let text = env.run(&mut command)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("bpftool printed {text:?}"))?;
+    let action = json["retval"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| anyhow!("no retval in {text}"))?;
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds per run are small")]
+    let ns = json["duration"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no duration in {text}"))? as f64;
+    Ok((action, ns))
+}
+
+/// Name of an XDP action.
+#[must_use]
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "ABORTED",
+        1 => "DROP",
+        2 => "PASS",
+        3 => "TX",
+        4 => "REDIRECT",
+        _ => "?",
+    }
+}
+
+/// Whether process `pid` exists.
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
+}
+
+/// Removes what a killed earlier run left: pin directories
+/// `/sys/fs/bpf/fbench-<pid>-*` and namespaces `ft-fb*-<pid>-*` of dead pids.
+pub fn sweep_stale() {
+    if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("fbench-") else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            if !alive(pid) {
+                eprintln!("removing {name}, left by an earlier run (pid {pid})");
+                let _ = loader::detach_all(&PinDir::new(entry.path()));
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("ft-fb") {
+                continue;
+            }
+            let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+            let Some(pid) = parts.get(1).and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            if !alive(pid) {
+                eprintln!("removing namespace {name}, left by an earlier run (pid {pid})");
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Part 4: the control plane. Loading a large list through the CLI, the time
+//! from an edit to its first dropped packet, and the memory of every map.
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    process::Command,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use filter_ctl::{
+    filter::{Filter, ListKind},
+    loader::Capacities,
+};
+use filter_tests::netns::{Lab, in_netns};
+
+use crate::{
+    common::{Controller, Env, LoadedFilter, Summary, XdpFilter, check_interrupted, show},
+    frames::block_list,
+    profile::profile,
+    report::{Section, Target},
+};
+
+const PORT: u16 = 5000;
+
+/// Part 4.
+pub fn control(env: &Env) -> Result<Section> {
+    println!("==> part 4: control plane");
+    let entries: usize = if env.quick { 10_000 } else { 1_000_000 };
+    let xdpf_addresses: usize = if env.quick { 5 } else { 100 };
+    let list = env.work.join("list-control.txt");
+    fs::write(
+        &list,
+        block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
+    )?;
+    let list_arg = list.to_string_lossy().into_owned();
+
+    // xdp-filter's CLI, for scale: one process per address.
+    let lab = Lab::new("fbxl");
+    let xdpf = XdpFilter::load(env, &lab.dst, &lab.dst_if, "skb")?;
+    let xdpf_max = xdpf_ipv4_capacity(env, &xdpf)?;
+
+    let mut load_secs = Vec::new();
+    let mut xdpf_per_sec = Vec::new();
+    let mut memory: Vec<MapMemory> = Vec::new();
+    let mut loaded_entries = 0;
+    for round in 0..env.rounds {
+        check_interrupted()?;
+        let filter = LoadedFilter::load("cp", &Capacities::default())?;
+        if round == 0 {
+            memory = map_memory(env, &filter)?;
+        }
+        let start = Instant::now();
+        env.run(&mut env.ctl(&filter.pins, &["block", "--file", &list_arg]))?;
+        load_secs.push(start.elapsed().as_secs_f64());
+        if round == 0 {
+            let loaded = map_memory(env, &filter)?;
+            for (m, l) in memory.iter_mut().zip(loaded) {
+                m.loaded = Some(l.empty);
+            }
+            loaded_entries = Filter::open(&filter.pins)?
+                .list_entries_raw(ListKind::Block)?
+                .len();
+            if loaded_entries != entries {
+                env.fail(format!(
+                    "part 4: the blocklist holds {loaded_entries} entries after loading {entries}"
+                ));
+            }
+        }
+        drop(filter);
+
+        let start = Instant::now();
+        for i in 0..xdpf_addresses {
+            let n = u32::try_from(i).expect("few");
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n + 1);
+            env.run(&mut xdpf.command(&["ip", &addr.to_string(), "-m", "src"]))?;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        xdpf_per_sec.push(xdpf_addresses as f64 / start.elapsed().as_secs_f64());
+        for i in 0..xdpf_addresses {
+            let n = u32::try_from(i).expect("few");
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n + 1);
+            env.run(&mut xdpf.command(&["ip", &addr.to_string(), "-m", "src", "-r"]))?;
+        }
+        println!("    round {}/{} done", round + 1, env.rounds);
+    }
+    drop(xdpf);
+    drop(lab);
+    fs::remove_file(&list).ok();
+
+    let latencies = edit_latency(env)?;
+
+    let mut section = Section::new("4. Control plane");
+    let median_load = Summary::of(&load_secs).map_or(f64::NAN, |s| s.median);
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let per_sec: Vec<f64> = load_secs.iter().map(|s| entries as f64 / s).collect();
+    let _ = writeln!(
+        section.text,
+        "**Loading a list.** `filter-ctl block --file FILE` with {entries} entries ({} IPv4 and \
+         {} IPv6, mixed prefix lengths as in part 2, one a line), each round into a freshly \
+         loaded filter at default capacities; wall time of the whole command (start, parse, \
+         insert, exit), {} rounds: **{} s** ({} entries/s); {loaded_entries} entries present \
+         afterwards. For scale, xdp-filter's CLI takes one address per command: `xdp-filter ip \
+         ADDR -m src` × {xdpf_addresses} per round gives {} addresses/s, and its IPv4 table \
+         holds at most {xdpf_max} entries.\n",
+        entries / 2,
+        entries / 2,
+        env.rounds,
+        show(&load_secs, 2),
+        show(&per_sec, 0),
+        show(&xdpf_per_sec, 0),
+    );
+    section.targets.push(Target {
+        what: format!("{entries} entries loaded in under 2 s"),
+        holds: median_load < 2.0,
+        detail: format!("{median_load:.2} s"),
+    });
+    if median_load >= 2.0 && !env.quick {
+        let filter = LoadedFilter::load("cp", &Capacities::default())?;
+        let list = env.work.join("list-profile.txt");
+        fs::write(
+            &list,
+            block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
+        )?;
+        let top = profile(env, Some("filter-ctl"), || {
+            env.run(&mut env.ctl(&filter.pins, &["block", "--file", &list.to_string_lossy()]))
+                .map(drop)
+        });
+        fs::remove_file(&list).ok();
+        let _ = writeln!(
+            section.text,
+            "The target is missed; a profile of one more load (`perf record -a`, hottest \
+             symbols of the filter-ctl process, user and kernel):\n\n{top}"
+        );
+    }
+
+    let from_start: Vec<f64> = latencies.iter().map(|l| l.from_start_ms).collect();
+    let from_return: Vec<f64> = latencies.iter().map(|l| l.from_return_ms).collect();
+    let command: Vec<f64> = latencies.iter().map(|l| l.command_ms).collect();
+    let gap: Vec<f64> = latencies.iter().map(|l| l.gap_ms).collect();
+    let worst = from_start.iter().copied().fold(f64::NAN, f64::max);
+    let _ = writeln!(
+        section.text,
+        "**From an edit to the first dropped packet.** A steady UDP stream (one datagram \
+         about every {} µs, numbered) flows through the filter (`filter-ctl run`, attached \
+         {}) to a socket; `filter-ctl block SRC` runs; the first dropped datagram is the one \
+         after the last that arrived. {} rounds (each ends with `unblock`), ms, median (min–max):\n\n\
+         | from `block` starting | from `block` returning | `block` run time | stream resolution (send gap) |\n\
+         |---:|---:|---:|---:|\n| {} | {} | {} | {} |\n\n\
+         Negative: the first drop came before the command had exited (the map update is \
+         done before `filter-ctl` prints and exits).\n",
+        STREAM_INTERVAL.as_micros(),
+        latencies.first().map_or("", |l| l.attached.as_str()),
+        latencies.len(),
+        show(&from_start, 2),
+        show(&from_return, 2),
+        show(&command, 2),
+        show(&gap, 3),
+    );
+    section.targets.push(Target {
+        what: "an edit enforced within 100 ms (from the command's start, worst round)".into(),
+        holds: worst <= 100.0,
+        detail: format!("{worst:.1} ms"),
+    });
+
+    section.text.push_str(
+        "**Memory of every map** at default capacities, as the kernel accounts it \
+         (`bpftool map show` → memlock, i.e. the map's `bpf_map_memory_usage`); LPM tries \
+         allocate per entry, so their figure is also given with the list above loaded.\n\n\
+         | map | type | max entries | key B | value B | memlock, empty | memlock, with the list |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut total_empty = 0;
+    let mut total_loaded = 0;
+    for m in &memory {
+        total_empty += m.empty;
+        total_loaded += m.loaded.unwrap_or(m.empty);
+        let _ = writeln!(
+            section.text,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.name,
+            m.kind,
+            m.max_entries,
+            m.key,
+            m.value,
+            bytes(m.empty),
+            m.loaded.map_or_else(|| "–".to_string(), bytes)
+        );
+    }
+    let _ = writeln!(
+        section.text,
+        "| **total** | | | | | **{}** | **{}** |\n",
+        bytes(total_empty),
+        bytes(total_loaded)
+    );
+    Ok(section)
+}
+
+fn bytes(n: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / 1024.0 / 1024.0)
+    } else if n >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+struct MapMemory {
+    name: String,
+    kind: String,
+    max_entries: u64,
+    key: u64,
+    value: u64,
+    empty: u64,
+    loaded: Option<u64>,
+}
+
+fn map_memory(env: &Env, filter: &LoadedFilter) -> Result<Vec<MapMemory>> {
+    let program = bpftool_json(env, &["prog", "show", "id", &filter.id.to_string()])?;
+    let ids = program["map_ids"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no map ids for program {}", filter.id))?;
+    let mut out = Vec::new();
+    for id in ids {
+        let id = id.as_u64().ok_or_else(|| anyhow!("bad map id"))?;
+        let map = bpftool_json(env, &["map", "show", "id", &id.to_string()])?;
+        let get = |field: &str| map[field].as_u64().unwrap_or(0);
+        out.push(MapMemory {
+            name: map["name"].as_str().unwrap_or("?").to_string(),
+            kind: map["type"].as_str().unwrap_or("?").to_string(),
+            max_entries: get("max_entries"),
+            key: get("bytes_key"),
+            value: get("bytes_value"),
+            empty: get("bytes_memlock"),
+            loaded: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn bpftool_json(env: &Env, args: &[&str]) -> Result<serde_json::Value> {
+    let text = env.run(Command::new("bpftool").arg("-j").args(args))?;
+    serde_json::from_str(&text).with_context(|| format!("bpftool printed {text:?}"))
+}
+
+/// `max_entries` of xdp-filter's IPv4 address table.
+fn xdpf_ipv4_capacity(env: &Env, xdpf: &XdpFilter) -> Result<u64> {
+    let id = xdpf.program_id(env)?;
+    let program = bpftool_json(env, &["prog", "show", "id", &id.to_string()])?;
+    for map_id in program["map_ids"].as_array().into_iter().flatten() {
+        let map = bpftool_json(env, &["map", "show", "id", &map_id.to_string()])?;
+        if map["name"].as_str() == Some("filter_ipv4") {
+            return map["max_entries"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("no max_entries"));
+        }
+    }
+    Err(anyhow!("xdp-filter has no filter_ipv4 map"))
+}
+
+/// Interval of the numbered stream (the resolution of the measurement).
+const STREAM_INTERVAL: Duration = Duration::from_micros(100);
+
+struct Latency {
+    from_start_ms: f64,
+    from_return_ms: f64,
+    command_ms: f64,
+    /// Time between the last datagram that arrived and the first dropped one
+    /// (how precisely the moment is known).
+    gap_ms: f64,
+    attached: String,
+}
+
+/// `b - a` in ms, negative when `b` is earlier.
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    match b.checked_duration_since(a) {
+        Some(d) => d.as_secs_f64() * 1e3,
+        None => -(a.duration_since(b).as_secs_f64() * 1e3),
+    }
+}
+
+fn edit_latency(env: &Env) -> Result<Vec<Latency>> {
+    let lab = Lab::new("fbl");
+    let ctl = Controller::start(env, &lab.dst, &lab.dst_if, "lt")?;
+    let src = lab.src_v4();
+    let dst = SocketAddr::new(IpAddr::V4(lab.dst_v4()), PORT);
+    let receiver = in_netns(&lab.dst, || UdpSocket::bind(dst)).context("binding the receiver")?;
+    receiver.set_read_timeout(Some(Duration::from_millis(10)))?;
+    let sender = in_netns(&lab.src, || {
+        UdpSocket::bind(SocketAddr::new(IpAddr::V4(src), 0))
+    })
+    .context("binding the sender")?;
+    let mut out = Vec::new();
+    for _ in 0..env.rounds {
+        check_interrupted()?;
+        // Whatever an earlier round left in the socket (bounded by its timeout).
+        let mut buf = [0u8; 64];
+        for _ in 0..100_000 {
+            if receiver.recv_from(&mut buf).is_err() {
+                break;
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(Mutex::new(Vec::<Instant>::with_capacity(100_000)));
+        let got = Arc::new(Mutex::new(HashSet::<u64>::new()));
+        let (sent_log, got_log) = (Arc::clone(&sent), Arc::clone(&got));
+        let result = thread::scope(|scope| -> Result<Latency> {
+            let stop_tx = Arc::clone(&stop);
+            let sender = &sender;
+            scope.spawn(move || {
+                let start = Instant::now();
+                let mut seq: u64 = 0;
+                // Bounded: stops when told, or after 20 s whatever happens.
+                while !stop_tx.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20)
+                {
+                    let at = Instant::now();
+                    if sender.send_to(&seq.to_be_bytes(), dst).is_ok() {
+                        sent_log
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(at);
+                        seq += 1;
+                    }
+                    thread::sleep(STREAM_INTERVAL);
+                }
+            });
+            let stop_rx = Arc::clone(&stop);
+            let receiver = &receiver;
+            scope.spawn(move || {
+                let mut buf = [0u8; 64];
+                let start = Instant::now();
+                while !stop_rx.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20)
+                {
+                    if let Ok((8, _)) = receiver.recv_from(&mut buf) {
+                        let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                        got_log
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(seq);
+                    }
+                }
+            });
+            let measured = (|| {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while got.lock().unwrap_or_else(PoisonError::into_inner).len() < 200 {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "the stream does not reach the socket"
+                    );
+                    thread::sleep(Duration::from_millis(5));
+                }
+                let start = Instant::now();
+                env.run(&mut env.ctl(&ctl.pins, &["block", &src.to_string()]))?;
+                let returned = Instant::now();
+                thread::sleep(Duration::from_millis(150));
+                Ok((start, returned))
+            })();
+            stop.store(true, Ordering::Relaxed);
+            let (start, returned) = measured?;
+            let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+            let got = got.lock().unwrap_or_else(PoisonError::into_inner);
+            let last = got
+                .iter()
+                .copied()
+                .max()
+                .ok_or_else(|| anyhow!("nothing arrived"))?;
+            let first_dropped = usize::try_from(last + 1)?;
+            ensure!(
+                first_dropped < sent.len(),
+                "the stream kept arriving after `filter-ctl block` (last seq {last} of {})",
+                sent.len()
+            );
+            let at = sent[first_dropped];
+            Ok(Latency {
+                from_start_ms: signed_ms(start, at),
+                from_return_ms: signed_ms(returned, at),
+                command_ms: signed_ms(start, returned),
+                gap_ms: signed_ms(sent[first_dropped - 1], at),
+                attached: ctl.attached.clone(),
+            })
+        });
+        match result {
+            Ok(latency) => out.push(latency),
+            Err(e) => env.fail(format!("part 4, edit latency: {e:#}")),
+        }
+        env.run(&mut env.ctl(&ctl.pins, &["unblock", &src.to_string()]))?;
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(ctl);
+    Ok(out)
+}

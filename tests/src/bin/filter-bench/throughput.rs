@@ -1,0 +1,630 @@
+//! Part 3: flood throughput through the whole receive path of a veth into a
+//! namespace, for ours and its peers, interleaved round by round.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use filter_tests::{
+    flood::{
+        AttachMode, Flood, FloodOptions, LinkStats, UdpFrame, XDP_DROP, XdpLink, XdpProgram,
+        enable_veth_napi, ifindex, link_stats, mac_address,
+    },
+    netns::{Lab, NetNs, UdpReceiver, in_netns},
+};
+
+use crate::{
+    common::{Controller, Env, Summary, XdpFilter, check_interrupted, nsenter, ratios, show},
+    profile::profile,
+    report::{Section, Target},
+};
+
+const OPEN_PORT: u16 = 5000;
+const CLOSED_PORT: u16 = 5001;
+const LIMITED_PORT: u16 = 5002;
+const SPREAD_PORT: u16 = 5003;
+const SPREAD_SOURCES: u32 = 100_000;
+const LIMITED_RATE: &str = "100";
+
+/// What is dropping the flood in one lab.
+enum Dropper {
+    /// Nothing: the kernel drops the datagrams at UDP (closed port).
+    Closed,
+    Iptables,
+    Nftables,
+    XdpFilter(XdpFilter),
+    Bare {
+        _link: XdpLink,
+        _program: XdpProgram,
+    },
+    Ours(Controller),
+}
+
+/// One measured configuration: a lab, a flood into it, and how to count its drops.
+struct Config {
+    name: &'static str,
+    lab: usize,
+    flood: Flood,
+    /// Where the flood goes; a socket listens there unless the port is closed.
+    port: u16,
+    /// Whether some packets may legitimately pass (rate limits).
+    passes: bool,
+}
+
+/// Fields drop in order: the dropper (xdp-filter unload, controller stop)
+/// needs the lab's namespaces, which go last.
+struct LabState {
+    dropper: Dropper,
+    receivers: BTreeMap<u16, UdpReceiver>,
+    lab: Lab,
+}
+
+/// Counters of one configuration at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    dropped: u64,
+    passed: u64,
+    link: LinkStats,
+}
+
+fn udp_snmp(ns: &NetNs) -> Result<BTreeMap<String, u64>> {
+    let text = in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .context("reading /proc/net/snmp in the lab")?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    Ok(names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect())
+}
+
+fn ours_counts(env: &Env, ctl: &Controller) -> Result<BTreeMap<String, u64>> {
+    let text = env.run(&mut env.ctl(&ctl.pins, &["stats", "--json"]))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let reasons = json["reasons"]
+        .as_object()
+        .ok_or_else(|| anyhow!("no reasons in {text}"))?;
+    Ok(reasons
+        .iter()
+        .map(|(k, v)| (k.clone(), v["packets"].as_u64().unwrap_or(0)))
+        .collect())
+}
+
+impl LabState {
+    fn counts(&self, env: &Env, config: &Config, source: Ipv4Addr) -> Result<Counts> {
+        let link = link_stats(&self.lab.dst, &self.lab.dst_if)?;
+        let (dropped, passed) = match &self.dropper {
+            Dropper::Closed => (udp_snmp(&self.lab.dst)?["NoPorts"], 0),
+            Dropper::Iptables => {
+                let text = env.run(nsenter(&self.lab.dst, "iptables").args([
+                    "-t",
+                    "raw",
+                    "-L",
+                    "PREROUTING",
+                    "-v",
+                    "-x",
+                    "-n",
+                ]))?;
+                let packets = text
+                    .lines()
+                    .find(|l| l.contains("DROP"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow!("no DROP rule counter in:\n{text}"))?;
+                (packets, 0)
+            }
+            Dropper::Nftables => {
+                let text = env.run(
+                    nsenter(&self.lab.dst, "nft").args(["-j", "list", "table", "netdev", "fbench"]),
+                )?;
+                (nft_counter(&text)?, 0)
+            }
+            Dropper::XdpFilter(x) => (x.hits(env, &source.to_string())?, 0),
+            Dropper::Bare { .. } => (link.rx_packets, 0),
+            Dropper::Ours(ctl) => {
+                let c = ours_counts(env, ctl)?;
+                let get = |k: &str| c.get(k).copied().unwrap_or(0);
+                match config.port {
+                    OPEN_PORT => (get("blocklist"), get("pass")),
+                    _ => (get("ratelimit") + get("blocklist"), get("pass")),
+                }
+            }
+        };
+        Ok(Counts {
+            dropped,
+            passed,
+            link,
+        })
+    }
+}
+
+fn nft_counter(text: &str) -> Result<u64> {
+    let json: serde_json::Value = serde_json::from_str(text)?;
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for expr in item["rule"]["expr"].as_array().into_iter().flatten() {
+            if let Some(packets) = expr["counter"]["packets"].as_u64() {
+                return Ok(packets);
+            }
+        }
+    }
+    bail!("no counter in the nftables rule: {text}")
+}
+
+fn new_lab(tag: &str, napi: bool) -> Result<Lab> {
+    let lab = Lab::new(tag);
+    // rp_filter off: the spread flood's sources have no route back.
+    in_netns(&lab.dst, || {
+        for conf in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter"), "0")?;
+        }
+        std::io::Result::Ok(())
+    })
+    .context("turning rp_filter off")?;
+    if napi {
+        enable_veth_napi(&lab.dst, &lab.dst_if).context("turning GRO (NAPI) on")?;
+    }
+    Ok(lab)
+}
+
+fn frame(lab: &Lab, src: Ipv4Addr, port: u16) -> Result<Vec<u8>> {
+    Ok(UdpFrame {
+        dst_mac: mac_address(&lab.dst, &lab.dst_if)?,
+        src_mac: mac_address(&lab.src, &lab.src_if)?,
+        src,
+        dst: lab.dst_v4(),
+        src_port: 40_000,
+        dst_port: port,
+        frame_len: 60,
+    }
+    .build())
+}
+
+fn listen(lab: &Lab, port: u16) -> UdpReceiver {
+    UdpReceiver::bind(&lab.dst, SocketAddr::new(IpAddr::V4(lab.dst_v4()), port))
+}
+
+/// Part 3.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one linear procedure: set up, measure, report"
+)]
+pub fn flood(env: &Env) -> Result<Section> {
+    println!("==> part 3: flood throughput through a veth");
+    let packets: u32 = if env.quick { 20_000 } else { 2_000_000 };
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let options = FloodOptions {
+        packets,
+        batch: 64,
+        cpu: (cpus > 1).then_some(cpus - 1),
+    };
+
+    let mut labs: Vec<LabState> = Vec::new();
+    let mut configs: Vec<Config> = Vec::new();
+
+    // No filter: the port is closed, UDP drops it.
+    {
+        let lab = new_lab("fbc", true)?;
+        let f = Flood::single(frame(&lab, lab.src_v4(), CLOSED_PORT)?)?;
+        configs.push(Config {
+            name: "no filter (closed port)",
+            lab: labs.len(),
+            flood: f,
+            port: CLOSED_PORT,
+            passes: false,
+        });
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Closed,
+            receivers: BTreeMap::new(),
+        });
+    }
+    // iptables raw PREROUTING.
+    {
+        let lab = new_lab("fbi", true)?;
+        let src = format!("{}/32", lab.src_v4());
+        env.run(nsenter(&lab.dst, "iptables").args([
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-s",
+            &src,
+            "-j",
+            "DROP",
+        ]))?;
+        let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
+        configs.push(Config {
+            name: "iptables raw PREROUTING drop",
+            lab: labs.len(),
+            flood: f,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Iptables,
+            receivers,
+        });
+    }
+    // nftables netdev ingress.
+    {
+        let lab = new_lab("fbn", true)?;
+        let rules = format!(
+            "table netdev fbench {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500;\n    ip saddr {} counter drop\n  }}\n}}\n",
+            lab.dst_if,
+            lab.src_v4()
+        );
+        let file = env.work.join("nftables.conf");
+        std::fs::write(&file, rules)?;
+        env.run(nsenter(&lab.dst, "nft").arg("-f").arg(&file))?;
+        let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
+        configs.push(Config {
+            name: "nftables netdev ingress drop",
+            lab: labs.len(),
+            flood: f,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Nftables,
+            receivers,
+        });
+    }
+    // xdp-filter, native mode like ours.
+    {
+        let lab = new_lab("fbx", false)?;
+        let x = XdpFilter::load(env, &lab.dst, &lab.dst_if, "native")?;
+        env.run(&mut x.command(&["ip", &lab.src_v4().to_string(), "-m", "src"]))?;
+        let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
+        configs.push(Config {
+            name: "xdp-filter (native), source blocked",
+            lab: labs.len(),
+            flood: f,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::XdpFilter(x),
+            receivers,
+        });
+    }
+    // The ceiling: a bare XDP_DROP program.
+    {
+        let lab = new_lab("fbd", false)?;
+        let program = XdpProgram::returning(XDP_DROP)?;
+        let index = ifindex(&lab.dst, &lab.dst_if)?;
+        let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
+            .context("attaching the bare XDP_DROP program")?;
+        let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
+        configs.push(Config {
+            name: "bare XDP_DROP (ceiling)",
+            lab: labs.len(),
+            flood: f,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        let base = Ipv4Addr::new(198, 18, 0, 0);
+        configs.push(Config {
+            name: "bare XDP_DROP, 100,000 sources (ceiling of the spread flood)",
+            lab: labs.len(),
+            flood: Flood::spread(frame(&lab, base, OPEN_PORT)?, base, SPREAD_SOURCES)?,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Bare {
+                _link: link,
+                _program: program,
+            },
+            receivers,
+        });
+    }
+    // Ours: three floods into one lab.
+    let ours_mode;
+    {
+        let lab = new_lab("fbo", false)?;
+        let ctl = Controller::start(env, &lab.dst, &lab.dst_if, "fl")?;
+        ours_mode = ctl.attached.clone();
+        let blocked = lab.v4(66);
+        let limited = lab.v4(77);
+        env.run(&mut env.ctl(&ctl.pins, &["block", &blocked.to_string()]))?;
+        env.run(&mut env.ctl(
+            &ctl.pins,
+            &[
+                "limit",
+                "set",
+                &format!("udp/{LIMITED_PORT}"),
+                "--rate",
+                LIMITED_RATE,
+                "--burst",
+                LIMITED_RATE,
+            ],
+        ))?;
+        env.run(&mut env.ctl(
+            &ctl.pins,
+            &["limit", "set", "default", "--rate", "1", "--burst", "1"],
+        ))?;
+        let index = labs.len();
+        configs.push(Config {
+            name: "ours, source blocked",
+            lab: index,
+            flood: Flood::single(frame(&lab, blocked, OPEN_PORT)?)?,
+            port: OPEN_PORT,
+            passes: false,
+        });
+        configs.push(Config {
+            name: "ours, one source over a port limit",
+            lab: index,
+            flood: Flood::single(frame(&lab, limited, LIMITED_PORT)?)?,
+            port: LIMITED_PORT,
+            passes: true,
+        });
+        let base = Ipv4Addr::new(198, 18, 0, 0);
+        configs.push(Config {
+            name: "ours, 100,000 sources over the default limit",
+            lab: index,
+            flood: Flood::spread(frame(&lab, base, SPREAD_PORT)?, base, SPREAD_SOURCES)?,
+            port: SPREAD_PORT,
+            passes: true,
+        });
+        let receivers = [OPEN_PORT, LIMITED_PORT, SPREAD_PORT]
+            .into_iter()
+            .map(|p| (p, listen(&lab, p)))
+            .collect();
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Ours(ctl),
+            receivers,
+        });
+    }
+
+    let n = configs.len();
+    let mut mpps: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut sent_mpps: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut received = vec![0u64; n];
+    let mut passed = vec![0u64; n];
+    let mut ring_lost = vec![0u64; n];
+    let mut delivered = vec![0u64; n];
+    for round in 0..env.rounds {
+        for i in 0..n {
+            let i = (i + round) % n;
+            check_interrupted()?;
+            let config = &configs[i];
+            let state = &labs[config.lab];
+            let source = Ipv4Addr::from(
+                <[u8; 4]>::try_from(&config.flood.frame()[26..30]).expect("4 bytes"),
+            );
+            if let Some(r) = state.receivers.get(&config.port) {
+                let _ = r.drain(Duration::from_millis(5), Duration::from_millis(200));
+            }
+            let before = state.counts(env, config, source)?;
+            let run = config
+                .flood
+                .run(&state.lab.src, &state.lab.src_if, &options)
+                .with_context(|| format!("flooding {}", config.name))?;
+            // Let the receiving side finish its queue.
+            thread::sleep(Duration::from_millis(20));
+            let after = state.counts(env, config, source)?;
+            let got = state.receivers.get(&config.port).map_or(0, |r| {
+                r.drain(Duration::from_millis(20), Duration::from_secs(2))
+                    .len() as u64
+            });
+            let link = after.link.since(&before.link);
+            let dropped = after.dropped - before.dropped;
+            let pass = after.passed - before.passed;
+            #[expect(clippy::cast_precision_loss, reason = "packet counts below 2^52")]
+            let rate = dropped as f64 / run.elapsed.as_secs_f64() / 1e6;
+            mpps[i].push(rate);
+            sent_mpps[i].push(run.rate() / 1e6);
+            received[i] += got;
+            passed[i] += pass;
+            ring_lost[i] += link.rx_dropped;
+            delivered[i] += link.rx_packets;
+            // A few background frames (IPv6 MLD from the sender) may be counted too.
+            if dropped + pass + 16 < link.rx_packets || dropped + pass > run.sent + 16 {
+                env.fail(format!(
+                    "part 3, {}: {dropped} dropped + {pass} passed, but {} frames arrived of {} sent",
+                    config.name, link.rx_packets, run.sent
+                ));
+            }
+            if !config.passes && got > 0 {
+                env.fail(format!(
+                    "part 3, {}: {got} flood datagrams reached the listening socket",
+                    config.name
+                ));
+            }
+            if config.passes && got > pass {
+                env.fail(format!(
+                    "part 3, {}: the socket received {got} datagrams but the filter passed only {pass}",
+                    config.name
+                ));
+            }
+        }
+        println!("    round {}/{} done", round + 1, env.rounds);
+    }
+
+    let index = |name: &str| {
+        configs
+            .iter()
+            .position(|c| c.name.starts_with(name))
+            .expect("configured")
+    };
+    let xdpf = index("xdp-filter");
+    let bare = index("bare XDP_DROP (");
+    let bare_spread = index("bare XDP_DROP, 100,000");
+    let peers = [
+        ("closed port", index("no filter")),
+        ("iptables", index("iptables")),
+        ("nftables", index("nftables")),
+        ("xdp-filter", xdpf),
+    ];
+
+    let mut section = Section::new("3. Flood throughput through a veth into a namespace");
+    let _ = writeln!(
+        section.text,
+        "The generator (`filter_tests::flood`) runs a 2-instruction `XDP_TX` program with \
+         `BPF_PROG_TEST_RUN` in live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, batch {}) on the \
+         sending veth, from a thread in the sending namespace pinned to CPU {}: {packets} \
+         60-byte UDP/IPv4 frames per measurement go through the receiving veth's NAPI, its XDP \
+         program and the stack. For 100,000 sources the generator program rewrites the IPv4 \
+         source (`198.18.0.0 + bpf_get_prandom_u32() % 100000`) and the header checksum of \
+         every frame. Veths without an XDP program get GRO turned on (the `ETHTOOL_SGRO` \
+         ioctl), without which a veth does not take XDP frames from its peer. One lab \
+         (namespace pair) per configuration, all set up at once; {} rounds, interleaved, \
+         rotating order. Dropped Mpps = the configuration's own drop counter / wall time of \
+         the flood (median (min–max) over rounds).\n",
+        options.batch,
+        options
+            .cpu
+            .map_or_else(|| "any".to_string(), |c| c.to_string()),
+        env.rounds
+    );
+    let _ = writeln!(
+        section.text,
+        "Ours runs under `filter-ctl run` ({ours_mode}) with `block SRC`, `limit set \
+         udp/{LIMITED_PORT} --rate {LIMITED_RATE} --burst {LIMITED_RATE}` and `limit set default \
+         --rate 1 --burst 1`; xdp-filter with `load IF -m native` and `ip SRC -m src`; iptables \
+         with `-t raw -A PREROUTING -s SRC -j DROP` ({}); nftables with a netdev ingress chain \
+         (`ip saddr SRC counter drop`). A UDP socket listens on each flooded port (except the \
+         closed one) and must receive nothing that was to be dropped.\n",
+        version_line("iptables", &["-V"])
+    );
+    section.text.push_str(
+        "| configuration | dropped Mpps | sent Mpps | frames arrived | lost at the veth ring | passed | received by the socket |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (i, config) in configs.iter().enumerate() {
+        let _ = writeln!(
+            section.text,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            config.name,
+            show(&mpps[i], 2),
+            show(&sent_mpps[i], 2),
+            delivered[i],
+            ring_lost[i],
+            if config.passes {
+                passed[i].to_string()
+            } else {
+                "–".to_string()
+            },
+            if config.port == CLOSED_PORT {
+                "(no socket)".to_string()
+            } else {
+                received[i].to_string()
+            }
+        );
+    }
+    section.text.push_str("\nOurs against each peer (median of per-round ratios of dropped pps, min–max):\n\n| configuration |");
+    for (name, _) in &peers {
+        let _ = write!(section.text, " ÷ {name} |");
+    }
+    section
+        .text
+        .push_str(" ÷ bare XDP_DROP, same generator |\n|---|");
+    for _ in 0..=peers.len() {
+        section.text.push_str("---:|");
+    }
+    section.text.push('\n');
+    let mut missed = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        if !config.name.starts_with("ours") {
+            continue;
+        }
+        let ceiling = if config.flood.sources() > 1 {
+            bare_spread
+        } else {
+            bare
+        };
+        let _ = write!(section.text, "| {} |", config.name);
+        for (_, p) in &peers {
+            let _ = write!(section.text, " {} |", show(&ratios(&mpps[i], &mpps[*p]), 2));
+        }
+        let _ = writeln!(
+            section.text,
+            " {} |",
+            show(&ratios(&mpps[i], &mpps[ceiling]), 2)
+        );
+        let vs_xdpf = median(&ratios(&mpps[i], &mpps[xdpf]));
+        let vs_bare = median(&ratios(&mpps[i], &mpps[ceiling]));
+        if vs_xdpf < 1.2 || vs_bare < 0.8 {
+            missed.push(i);
+        }
+        section.targets.push(Target {
+            what: format!("flood, {}: ≥ 1.2× xdp-filter's dropped pps", config.name),
+            holds: vs_xdpf >= 1.2,
+            detail: format!("{vs_xdpf:.2}×"),
+        });
+        section.targets.push(Target {
+            what: format!("flood, {}: ≥ 80% of the bare XDP_DROP ceiling", config.name),
+            holds: vs_bare >= 0.8,
+            detail: format!("{:.0}%", vs_bare * 100.0),
+        });
+    }
+    section.text.push_str(
+        "\nxdp-filter has no rate limiter: the blocked-source flood is the like-for-like \
+         comparison; the other two show what per-source accounting costs under a flood. The \
+         spread flood's generator does more work per frame (random source, checksum), so its \
+         ceiling is the bare XDP_DROP program under the same generator.\n",
+    );
+    if !missed.is_empty() && !env.quick {
+        section.text.push_str(
+            "\nWhere ours misses a target, a profile of one more flood of that configuration \
+             (`perf record -a`, every process: the generator's thread runs the whole receive \
+             path in its softirq):\n\n",
+        );
+        for i in missed {
+            let config = &configs[i];
+            let state = &labs[config.lab];
+            let top = profile(env, None, || {
+                config
+                    .flood
+                    .run(&state.lab.src, &state.lab.src_if, &options)
+                    .map(drop)
+                    .map_err(Into::into)
+            });
+            let _ = writeln!(section.text, "- {}:\n{top}", config.name);
+        }
+    }
+    drop(labs);
+    Ok(section)
+}
+
+fn median(samples: &[f64]) -> f64 {
+    Summary::of(samples).map_or(f64::NAN, |s| s.median)
+}
+
+/// The first line of `program ARGS`, or what went wrong.
+pub fn version_line(program: &str, args: &[&str]) -> String {
+    match std::process::Command::new(program).args(args).output() {
+        Ok(out) => {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(e) => format!("{program}: {e}"),
+    }
+}
