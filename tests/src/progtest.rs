@@ -75,13 +75,14 @@ fn sweep_dead_fixtures() {
         else {
             continue;
         };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            if let Err(e) = loader::detach_all(&PinDir::new(entry.path())) {
-                eprintln!(
-                    "removing the stale test pins {}: {e:#}",
-                    entry.path().display()
-                );
-            }
+        if pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && let Err(e) = loader::detach_all(&PinDir::new(entry.path()))
+        {
+            eprintln!(
+                "removing the stale test pins {}: {e:#}",
+                entry.path().display()
+            );
         }
     }
 }
