@@ -466,7 +466,8 @@ fn remove_stale_labs(ctl: &Path) -> Result<()> {
         }
     }
     for pid in pids {
-        if pid == own || Path::new(&format!("/proc/{pid}")).exists() {
+        // Our own pid's lab does not exist yet: anything named after it is stale.
+        if pid != own && Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         println!("\nFound the lab of process {pid}, which is gone (killed, or run with --keep)");
