@@ -67,6 +67,9 @@ static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUC
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
 
+/// `-EEXIST`, as map helpers return it.
+const EEXIST: i32 = -17;
+
 /// Attempts at a contended compare-and-swap before the packet is treated as over the limit.
 const CAS_ATTEMPTS: usize = 4;
 
@@ -135,23 +138,44 @@ impl Clock {
 /// deletes); deeper nesting is cleared by the controller's periodic sweep.
 const MAX_EXPIRED_SKIPS: usize = 4;
 
-/// Origin of the active longest-prefix match for `addr`, if any. An expired
-/// match is deleted (it would hide shorter prefixes) and the lookup repeated.
+/// Origin and prefix length of the active longest-prefix match for `addr`
+/// among prefixes of at most `bits` bits. An expired match is deleted (it
+/// would hide shorter prefixes) and the lookup repeated.
 #[inline(always)]
 fn list_match<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut Clock,
-) -> Option<u8> {
+) -> Option<(u8, u8)> {
     for _ in 0..=MAX_EXPIRED_SKIPS {
         let entry = map.get(Key::new(bits, addr))?;
         if entry.expires_at_ns == 0 || clock.coarse() < entry.expires_at_ns {
-            return Some(entry.origin);
+            return Some((entry.origin, entry.prefix_len));
         }
         let _ = map.remove(Key::new(u32::from(entry.prefix_len), addr));
     }
     None
+}
+
+/// Why a blocked source is dropped. An automatic block is the longest match
+/// when it is more specific than an operator's block, but the operator's
+/// block takes precedence: look for one above it.
+#[inline(always)]
+fn block_reason<K: Copy>(
+    map: &LpmTrie<K, ListEntry>,
+    bits: u32,
+    addr: K,
+    clock: &mut Clock,
+) -> Option<u32> {
+    let (origin, prefix_len) = list_match(map, bits, addr, clock)?;
+    if origin != ORIGIN_AUTO || prefix_len == 0 {
+        return Some(reason::BLOCKLIST);
+    }
+    match list_match(map, u32::from(prefix_len) - 1, addr, clock) {
+        Some((origin, _)) if origin != ORIGIN_AUTO => Some(reason::BLOCKLIST),
+        _ => Some(reason::AUTOBLOCK),
+    }
 }
 
 fn decide(packet: &Packet, len: u64) -> u32 {
@@ -162,22 +186,20 @@ fn decide(packet: &Packet, len: u64) -> u32 {
     let (allowed, blocked) = if packet.is_v6 {
         (
             list_match(&ALLOW_V6, 128, packet.source, &mut clock),
-            list_match(&BLOCK_V6, 128, packet.source, &mut clock),
+            block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
         )
     } else {
         let v4 = packet.source_v4();
         (
             list_match(&ALLOW_V4, 32, v4, &mut clock),
-            list_match(&BLOCK_V4, 32, v4, &mut clock),
+            block_reason(&BLOCK_V4, 32, v4, &mut clock),
         )
     };
     if allowed.is_some() {
         return reason::ALLOWLIST;
     }
-    match blocked {
-        Some(ORIGIN_AUTO) => return reason::AUTOBLOCK,
-        Some(_) => return reason::BLOCKLIST,
-        None => {}
+    if let Some(why) = blocked {
+        return why;
     }
 
     let (slot, rule) = rule_for(packet);
@@ -343,20 +365,14 @@ fn within_limit(
         return true;
     };
     let byte_cost = len.wrapping_mul(rule.byte_interval);
-    let ok = (rule.packet_interval == 0
-        || gcra(
-            unsafe { field(bucket, 0) },
-            now,
-            rule.packet_interval,
-            rule.packet_tolerance,
-        ))
-        && (rule.byte_interval == 0
-            || gcra(
-                unsafe { field(bucket, 1) },
-                now,
-                byte_cost,
-                rule.byte_tolerance,
-            ));
+    let packet_tat = unsafe { field(bucket, 0) };
+    let byte_tat = unsafe { field(bucket, 1) };
+    // Look at the byte bucket before charging anything, so that a packet the
+    // byte limit refuses does not use up the packet allowance.
+    let ok = (rule.byte_interval == 0 || conforms(byte_tat, now, rule.byte_tolerance))
+        && (rule.packet_interval == 0
+            || gcra(packet_tat, now, rule.packet_interval, rule.packet_tolerance))
+        && (rule.byte_interval == 0 || gcra(byte_tat, now, byte_cost, rule.byte_tolerance));
     if !ok && rule.autoblock_after != 0 {
         note_over_limit(bucket, slot, rule, packet, source, now_ns);
     }
@@ -383,6 +399,13 @@ fn bucket_for(key: &BucketKey) -> Option<*mut Bucket> {
         bump_table_stat(table_stat::BUCKET_INSERTS);
     }
     BUCKETS.get_ptr_mut(key)
+}
+
+/// Whether a packet arriving `now` conforms to the bucket, without charging it.
+#[inline(always)]
+fn conforms(tat: *mut u64, now: u64, tolerance: u64) -> bool {
+    let current = unsafe { tat.read_volatile() };
+    current <= now || current - now <= tolerance
 }
 
 /// Generic cell rate algorithm on one theoretical arrival time (TAT):
@@ -453,8 +476,15 @@ fn note_over_limit(
         }
     }
     let seen = atomic_increment(over_limit);
-    if seen != u64::from(rule.autoblock_after) {
+    if seen < u64::from(rule.autoblock_after) {
         return;
+    }
+    // Threshold reached: block, and start counting afresh, so that after the
+    // block ends (or an operator lifts it) the source needs another
+    // `autoblock_after` over-limit packets to be blocked again.
+    unsafe {
+        window_start.write_volatile(now);
+        over_limit.write_volatile(0);
     }
     let config = CONFIG.get(0);
     let mut entry = ListEntry {
@@ -475,9 +505,14 @@ fn note_over_limit(
         let v4 = [source[12], source[13], source[14], source[15]];
         BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
     };
-    if inserted.is_err() {
-        bump_table_stat(table_stat::AUTOBLOCKS_FAILED);
-        return;
+    match inserted {
+        Ok(()) => {}
+        // Another CPU blocked the source a moment ago.
+        Err(EEXIST) => return,
+        Err(_) => {
+            bump_table_stat(table_stat::AUTOBLOCKS_FAILED);
+            return;
+        }
     }
     bump_table_stat(table_stat::AUTOBLOCKS);
     let event = AutoBlockEvent {

@@ -222,9 +222,15 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     {
         return Err(Malformed);
     }
+    // An IPv4-mapped source (::ffff:0:0/96) never appears on the wire (RFC 4291
+    // 2.5.5.2); it would also alias the IPv4 source's rate-limit bucket.
+    let src: [u8; 16] = unsafe { (*ip).src };
+    if src[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        return Err(Malformed);
+    }
     let mut packet = Packet {
         is_v6: true,
-        source: unsafe { (*ip).src },
+        source: src,
         protocol: unsafe { (*ip).next_header },
         has_ports: false,
         dst_port: 0,

@@ -127,6 +127,10 @@ fn parse_v6(f: &[u8], off: usize) -> Parsed {
     }
     let mut mapped_source = [0u8; 16];
     mapped_source.copy_from_slice(&f[off + 8..off + 24]);
+    // IPv4-mapped sources (::ffff:0:0/96) never appear on the wire.
+    if mapped_source[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        return Parsed::Malformed;
+    }
     let mut info = IpInfo {
         mapped_source,
         is_v4: false,
@@ -270,11 +274,11 @@ impl<const N: usize> PrefixList<N> {
         });
     }
 
-    fn longest(&self, addr: [u8; N]) -> Option<usize> {
+    fn longest(&self, addr: [u8; N], max_prefix: u32) -> Option<usize> {
         self.entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| mask(addr, e.prefix) == e.net)
+            .filter(|(_, e)| e.prefix <= max_prefix && mask(addr, e.prefix) == e.net)
             .max_by_key(|(_, e)| e.prefix)
             .map(|(i, _)| i)
     }
@@ -284,14 +288,41 @@ impl<const N: usize> PrefixList<N> {
     /// [`MAX_EXPIRED_SKIPS`] times; an expired match after that is deleted
     /// too, and the lookup ends without a match.
     pub fn lookup(&mut self, addr: [u8; N], now_ns: u64) -> Option<ListItem<N>> {
+        self.lookup_within(addr, u32::MAX, now_ns)
+    }
+
+    /// [`Self::lookup`] among prefixes of at most `max_prefix` bits.
+    pub fn lookup_within(
+        &mut self,
+        addr: [u8; N],
+        max_prefix: u32,
+        now_ns: u64,
+    ) -> Option<ListItem<N>> {
         for _ in 0..=MAX_EXPIRED_SKIPS {
-            let i = self.longest(addr)?;
+            let i = self.longest(addr, max_prefix)?;
             if self.entries[i].is_active(now_ns) {
                 return Some(self.entries[i]);
             }
             self.entries.swap_remove(i);
         }
         None
+    }
+}
+
+/// The reason a blocked source is dropped: `autoblock` only when no
+/// operator entry covers the automatic one.
+fn block_reason<const N: usize>(
+    list: &mut PrefixList<N>,
+    addr: [u8; N],
+    now_ns: u64,
+) -> Option<u32> {
+    let found = list.lookup(addr, now_ns)?;
+    if found.origin != filter_common::ORIGIN_AUTO || found.prefix == 0 {
+        return Some(reason::BLOCKLIST);
+    }
+    match list.lookup_within(addr, found.prefix - 1, now_ns) {
+        Some(cover) if cover.origin != filter_common::ORIGIN_AUTO => Some(reason::BLOCKLIST),
+        _ => Some(reason::AUTOBLOCK),
     }
 }
 
@@ -391,19 +422,14 @@ impl Model {
         if allowed {
             return reason::ALLOWLIST;
         }
-        let block_origin = if info.is_v4 {
-            self.block_v4
-                .lookup(info.source_v4(), now_ns)
-                .map(|e| e.origin)
+        // An operator's block takes precedence over a more specific automatic one.
+        let blocked = if info.is_v4 {
+            block_reason(&mut self.block_v4, info.source_v4(), now_ns)
         } else {
-            self.block_v6
-                .lookup(info.mapped_source, now_ns)
-                .map(|e| e.origin)
+            block_reason(&mut self.block_v6, info.mapped_source, now_ns)
         };
-        match block_origin {
-            Some(filter_common::ORIGIN_AUTO) => return reason::AUTOBLOCK,
-            Some(_) => return reason::BLOCKLIST,
-            None => {}
+        if let Some(why) = blocked {
+            return why;
         }
         let key = self.source_key(&info);
         let mut slot = DEFAULT_RULE;
@@ -458,10 +484,11 @@ impl Model {
         }
         let now = now_ns * TICKS_PER_NS;
         let bucket = self.buckets.entry((slot, key)).or_default();
-        // Each bucket is charged when it conforms, as specified: a packet the
-        // byte bucket refuses has already been charged to the packet bucket.
-        let mut conforming = true;
-        if rule.packet_interval != 0 {
+        // The byte bucket is looked at first: a packet it refuses charges
+        // neither bucket. A conforming packet is charged to both.
+        let mut conforming =
+            rule.byte_interval == 0 || bucket.byte_tat <= now + rule.byte_tolerance;
+        if conforming && rule.packet_interval != 0 {
             if bucket.packet_tat <= now + rule.packet_tolerance {
                 bucket.packet_tat = bucket.packet_tat.max(now) + rule.packet_interval;
             } else {
@@ -469,11 +496,7 @@ impl Model {
             }
         }
         if conforming && rule.byte_interval != 0 {
-            if bucket.byte_tat <= now + rule.byte_tolerance {
-                bucket.byte_tat = bucket.byte_tat.max(now) + len * rule.byte_interval;
-            } else {
-                conforming = false;
-            }
+            bucket.byte_tat = bucket.byte_tat.max(now) + len * rule.byte_interval;
         }
         if conforming {
             return reason::PASS;
@@ -485,8 +508,11 @@ impl Model {
             } else {
                 bucket.over_limit += 1;
             }
-            if bucket.over_limit == u64::from(rule.autoblock_after) {
-                let over_limit = bucket.over_limit;
+            if bucket.over_limit >= u64::from(rule.autoblock_after) {
+                // Counting starts afresh with each automatic block.
+                bucket.window_start_ns = now_ns;
+                bucket.over_limit = 0;
+                let over_limit = u64::from(rule.autoblock_after);
                 self.autoblock(info, key, slot, over_limit, rule, now_ns);
             }
         }
