@@ -81,24 +81,37 @@ impl Env {
         })
     }
 
-    /// Records a command line for the report; one example per kind of command.
+    /// Records a command line for the report: one example of each kind of
+    /// command (program, subcommand and option flags).
     pub fn record(&self, line: &str) {
-        let mut words = Vec::new();
+        let mut program = None;
+        let mut subcommand = None;
+        let mut flags = Vec::new();
         let mut skip_next = false;
         for word in line.split_whitespace() {
-            if std::mem::take(&mut skip_next) {
+            if std::mem::take(&mut skip_next)
+                || word == "nsenter"
+                || word.starts_with("--net=")
+                || word.starts_with("--mount=")
+            {
                 continue;
             }
             if word == "--pin-dir" {
                 skip_next = true;
-            } else if word != "nsenter"
-                && !word.starts_with("--net=")
-                && !word.starts_with("--mount=")
-            {
-                words.push(word.rsplit('/').next().unwrap_or(word));
+            } else if program.is_none() {
+                program = Some(word.rsplit('/').next().unwrap_or(word));
+            } else if word.starts_with('-') {
+                flags.push(word);
+            } else if subcommand.is_none() {
+                subcommand = Some(word);
             }
         }
-        let key = words.iter().take(3).copied().collect::<Vec<_>>().join(" ");
+        let key = format!(
+            "{} {} {}",
+            program.unwrap_or_default(),
+            subcommand.unwrap_or_default(),
+            flags.join(" ")
+        );
         if self.command_keys.borrow_mut().insert(key) {
             self.commands.borrow_mut().push(line.to_string());
         }

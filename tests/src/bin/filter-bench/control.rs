@@ -130,7 +130,7 @@ pub fn control(env: &Env) -> Result<Section> {
             &list,
             block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
-        let top = profile(env, Some("filter-ctl"), || {
+        let top = profile(env, "filter-ctl", || {
             env.run(&mut env.ctl(&filter.pins, &["block", "--file", &list.to_string_lossy()]))
                 .map(drop)
         });
@@ -138,7 +138,7 @@ pub fn control(env: &Env) -> Result<Section> {
         let _ = writeln!(
             section.text,
             "The target is missed; a profile of one more load (`perf record -a`, hottest \
-             symbols of the filter-ctl process, user and kernel):\n\n{top}"
+             symbols of the filter-ctl process, user and kernel): {top}\n"
         );
     }
 
@@ -320,6 +320,17 @@ fn edit_latency(env: &Env) -> Result<Vec<Latency>> {
             let stop_tx = Arc::clone(&stop);
             let sender = &sender;
             scope.spawn(move || {
+                // Real-time priority, so that the stream keeps its pace while
+                // filter-ctl and everything else compete for the CPUs (it
+                // sleeps between datagrams).
+                let param = libc::sched_param { sched_priority: 1 };
+                // SAFETY: 0 is the calling thread; `param` is valid.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } != 0 {
+                    eprintln!(
+                        "warning: no real-time priority for the stream: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
                 let start = Instant::now();
                 let mut seq: u64 = 0;
                 // Bounded: stops when told, or after 20 s whatever happens.

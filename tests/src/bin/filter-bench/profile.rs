@@ -2,7 +2,6 @@
 //! the hottest symbols (`perf report --sort symbol`).
 
 use std::{
-    fmt::Write as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -56,29 +55,27 @@ impl Profiler {
         })
     }
 
-    /// Stops sampling and returns the hottest symbols (of `comm` if given)
-    /// as Markdown list items.
-    pub fn finish(mut self, env: &Env, comm: Option<&str>, top: usize) -> Result<String> {
+    /// Stops sampling and returns the hottest symbols of the processes
+    /// named in `comms` (comma-separated) with their share of those
+    /// processes' samples, on one line.
+    pub fn finish(mut self, env: &Env, comms: &str, top: usize) -> Result<String> {
         self.stop();
         let mut command = Command::new("perf");
         command
-            .args(["report", "-q", "--stdio", "--sort", "symbol", "-i"])
+            .args(["report", "-q", "--stdio", "--sort", "symbol"])
+            .args(["--percentage", "relative", "--comm", comms, "-i"])
             .arg(&self.data);
-        if let Some(comm) = comm {
-            command.args(["--comm", comm]);
-        }
         let text = env.run(&mut command)?;
-        let mut out = String::new();
+        let mut hot = Vec::new();
         for line in text.lines().filter(|l| l.contains('%')).take(top) {
             let mut words = line.split_whitespace();
-            let (Some(share), Some(_kind), Some(symbol)) =
+            if let (Some(share), Some(_kind), Some(symbol)) =
                 (words.next(), words.next(), words.next())
-            else {
-                continue;
-            };
-            let _ = writeln!(out, "  - {share} `{symbol}`");
+            {
+                hot.push(format!("`{symbol}` {share}"));
+            }
         }
-        Ok(out)
+        Ok(hot.join(", "))
     }
 
     fn stop(&mut self) {
@@ -99,15 +96,15 @@ impl Drop for Profiler {
     }
 }
 
-/// Profiles `work` (system-wide) and returns the hottest symbols of `comm`,
-/// or why there is no profile.
-pub fn profile(env: &Env, comm: Option<&str>, work: impl FnOnce() -> Result<()>) -> String {
+/// Profiles `work` (system-wide) and returns the hottest symbols of the
+/// processes `comms` (comma-separated names), or why there is none.
+pub fn profile(env: &Env, comms: &str, work: impl FnOnce() -> Result<()>) -> String {
     if !available() {
-        return "  - (no profile: `perf` is not installed; Debian package linux-perf)\n".into();
+        return "no profile: `perf` is not installed (Debian package linux-perf)".into();
     }
     let result = Profiler::start(env).and_then(|p| {
         work()?;
-        p.finish(env, comm, 12)
+        p.finish(env, comms, 10)
     });
-    result.unwrap_or_else(|e| format!("  - (profiling failed: {e:#})\n"))
+    result.unwrap_or_else(|e| format!("profiling failed: {e:#}"))
 }

@@ -275,14 +275,15 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     if !missed.is_empty() && !env.quick {
         section.text.push_str(
             "Where ours misses its target, a profile of ours on that packet (`perf record -a` \
-             during `bpftool prog run … repeat 5000000`; hottest symbols of the bpftool process, \
-             i.e. the program, the helpers and map code it calls, and the test-run loop):\n\n",
+             during `bpftool prog run … repeat 5000000`; hottest symbols of the bpftool process \
+             with their share of its samples: the program, the helpers and map code it calls, \
+             and the test-run loop):\n\n",
         );
         for k in missed {
-            let top = profile(env, Some("bpftool"), || {
+            let top = profile(env, "bpftool", || {
                 bpftool_run(env, ids[0], &files[k], 5_000_000).map(drop)
             });
-            let _ = writeln!(section.text, "- {}:\n{top}", kinds[k].name);
+            let _ = writeln!(section.text, "- {}: {top}", kinds[k].name);
         }
     }
 
@@ -477,12 +478,12 @@ pub fn scaling(env: &Env) -> Result<Section> {
         });
         if median > 1.10 && !env.quick {
             let id = lists[last].id;
-            let top = profile(env, Some("bpftool"), || {
+            let top = profile(env, "bpftool", || {
                 bpftool_run(env, id, &files[k], 5_000_000).map(drop)
             });
             let _ = writeln!(
                 section.text,
-                "  - profile at {} entries:\n{top}",
+                "  - profile at {} entries: {top}",
                 sizes[last]
             );
         }
@@ -523,12 +524,12 @@ pub fn scaling(env: &Env) -> Result<Section> {
         if median > 1.10 && !env.quick {
             let id = tables[last].id;
             let frame = &files[[1, 3][k]];
-            let top = profile(env, Some("bpftool"), || {
+            let top = profile(env, "bpftool", || {
                 bpftool_run(env, id, frame, 5_000_000).map(drop)
             });
             let _ = writeln!(
                 section.text,
-                "  - profile with {} sources:\n{top}",
+                "  - profile with {} sources: {top}",
                 live[last]
             );
         }

@@ -506,7 +506,7 @@ pub fn flood(env: &Env) -> Result<Section> {
         version_line("iptables", &["-V"])
     );
     section.text.push_str(
-        "| configuration | dropped Mpps | sent Mpps | frames arrived | lost at the veth ring | passed | received by the socket |\n\
+        "| configuration | dropped Mpps | sent Mpps | frames arrived (all rounds) | lost at the veth ring | passed | received by the socket |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (i, config) in configs.iter().enumerate() {
@@ -585,20 +585,21 @@ pub fn flood(env: &Env) -> Result<Section> {
     if !missed.is_empty() && !env.quick {
         section.text.push_str(
             "\nWhere ours misses a target, a profile of one more flood of that configuration \
-             (`perf record -a`, every process: the generator's thread runs the whole receive \
-             path in its softirq):\n\n",
+             (`perf record -a`; hottest symbols of the generator's thread, which runs the whole \
+             receive path in its softirq, and of that CPU's ksoftirqd):\n\n",
         );
         for i in missed {
             let config = &configs[i];
             let state = &labs[config.lab];
-            let top = profile(env, None, || {
+            let comms = format!("filter-bench,ksoftirqd/{}", options.cpu.unwrap_or(0));
+            let top = profile(env, &comms, || {
                 config
                     .flood
                     .run(&state.lab.src, &state.lab.src_if, &options)
                     .map(drop)
                     .map_err(Into::into)
             });
-            let _ = writeln!(section.text, "- {}:\n{top}", config.name);
+            let _ = writeln!(section.text, "- {}: {top}", config.name);
         }
     }
     drop(labs);
