@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     // `ping` for the lab, `objdump` to inspect bpf-linker and libLLVM.
     "iputils-ping",
     "binutils",
+    // `perf`: the benchmarks profile every target they miss.
+    "linux-perf",
 ];
 
 /// The oldest kernel with everything the XDP program uses (BPF atomics with fetch).
