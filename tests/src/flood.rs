@@ -334,42 +334,50 @@ impl XdpProgram {
         )]
         let base_imm = u32::from(base) as i32;
         let rest_imm = i32::try_from(rest).map_err(io::Error::other)?;
-        let insns = [
-            asm::mov_reg(6, 1),                  // r6 = ctx
-            asm::call(BPF_FUNC_GET_PRANDOM_U32), // r0 = random
-            asm::mod32_imm(0, modulus),          // r0 %= count
-            asm::add32_imm(0, base_imm),         // r0 = source (host order)
-            asm::load_u32(2, 6, 0),              // r2 = ctx->data
-            asm::load_u32(3, 6, 4),              // r3 = ctx->data_end
-            asm::mov_reg(4, 2),                  // r4 = data
-            asm::add_imm(4, i32::try_from(IPV4_END).expect("small")),
-            asm::jgt_reg(4, 3, 0),          // too short: send as is
-            asm::mov_reg(5, 0),             // r5 = source >> 16
-            asm::rsh_imm(5, 16),            //
-            asm::mov_reg(7, 0),             // r7 = source & 0xffff
-            asm::and_imm(7, 0xffff),        //
-            asm::add_reg(5, 7),             // r5 = sum of the source words
-            asm::add_imm(5, rest_imm),      //    + the other words
-            asm::mov_reg(7, 5),             // fold the carries, twice
-            asm::rsh_imm(7, 16),            //
-            asm::and_imm(5, 0xffff),        //
-            asm::add_reg(5, 7),             //
-            asm::mov_reg(7, 5),             //
-            asm::rsh_imm(7, 16),            //
-            asm::and_imm(5, 0xffff),        //
-            asm::add_reg(5, 7),             //
-            asm::xor_imm(5, 0xffff),        // ones' complement
-            asm::to_be(5, 16),              //
-            asm::store_u16(2, 5, 24),       // IPv4 header checksum
-            asm::to_be(0, 32),              //
-            asm::store_u32(2, 0, 26),       // IPv4 source
-            asm::mov_imm(0, XDP_TX as i32), // (jump target)
-            asm::exit(),
+        let headers_end = i32::try_from(IPV4_END).expect("small");
+        let tx = i32::try_from(XDP_TX).expect("small");
+        let head = [
+            // r0 = base + random % count: the new source, in host order.
+            asm::mov_reg(6, 1),
+            asm::call(BPF_FUNC_GET_PRANDOM_U32),
+            asm::mod32_imm(0, modulus),
+            asm::add32_imm(0, base_imm),
+            // r2 = data, r3 = data_end, r4 = data + Ethernet and IPv4 headers.
+            asm::load_u32(2, 6, 0),
+            asm::load_u32(3, 6, 4),
+            asm::mov_reg(4, 2),
+            asm::add_imm(4, headers_end),
         ];
-        // The bounds check jumps over the rewrite, to `r0 = XDP_TX`.
-        let mut insns = insns;
-        let check = 8;
-        insns[check].off = i16::try_from(insns.len() - 2 - (check + 1)).expect("short program");
+        let rewrite = [
+            // r5 = the source's two 16-bit words + the header's other words.
+            asm::mov_reg(5, 0),
+            asm::rsh_imm(5, 16),
+            asm::mov_reg(7, 0),
+            asm::and_imm(7, 0xffff),
+            asm::add_reg(5, 7),
+            asm::add_imm(5, rest_imm),
+            // Fold the carries twice, take the ones' complement.
+            asm::mov_reg(7, 5),
+            asm::rsh_imm(7, 16),
+            asm::and_imm(5, 0xffff),
+            asm::add_reg(5, 7),
+            asm::mov_reg(7, 5),
+            asm::rsh_imm(7, 16),
+            asm::and_imm(5, 0xffff),
+            asm::add_reg(5, 7),
+            asm::xor_imm(5, 0xffff),
+            // Store the checksum and the source in network order.
+            asm::to_be(5, 16),
+            asm::store_u16(2, 5, 24),
+            asm::to_be(0, 32),
+            asm::store_u32(2, 0, 26),
+        ];
+        let skip = i16::try_from(rewrite.len()).expect("short program");
+        let mut insns = head.to_vec();
+        // A frame too short for the headers goes out as it is.
+        insns.push(asm::jgt_reg(4, 3, skip));
+        insns.extend(rewrite);
+        insns.extend([asm::mov_imm(0, tx), asm::exit()]);
         Self::load("flood_spread", &insns)
     }
 
