@@ -109,7 +109,8 @@ pub fn control(env: &Env) -> Result<Section> {
          loaded filter at default capacities; wall time of the whole command (start, parse, \
          insert, exit), {} rounds: **{} s** ({} entries/s); {loaded_entries} entries present \
          afterwards. For scale, xdp-filter's CLI takes one address per command: `xdp-filter ip \
-         ADDR -m src` × {xdpf_addresses} per round gives {} addresses/s, and its IPv4 table \
+         ADDR -m src` × {xdpf_addresses} per round (through `nsenter`, as everything here) gives \
+         {} addresses/s, and its IPv4 table \
          holds at most {xdpf_max} entries.\n",
         entries / 2,
         entries / 2,

@@ -39,7 +39,7 @@ impl Profiler {
         let data = env.work.join(format!("perf-{n}.data"));
         let mut command = Command::new("perf");
         command
-            .args(["record", "-a", "-q", "-o"])
+            .args(["record", "-a", "-q", "-F", "9973", "-o"])
             .arg(&data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
