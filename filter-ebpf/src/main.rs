@@ -19,7 +19,7 @@ mod parse;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -72,9 +72,11 @@ static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
 /// (rule slot, source prefix) pairs allowed by `--only-from` rules.
 #[map]
 static ONLY_FROM: LpmTrie<OnlyFromBytes, u8> = LpmTrie::pinned(capacity::ONLY_FROM, 0);
-/// GCRA state per (rule, aggregated source).
+/// GCRA state per (rule, aggregated source). Per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`): a flood of new sources inserts without a global lock.
 #[map]
-static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
+static BUCKETS: LruHashMap<BucketKey, Bucket> =
+    LruHashMap::pinned(capacity::BUCKETS, BPF_F_NO_COMMON_LRU);
 /// Automatic-block events for user space.
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
