@@ -31,22 +31,8 @@ use crate::model::{ListItem, Model};
 /// Counters of every reason.
 pub type ReasonCounters = [Counter; reason::COUNT as usize];
 
-/// Whether the tests run as root (loading BPF programs needs it).
-#[must_use]
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Returns true, after printing why, when `test` must be skipped (not root).
-#[must_use]
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("SKIPPED {test}: loading the XDP program needs root (CAP_BPF, CAP_NET_ADMIN)");
-    true
-}
+// One root check for every test: namespaces and BPF both need it.
+pub use crate::netns::{is_root, skip_unless_root};
 
 /// Largest frame `BPF_PROG_TEST_RUN` hands to an XDP program in one piece
 /// (a page minus headroom and `skb_shared_info`). Longer frames arrive as
