@@ -25,7 +25,7 @@ use filter_tests::netns::{Lab, in_netns};
 use crate::{
     common::{Controller, Env, LoadedFilter, Summary, XdpFilter, check_interrupted, show},
     frames::block_list,
-    profile::profile,
+    profile::profile_command,
     report::{Section, Target},
 };
 
@@ -131,15 +131,23 @@ pub fn control(env: &Env) -> Result<Section> {
             &list,
             block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
-        let top = profile(env, "filter-ctl", || {
-            env.run(&mut env.ctl(&filter.pins, &["block", "--file", &list.to_string_lossy()]))
-                .map(drop)
-        });
+        let root = filter.pins.root().to_string_lossy().into_owned();
+        let top = profile_command(
+            env,
+            &env.filter_ctl,
+            &[
+                "--pin-dir",
+                &root,
+                "block",
+                "--file",
+                &list.to_string_lossy(),
+            ],
+        );
         fs::remove_file(&list).ok();
         let _ = writeln!(
             section.text,
-            "The target is missed; a profile of one more load (`perf record -a`, hottest \
-             symbols of the filter-ctl process, user and kernel): {top}\n"
+            "The target is missed; a profile of one more load (`perf record -F 9973 -- \
+             filter-ctl … block --file …`, hottest symbols, user and kernel): {top}\n"
         );
     }
 

@@ -1,8 +1,12 @@
-//! CPU profiles for missed targets: `perf record -a` around the work, then
-//! the hottest symbols (`perf report --sort symbol`).
+//! CPU profiles for missed targets: `perf record`, then the hottest symbols
+//! (`perf report --sort symbol`), on one line.
+//!
+//! Sampling is at 9973 Hz: on a VM without a PMU perf falls back to the
+//! `cpu-clock` software event, and a round rate aliases with the perfectly
+//! periodic test-run loop (whole helpers vanish from a profile).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -12,17 +16,13 @@ use anyhow::{Context as _, Result};
 
 use crate::common::{Env, die_with_parent, display};
 
+const FREQUENCY: &str = "9973";
+const TOP: usize = 10;
+
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// A system-wide `perf record` running in the background.
-pub struct Profiler {
-    child: Option<Child>,
-    data: PathBuf,
-}
-
 /// Whether `perf` can be run at all.
-#[must_use]
-pub fn available() -> bool {
+fn available() -> bool {
     Command::new("perf")
         .arg("--version")
         .stdout(Stdio::null())
@@ -31,15 +31,68 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-impl Profiler {
-    /// Starts sampling every CPU; `None` (with the reason in the report) when
-    /// perf is missing.
-    pub fn start(env: &Env) -> Result<Self> {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let data = env.work.join(format!("perf-{n}.data"));
+const MISSING: &str = "no profile: `perf` is not installed (Debian package linux-perf)";
+
+fn data_file(env: &Env) -> PathBuf {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    env.work.join(format!("perf-{n}.data"))
+}
+
+/// The hottest symbols in `data` (of the processes `comms`, if given), with
+/// their share of those samples.
+fn hottest(env: &Env, data: &Path, comms: Option<&str>) -> Result<String> {
+    let mut command = Command::new("perf");
+    command
+        .args(["report", "-q", "--stdio", "--sort", "symbol"])
+        .args(["--percentage", "relative", "-i"])
+        .arg(data);
+    if let Some(comms) = comms {
+        command.args(["--comm", comms]);
+    }
+    let text = env.run(&mut command)?;
+    let _ = std::fs::remove_file(data);
+    let mut hot = Vec::new();
+    for line in text.lines().filter(|l| l.contains('%')).take(TOP) {
+        let mut words = line.split_whitespace();
+        if let (Some(share), Some(_kind), Some(symbol)) = (words.next(), words.next(), words.next())
+        {
+            hot.push(format!("`{symbol}` {share}"));
+        }
+    }
+    Ok(hot.join(", "))
+}
+
+/// Runs `program ARGS` under `perf record` (that process only, kernel time
+/// in its system calls included) and returns its hottest symbols.
+pub fn profile_command(env: &Env, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    if !available() {
+        return MISSING.into();
+    }
+    let data = data_file(env);
+    let mut command = Command::new("perf");
+    command
+        .args(["record", "-q", "-F", FREQUENCY, "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(program)
+        .args(args);
+    env.run(&mut command)
+        .and_then(|_| hottest(env, &data, None))
+        .unwrap_or_else(|e| format!("profiling failed: {e:#}"))
+}
+
+/// A system-wide `perf record` in the background; stopped on drop.
+struct Recorder {
+    child: Option<Child>,
+    data: PathBuf,
+}
+
+impl Recorder {
+    fn start(env: &Env) -> Result<Self> {
+        let data = data_file(env);
         let mut command = Command::new("perf");
         command
-            .args(["record", "-a", "-q", "-F", "9973", "-o"])
+            .args(["record", "-a", "-q", "-F", FREQUENCY, "-o"])
             .arg(&data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -55,29 +108,6 @@ impl Profiler {
         })
     }
 
-    /// Stops sampling and returns the hottest symbols of the processes
-    /// named in `comms` (comma-separated) with their share of those
-    /// processes' samples, on one line.
-    pub fn finish(mut self, env: &Env, comms: &str, top: usize) -> Result<String> {
-        self.stop();
-        let mut command = Command::new("perf");
-        command
-            .args(["report", "-q", "--stdio", "--sort", "symbol"])
-            .args(["--percentage", "relative", "--comm", comms, "-i"])
-            .arg(&self.data);
-        let text = env.run(&mut command)?;
-        let mut hot = Vec::new();
-        for line in text.lines().filter(|l| l.contains('%')).take(top) {
-            let mut words = line.split_whitespace();
-            if let (Some(share), Some(_kind), Some(symbol)) =
-                (words.next(), words.next(), words.next())
-            {
-                hot.push(format!("`{symbol}` {share}"));
-            }
-        }
-        Ok(hot.join(", "))
-    }
-
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -89,22 +119,23 @@ impl Profiler {
     }
 }
 
-impl Drop for Profiler {
+impl Drop for Recorder {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.data);
     }
 }
 
-/// Profiles `work` (system-wide) and returns the hottest symbols of the
-/// processes `comms` (comma-separated names), or why there is none.
-pub fn profile(env: &Env, comms: &str, work: impl FnOnce() -> Result<()>) -> String {
+/// Profiles every CPU while `work` runs and returns the hottest symbols of
+/// the processes named in `comms` (comma-separated).
+pub fn profile_system(env: &Env, comms: &str, work: impl FnOnce() -> Result<()>) -> String {
     if !available() {
-        return "no profile: `perf` is not installed (Debian package linux-perf)".into();
+        return MISSING.into();
     }
-    let result = Profiler::start(env).and_then(|p| {
+    let result = Recorder::start(env).and_then(|mut recorder| {
         work()?;
-        p.finish(env, comms, 10)
+        recorder.stop();
+        hottest(env, &recorder.data, Some(comms))
     });
     result.unwrap_or_else(|e| format!("profiling failed: {e:#}"))
 }

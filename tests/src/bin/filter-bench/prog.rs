@@ -27,7 +27,7 @@ use crate::{
         program_size, ratios, show,
     },
     frames::{block_list, ipv4_udp, ipv6_udp},
-    profile::profile,
+    profile::profile_command,
     report::{Section, Target},
 };
 
@@ -274,16 +274,14 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     section.text.push('\n');
     if !missed.is_empty() && !env.quick {
         section.text.push_str(
-            "Where ours misses its target, a profile of ours on that packet (`perf record -a` \
-             during `bpftool prog run … repeat 10000000`; hottest symbols of the bpftool process \
-             with their share of its samples: the program, the helpers and map code it calls, \
-             and the test-run loop; sampled at 9973 Hz, with the `cpu-clock` software event \
-             where the machine has no PMU, as VMs often do, so shares are approximate):\n\n",
+            "Where ours misses its target, a profile of ours on that packet (`perf record \
+             -F 9973 -- bpftool prog run … repeat 10000000`; hottest symbols with their share of \
+             the samples: the program, the helpers and map code it calls, and the test-run loop; \
+             where the machine has no PMU, as VMs often do, perf samples with the `cpu-clock` \
+             software event, so shares are approximate):\n\n",
         );
         for k in missed {
-            let top = profile(env, "bpftool", || {
-                bpftool_run(env, ids[0], &files[k], 10_000_000).map(drop)
-            });
+            let top = profile_run(env, ids[0], &files[k]);
             let _ = writeln!(section.text, "- {}: {top}", kinds[k].name);
         }
     }
@@ -479,9 +477,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
         });
         if median > 1.10 && !env.quick {
             let id = lists[last].id;
-            let top = profile(env, "bpftool", || {
-                bpftool_run(env, id, &files[k], 10_000_000).map(drop)
-            });
+            let top = profile_run(env, id, &files[k]);
             let _ = writeln!(
                 section.text,
                 "  - profile at {} entries: {top}",
@@ -525,9 +521,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
         if median > 1.10 && !env.quick {
             let id = tables[last].id;
             let frame = &files[[1, 3][k]];
-            let top = profile(env, "bpftool", || {
-                bpftool_run(env, id, frame, 10_000_000).map(drop)
-            });
+            let top = profile_run(env, id, frame);
             let _ = writeln!(
                 section.text,
                 "  - profile with {} sources: {top}",
@@ -554,6 +548,19 @@ fn buckets(filter: &LoadedFilter) -> Result<HashMap<MapData, BucketKey, Bucket>>
 /// Entries in the tracking table (an LRU may have evicted some early).
 fn count_buckets(filter: &LoadedFilter) -> Result<usize> {
     Ok(buckets(filter)?.keys().filter(Result::is_ok).count())
+}
+
+/// A profile of `bpftool prog run id ID data_in FRAME repeat 10000000`.
+fn profile_run(env: &Env, id: u32, frame: &std::path::Path) -> String {
+    let id = id.to_string();
+    let frame = frame.to_string_lossy();
+    profile_command(
+        env,
+        "bpftool",
+        &[
+            "prog", "run", "id", &id, "data_in", &frame, "repeat", "10000000",
+        ],
+    )
 }
 
 /// Writes `count` distinct live buckets for the default rule.

@@ -20,7 +20,7 @@ use filter_tests::{
 
 use crate::{
     common::{Controller, Env, Summary, XdpFilter, check_interrupted, nsenter, ratios, show},
-    profile::profile,
+    profile::profile_system,
     report::{Section, Target},
 };
 
@@ -592,7 +592,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             let config = &configs[i];
             let state = &labs[config.lab];
             let comms = format!("filter-bench,ksoftirqd/{}", options.cpu.unwrap_or(0));
-            let top = profile(env, &comms, || {
+            let top = profile_system(env, &comms, || {
                 config
                     .flood
                     .run(&state.lab.src, &state.lab.src_if, &options)
