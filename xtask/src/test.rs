@@ -26,7 +26,65 @@ pub fn run(options: &Options) -> Result<()> {
     }
     cargo.args(&options.cargo_args);
     println!("==> test: {}", cmd::display(&cargo));
-    cmd::run(&mut cargo).context("the test suite failed (see above)")
+    let totals = run_counting(&mut cargo)?;
+    // One closing line for the whole run: cargo prints one result per test
+    // binary, and the last of them (doc tests) usually runs none.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 || !totals.success {
+        anyhow::bail!("the test suite failed (see above)");
+    }
+    Ok(())
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    success: bool,
+}
+
+/// Runs cargo test, echoing its output, and adds up its `test result:` lines.
+fn run_counting(cargo: &mut std::process::Command) -> Result<Totals> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cargo
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        add_result_line(&mut totals, &line);
+    }
+    totals.success = child.wait().context("waiting for cargo test")?.success();
+    Ok(totals)
+}
+
+/// Adds `test result: ok. 9 passed; 0 failed; 1 ignored; ...` to the totals.
+fn add_result_line(totals: &mut Totals, line: &str) {
+    let Some(rest) = line.trim().strip_prefix("test result: ") else {
+        return;
+    };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(count)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        match what {
+            "passed" => totals.passed += count,
+            "failed" => totals.failed += count,
+            "ignored" => totals.ignored += count,
+            _ => {}
+        }
+    }
 }
 
 /// Whether the arguments for cargo (before any `--`) choose packages.
@@ -47,6 +105,19 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn adds_up_result_lines() {
+        let mut totals = super::Totals::default();
+        for line in [
+            "test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.23s",
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+            "running 4 tests",
+        ] {
+            super::add_result_line(&mut totals, line);
+        }
+        assert_eq!((totals.passed, totals.failed, totals.ignored), (11, 3, 1));
     }
 
     #[test]
