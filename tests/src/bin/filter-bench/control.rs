@@ -182,8 +182,9 @@ pub fn control(env: &Env) -> Result<Section> {
 
     section.text.push_str(
         "**Memory of every map** at default capacities, as the kernel accounts it \
-         (`bpftool map show` → memlock, i.e. the map's `bpf_map_memory_usage`); LPM tries \
-         allocate per entry, so their figure is also given with the list above loaded.\n\n\
+         (`bpftool map show` → memlock, i.e. the map's `bpf_map_memory_usage`); maps that \
+         allocate per entry grow with their contents, so the figures are also given with the \
+         list above loaded.\n\n\
          | map | type | max entries | key B | value B | memlock, empty | memlock, with the list |\n\
          |---|---|---:|---:|---:|---:|---:|\n",
     );

@@ -534,8 +534,8 @@ pub fn scaling(env: &Env) -> Result<Section> {
          writing (default rule, source /64 in 2001:db8::/32) keys directly; the measured \
          sources' own buckets are created by their first packet. A test run repeats one frame, \
          so the lookup path stays in the CPU caches: these numbers show the algorithmic cost \
-         (trie depth, hash chain), not cache misses of a flood from many sources (part 3 has \
-         that).\n",
+         (how many lookups, how deep), not the cache misses of a flood from many sources \
+         (part 3 has those).\n",
     );
     Ok(section)
 }
