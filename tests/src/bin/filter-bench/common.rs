@@ -621,8 +621,19 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Removes what a killed earlier run left: pin directories
-/// `/sys/fs/bpf/fbench-<pid>-*` and namespaces `ft-fb*-<pid>-*` of dead pids.
+/// `/sys/fs/bpf/fbench-<pid>-*`, namespaces `ft-fb*-<pid>-*` and scratch
+/// directories `/tmp/fbench-<pid>` of dead pids.
 pub fn sweep_stale() {
+    if let Ok(entries) = fs::read_dir("/tmp") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("fbench-").and_then(|p| p.parse().ok())
+                && !alive(pid)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
