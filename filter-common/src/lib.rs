@@ -65,15 +65,17 @@ pub struct Counter {
 
 /// Value of an allowlist or blocklist entry.
 ///
-/// Automatic blocks live in the blocklist too (origin [`ORIGIN_AUTO`], keyed
-/// by the aggregated source prefix), so one blocklist search covers both; an
-/// operator's entry covering the address takes precedence for the reason.
+/// Automatic blocks live in the blocklist tries too (origin
+/// [`ORIGIN_AUTO`], keyed by the aggregated source prefix), so a packet costs
+/// one blocklist lookup for both; the more specific entry decides the reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListEntry {
     /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
     pub expires_at_ns: u64,
-    /// The entry's own prefix length (also in its key), for listings.
+    /// The entry's own prefix length, so the program can delete it once expired
+    /// (a lookup returns only the value, and an expired longest match would
+    /// otherwise hide shorter prefixes).
     pub prefix_len: u8,
     /// [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`].
     pub origin: u8,
@@ -97,67 +99,9 @@ impl ListEntry {
     }
 }
 
-/// Key of the IPv4 allow/block lists: a prefix, address bits past
-/// `prefix_len` zero. The lists are hash maps probed once per prefix length
-/// that the packet's [`PrefixHint4`] says exists, longest first: the cost
-/// depends on the prefixes near the address, not on the size of the list.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PrefixKey4 {
-    pub prefix_len: u32,
-    pub addr: [u8; 4],
-}
-
-/// Key of the IPv6 allow/block lists (see [`PrefixKey4`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PrefixKey6 {
-    pub prefix_len: u32,
-    pub addr: [u8; 16],
-}
-
-/// Prefix lengths present in the lists near an IPv4 address: entry `i` of
-/// `HINT_V4` covers the addresses whose top 16 bits are `i`; bit `n` is set
-/// when a prefix of length `n` overlaps them. A set bit with no entry behind
-/// it costs one probe; a missing bit would hide an entry, so bits are set
-/// before entries are added and cleared only by a rebuild from the lists.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PrefixHint4 {
-    pub allow: u64,
-    pub block: u64,
-}
-
-/// Prefix lengths near an IPv6 address: entry `i` of `HINT_V6` covers the
-/// addresses whose bits 16..32 (the second group) are `i`; bit `n % 64` of
-/// word `n / 64` stands for length `n`, 0..=128.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PrefixHint6 {
-    pub allow: [u64; 3],
-    pub block: [u64; 3],
-}
-
-/// Entries of `HINT_V4` and `HINT_V6`.
-pub const HINT_ENTRIES: u32 = 65536;
-
-/// Index of `HINT_V4` for an IPv4 address: its top 16 bits.
-#[inline(always)]
-#[must_use]
-pub const fn hint_index_v4(addr: &[u8; 4]) -> u32 {
-    ((addr[0] as u32) << 8) | addr[1] as u32
-}
-
-/// Index of `HINT_V6` for an IPv6 address: its bits 16..32.
-#[inline(always)]
-#[must_use]
-pub const fn hint_index_v6(addr: &[u8; 16]) -> u32 {
-    ((addr[2] as u32) << 8) | addr[3] as u32
-}
-
-/// Address of an IPv4 key (network order).
+/// Address of an IPv4 LPM key (network order).
 pub type Ipv4Bytes = [u8; 4];
-/// Address of an IPv6 key (network order).
+/// Address of an IPv6 LPM key (network order).
 pub type Ipv6Bytes = [u8; 16];
 
 /// Number of port-rule slots (`RULES` map). Slot 0 is the default source limit.
@@ -290,10 +234,6 @@ pub struct Config {
     pub ipv4_source_prefix: u32,
     /// Prefix length IPv6 sources are aggregated to for rate limits (default 64).
     pub ipv6_source_prefix: u32,
-    /// Set by user space when list entries were removed and hint bits may be
-    /// stale; the controller's sweep rebuilds the hints. Not read by the program.
-    pub hints_dirty: u32,
-    pub _pad: u32,
 }
 
 /// Key of `ONLY_FROM`: the rule slot (big-endian) then the source, IPv4-mapped.
@@ -315,10 +255,8 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     pub const EVENTS: &str = "EVENTS";
     pub const TABLE_STATS: &str = "TABLE_STATS";
-    pub const HINT_V4: &str = "HINT_V4";
-    pub const HINT_V6: &str = "HINT_V6";
     /// Every map, in the order user space pins and removes them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 13] = [
         STATS,
         ALLOW_V4,
         ALLOW_V6,
@@ -332,8 +270,6 @@ pub mod maps {
         BUCKETS,
         EVENTS,
         TABLE_STATS,
-        HINT_V4,
-        HINT_V6,
     ];
 }
 
@@ -351,12 +287,8 @@ const _: () = assert!(size_of::<RateRule>() == 88);
 const _: () = assert!(size_of::<BucketKey>() == 20);
 const _: () = assert!(size_of::<Bucket>() == 32);
 const _: () = assert!(size_of::<AutoBlockEvent>() == 40);
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 8);
 const _: () = assert!(size_of::<RuleCounter>() == 32);
-const _: () = assert!(size_of::<PrefixKey4>() == 8);
-const _: () = assert!(size_of::<PrefixKey6>() == 20);
-const _: () = assert!(size_of::<PrefixHint4>() == 16);
-const _: () = assert!(size_of::<PrefixHint6>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -370,8 +302,4 @@ mod pod {
     unsafe impl aya::Pod for super::AutoBlockEvent {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RuleCounter {}
-    unsafe impl aya::Pod for super::PrefixKey4 {}
-    unsafe impl aya::Pod for super::PrefixKey6 {}
-    unsafe impl aya::Pod for super::PrefixHint4 {}
-    unsafe impl aya::Pod for super::PrefixHint6 {}
 }

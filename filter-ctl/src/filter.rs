@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     time::Duration,
 };
@@ -12,18 +12,21 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Pod,
-    maps::{Array, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use filter_common::{
-    Bucket, BucketKey, Config, Counter, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL,
-    PrefixKey4, PrefixKey6, RuleCounter, maps, reason, table_stat,
+    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO,
+    ORIGIN_MANUAL, RuleCounter, maps, reason, table_stat,
 };
 use serde::Serialize;
 
 use crate::{
+    batch::{self, BatchError},
     cidr::{Cidr, mask_bytes},
     clock,
-    lists::{self, ListKey as _},
     pins::PinDir,
 };
 
@@ -143,6 +146,11 @@ impl Filter {
         Map::from_map_data(data).with_context(|| format!("map {name} has an unexpected type"))
     }
 
+    fn lpm<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<LpmTrie<MapData, K, V>> {
+        LpmTrie::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected LPM trie"))
+    }
+
     fn array<V: Pod>(&self, name: &str) -> anyhow::Result<Array<MapData, V>> {
         Array::try_from(self.map(name)?)
             .with_context(|| format!("map {name} is not the expected array"))
@@ -156,8 +164,10 @@ impl Filter {
     // ---- allow and block lists -------------------------------------------
 
     /// Adds (or refreshes) every prefix with the same expiry. All or nothing:
-    /// if a map fills up midway, the entries written so far are rolled back.
-    /// Entries go in sorted, in batches of one syscall each.
+    /// if the map fills up midway, the entries written so far are rolled back.
+    ///
+    /// Entries go in sorted (neighbouring prefixes share trie nodes, so the
+    /// kernel's walk stays in cache) and in batches of one syscall each.
     pub fn list_insert(
         &self,
         kind: ListKind,
@@ -165,43 +175,54 @@ impl Filter {
         ttl: Option<Duration>,
     ) -> anyhow::Result<()> {
         let (v4_name, v6_name) = kind.map_names();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let expires_at_ns = clock::expiry_from_now(ttl);
-        let mut sorted = cidrs.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let entry = |cidr: &Cidr| ListEntry {
+        let entry = |prefix_len| ListEntry {
             expires_at_ns,
-            prefix_len: cidr.prefix(),
+            prefix_len,
             origin: ORIGIN_MANUAL,
             ..ListEntry::default()
         };
-        let v4: Vec<(PrefixKey4, ListEntry)> = sorted
-            .iter()
-            .filter_map(|c| PrefixKey4::of(c).map(|k| (k, entry(c))))
-            .collect();
-        let v6: Vec<(PrefixKey6, ListEntry)> = sorted
-            .iter()
-            .filter_map(|c| PrefixKey6::of(c).map(|k| (k, entry(c))))
-            .collect();
-        // Hints first: an entry must never be invisible to the program.
-        lists::add_hints(self, kind, &sorted)?;
+        let mut sorted = cidrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let (mut keys4, mut values4, mut keys6, mut values6) = (vec![], vec![], vec![], vec![]);
+        for cidr in &sorted {
+            match *cidr {
+                Cidr::V4 { addr, prefix } => {
+                    keys4.push(Key::new(u32::from(prefix), addr));
+                    values4.push(entry(prefix));
+                }
+                Cidr::V6 { addr, prefix } => {
+                    keys6.push(Key::new(u32::from(prefix), addr));
+                    values6.push(entry(prefix));
+                }
+            }
+        }
         let mut undo4 = Vec::new();
         let mut undo6 = Vec::new();
-        let result = lists::insert_family(self, v4_name, &v4, &mut undo4)
-            .map_err(|e| (e, "IPv4", v4.len()))
+        let result = self
+            .insert_family(v4_name, &mut v4, &keys4, &values4, &mut undo4)
+            .map_err(|e| (e, "IPv4"))
             .and_then(|()| {
-                lists::insert_family(self, v6_name, &v6, &mut undo6)
-                    .map_err(|e| (e, "IPv6", v6.len()))
+                self.insert_family(v6_name, &mut v6, &keys6, &values6, &mut undo6)
+                    .map_err(|e| (e, "IPv6"))
             });
-        let Err((error, family, count)) = result else {
+        let Err((error, family)) = result else {
             return Ok(());
         };
-        lists::rollback(self, v4_name, &undo4)?;
-        lists::rollback(self, v6_name, &undo6)?;
+        rollback(&mut v4, &undo4)?;
+        rollback(&mut v6, &undo6)?;
         if matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) {
             bail!(
-                "the {} has no room for {count} more {family} entries; nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
+                "the {} has no room for {} more {family} entries; nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
                 kind.name(),
+                if family == "IPv4" {
+                    keys4.len()
+                } else {
+                    keys6.len()
+                }
             );
         }
         Err(anyhow::Error::new(error).context(format!(
@@ -210,11 +231,66 @@ impl Filter {
         )))
     }
 
+    /// Batched inserts. Existing keys are read first, so that the capacity
+    /// is checked before anything changes and overwritten entries can be
+    /// restored by a rollback (`undo`).
+    fn insert_family<K: Pod + Eq + std::hash::Hash>(
+        &self,
+        name: &str,
+        trie: &mut LpmTrie<MapData, K, ListEntry>,
+        keys: &[Key<K>],
+        values: &[ListEntry],
+        undo: &mut Vec<(Key<K>, Option<ListEntry>)>,
+    ) -> Result<(), std::io::Error> {
+        const CHUNK: usize = 8192;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let data = MapData::from_pin(self.pins.map(name)).map_err(std::io::Error::other)?;
+        let capacity = data.info().map_err(std::io::Error::other)?.max_entries() as usize;
+        let mut existing = std::collections::HashSet::new();
+        for key in trie.keys() {
+            let key = key.map_err(std::io::Error::other)?;
+            existing.insert((key.prefix_len(), key.data()));
+        }
+        let new = keys
+            .iter()
+            .filter(|k| !existing.contains(&(k.prefix_len(), k.data())))
+            .count();
+        if existing.len() + new > capacity {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut previous = Vec::with_capacity(keys.len());
+        for key in keys {
+            let old = if existing.contains(&(key.prefix_len(), key.data())) {
+                Some(trie.get(key, 0).map_err(std::io::Error::other)?)
+            } else {
+                None
+            };
+            previous.push(old);
+        }
+        let mut start = 0;
+        while start < keys.len() {
+            let end = (start + CHUNK).min(keys.len());
+            let result = batch::update(&data, &keys[start..end], &values[start..end], 0);
+            let applied = match &result {
+                Ok(()) => end - start,
+                Err(BatchError { applied, .. }) => *applied,
+            };
+            undo.extend((start..start + applied).map(|i| (keys[i], previous[i])));
+            if let Err(BatchError { error, .. }) = result {
+                return Err(error);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Removes exactly these prefixes. Fails, changing nothing, if any is absent.
     pub fn list_remove(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
         let (v4_name, v6_name) = kind.map_names();
-        let mut v4 = lists::open_list::<PrefixKey4>(self, v4_name)?;
-        let mut v6 = lists::open_list::<PrefixKey6>(self, v6_name)?;
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let present = self.list_entries_raw(kind)?;
         if let Some(missing) = cidrs.iter().find(|c| !present.iter().any(|(p, _)| p == *c)) {
             bail!(
@@ -223,41 +299,41 @@ impl Filter {
             );
         }
         for cidr in cidrs {
-            match (PrefixKey4::of(cidr), PrefixKey6::of(cidr)) {
-                (Some(key), _) => v4.remove(&key),
-                (_, Some(key)) => v6.remove(&key),
-                (None, None) => continue,
+            match *cidr {
+                Cidr::V4 { addr, prefix } => v4.remove(&Key::new(u32::from(prefix), addr)),
+                Cidr::V6 { addr, prefix } => v6.remove(&Key::new(u32::from(prefix), addr)),
             }
             .with_context(|| format!("removing {cidr} from the {}", kind.name()))?;
         }
-        // Stale hint bits cost a probe, never a verdict; the controller's sweep
-        // rebuilds them. Small lists are cheap enough to rebuild now.
-        if present.len() <= 10_000 {
-            lists::rebuild_hints(self)?;
-        } else {
-            self.set_hints_dirty(true)?;
-        }
         Ok(())
-    }
-
-    /// Whether hint bits may be stale after removals.
-    pub fn hints_dirty(&self) -> anyhow::Result<bool> {
-        Ok(self.config()?.hints_dirty != 0)
-    }
-
-    /// Marks (or clears) stale hint bits, for the controller's sweep.
-    pub fn set_hints_dirty(&self, dirty: bool) -> anyhow::Result<()> {
-        let mut config: Array<MapData, Config> = self.array(maps::CONFIG)?;
-        let mut current = config.get(&0, 0).context("reading CONFIG")?;
-        current.hints_dirty = u32::from(dirty);
-        config.set(0, current, 0).context("writing CONFIG")
     }
 
     /// Every entry, expired ones included, as stored.
     pub fn list_entries_raw(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let (v4_name, v6_name) = kind.map_names();
-        let mut out = lists::entries::<PrefixKey4>(self, v4_name)?;
-        out.extend(lists::entries::<PrefixKey6>(self, v6_name)?);
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let mut out = Vec::new();
+        for item in v4.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v4_name}"))?;
+            out.push((
+                Cidr::new(
+                    IpAddr::V4(Ipv4Addr::from(key.data())),
+                    prefix_u8(key.prefix_len()),
+                ),
+                value,
+            ));
+        }
+        for item in v6.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v6_name}"))?;
+            out.push((
+                Cidr::new(
+                    IpAddr::V6(Ipv6Addr::from(key.data())),
+                    prefix_u8(key.prefix_len()),
+                ),
+                value,
+            ));
+        }
         out.sort_by_key(|(cidr, _)| *cidr);
         Ok(out)
     }
@@ -419,6 +495,21 @@ impl Filter {
 
 fn prefix_u8(prefix_len: u32) -> u8 {
     u8::try_from(prefix_len).unwrap_or(u8::MAX)
+}
+
+/// Undoes inserts in reverse order: restores overwritten entries, removes new ones.
+fn rollback<K: Pod>(
+    trie: &mut LpmTrie<MapData, K, ListEntry>,
+    undo: &[(Key<K>, Option<ListEntry>)],
+) -> anyhow::Result<()> {
+    for (key, previous) in undo.iter().rev() {
+        match previous {
+            Some(entry) => trie.insert(key, entry, 0),
+            None => trie.remove(key),
+        }
+        .context("rolling back a partly applied list edit")?;
+    }
+    Ok(())
 }
 
 /// The errno of a failed map syscall.

@@ -7,7 +7,6 @@ pub mod clock;
 pub mod duration;
 pub mod filter;
 pub mod limits;
-pub mod lists;
 pub mod loader;
 pub mod pins;
 

@@ -117,10 +117,10 @@ fn load_hint(err: aya::EbpfError, dir: &Path) -> anyhow::Error {
 }
 
 /// Key and value sizes of every map, as this build's program expects them.
-fn expected_layout() -> [(&'static str, usize, usize); 14] {
+fn expected_layout() -> [(&'static str, usize, usize); 12] {
     use filter_common::{
-        Bucket, BucketKey, Counter, ListEntry, OnlyFromBytes, PrefixHint4, PrefixHint6, PrefixKey4,
-        PrefixKey6, RateRule, RuleCounter,
+        Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, OnlyFromBytes, RateRule,
+        RuleCounter,
     };
     let lpm = |data: usize| 4 + data;
     [
@@ -128,26 +128,24 @@ fn expected_layout() -> [(&'static str, usize, usize); 14] {
         (maps::TABLE_STATS, 4, size_of::<u64>()),
         (
             maps::ALLOW_V4,
-            size_of::<PrefixKey4>(),
+            lpm(size_of::<Ipv4Bytes>()),
             size_of::<ListEntry>(),
         ),
         (
             maps::ALLOW_V6,
-            size_of::<PrefixKey6>(),
+            lpm(size_of::<Ipv6Bytes>()),
             size_of::<ListEntry>(),
         ),
         (
             maps::BLOCK_V4,
-            size_of::<PrefixKey4>(),
+            lpm(size_of::<Ipv4Bytes>()),
             size_of::<ListEntry>(),
         ),
         (
             maps::BLOCK_V6,
-            size_of::<PrefixKey6>(),
+            lpm(size_of::<Ipv6Bytes>()),
             size_of::<ListEntry>(),
         ),
-        (maps::HINT_V4, 4, size_of::<PrefixHint4>()),
-        (maps::HINT_V6, 4, size_of::<PrefixHint6>()),
         (maps::CONFIG, 4, size_of::<Config>()),
         (maps::RULES, 4, size_of::<RateRule>()),
         (maps::RULE_STATS, 4, size_of::<RuleCounter>()),
@@ -193,7 +191,6 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
         let defaults = Config {
             ipv4_source_prefix: 32,
             ipv6_source_prefix: 64,
-            ..Config::default()
         };
         config.set(0, defaults, 0).context("writing CONFIG")?;
     }

@@ -16,7 +16,6 @@ use filter_ctl::{
     duration::format_duration,
     filter::{Filter, source_cidr},
     limits::RuleTable,
-    lists,
     loader::{self, Capacities, Mode},
     pins::{PinDir, ensure_bpffs_mounted},
 };
@@ -127,13 +126,13 @@ async fn event_loop(pins: &PinDir) -> anyhow::Result<()> {
     // for as long as the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
-    let mut sweep_timer = tokio::time::interval(SWEEP_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
-            _ = sweep_timer.tick() => {
-                match Filter::open_for_edit(pins).and_then(|f| sweep(&f)) {
+            _ = sweep.tick() => {
+                match Filter::open_for_edit(pins).and_then(|f| f.sweep_expired()) {
                     Ok(0) => {}
                     Ok(n) => info!("removed {n} expired entries"),
                     Err(err) => warn!("sweeping expired entries failed: {err:#}"),
@@ -141,7 +140,7 @@ async fn event_loop(pins: &PinDir) -> anyhow::Result<()> {
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                drain_events(pins, &filter, guard.get_inner_mut());
+                drain_events(&filter, guard.get_inner_mut());
                 guard.clear_ready();
             }
         }
@@ -149,17 +148,7 @@ async fn event_loop(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes expired entries and, when removals left stale hint bits, rebuilds the hints.
-fn sweep(filter: &Filter) -> anyhow::Result<usize> {
-    let removed = filter.sweep_expired()?;
-    if filter.hints_dirty()? {
-        lists::rebuild_hints(filter)?;
-        filter.set_hints_dirty(false)?;
-    }
-    Ok(removed)
-}
-
-fn drain_events(pins: &PinDir, filter: &Filter, ring: &mut RingBuf<MapData>) {
+fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
     let config = filter.config().unwrap_or_default();
     let rules = RuleTable::read(filter).ok();
     while let Some(item) = ring.next() {
@@ -175,14 +164,9 @@ fn drain_events(pins: &PinDir, filter: &Filter, ring: &mut RingBuf<MapData>) {
         );
         let remaining =
             clock::remaining(event.expires_at_ns, clock::monotonic_ns()).unwrap_or_default();
-        let prefix = source_cidr(event.source, &config);
-        if let Err(err) =
-            Filter::open_for_edit(pins).and_then(|f| lists::reassert_autoblock_hint(&f, &prefix))
-        {
-            warn!("updating the hint of the automatic block of {prefix} failed: {err:#}");
-        }
         info!(
-            "autoblock: {prefix} exceeded rule {rule} ({} over-limit packets in its window); blocked for {}",
+            "autoblock: {} exceeded rule {rule} ({} over-limit packets in its window); blocked for {}",
+            source_cidr(event.source, &config),
             event.over_limit,
             format_duration(remaining)
         );

@@ -19,17 +19,16 @@ mod parse;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, xdp_action},
+    bindings::xdp_action,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    AutoBlockEvent, Bucket, BucketKey, Config, Counter, DEFAULT_RULE, HINT_ENTRIES, Ipv4Bytes,
-    Ipv6Bytes, ListEntry, ORIGIN_AUTO, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE,
-    PrefixHint4, PrefixHint6, PrefixKey4, PrefixKey6, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT,
-    RateRule, RuleCounter, TICKS_PER_NS, capacity, hint_index_v4, hint_index_v6, reason,
+    AutoBlockEvent, Bucket, BucketKey, Config, Counter, DEFAULT_RULE, Ipv4Bytes, Ipv6Bytes,
+    ListEntry, ORIGIN_AUTO, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
+    RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, RuleCounter, TICKS_PER_NS, capacity, reason,
     table_stat,
 };
 use parse::{Packet, Parsed};
@@ -39,25 +38,14 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
 #[map]
 static TABLE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(table_stat::COUNT, 0);
 
-/// Allow and block lists: one hash entry per prefix (memory grows with the
-/// entries), searched per prefix length that `HINT_V4`/`HINT_V6` name.
 #[map]
-static ALLOW_V4: HashMap<PrefixKey4, ListEntry> =
-    HashMap::pinned(capacity::LIST_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
-static ALLOW_V6: HashMap<PrefixKey6, ListEntry> =
-    HashMap::pinned(capacity::LIST_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
-static BLOCK_V4: HashMap<PrefixKey4, ListEntry> =
-    HashMap::pinned(capacity::LIST_ENTRIES, BPF_F_NO_PREALLOC);
+static BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
-static BLOCK_V6: HashMap<PrefixKey6, ListEntry> =
-    HashMap::pinned(capacity::LIST_ENTRIES, BPF_F_NO_PREALLOC);
-/// Prefix lengths present near each address (see `filter_common::PrefixHint4`).
-#[map]
-static HINT_V4: Array<PrefixHint4> = Array::pinned(HINT_ENTRIES, 0);
-#[map]
-static HINT_V6: Array<PrefixHint6> = Array::pinned(HINT_ENTRIES, 0);
+static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 
 #[map]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -72,11 +60,9 @@ static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
 /// (rule slot, source prefix) pairs allowed by `--only-from` rules.
 #[map]
 static ONLY_FROM: LpmTrie<OnlyFromBytes, u8> = LpmTrie::pinned(capacity::ONLY_FROM, 0);
-/// GCRA state per (rule, aggregated source). Per-CPU LRU lists
-/// (`BPF_F_NO_COMMON_LRU`): a flood of new sources inserts without a global lock.
+/// GCRA state per (rule, aggregated source).
 #[map]
-static BUCKETS: LruHashMap<BucketKey, Bucket> =
-    LruHashMap::pinned(capacity::BUCKETS, BPF_F_NO_COMMON_LRU);
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
 /// Automatic-block events for user space.
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
@@ -148,117 +134,47 @@ impl Clock {
     }
 }
 
-/// What covers an address in one list: bit 0 set if an operator's active
-/// entry does (it takes precedence), bit 1 if an automatic one does. Probes
-/// the prefix lengths in `lengths`, longest first; expired entries simply do
-/// not match.
-///
-/// The searches are global BPF functions with scalar arguments: the verifier
-/// checks each once, not once per parse path that reaches it.
+/// Expired entries nested over one address that a single lookup skips (and
+/// deletes); deeper nesting is cleared by the controller's periodic sweep.
+const MAX_EXPIRED_SKIPS: usize = 4;
+
+/// Origin and prefix length of the active longest-prefix match for `addr`
+/// among prefixes of at most `bits` bits. An expired match is deleted (it
+/// would hide shorter prefixes) and the lookup repeated.
 #[inline(always)]
-fn covering_v4(
-    list: &HashMap<PrefixKey4, ListEntry>,
-    mut lengths: u64,
-    addr: u32,
-    now: u64,
-) -> u64 {
-    let mut seen = 0u64;
-    for _ in 0..=32 {
-        if lengths == 0 || seen & 1 != 0 {
-            break;
+fn list_match<K: Copy>(
+    map: &LpmTrie<K, ListEntry>,
+    bits: u32,
+    addr: K,
+    clock: &mut Clock,
+) -> Option<(u8, u8)> {
+    for _ in 0..=MAX_EXPIRED_SKIPS {
+        let entry = map.get(Key::new(bits, addr))?;
+        if entry.expires_at_ns == 0 || clock.coarse() < entry.expires_at_ns {
+            return Some((entry.origin, entry.prefix_len));
         }
-        let len = 63 - lengths.leading_zeros();
-        lengths &= !(1u64 << len);
-        let key = PrefixKey4 {
-            prefix_len: len,
-            addr: (addr & mask32(len)).to_be_bytes(),
-        };
-        seen |= origin_bit(list.get_ptr(&key), now);
+        let _ = map.remove(Key::new(u32::from(entry.prefix_len), addr));
     }
-    seen
+    None
 }
 
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn search_allow_v4(lengths: u64, addr: u64, now: u64) -> u64 {
-    covering_v4(&ALLOW_V4, lengths, addr as u32, now)
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn search_block_v4(lengths: u64, addr: u64, now: u64) -> u64 {
-    covering_v4(&BLOCK_V4, lengths, addr as u32, now)
-}
-
-/// [`covering_v4`] for IPv6, lengths 0..=127 in two words (/128 is probed by the caller).
+/// Why a blocked source is dropped. An automatic block is the longest match
+/// when it is more specific than an operator's block, but the operator's
+/// block takes precedence: look for one above it.
 #[inline(always)]
-fn covering_v6(
-    list: &HashMap<PrefixKey6, ListEntry>,
-    high: u64,
-    low: u64,
-    hi: u64,
-    lo: u64,
-) -> u64 {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let mut seen = 0u64;
-    for (word, base) in [(high, 64u32), (low, 0)] {
-        let mut bits = word;
-        for _ in 0..64 {
-            if bits == 0 || seen & 1 != 0 {
-                break;
-            }
-            let bit = 63 - bits.leading_zeros();
-            bits &= !(1u64 << bit);
-            let len = base + bit;
-            let (masked_hi, masked_lo) = mask128(hi, lo, len);
-            seen |= origin_bit(list.get_ptr(&key6(len, masked_hi, masked_lo)), now);
-        }
+fn block_reason<K: Copy>(
+    map: &LpmTrie<K, ListEntry>,
+    bits: u32,
+    addr: K,
+    clock: &mut Clock,
+) -> Option<u32> {
+    let (origin, prefix_len) = list_match(map, bits, addr, clock)?;
+    if origin != ORIGIN_AUTO || prefix_len == 0 {
+        return Some(reason::BLOCKLIST);
     }
-    seen
-}
-
-#[inline(always)]
-fn key6(len: u32, hi: u64, lo: u64) -> PrefixKey6 {
-    let mut key = PrefixKey6 {
-        prefix_len: len,
-        addr: [0; 16],
-    };
-    key.addr[..8].copy_from_slice(&hi.to_be_bytes());
-    key.addr[8..].copy_from_slice(&lo.to_be_bytes());
-    key
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn search_allow_v6(high: u64, low: u64, hi: u64, lo: u64) -> u64 {
-    covering_v6(&ALLOW_V6, high, low, hi, lo)
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn search_block_v6(high: u64, low: u64, hi: u64, lo: u64) -> u64 {
-    covering_v6(&BLOCK_V6, high, low, hi, lo)
-}
-
-/// `1 << origin` for an active entry, else 0.
-#[inline(always)]
-fn origin_bit(entry: Option<*const ListEntry>, now: u64) -> u64 {
-    let Some(entry) = entry else {
-        return 0;
-    };
-    let entry = unsafe { &*entry };
-    let active = entry.expires_at_ns == 0 || now < entry.expires_at_ns;
-    u64::from(active) << (entry.origin & 1)
-}
-
-#[inline(always)]
-fn decisive_origin(seen: u64) -> Option<u8> {
-    if seen & 1 != 0 {
-        Some(filter_common::ORIGIN_MANUAL)
-    } else if seen != 0 {
-        Some(ORIGIN_AUTO)
-    } else {
-        None
+    match list_match(map, u32::from(prefix_len) - 1, addr, clock) {
+        Some((origin, _)) if origin != ORIGIN_AUTO => Some(reason::BLOCKLIST),
+        _ => Some(reason::AUTOBLOCK),
     }
 }
 
@@ -267,54 +183,23 @@ fn decide(packet: &Packet, len: u64) -> u32 {
         coarse: 0,
         precise: 0,
     };
-    // List expiry uses the coarse clock, read once, only if there is a prefix to probe.
-    // List expiry uses the coarse clock, read only if there is a prefix to probe.
     let (allowed, blocked) = if packet.is_v6 {
-        let Some(hint) = HINT_V6.get(hint_index_v6(&packet.source)) else {
-            return reason::PASS;
-        };
-        let hi = u64::from_be_bytes(head8(&packet.source));
-        let lo = u64::from_be_bytes(tail8(&packet.source));
-        let mut allow = 0;
-        let mut block = 0;
-        if hint.allow[2] & 1 != 0 {
-            allow |= origin_bit(ALLOW_V6.get_ptr(&key6(128, hi, lo)), clock.coarse());
-        }
-        if hint.block[2] & 1 != 0 {
-            block |= origin_bit(BLOCK_V6.get_ptr(&key6(128, hi, lo)), clock.coarse());
-        }
-        if allow == 0 && hint.allow[1] | hint.allow[0] != 0 {
-            allow |= search_allow_v6(hint.allow[1], hint.allow[0], hi, lo);
-        }
-        if block & 1 == 0 && hint.block[1] | hint.block[0] != 0 {
-            block |= search_block_v6(hint.block[1], hint.block[0], hi, lo);
-        }
-        (decisive_origin(allow), decisive_origin(block))
+        (
+            list_match(&ALLOW_V6, 128, packet.source, &mut clock),
+            block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
+        )
     } else {
         let v4 = packet.source_v4();
-        let Some(hint) = HINT_V4.get(hint_index_v4(&v4)) else {
-            return reason::PASS;
-        };
-        let addr = u64::from(u32::from_be_bytes(v4));
-        let allow = if hint.allow != 0 {
-            search_allow_v4(hint.allow, addr, clock.coarse())
-        } else {
-            0
-        };
-        let block = if hint.block != 0 {
-            search_block_v4(hint.block, addr, clock.coarse())
-        } else {
-            0
-        };
-        (decisive_origin(allow), decisive_origin(block))
+        (
+            list_match(&ALLOW_V4, 32, v4, &mut clock),
+            block_reason(&BLOCK_V4, 32, v4, &mut clock),
+        )
     };
     if allowed.is_some() {
         return reason::ALLOWLIST;
     }
-    match blocked {
-        Some(ORIGIN_AUTO) => return reason::AUTOBLOCK,
-        Some(_) => return reason::BLOCKLIST,
-        None => {}
+    if let Some(why) = blocked {
+        return why;
     }
 
     let (slot, rule) = rule_for(packet);
@@ -549,69 +434,6 @@ fn gcra(tat: *mut u64, now: u64, cost: u64, tolerance: u64) -> bool {
     false
 }
 
-/// Map update flag for an automatic block over `existing`: `BPF_ANY` to
-/// replace an expired entry, else `BPF_NOEXIST` (an active entry stays).
-#[inline(always)]
-fn replace_flag(existing: Option<*const ListEntry>, now: u64) -> u64 {
-    const BPF_ANY: u64 = 0;
-    const BPF_NOEXIST: u64 = 1;
-    match existing {
-        Some(entry)
-            if unsafe { (*entry).expires_at_ns } != 0
-                && unsafe { (*entry).expires_at_ns } <= now =>
-        {
-            BPF_ANY
-        }
-        _ => BPF_NOEXIST,
-    }
-}
-
-/// Makes the blocklist search probe `len` for addresses near `addr` (the
-/// automatic block prefixes are at least /16 for IPv4 and /32 for IPv6 in
-/// practice; a shorter one sets the bit of its first hint entry only, and
-/// the controller's hint rebuild covers the rest).
-#[inline(always)]
-fn set_hint_bit_v4(addr: &Ipv4Bytes, len: u32) {
-    if let Some(hint) = HINT_V4.get_ptr_mut(hint_index_v4(addr)) {
-        let word = unsafe { core::ptr::addr_of_mut!((*hint).block) };
-        atomic_or(word, 1u64 << (len & 63));
-    }
-}
-
-#[inline(always)]
-fn set_hint_bit_v6(addr: &Ipv6Bytes, len: u32) {
-    if let Some(hint) = HINT_V6.get_ptr_mut(hint_index_v6(addr)) {
-        let words = unsafe { core::ptr::addr_of_mut!((*hint).block) }.cast::<u64>();
-        let word = match len / 64 {
-            0 => words,
-            1 => unsafe { words.add(1) },
-            _ => unsafe { words.add(2) },
-        };
-        atomic_or(word, 1u64 << (len % 64));
-    }
-}
-
-/// Atomically sets `bits` in `*word`.
-#[inline(always)]
-fn atomic_or(word: *mut u64, bits: u64) {
-    for _ in 0..CAS_ATTEMPTS {
-        let current = unsafe { word.read_volatile() };
-        if current & bits == bits {
-            return;
-        }
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                word,
-                current,
-                current | bits,
-            )
-        };
-        if swapped {
-            return;
-        }
-    }
-}
-
 /// Atomically adds one and returns the new value (0 if every attempt lost a race).
 #[inline(always)]
 fn atomic_increment(counter: *mut u64) -> u64 {
@@ -672,32 +494,16 @@ fn note_over_limit(
         rule: slot as u16,
         over_limit: rule.autoblock_after,
     };
-    // An operator's active entry for the same prefix stays as it is; an
-    // expired one (the program ignores, never deletes) is replaced.
+    // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
     let inserted = if packet.is_v6 {
-        let bits = config.map_or(64, |c| c.ipv6_source_prefix).min(128);
+        let bits = config.map_or(64, |c| c.ipv6_source_prefix);
         entry.prefix_len = bits as u8;
-        let key = PrefixKey6 {
-            prefix_len: bits,
-            addr: *source,
-        };
-        let inserted = BLOCK_V6.insert(&key, entry, replace_flag(BLOCK_V6.get_ptr(&key), now));
-        if inserted.is_ok() {
-            set_hint_bit_v6(source, bits);
-        }
-        inserted
+        BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
     } else {
-        let bits = config.map_or(32, |c| c.ipv4_source_prefix).min(32);
+        let bits = config.map_or(32, |c| c.ipv4_source_prefix);
         entry.prefix_len = bits as u8;
-        let key = PrefixKey4 {
-            prefix_len: bits,
-            addr: [source[12], source[13], source[14], source[15]],
-        };
-        let inserted = BLOCK_V4.insert(&key, entry, replace_flag(BLOCK_V4.get_ptr(&key), now));
-        if inserted.is_ok() {
-            set_hint_bit_v4(&key.addr, bits);
-        }
-        inserted
+        let v4 = [source[12], source[13], source[14], source[15]];
+        BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
     };
     match inserted {
         Ok(()) => {}

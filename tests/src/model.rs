@@ -244,6 +244,9 @@ impl<const N: usize> ListItem<N> {
     }
 }
 
+/// Expired longest matches a lookup deletes before it gives up.
+pub const MAX_EXPIRED_SKIPS: usize = 4;
+
 /// An allow/block list of one family: longest-prefix match.
 #[derive(Clone, Debug, Default)]
 pub struct PrefixList<const N: usize> {
@@ -271,40 +274,55 @@ impl<const N: usize> PrefixList<N> {
         });
     }
 
-    /// Active entries covering `addr`, longest prefix first. Expired entries
-    /// simply do not match (whatever they are nested in).
-    fn covering(&self, addr: [u8; N], now_ns: u64) -> Vec<ListItem<N>> {
-        let mut found: Vec<ListItem<N>> = self
-            .entries
+    fn longest(&self, addr: [u8; N], max_prefix: u32) -> Option<usize> {
+        self.entries
             .iter()
-            .filter(|e| e.is_active(now_ns) && mask(addr, e.prefix) == e.net)
-            .copied()
-            .collect();
-        found.sort_by_key(|e| std::cmp::Reverse(e.prefix));
-        found
+            .enumerate()
+            .filter(|(_, e)| e.prefix <= max_prefix && mask(addr, e.prefix) == e.net)
+            .max_by_key(|(_, e)| e.prefix)
+            .map(|(i, _)| i)
     }
 
-    /// The entry deciding for `addr`: the longest active matching prefix.
-    #[must_use]
-    pub fn lookup(&self, addr: [u8; N], now_ns: u64) -> Option<ListItem<N>> {
-        self.covering(addr, now_ns).into_iter().next()
+    /// The entry deciding for `addr`: the longest matching prefix, if active.
+    /// An expired longest match is deleted and the lookup repeated, at most
+    /// [`MAX_EXPIRED_SKIPS`] times; an expired match after that is deleted
+    /// too, and the lookup ends without a match.
+    pub fn lookup(&mut self, addr: [u8; N], now_ns: u64) -> Option<ListItem<N>> {
+        self.lookup_within(addr, u32::MAX, now_ns)
+    }
+
+    /// [`Self::lookup`] among prefixes of at most `max_prefix` bits.
+    pub fn lookup_within(
+        &mut self,
+        addr: [u8; N],
+        max_prefix: u32,
+        now_ns: u64,
+    ) -> Option<ListItem<N>> {
+        for _ in 0..=MAX_EXPIRED_SKIPS {
+            let i = self.longest(addr, max_prefix)?;
+            if self.entries[i].is_active(now_ns) {
+                return Some(self.entries[i]);
+            }
+            self.entries.swap_remove(i);
+        }
+        None
     }
 }
 
-/// The reason a blocked source is dropped: `blocklist` when an operator's
-/// active entry covers it (whatever automatic entry is more specific), else
-/// `autoblock` when an automatic one does.
-fn block_reason<const N: usize>(list: &PrefixList<N>, addr: [u8; N], now_ns: u64) -> Option<u32> {
-    let covering = list.covering(addr, now_ns);
-    if covering
-        .iter()
-        .any(|e| e.origin != filter_common::ORIGIN_AUTO)
-    {
-        Some(reason::BLOCKLIST)
-    } else if covering.is_empty() {
-        None
-    } else {
-        Some(reason::AUTOBLOCK)
+/// The reason a blocked source is dropped: `autoblock` only when no
+/// operator entry covers the automatic one.
+fn block_reason<const N: usize>(
+    list: &mut PrefixList<N>,
+    addr: [u8; N],
+    now_ns: u64,
+) -> Option<u32> {
+    let found = list.lookup(addr, now_ns)?;
+    if found.origin != filter_common::ORIGIN_AUTO || found.prefix == 0 {
+        return Some(reason::BLOCKLIST);
+    }
+    match list.lookup_within(addr, found.prefix - 1, now_ns) {
+        Some(cover) if cover.origin != filter_common::ORIGIN_AUTO => Some(reason::BLOCKLIST),
+        _ => Some(reason::AUTOBLOCK),
     }
 }
 
@@ -406,9 +424,9 @@ impl Model {
         }
         // An operator's block takes precedence over a more specific automatic one.
         let blocked = if info.is_v4 {
-            block_reason(&self.block_v4, info.source_v4(), now_ns)
+            block_reason(&mut self.block_v4, info.source_v4(), now_ns)
         } else {
-            block_reason(&self.block_v6, info.mapped_source, now_ns)
+            block_reason(&mut self.block_v6, info.mapped_source, now_ns)
         };
         if let Some(why) = blocked {
             return why;
@@ -567,20 +585,22 @@ mod tests {
             list.lookup([198, 18, 5, 1], 5)
                 .is_some_and(|e| e.prefix == 24)
         );
-        // Expired: the covering /16 decides.
+        // Expired: deleted, the covering /16 decides.
         assert!(
             list.lookup([198, 18, 5, 1], 10)
                 .is_some_and(|e| e.prefix == 16)
         );
+        assert_eq!(list.entries.len(), 1);
         let mut nested = PrefixList::<4>::default();
         nested.insert_manual([198, 18, 0, 0], 16, 0);
-        for prefix in 20..=32 {
+        for prefix in 20..=24 {
             nested.insert_manual([198, 18, 5, 0], prefix, 10);
         }
-        // However deeply expired entries nest, the active /16 decides.
+        // Five expired entries nested: four are skipped, the fifth hides the /16.
+        assert!(nested.lookup([198, 18, 5, 1], 10).is_none());
         assert!(
             nested
-                .lookup([198, 18, 5, 0], 10)
+                .lookup([198, 18, 5, 1], 10)
                 .is_some_and(|e| e.prefix == 16)
         );
     }
