@@ -234,6 +234,11 @@ pub struct Config {
     pub ipv4_source_prefix: u32,
     /// Prefix length IPv6 sources are aggregated to for rate limits (default 64).
     pub ipv6_source_prefix: u32,
+    /// Entries in `ALLOW_V4` / `ALLOW_V6`, kept by user space (the only writer
+    /// of the allowlists): while 0 the program skips the allowlist lookup.
+    /// Raised before entries are added, lowered after they are removed.
+    pub allow_v4_entries: u32,
+    pub allow_v6_entries: u32,
 }
 
 /// Key of `ONLY_FROM`: the rule slot (big-endian) then the source, IPv4-mapped.
@@ -287,7 +292,7 @@ const _: () = assert!(size_of::<RateRule>() == 88);
 const _: () = assert!(size_of::<BucketKey>() == 20);
 const _: () = assert!(size_of::<Bucket>() == 32);
 const _: () = assert!(size_of::<AutoBlockEvent>() == 40);
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 16);
 const _: () = assert!(size_of::<RuleCounter>() == 32);
 
 #[cfg(feature = "user")]

@@ -174,6 +174,24 @@ impl Filter {
         cidrs: &[Cidr],
         ttl: Option<Duration>,
     ) -> anyhow::Result<()> {
+        if kind == ListKind::Allow {
+            // Raise the counts first: the program must not skip a non-empty allowlist.
+            let (v4, v6) = self.allow_counts()?;
+            let add = u32::try_from(cidrs.len()).unwrap_or(u32::MAX);
+            self.write_allow_counts(v4.saturating_add(add), v6.saturating_add(add))?;
+            let result = self.insert_entries(kind, cidrs, ttl);
+            self.sync_allow_counts()?;
+            return result;
+        }
+        self.insert_entries(kind, cidrs, ttl)
+    }
+
+    fn insert_entries(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
         let (v4_name, v6_name) = kind.map_names();
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
@@ -305,7 +323,33 @@ impl Filter {
             }
             .with_context(|| format!("removing {cidr} from the {}", kind.name()))?;
         }
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
         Ok(())
+    }
+
+    /// Entries in the IPv4 and IPv6 allowlists, as the program was last told.
+    fn allow_counts(&self) -> anyhow::Result<(u32, u32)> {
+        let config = self.config()?;
+        Ok((config.allow_v4_entries, config.allow_v6_entries))
+    }
+
+    fn write_allow_counts(&self, v4: u32, v6: u32) -> anyhow::Result<()> {
+        let mut config: Array<MapData, Config> = self.array(maps::CONFIG)?;
+        let mut current = config.get(&0, 0).context("reading CONFIG")?;
+        current.allow_v4_entries = v4;
+        current.allow_v6_entries = v6;
+        config.set(0, current, 0).context("writing CONFIG")
+    }
+
+    /// Tells the program how many allowlist entries there are (0 lets it
+    /// skip the lookup). Called after every allowlist edit, under the edit lock.
+    fn sync_allow_counts(&self) -> anyhow::Result<()> {
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(maps::ALLOW_V4)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(maps::ALLOW_V6)?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.write_allow_counts(count(v4.keys().count()), count(v6.keys().count()))
     }
 
     /// Every entry, expired ones included, as stored.

@@ -187,10 +187,16 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
         MapData::from_pin(pins.map(maps::CONFIG)).context("opening the pinned CONFIG map")?;
     let mut config: Array<MapData, Config> =
         Array::try_from(aya::maps::Map::Array(data)).context("CONFIG is not an array")?;
-    if config.get(&0, 0).context("reading CONFIG")? == Config::default() {
+    if config
+        .get(&0, 0)
+        .context("reading CONFIG")?
+        .ipv4_source_prefix
+        == 0
+    {
         let defaults = Config {
             ipv4_source_prefix: 32,
             ipv6_source_prefix: 64,
+            ..Config::default()
         };
         config.set(0, defaults, 0).context("writing CONFIG")?;
     }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/filter-ctl";
 /// Bump when any map's key or value layout changes.
-pub const LAYOUT_VERSION: &str = "v2";
+pub const LAYOUT_VERSION: &str = "v3";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 

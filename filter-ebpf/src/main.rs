@@ -183,15 +183,23 @@ fn decide(packet: &Packet, len: u64) -> u32 {
         coarse: 0,
         precise: 0,
     };
+    // Most filters have an empty allowlist: skip its lookup then.
+    let config = CONFIG.get(0);
     let (allowed, blocked) = if packet.is_v6 {
+        let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
-            list_match(&ALLOW_V6, 128, packet.source, &mut clock),
+            allow
+                .then(|| list_match(&ALLOW_V6, 128, packet.source, &mut clock))
+                .flatten(),
             block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
         )
     } else {
         let v4 = packet.source_v4();
+        let allow = config.is_none_or(|c| c.allow_v4_entries != 0);
         (
-            list_match(&ALLOW_V4, 32, v4, &mut clock),
+            allow
+                .then(|| list_match(&ALLOW_V4, 32, v4, &mut clock))
+                .flatten(),
             block_reason(&BLOCK_V4, 32, v4, &mut clock),
         )
     };
