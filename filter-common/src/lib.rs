@@ -239,7 +239,17 @@ pub struct Config {
     /// Raised before entries are added, lowered after they are removed.
     pub allow_v4_entries: u32,
     pub allow_v6_entries: u32,
+    /// Clock of the rate limiter: [`CLOCK_PRECISE`] (default) or [`CLOCK_COARSE`].
+    pub rate_clock: u32,
+    pub _pad: u32,
 }
+
+/// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond.
+pub const CLOCK_PRECISE: u32 = 0;
+/// Rate limiter clock: `bpf_ktime_get_coarse_ns`, the time of the last timer
+/// tick (1-4 ms old): much cheaper to read; a source may get up to one tick's
+/// worth of packets above its burst, never more on average.
+pub const CLOCK_COARSE: u32 = 1;
 
 /// Key of `ONLY_FROM`: the rule slot (big-endian) then the source, IPv4-mapped.
 /// LPM prefix length = 32 + the source prefix length in the mapped space.
@@ -292,7 +302,7 @@ const _: () = assert!(size_of::<RateRule>() == 88);
 const _: () = assert!(size_of::<BucketKey>() == 20);
 const _: () = assert!(size_of::<Bucket>() == 32);
 const _: () = assert!(size_of::<AutoBlockEvent>() == 40);
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 24);
 const _: () = assert!(size_of::<RuleCounter>() == 32);
 
 #[cfg(feature = "user")]

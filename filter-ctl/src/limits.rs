@@ -552,6 +552,15 @@ pub fn list(filter: &Filter) -> anyhow::Result<Vec<ListedRule>> {
     Ok(out)
 }
 
+/// Chooses the rate limiter's clock (`filter_common::CLOCK_PRECISE` or `CLOCK_COARSE`).
+pub fn set_clock(filter: &Filter, clock: u32) -> anyhow::Result<()> {
+    let mut config: Array<MapData, filter_common::Config> =
+        Array::try_from(filter.map(maps::CONFIG)?).context("CONFIG is not the expected array")?;
+    let mut current = config.get(&0, 0).context("reading CONFIG")?;
+    current.rate_clock = clock;
+    config.set(0, current, 0).context("writing CONFIG")
+}
+
 /// Sets the prefix lengths sources are aggregated to for rate limits.
 pub fn set_aggregation(
     filter: &Filter,

@@ -138,6 +138,17 @@ enum LimitCommand {
     },
     /// Show the rules with their counters.
     List(JsonArg),
+    /// Choose the rate limiter's clock. `precise` (the default) reads
+    /// `bpf_ktime_get_ns` for every rate-limited packet; `coarse` reads the
+    /// time of the last timer tick, which costs far less (about 30 ns a
+    /// packet on the benchmark machine) but lets a source send up to one tick
+    /// (1-4 ms) worth of packets above its burst; the average rate holds.
+    ///
+    /// Example: filter-ctl limit clock coarse
+    Clock {
+        #[arg(value_enum)]
+        clock: RateClock,
+    },
     /// Set the prefix lengths that sources are grouped by for rate limits
     /// (defaults /32 for IPv4 and /64 for IPv6).
     Aggregate {
@@ -146,6 +157,13 @@ enum LimitCommand {
         #[arg(long)]
         ipv6_prefix: Option<u32>,
     },
+}
+
+/// The rate limiter's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RateClock {
+    Precise,
+    Coarse,
 }
 
 #[derive(Args, Debug)]
@@ -421,12 +439,25 @@ fn limit(pins: &PinDir, command: LimitCommand) -> anyhow::Result<()> {
         LimitCommand::List(args) => {
             let filter = Filter::open(pins)?;
             let rules = limits::list(&filter)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))?
-                );
+            let config = filter.config()?;
+            let clock = if config.rate_clock == filter_common::CLOCK_COARSE {
+                "coarse"
             } else {
+                "precise"
+            };
+            if args.json {
+                let value = serde_json::json!({
+                    "rules": rules,
+                    "clock": clock,
+                    "ipv4_prefix": config.ipv4_source_prefix,
+                    "ipv6_prefix": config.ipv6_source_prefix,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "sources grouped by /{} (IPv4) and /{} (IPv6); {clock} clock",
+                    config.ipv4_source_prefix, config.ipv6_source_prefix
+                );
                 println!(
                     "{:<16} {:<6} {:>10} {:>10} {:>12} {:>12} {:>12}  extra",
                     "target", "action", "rate", "burst", "bytes/s", "passed", "dropped"
@@ -461,6 +492,18 @@ fn limit(pins: &PinDir, command: LimitCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        LimitCommand::Clock { clock } => {
+            let filter = Filter::open_for_edit(pins)?;
+            let value = match clock {
+                RateClock::Precise => filter_common::CLOCK_PRECISE,
+                RateClock::Coarse => filter_common::CLOCK_COARSE,
+            };
+            limits::set_clock(&filter, value)?;
+            println!(
+                "the rate limiter now uses the {} clock",
+                format!("{clock:?}").to_lowercase()
+            );
         }
         LimitCommand::Aggregate {
             ipv4_prefix,

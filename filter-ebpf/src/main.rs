@@ -26,10 +26,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use filter_common::{
-    AutoBlockEvent, Bucket, BucketKey, Config, Counter, DEFAULT_RULE, Ipv4Bytes, Ipv6Bytes,
-    ListEntry, ORIGIN_AUTO, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
-    RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, RuleCounter, TICKS_PER_NS, capacity, reason,
-    table_stat,
+    AutoBlockEvent, Bucket, BucketKey, CLOCK_COARSE, Config, Counter, DEFAULT_RULE, Ipv4Bytes,
+    Ipv6Bytes, ListEntry, ORIGIN_AUTO, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE,
+    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, RuleCounter, TICKS_PER_NS, capacity,
+    reason, table_stat,
 };
 use parse::{Packet, Parsed};
 
@@ -214,7 +214,7 @@ fn decide(packet: &Packet, len: u64) -> u32 {
     let Some(rule) = rule else {
         return reason::PASS;
     };
-    let why = apply_rule(slot, rule, packet, len, &mut clock);
+    let why = apply_rule(slot, rule, packet, config, len, &mut clock);
     count_rule(slot, why, len);
     why
 }
@@ -262,7 +262,14 @@ fn rule_for(packet: &Packet) -> (u32, Option<&'static RateRule>) {
 }
 
 #[inline(always)]
-fn apply_rule(slot: u32, rule: &RateRule, packet: &Packet, len: u64, clock: &mut Clock) -> u32 {
+fn apply_rule(
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    config: Option<&Config>,
+    len: u64,
+    clock: &mut Clock,
+) -> u32 {
     if rule.action == RULE_DROP {
         return reason::PORT_DENIED;
     }
@@ -275,8 +282,12 @@ fn apply_rule(slot: u32, rule: &RateRule, packet: &Packet, len: u64, clock: &mut
     if rule.packet_interval == 0 && rule.byte_interval == 0 {
         return reason::PASS;
     }
-    let source = aggregated_source(packet);
-    if within_limit(slot, rule, packet, &source, len, clock) {
+    let source = aggregated_source(packet, config);
+    let now_ns = match config {
+        Some(c) if c.rate_clock == CLOCK_COARSE => clock.coarse(),
+        _ => clock.precise(),
+    };
+    if within_limit(slot, rule, packet, &source, len, now_ns) {
         reason::PASS
     } else {
         reason::RATELIMIT
@@ -293,8 +304,7 @@ fn only_from_allows(slot: u32, packet: &Packet) -> bool {
 
 /// The source as a rate-limit key: IPv4-mapped, masked to the configured prefix.
 #[inline(always)]
-fn aggregated_source(packet: &Packet) -> Ipv6Bytes {
-    let config = CONFIG.get(0);
+fn aggregated_source(packet: &Packet, config: Option<&Config>) -> Ipv6Bytes {
     let mut out = packet.source;
     if packet.is_v6 {
         let prefix = config.map_or(64, |c| c.ipv6_source_prefix);
@@ -360,13 +370,12 @@ fn within_limit(
     packet: &Packet,
     source: &Ipv6Bytes,
     len: u64,
-    clock: &mut Clock,
+    now_ns: u64,
 ) -> bool {
     let key = BucketKey {
         rule: slot,
         source: *source,
     };
-    let now_ns = clock.precise();
     let now = now_ns.wrapping_mul(TICKS_PER_NS);
     let Some(bucket) = bucket_for(&key) else {
         // Table insert failed (should not happen with an LRU): fail open, counted as pass.

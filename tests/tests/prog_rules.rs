@@ -562,3 +562,58 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// With the coarse clock the limiter decides the same way on a frozen
+/// bucket (a burst, then drops), and a real-time bucket still refills: the
+/// clock choice trades precision within a tick, not the rule.
+#[test]
+fn coarse_clock_limits_the_same() {
+    if skip_unless_root("coarse_clock_limits_the_same") {
+        return;
+    }
+    let test = ProgTest::new();
+    filter_ctl::limits::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
+        .expect("setting the coarse clock");
+    let slot = test.limit(
+        "udp/7003",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(3),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 3);
+    let src = "198.18.73.1";
+    run_table(
+        &test,
+        &[
+            Case::new("burst 1", udp4(src, 7003), PASS),
+            Case::new("burst 2", udp4(src, 7003), PASS),
+            Case::new("burst 3", udp4(src, 7003), PASS),
+            Case::new("over", udp4(src, 7003), RATELIMIT),
+        ],
+    );
+    // 20 packets a second, burst 1: after a pause of 200 ms (50 ticks at
+    // most 4 ms each) the bucket has refilled.
+    let live = test.limit(
+        "udp/7004",
+        &LimitSpec {
+            rate: Some(20),
+            burst: Some(1),
+            ..Default::default()
+        },
+    );
+    assert_ne!(live, slot);
+    let frame = udp4(src, 7004);
+    assert_eq!(test.run(&frame), XDP_PASS_ACTION, "first packet passes");
+    assert_eq!(
+        test.run(&frame),
+        XDP_DROP_ACTION,
+        "second, at once, is over"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(test.run(&frame), XDP_PASS_ACTION, "refilled after 200 ms");
+}
+
+const XDP_DROP_ACTION: u32 = 1;
+const XDP_PASS_ACTION: u32 = 2;
