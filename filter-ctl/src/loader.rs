@@ -99,10 +99,14 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
 }
 
 fn load_hint(err: aya::EbpfError, dir: &Path) -> anyhow::Error {
-    let text = format!("{err:#} {:?}", err);
-    let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
-        "permission denied: filter-ctl needs root (CAP_BPF, CAP_NET_ADMIN)".to_string()
-    } else if text.contains("Invalid argument") {
+    let text = format!("{err:?}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        // aya's own message repeats itself; the cause is all the user needs.
+        return anyhow!(
+            "creating the filter's maps was not permitted: filter-ctl needs root (CAP_BPF and CAP_NET_ADMIN)"
+        );
+    }
+    let hint = if text.contains("Invalid argument") {
         format!(
             "maps pinned under {} do not match this build (stale layout?); run `filter-ctl detach` to remove them",
             dir.display()
