@@ -123,6 +123,7 @@ pub fn control(env: &Env) -> Result<Section> {
         what: format!("{entries} entries loaded in under 2 s"),
         holds: median_load < 2.0,
         detail: format!("{median_load:.2} s"),
+        coarse_of: None,
     });
     if median_load >= 2.0 && !env.quick {
         let filter = LoadedFilter::load("cp", &Capacities::default())?;
@@ -178,6 +179,7 @@ pub fn control(env: &Env) -> Result<Section> {
         what: "an edit enforced within 100 ms (from the command's start, worst round)".into(),
         holds: worst <= 100.0,
         detail: format!("{worst:.1} ms"),
+        coarse_of: None,
     });
 
     section.text.push_str(
