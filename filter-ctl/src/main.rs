@@ -140,7 +140,7 @@ enum LimitCommand {
     List(JsonArg),
     /// Choose the rate limiter's clock. `precise` (the default) reads
     /// `bpf_ktime_get_ns` for every rate-limited packet; `coarse` reads the
-    /// time of the last timer tick, which costs far less (about 30 ns a
+    /// time of the last timer tick, which costs less (about 15 ns a
     /// packet on the benchmark machine) but lets a source send up to one tick
     /// (1-4 ms) worth of packets above its burst; the average rate holds.
     ///

@@ -297,7 +297,7 @@ so they compare with part 1 but come from other runs and other versions of the p
   packets went 48 → 78 ns and allowed ones 117 → 145 ns, the blocked-source flood fell to \
   1.13× xdp-filter and 70% of the ceiling (from 1.36× and 82–84%), and IPv6 was still not \
   flat (random prefixes share the hint slots). **Reverted** to LPM tries: the cost of a list \
-  grows with the trie's depth (~2.4× at 1M entries), recorded as a missed target (part 2).
+  grows with the trie's depth (2.6× for a listed IPv4 source and 3.2× for IPv6 at 1M entries in the run above, most of it between 1 and 1,000 entries), recorded as a missed target (part 2).
 - **Per-CPU LRU lists for `BUCKETS`** (`BPF_F_NO_COMMON_LRU`): a flood arriving on one CPU \
   could use only capacity / number of CPUs of the sources (524,285 of 1,048,576 after \
   writing 1M sources from one process). **Reverted** to one common LRU.
