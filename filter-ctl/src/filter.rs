@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     batch::{self, BatchError},
-    cidr::{Cidr, mask_bytes},
+    cidr::Cidr,
     clock,
     pins::PinDir,
 };
@@ -450,24 +450,32 @@ impl Filter {
         })
     }
 
-    /// Whether `cidr`'s address has an active automatic block.
-    pub fn is_autoblocked(&self, cidr: &Cidr) -> anyhow::Result<bool> {
-        let prefix = self.autoblock_prefix(cidr)?;
+    /// Removes each prefix from the blocklist and lifts the automatic block
+    /// of each address, reading the list once. Fails, changing nothing, if a
+    /// token is neither listed nor automatically blocked.
+    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<()> {
+        let entries = self.list_entries_raw(ListKind::Block)?;
         let now = clock::monotonic_ns();
-        Ok(self
-            .list_entries_raw(ListKind::Block)?
-            .iter()
-            .any(|(c, e)| *c == prefix && e.origin == ORIGIN_AUTO && e.is_active(now)))
-    }
-
-    /// Lifts the automatic block covering `cidr`'s address. Returns whether there was one.
-    pub fn autoblock_remove(&self, cidr: &Cidr) -> anyhow::Result<bool> {
-        if !self.is_autoblocked(cidr)? {
-            return Ok(false);
+        let mut remove: Vec<Cidr> = Vec::new();
+        for cidr in cidrs {
+            let auto = self.autoblock_prefix(cidr)?;
+            let lifts = |(listed, entry): &&(Cidr, ListEntry)| {
+                listed == cidr
+                    || (*listed == auto && entry.origin == ORIGIN_AUTO && entry.is_active(now))
+            };
+            let hits: Vec<Cidr> = entries.iter().filter(lifts).map(|(c, _)| *c).collect();
+            if hits.is_empty() {
+                bail!(
+                    "{cidr} is neither on the blocklist nor automatically blocked; nothing was changed"
+                );
+            }
+            for hit in hits {
+                if !remove.contains(&hit) {
+                    remove.push(hit);
+                }
+            }
         }
-        let prefix = self.autoblock_prefix(cidr)?;
-        self.list_remove(ListKind::Block, &[prefix])?;
-        Ok(true)
+        self.list_remove(ListKind::Block, &remove)
     }
 
     // ---- counters ------------------------------------------------------------
@@ -575,22 +583,6 @@ fn privilege_hint(err: MapError, what: &str) -> anyhow::Error {
             "{what} does not exist: no filter is loaded there; start one with `filter-ctl run --iface IF`"
         ),
         _ => anyhow::Error::new(err).context(format!("opening {what}")),
-    }
-}
-
-/// The rate-limit key of an address: IPv4-mapped, masked to the configured prefix.
-#[must_use]
-pub fn aggregate(cidr: &Cidr, config: &Config) -> Ipv6Bytes {
-    let (mapped, _) = cidr.mapped();
-    match cidr {
-        Cidr::V4 { .. } => {
-            let prefix = u8::try_from(96 + config.ipv4_source_prefix.min(32)).unwrap_or(128);
-            mask_bytes(mapped, prefix)
-        }
-        Cidr::V6 { .. } => mask_bytes(
-            mapped,
-            u8::try_from(config.ipv6_source_prefix.min(128)).unwrap_or(128),
-        ),
     }
 }
 

@@ -291,32 +291,7 @@ fn add(pins: &PinDir, kind: ListKind, args: &EditArgs) -> anyhow::Result<()> {
 
 fn unblock(pins: &PinDir, cidrs: &[Cidr]) -> anyhow::Result<()> {
     let filter = Filter::open_for_edit(pins)?;
-    let listed: Vec<Cidr> = filter
-        .list_entries_raw(ListKind::Block)?
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    let mut from_list = Vec::new();
-    let mut from_auto = Vec::new();
-    for cidr in cidrs {
-        let listed_here = listed.contains(cidr);
-        let auto_here = filter.is_autoblocked(cidr)?;
-        if !listed_here && !auto_here {
-            bail!(
-                "{cidr} is neither on the blocklist nor automatically blocked; nothing was changed"
-            );
-        }
-        if listed_here {
-            from_list.push(*cidr);
-        }
-        if auto_here {
-            from_auto.push(*cidr);
-        }
-    }
-    filter.list_remove(ListKind::Block, &from_list)?;
-    for cidr in &from_auto {
-        filter.autoblock_remove(cidr)?;
-    }
+    filter.unblock(cidrs)?;
     for cidr in cidrs {
         println!("unblocked {cidr}");
     }
