@@ -452,8 +452,9 @@ impl Filter {
 
     /// Removes each prefix from the blocklist and lifts the automatic block
     /// of each address, reading the list once. Fails, changing nothing, if a
-    /// token is neither listed nor automatically blocked.
-    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<()> {
+    /// token is neither listed nor automatically blocked. Returns the entries
+    /// removed.
+    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Vec<Cidr>> {
         let entries = self.list_entries_raw(ListKind::Block)?;
         let now = clock::monotonic_ns();
         let mut remove: Vec<Cidr> = Vec::new();
@@ -475,7 +476,8 @@ impl Filter {
                 }
             }
         }
-        self.list_remove(ListKind::Block, &remove)
+        self.list_remove(ListKind::Block, &remove)?;
+        Ok(remove)
     }
 
     // ---- counters ------------------------------------------------------------

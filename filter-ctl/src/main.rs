@@ -291,9 +291,8 @@ fn add(pins: &PinDir, kind: ListKind, args: &EditArgs) -> anyhow::Result<()> {
 
 fn unblock(pins: &PinDir, cidrs: &[Cidr]) -> anyhow::Result<()> {
     let filter = Filter::open_for_edit(pins)?;
-    filter.unblock(cidrs)?;
-    for cidr in cidrs {
-        println!("unblocked {cidr}");
+    for removed in filter.unblock(cidrs)? {
+        println!("unblocked {removed}");
     }
     Ok(())
 }

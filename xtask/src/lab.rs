@@ -203,6 +203,8 @@ impl Lab {
         );
         println!("    -> blocklist counter: {before} -> {after} packets");
 
+        self.rate_limit_demo()?;
+
         step("Stopping the controller (SIGINT): the pinned filter keeps enforcing");
         let status = self
             .controller
@@ -237,6 +239,64 @@ impl Lab {
             "\nThe lab worked. Tearing it down; `cargo xtask lab --keep` leaves it for exploring."
         );
         Ok(())
+    }
+
+    /// A burst of pings from the IPv6 source against a tight default limit:
+    /// most are dropped, and the source ends up blocked automatically.
+    fn rate_limit_demo(&self) -> Result<()> {
+        step(&format!(
+            "Rate limiting: every source at most 5 packets/s (burst 5); {SRC_V6} floods"
+        ));
+        self.show_ctl(&[
+            "limit",
+            "set",
+            "default",
+            "--rate",
+            "5",
+            "--burst",
+            "5",
+            "--autoblock-after",
+            "20",
+            "--window",
+            "10s",
+            "--block-for",
+            "1m",
+        ])?;
+        let before = self.reason_packets("ratelimit")?;
+        let flood = ["-c", "60", "-i", "0.01", "-W", "1"];
+        println!("[src] $ ping {} {DST_V6}", flood.join(" "));
+        let mut ping = in_netns(&self.names.src_ns, "ping");
+        ping.args(flood).arg(DST_V6);
+        let out = cmd::capture(&mut ping)?;
+        sys::check_interrupted()?;
+        indented(
+            out.stdout
+                .lines()
+                .find(|line| line.contains("transmitted"))
+                .unwrap_or("(no summary)"),
+        );
+        let limited = self.reason_packets("ratelimit")? - before;
+        let autoblocked = self.reason_packets("autoblock")?;
+        self.show_ctl(&["list"])?;
+        ensure!(
+            limited >= 20 && autoblocked > 0,
+            "expected at least 20 rate-limited and some automatically blocked echo requests, got {limited} and {autoblocked}"
+        );
+        println!(
+            "    -> {limited} echo requests over the limit, then {SRC_V6} was blocked automatically ({autoblocked} dropped since)"
+        );
+        step("Lifting the limit and the automatic block");
+        self.show_ctl(&["limit", "remove", "default"])?;
+        self.show_ctl(&["unblock", SRC_V6])?;
+        self.expect_ping(DST_V6, true, "IPv6 passes again")
+    }
+
+    /// Packets counted under `reason` in `filter-ctl stats --json`.
+    fn reason_packets(&self, reason: &str) -> Result<u64> {
+        let out = cmd::stdout(&mut self.ctl(&["stats", "--json"]))?;
+        json_counter(&out, reason, "packets").with_context(|| {
+            format!("no reasons.{reason}.packets in `filter-ctl stats --json`: {out}")
+        })
     }
 
     fn legend(&self) {
@@ -323,10 +383,7 @@ impl Lab {
 
     /// The blocklist's packet counter from `filter-ctl stats --json`.
     fn blocklist_packets(&self) -> Result<u64> {
-        let out = cmd::stdout(&mut self.ctl(&["stats", "--json"]))?;
-        json_counter(&out, "blocklist", "packets").with_context(|| {
-            format!("no reasons.blocklist.packets in `filter-ctl stats --json`: {out}")
-        })
+        self.reason_packets("blocklist")
     }
 
     /// Pings `dst` from the source namespace; fails unless it got replies
