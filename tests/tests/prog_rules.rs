@@ -617,3 +617,69 @@ fn coarse_clock_limits_the_same() {
 
 const XDP_DROP_ACTION: u32 = 1;
 const XDP_PASS_ACTION: u32 = 2;
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: what `bpf_ktime_get_coarse_ns` reads.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The time the program charged a first packet at, from its bucket: a fresh
+/// bucket's arrival time is `now + interval`, in ticks.
+fn charged_at(test: &ProgTest, slot: u32, src: &str, port: u16) -> u64 {
+    assert_eq!(
+        test.run(&udp4(src, port)),
+        XDP_PASS_ACTION,
+        "first packet passes"
+    );
+    let mut key = [0u8; 16];
+    key[10] = 0xff;
+    key[11] = 0xff;
+    key[12..].copy_from_slice(&ip4(src));
+    let bucket = test.bucket(slot, key).expect("the program made a bucket");
+    (bucket.packet_tat - SLOW) / filter_common::TICKS_PER_NS
+}
+
+/// Which clock the limiter reads is visible in a fresh bucket: the precise
+/// clock is past the last tick, the coarse one is the last tick itself.
+#[test]
+fn limit_clock_selects_the_clock_read() {
+    if skip_unless_root("limit_clock_selects_the_clock_read") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "udp/7005",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 1);
+    // Precise: read after the test's own precise clock reading.
+    let before = filter_ctl::clock::monotonic_ns();
+    let precise = charged_at(&test, slot, "198.18.74.1", 7005);
+    assert!(precise >= before, "precise clock {precise} before {before}");
+    // Coarse: within the coarse readings around the run (ticks happen, so
+    // retry a few times for a run that no tick interrupts).
+    filter_ctl::limits::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
+        .expect("setting the coarse clock");
+    let mut within = false;
+    for i in 0..5u8 {
+        let coarse_before = coarse_now_ns();
+        let charged = charged_at(&test, slot, &format!("198.18.74.{}", 10 + i), 7005);
+        let coarse_after = coarse_now_ns();
+        if coarse_before == coarse_after {
+            assert_eq!(charged, coarse_before, "the coarse clock is the last tick");
+            within = true;
+            break;
+        }
+    }
+    assert!(within, "five runs were each interrupted by a tick");
+}
