@@ -683,3 +683,46 @@ fn limit_clock_selects_the_clock_read() {
     }
     assert!(within, "five runs were each interrupted by a tick");
 }
+
+/// More sources than the tracking table holds: the LRU evicts, and `stats`
+/// reports inserts, live buckets and evictions consistently.
+#[test]
+fn tracking_table_evictions_are_reported() {
+    if skip_unless_root("tracking_table_evictions_are_reported") {
+        return;
+    }
+    let capacity = 64;
+    let test = ProgTest::with_capacities(&filter_ctl::loader::Capacities {
+        list: 64,
+        buckets: capacity,
+    });
+    test.limit(
+        "default",
+        &LimitSpec {
+            rate: Some(1000),
+            ..Default::default()
+        },
+    );
+    let sources = 300u32;
+    for i in 0..sources {
+        let src = format!("198.18.{}.{}", 100 + i / 250, 1 + i % 250);
+        assert_eq!(test.run(&icmp4(&src)), XDP_PASS_ACTION, "{src} passes");
+    }
+    let tables = test.reader().stats().expect("reading stats").tables;
+    let (inserts, live, evictions) = (
+        tables["bucket_inserts"],
+        tables["buckets_live"],
+        tables["bucket_evictions"],
+    );
+    assert_eq!(
+        inserts,
+        u64::from(sources),
+        "one bucket per source: {tables:?}"
+    );
+    assert!(
+        live <= u64::from(capacity),
+        "the table holds at most its capacity: {tables:?}"
+    );
+    assert_eq!(evictions, inserts - live, "{tables:?}");
+    assert!(evictions >= u64::from(sources - capacity), "{tables:?}");
+}
