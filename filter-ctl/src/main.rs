@@ -126,10 +126,15 @@ struct DetachArgs {
 enum LimitCommand {
     /// Create or change a rule; takes effect at once, no reattach.
     ///
-    /// Example: filter-ctl limit set default --rate 1000 --burst 2000
-    /// Example: filter-ctl limit set tcp/25 --rate 10 --burst 20 --autoblock-after 100 --window 10s --block-for 10m
-    /// Example: filter-ctl limit set udp/5000-5100 --drop
-    /// Example: filter-ctl limit set tcp/22 --only-from 198.18.0.0/24
+    /// Examples:
+    ///
+    ///   filter-ctl limit set default --rate 1000 --burst 2000
+    ///
+    ///   filter-ctl limit set tcp/25 --rate 10 --burst 20 --autoblock-after 100 --window 10s --block-for 10m
+    ///
+    ///   filter-ctl limit set udp/5000-5100 --drop
+    ///
+    ///   filter-ctl limit set tcp/22 --only-from 198.18.0.0/24
     Set(LimitSetArgs),
     /// Remove a rule. Format: default, tcp/PORT, udp/FIRST-LAST.
     Remove {
