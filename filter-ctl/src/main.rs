@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use filter_ctl::{
     cidr::Cidr,
     duration::{format_duration, parse_duration},
@@ -69,6 +69,17 @@ enum Command {
     /// Per-source rate limits: the default limit and per-port rules.
     #[command(subcommand)]
     Limit(LimitCommand),
+    /// Print a shell completion script.
+    ///
+    /// Example: filter-ctl completions bash > /etc/bash_completion.d/filter-ctl
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    ///
+    /// Example: filter-ctl man | man -l -
+    Man,
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +257,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats(&pins, args.json),
         Command::Detach(args) => detach(&pins, args.iface.as_deref()),
         Command::Limit(command) => limit(&pins, command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "filter-ctl", &mut io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut io::stdout())
+            .context("writing the manual page"),
     }
 }
 
