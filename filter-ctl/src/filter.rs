@@ -336,11 +336,25 @@ impl Filter {
     }
 
     fn write_allow_counts(&self, v4: u32, v6: u32) -> anyhow::Result<()> {
+        self.update_config(|config| {
+            config.allow_v4_entries = v4;
+            config.allow_v6_entries = v6;
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Reads CONFIG, lets `edit` change it (or refuse, changing nothing) and
+    /// writes it back. Callers hold the edit lock. Returns the new CONFIG.
+    pub fn update_config(
+        &self,
+        edit: impl FnOnce(&mut Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Config> {
         let mut config: Array<MapData, Config> = self.array(maps::CONFIG)?;
         let mut current = config.get(&0, 0).context("reading CONFIG")?;
-        current.allow_v4_entries = v4;
-        current.allow_v6_entries = v6;
-        config.set(0, current, 0).context("writing CONFIG")
+        edit(&mut current)?;
+        config.set(0, current, 0).context("writing CONFIG")?;
+        Ok(current)
     }
 
     /// Tells the program how many allowlist entries there are (0 lets it

@@ -554,11 +554,12 @@ pub fn list(filter: &Filter) -> anyhow::Result<Vec<ListedRule>> {
 
 /// Chooses the rate limiter's clock (`filter_common::CLOCK_PRECISE` or `CLOCK_COARSE`).
 pub fn set_clock(filter: &Filter, clock: u32) -> anyhow::Result<()> {
-    let mut config: Array<MapData, filter_common::Config> =
-        Array::try_from(filter.map(maps::CONFIG)?).context("CONFIG is not the expected array")?;
-    let mut current = config.get(&0, 0).context("reading CONFIG")?;
-    current.rate_clock = clock;
-    config.set(0, current, 0).context("writing CONFIG")
+    filter
+        .update_config(|config| {
+            config.rate_clock = clock;
+            Ok(())
+        })
+        .map(drop)
 }
 
 /// Sets the prefix lengths sources are aggregated to for rate limits.
@@ -567,25 +568,23 @@ pub fn set_aggregation(
     ipv4: Option<u32>,
     ipv6: Option<u32>,
 ) -> anyhow::Result<filter_common::Config> {
-    let mut config: Array<MapData, filter_common::Config> =
-        Array::try_from(filter.map(maps::CONFIG)?).context("CONFIG is not the expected array")?;
-    let mut current = config.get(&0, 0).context("reading CONFIG")?;
-    if let Some(v4) = ipv4 {
-        ensure!(
-            (1..=32).contains(&v4),
-            "--ipv4-prefix must be 1-32 (got {v4})"
-        );
-        current.ipv4_source_prefix = v4;
-    }
-    if let Some(v6) = ipv6 {
-        ensure!(
-            (1..=128).contains(&v6),
-            "--ipv6-prefix must be 1-128 (got {v6})"
-        );
-        current.ipv6_source_prefix = v6;
-    }
-    config.set(0, current, 0).context("writing CONFIG")?;
-    Ok(current)
+    filter.update_config(|config| {
+        if let Some(v4) = ipv4 {
+            ensure!(
+                (1..=32).contains(&v4),
+                "--ipv4-prefix must be 1-32 (got {v4})"
+            );
+            config.ipv4_source_prefix = v4;
+        }
+        if let Some(v6) = ipv6 {
+            ensure!(
+                (1..=128).contains(&v6),
+                "--ipv6-prefix must be 1-128 (got {v6})"
+            );
+            config.ipv6_source_prefix = v6;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

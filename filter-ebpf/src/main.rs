@@ -107,30 +107,18 @@ fn bump_table_stat(index: u32) {
     }
 }
 
-/// Clocks, read at most once per packet and only when needed. Both are
-/// `CLOCK_MONOTONIC`: `coarse` (last tick, nearly free) decides list expiry,
-/// where a few ms do not matter; `precise` (`bpf_ktime_get_ns`) drives the
-/// rate limiter.
-struct Clock {
-    coarse: u64,
-    precise: u64,
-}
+/// The coarse clock (`CLOCK_MONOTONIC` at the last tick, nearly free), read
+/// at most once per packet and only when a list entry has an expiry: list
+/// expiry does not need more than a few ms of precision.
+struct CoarseClock(u64);
 
-impl Clock {
+impl CoarseClock {
     #[inline(always)]
-    fn coarse(&mut self) -> u64 {
-        if self.coarse == 0 {
-            self.coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = unsafe { bpf_ktime_get_coarse_ns() };
         }
-        self.coarse
-    }
-
-    #[inline(always)]
-    fn precise(&mut self) -> u64 {
-        if self.precise == 0 {
-            self.precise = unsafe { bpf_ktime_get_ns() };
-        }
-        self.precise
+        self.0
     }
 }
 
@@ -146,11 +134,11 @@ fn list_match<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
-    clock: &mut Clock,
+    clock: &mut CoarseClock,
 ) -> Option<(u8, u8)> {
     for _ in 0..=MAX_EXPIRED_SKIPS {
         let entry = map.get(Key::new(bits, addr))?;
-        if entry.expires_at_ns == 0 || clock.coarse() < entry.expires_at_ns {
+        if entry.expires_at_ns == 0 || clock.now() < entry.expires_at_ns {
             return Some((entry.origin, entry.prefix_len));
         }
         let _ = map.remove(Key::new(u32::from(entry.prefix_len), addr));
@@ -166,7 +154,7 @@ fn block_reason<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
-    clock: &mut Clock,
+    clock: &mut CoarseClock,
 ) -> Option<u32> {
     let (origin, prefix_len) = list_match(map, bits, addr, clock)?;
     if origin != ORIGIN_AUTO || prefix_len == 0 {
@@ -179,10 +167,7 @@ fn block_reason<K: Copy>(
 }
 
 fn decide(packet: &Packet, len: u64) -> u32 {
-    let mut clock = Clock {
-        coarse: 0,
-        precise: 0,
-    };
+    let mut clock = CoarseClock(0);
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
     let (allowed, blocked) = if packet.is_v6 {
@@ -268,7 +253,7 @@ fn apply_rule(
     packet: &Packet,
     config: Option<&Config>,
     len: u64,
-    clock: &mut Clock,
+    clock: &mut CoarseClock,
 ) -> u32 {
     if rule.action == RULE_DROP {
         return reason::PORT_DENIED;
@@ -283,11 +268,12 @@ fn apply_rule(
         return reason::PASS;
     }
     let source = aggregated_source(packet, config);
+    // The rate limiter's clock: bpf_ktime_get_ns unless `limit clock coarse`.
     let now_ns = match config {
-        Some(c) if c.rate_clock == CLOCK_COARSE => clock.coarse(),
-        _ => clock.precise(),
+        Some(c) if c.rate_clock == CLOCK_COARSE => clock.now(),
+        _ => unsafe { bpf_ktime_get_ns() },
     };
-    if within_limit(slot, rule, packet, &source, len, now_ns) {
+    if within_limit(slot, rule, packet, config, &source, len, now_ns) {
         reason::PASS
     } else {
         reason::RATELIMIT
@@ -368,6 +354,7 @@ fn within_limit(
     slot: u32,
     rule: &RateRule,
     packet: &Packet,
+    config: Option<&Config>,
     source: &Ipv6Bytes,
     len: u64,
     now_ns: u64,
@@ -391,7 +378,7 @@ fn within_limit(
             || gcra(packet_tat, now, rule.packet_interval, rule.packet_tolerance))
         && (rule.byte_interval == 0 || gcra(byte_tat, now, byte_cost, rule.byte_tolerance));
     if !ok && rule.autoblock_after != 0 {
-        note_over_limit(bucket, slot, rule, packet, source, now_ns);
+        note_over_limit(bucket, slot, rule, packet, config, source, now_ns);
     }
     ok
 }
@@ -452,6 +439,9 @@ fn gcra(tat: *mut u64, now: u64, cost: u64, tolerance: u64) -> bool {
 }
 
 /// Atomically adds one and returns the new value (0 if every attempt lost a race).
+/// A compare-and-swap loop, not `atomic_xadd`: with this toolchain the
+/// fetched value of `atomic_xadd` came back wrong (the differential test
+/// caught the missed automatic blocks).
 #[inline(always)]
 fn atomic_increment(counter: *mut u64) -> u64 {
     for _ in 0..CAS_ATTEMPTS {
@@ -478,6 +468,7 @@ fn note_over_limit(
     slot: u32,
     rule: &RateRule,
     packet: &Packet,
+    config: Option<&Config>,
     source: &Ipv6Bytes,
     now: u64,
 ) {
@@ -503,7 +494,6 @@ fn note_over_limit(
         window_start.write_volatile(now);
         over_limit.write_volatile(0);
     }
-    let config = CONFIG.get(0);
     let mut entry = ListEntry {
         expires_at_ns: now + rule.autoblock_for_ns,
         prefix_len: 0,
