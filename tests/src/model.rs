@@ -239,6 +239,19 @@ pub struct ListItem<const N: usize> {
 }
 
 impl<const N: usize> ListItem<N> {
+    /// The model's copy of a list entry read from the program's maps.
+    #[must_use]
+    pub fn from_entry(net: [u8; N], prefix: u8, entry: &filter_common::ListEntry) -> Self {
+        Self {
+            net,
+            prefix: u32::from(prefix),
+            expires_at_ns: entry.expires_at_ns,
+            origin: entry.origin,
+            rule: u32::from(entry.rule),
+            over_limit: u64::from(entry.over_limit),
+        }
+    }
+
     fn is_active(&self, now_ns: u64) -> bool {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }

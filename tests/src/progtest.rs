@@ -387,22 +387,8 @@ impl ProgTest {
         ] {
             for (c, e) in filter.list_entries_raw(kind).expect("reading the lists") {
                 match c {
-                    Cidr::V4 { addr, prefix } => v4.insert(ListItem {
-                        net: addr,
-                        prefix: u32::from(prefix),
-                        expires_at_ns: e.expires_at_ns,
-                        origin: e.origin,
-                        rule: u32::from(e.rule),
-                        over_limit: u64::from(e.over_limit),
-                    }),
-                    Cidr::V6 { addr, prefix } => v6.insert(ListItem {
-                        net: addr,
-                        prefix: u32::from(prefix),
-                        expires_at_ns: e.expires_at_ns,
-                        origin: e.origin,
-                        rule: u32::from(e.rule),
-                        over_limit: u64::from(e.over_limit),
-                    }),
+                    Cidr::V4 { addr, prefix } => v4.insert(ListItem::from_entry(addr, prefix, &e)),
+                    Cidr::V6 { addr, prefix } => v6.insert(ListItem::from_entry(addr, prefix, &e)),
                 }
             }
         }
