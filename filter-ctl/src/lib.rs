@@ -1,13 +1,12 @@
-//! filter-ctl: the user-space side of the XDP filter. The binary's commands
-//! are thin wrappers around these modules; tests use them directly.
+//! filter-ctl: the user-space side of the XDP filter, in layers that depend
+//! one way only: the binary's commands → [`control`] (the controller loop)
+//! → [`maps`] (pins, locks, map I/O) → [`spec`] (what users write,
+//! validated; pure) → `filter_common`.
 
-pub mod batch;
-pub mod cidr;
 pub mod clock;
-pub mod duration;
-pub mod filter;
-pub mod limits;
-pub mod loader;
-pub mod pins;
+pub mod control;
+pub mod error;
+pub mod maps;
+pub mod spec;
 
-pub use loader::EBPF_OBJECT;
+pub use maps::loader::EBPF_OBJECT;

@@ -19,11 +19,15 @@ use filter_common::{
     RuleCounter, maps, reason,
 };
 use filter_ctl::{
-    cidr::Cidr,
-    filter::{Filter, ListKind},
-    limits::{self, LimitSpec, Target},
-    loader::{self, Capacities, PROGRAM},
-    pins::PinDir,
+    maps::loader::{self, Capacities, PROGRAM},
+    maps::pins::PinDir,
+    maps::rules,
+    maps::{
+        Filter,
+        lists::{ListKind, Merge},
+    },
+    spec::cidr::Cidr,
+    spec::rule::{LimitSpec, Target},
 };
 
 use crate::model::{ListItem, Model};
@@ -198,7 +202,8 @@ impl ProgTest {
     /// never hold two at once).
     #[must_use]
     pub fn filter(&self) -> Filter {
-        Filter::open_for_edit(&self.pins).expect("opening the filter for editing")
+        Filter::open_for_edit(&self.pins, filter_ctl::maps::lock::DEFAULT_TIMEOUT)
+            .expect("opening the filter for editing")
     }
 
     /// A handle for reading the maps (no lock).
@@ -276,7 +281,8 @@ impl ProgTest {
     fn list_insert(&self, kind: ListKind, cidrs: &[&str], ttl: Option<Duration>) {
         let cidrs: Vec<Cidr> = cidrs.iter().map(|c| cidr(c)).collect();
         self.filter()
-            .list_insert(kind, &cidrs, ttl)
+            // Replace: the tests and the model set exactly the expiry they name.
+            .list_insert(kind, &cidrs, ttl, Merge::Replace)
             .unwrap_or_else(|e| panic!("adding {cidrs:?} to the {}: {e:#}", kind.name()));
     }
 
@@ -300,7 +306,11 @@ impl ProgTest {
     pub fn limit(&self, target: &str, spec: &LimitSpec) -> u32 {
         let parsed: Target = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
         let filter = self.filter();
-        limits::set(&filter, &parsed, spec).unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
+        let rule = spec
+            .to_rule(&parsed)
+            .unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
+        rules::set(&filter, &parsed, rule, spec)
+            .unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
         self.slot_of(target)
     }
 
@@ -343,7 +353,7 @@ impl ProgTest {
 
     /// Sets the rate-limit aggregation prefix lengths.
     pub fn set_aggregation(&self, ipv4: u32, ipv6: u32) {
-        limits::set_aggregation(&self.filter(), Some(ipv4), Some(ipv6))
+        rules::set_aggregation(&self.filter(), Some(ipv4), Some(ipv6))
             .unwrap_or_else(|e| panic!("setting the aggregation: {e:#}"));
     }
 

@@ -16,9 +16,9 @@ use std::{
 
 use filter_common::{Counter, ORIGIN_AUTO, RateRule, TICKS_PER_SEC, reason, table_stat};
 use filter_ctl::{
-    filter::ListKind,
-    limits::{AutoblockSpec, LimitSpec},
-    loader::Capacities,
+    maps::lists::ListKind,
+    maps::loader::Capacities,
+    spec::rule::{AutoblockSpec, LimitSpec},
 };
 use filter_tests::{
     frames::{

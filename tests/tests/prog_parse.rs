@@ -4,7 +4,7 @@
 //! whether ports were read: a frame that reaches it is `port_denied`.
 
 use filter_common::reason::{MALFORMED, NON_IP, PASS, PORT_DENIED};
-use filter_ctl::limits::LimitSpec;
+use filter_ctl::spec::rule::LimitSpec;
 use filter_tests::{
     frames::{
         self, DST4, DST6, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ext, Frame, Icmp, Ipv4, Ipv6, L4, SRC4,

@@ -8,7 +8,7 @@ use filter_common::{
     ORIGIN_AUTO, RateRule, TICKS_PER_SEC,
     reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, MALFORMED, PASS, PORT_DENIED, RATELIMIT},
 };
-use filter_ctl::limits::{AutoblockSpec, LimitSpec};
+use filter_ctl::spec::rule::{AutoblockSpec, LimitSpec};
 use filter_tests::{
     frames::{self, Ext, Frame, Ipv4, L4, Udp, ip4, ip6, proto},
     model::Model,
@@ -572,7 +572,7 @@ fn coarse_clock_limits_the_same() {
         return;
     }
     let test = ProgTest::new();
-    filter_ctl::limits::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
+    filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
         .expect("setting the coarse clock");
     let slot = test.limit(
         "udp/7003",
@@ -668,7 +668,7 @@ fn limit_clock_selects_the_clock_read() {
     assert!(precise >= before, "precise clock {precise} before {before}");
     // Coarse: within the coarse readings around the run (ticks happen, so
     // retry a few times for a run that no tick interrupts).
-    filter_ctl::limits::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
+    filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
         .expect("setting the coarse clock");
     let mut within = false;
     for i in 0..5u8 {
@@ -692,7 +692,7 @@ fn tracking_table_evictions_are_reported() {
         return;
     }
     let capacity = 64;
-    let test = ProgTest::with_capacities(&filter_ctl::loader::Capacities {
+    let test = ProgTest::with_capacities(&filter_ctl::maps::loader::Capacities {
         list: 64,
         buckets: capacity,
     });

@@ -21,8 +21,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{Ebpf, programs::loaded_programs};
 use filter_ctl::{
-    loader::{self, Capacities, PROGRAM},
-    pins::PinDir,
+    maps::loader::{self, Capacities, PROGRAM},
+    maps::pins::PinDir,
 };
 use filter_tests::netns::NetNs;
 

@@ -17,8 +17,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use filter_ctl::{
-    filter::{Filter, ListKind},
-    loader::Capacities,
+    maps::loader::Capacities,
+    maps::{Filter, lists::ListKind},
 };
 use filter_tests::netns::{Lab, in_netns};
 

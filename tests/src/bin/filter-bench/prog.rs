@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use filter_common::{Bucket, BucketKey, DEFAULT_RULE, maps};
-use filter_ctl::{filter::Filter, loader::Capacities};
+use filter_ctl::maps::{Filter, loader::Capacities};
 use filter_tests::{
     flood::{XDP_ABORTED, XDP_DROP, XDP_PASS, XdpProgram},
     netns::Lab,

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub struct DurationError(pub String);
 
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let bad = || DurationError(text.to_string());
+    let bad = || DurationError(crate::error::excerpt(text, 80));
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(bad());

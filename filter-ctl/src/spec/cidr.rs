@@ -8,6 +8,8 @@ use std::{
     str::FromStr,
 };
 
+use crate::error::excerpt;
+
 /// An IPv4 or IPv6 prefix, normalised (host bits cleared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cidr {
@@ -136,7 +138,7 @@ impl FromStr for Cidr {
         };
         let ip: IpAddr = addr
             .parse()
-            .map_err(|_| CidrError::BadAddress(token.to_string()))?;
+            .map_err(|_| CidrError::BadAddress(excerpt(token, 80)))?;
         let (max, family) = match ip {
             IpAddr::V4(_) => (32u8, "IPv4"),
             IpAddr::V6(_) => (128u8, "IPv6"),
@@ -146,19 +148,19 @@ impl FromStr for Cidr {
             Some(text) => {
                 if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(CidrError::BadPrefix {
-                        token: token.to_string(),
-                        prefix: text.to_string(),
+                        token: excerpt(token, 80),
+                        prefix: excerpt(text, 20),
                     });
                 }
                 let value: u32 = text.parse().map_err(|_| CidrError::PrefixOutOfRange {
-                    token: token.to_string(),
+                    token: excerpt(token, 80),
                     prefix: u32::MAX,
                     max,
                     family,
                 })?;
                 if value > u32::from(max) {
                     return Err(CidrError::PrefixOutOfRange {
-                        token: token.to_string(),
+                        token: excerpt(token, 80),
                         prefix: value,
                         max,
                         family,
@@ -167,8 +169,29 @@ impl FromStr for Cidr {
                 u8::try_from(value).unwrap_or(max)
             }
         };
+        // The program sees IPv4 sources only as IPv4: an IPv4-mapped entry
+        // (::ffff:a.b.c.d, pasted from dual-stack logs) means that IPv4 prefix.
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Self::new(IpAddr::V4(v4), prefix - 96));
+        }
         Ok(Self::new(ip, prefix))
     }
+}
+
+/// A note for the operator when `token` was written in IPv4-mapped IPv6
+/// form and parsed into the IPv4 prefix `cidr` means.
+#[must_use]
+pub fn mapped_note(token: &str, cidr: &Cidr) -> Option<String> {
+    let addr = token.split_once('/').map_or(token, |(a, _)| a);
+    (matches!(cidr, Cidr::V4 { .. }) && addr.parse::<Ipv6Addr>().is_ok()).then(|| {
+        format!(
+            "{} is an IPv4-mapped IPv6 address: using the IPv4 entry {cidr} (the filter sees such sources as IPv4)",
+            excerpt(token, 80)
+        )
+    })
 }
 
 impl fmt::Display for Cidr {
@@ -218,6 +241,33 @@ mod tests {
             assert!(err.contains(needle), "{input}: {err}");
             assert!(err.contains(input) || input.is_empty(), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_means_ipv4() {
+        let cases = [
+            ("::ffff:198.18.0.1", "198.18.0.1/32"),
+            ("::ffff:198.18.0.0/120", "198.18.0.0/24"),
+            ("::ffff:c612:1", "198.18.0.1/32"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ];
+        for (input, expected) in cases {
+            let cidr: Cidr = input.parse().unwrap();
+            assert_eq!(cidr.to_string(), expected, "{input}");
+            assert!(mapped_note(input, &cidr).is_some(), "{input}");
+        }
+        let plain: Cidr = "198.18.0.1".parse().unwrap();
+        assert_eq!(mapped_note("198.18.0.1", &plain), None);
+        // Shorter than /96 covers more than the mapped space: stays IPv6.
+        let wide: Cidr = "::ffff:0:0/80".parse().unwrap();
+        assert!(matches!(wide, Cidr::V6 { .. }));
+    }
+
+    #[test]
+    fn long_tokens_are_cut_in_errors() {
+        let long = format!("\u{feff}{}", "9".repeat(100_000));
+        let err = long.parse::<Cidr>().unwrap_err().to_string();
+        assert!(err.len() < 400, "{}", err.len());
     }
 
     #[test]

@@ -15,7 +15,8 @@ use aya::{
 };
 use filter_common::{Config, capacity, maps};
 
-use crate::pins::PinDir;
+use super::pins::PinDir;
+use crate::error::Error;
 
 /// The compiled XDP program, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter"));
@@ -84,40 +85,52 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .try_into()
         .context("program is not XDP")?;
     program.load().map_err(|e| {
-        let text = format!("{e:#}");
-        anyhow::Error::new(e).context(format!(
-            "the kernel verifier rejected the XDP program{}",
-            if text.contains("Operation not permitted") {
-                ": permission denied (needs root: CAP_BPF, CAP_NET_ADMIN)"
-            } else {
-                ""
-            }
-        ))
+        if is_permission(os_errno(&e)) {
+            return anyhow::Error::new(Error::Permission(
+                "loading the XDP program was not permitted: filter-ctl needs root (CAP_BPF, CAP_NET_ADMIN)".into(),
+            ));
+        }
+        anyhow::Error::new(e).context("the kernel verifier rejected the XDP program")
     })?;
     init_config(pins)?;
     Ok(ebpf)
 }
 
 fn load_hint(err: aya::EbpfError, dir: &Path) -> anyhow::Error {
-    let text = format!("{err:?}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
+    match os_errno(&err) {
         // aya's own message repeats itself; the cause is all the user needs.
-        return anyhow!(
-            "creating the filter's maps was not permitted: filter-ctl needs root (CAP_BPF and CAP_NET_ADMIN)"
-        );
-    }
-    let hint = if text.contains("Invalid argument") {
-        format!(
+        errno if is_permission(errno) => Error::Permission(
+            "creating the filter's maps was not permitted: filter-ctl needs root (CAP_BPF and CAP_NET_ADMIN)".into(),
+        )
+        .into(),
+        Some(libc::EINVAL) => anyhow::Error::new(err).context(Error::Incompatible(format!(
             "maps pinned under {} do not match this build (stale layout?); run `filter-ctl detach` to remove them",
             dir.display()
-        )
-    } else {
-        format!(
+        ))),
+        _ => anyhow::Error::new(err).context(format!(
             "loading the XDP program with maps pinned under {}",
             dir.display()
-        )
-    };
-    anyhow::Error::new(err).context(hint)
+        )),
+    }
+}
+
+/// The OS error number at the bottom of an error's source chain, if any.
+#[must_use]
+pub fn os_errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(errno) = io.raw_os_error()
+        {
+            return Some(errno);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn is_permission(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::EPERM | libc::EACCES))
 }
 
 /// Key and value sizes of every map, as this build's program expects them.
@@ -173,13 +186,14 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
             .info()
             .with_context(|| format!("reading {}", path.display()))?;
         if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
-            bail!(
+            return Err(Error::Incompatible(format!(
                 "the map pinned at {} was made by another filter-ctl build (key/value {}/{} bytes, this build needs {key_size}/{value_size}); remove the old filter with `filter-ctl --pin-dir {} detach`",
                 path.display(),
                 info.key_size(),
                 info.value_size(),
                 pins.root().display()
-            );
+            ))
+            .into());
         }
     }
     Ok(())
@@ -207,11 +221,22 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`attach`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// `native` or `skb` for a new attachment; `None` when the program was
+    /// swapped into a link pinned before (it keeps the mode it had).
+    pub mode: Option<&'static str>,
+    /// How, in words, for the log ("native mode", ...).
+    pub how: String,
+}
+
 /// Attaches to `iface` and pins the link. If a link is already pinned for it
 /// (a previous controller was stopped or killed), the new program replaces the
-/// old one on that link atomically: no packet goes unfiltered.
-/// Returns a description of what was done ("native mode", ...).
-pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow::Result<String> {
+/// old one on that link atomically: no packet goes unfiltered. A pinned link
+/// whose interface went away meanwhile (the kernel severed it) is replaced
+/// by a new attachment.
+pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow::Result<Attached> {
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
@@ -223,21 +248,38 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow
             .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
         let fd_link: FdLink = pinned.into();
         let xdp_link = XdpLink::try_from(fd_link).context("the pinned link is not an XDP link")?;
-        let id = program
-            .attach_to_link(xdp_link)
-            .with_context(|| format!("replacing the program on {iface}'s pinned link"))?;
-        // The pin keeps the link; dropping our handle must not detach it.
-        let link = program.take_link(id)?;
-        let fd_link: FdLink = link.try_into().context("link is not an fd link")?;
-        drop(fd_link);
-        return Ok("existing pinned link, program replaced in place".into());
+        match program.attach_to_link(xdp_link) {
+            Ok(id) => {
+                // The pin keeps the link; dropping our handle must not detach it.
+                let link = program.take_link(id)?;
+                let fd_link: FdLink = link.try_into().context("link is not an fd link")?;
+                drop(fd_link);
+                return Ok(Attached {
+                    mode: None,
+                    how: "existing pinned link, program replaced in place".into(),
+                });
+            }
+            Err(err) if os_errno(&err) == Some(libc::ENOLINK) => {
+                log::warn!(
+                    "the link pinned for {iface} was severed (the interface went away since); attaching anew"
+                );
+                std::fs::remove_file(&link_pin).with_context(|| {
+                    format!("removing the severed link pin {}", link_pin.display())
+                })?;
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("replacing the program on {iface}'s pinned link")));
+            }
+        }
     }
-    let attempts: &[(XdpMode, &str)] = match mode {
+    let attempts: &[(XdpMode, &'static str)] = match mode {
         Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "skb")],
         Mode::Native => &[(XdpMode::Driver, "native")],
         Mode::Skb => &[(XdpMode::Skb, "skb")],
     };
     let mut errors = Vec::new();
+    let mut busy = false;
     for (xdp_mode, name) in attempts {
         match program.attach(iface, *xdp_mode) {
             Ok(id) => {
@@ -248,16 +290,25 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow
                 fd_link
                     .pin(&link_pin)
                     .with_context(|| format!("pinning the link at {}", link_pin.display()))?;
-                return Ok(format!("{name} mode"));
+                return Ok(Attached {
+                    mode: Some(name),
+                    how: format!("{name} mode"),
+                });
             }
             Err(aya::programs::ProgramError::UnknownInterface { .. }) => {
-                bail!("interface {iface} does not exist in this network namespace (see `ip link`)")
+                return Err(Error::NotFound(format!(
+                    "interface {iface} does not exist in this network namespace (see `ip link`)"
+                ))
+                .into());
             }
-            Err(err) => errors.push(format!("{name}: {:#}", anyhow::Error::new(err))),
+            Err(err) => {
+                busy |= matches!(os_errno(&err), Some(libc::EBUSY | libc::EEXIST));
+                errors.push(format!("{name}: {:#}", anyhow::Error::new(err)));
+            }
         }
     }
     let joined = errors.join("; ");
-    let hint = if joined.contains("Device or resource busy") || joined.contains("File exists") {
+    let hint = if busy {
         format!(
             " — {iface} already has an XDP program attached (another filter-ctl pin directory, or another tool; see `ip link show {iface}`)"
         )
@@ -269,11 +320,57 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &str, mode: Mode) -> anyhow
     bail!("attaching to {iface} failed ({joined}){hint}")
 }
 
+/// The id of the program on `iface`'s pinned link, if it has one.
+#[must_use]
+pub fn linked_program_id(pins: &PinDir, iface: &str) -> Option<u32> {
+    let pinned = PinnedLink::from_pin(pins.link(iface)).ok()?;
+    let fd_link: FdLink = pinned.into();
+    fd_link.info().ok().map(|info| info.program_id())
+}
+
+/// Maps whose pinned capacity differs from the one asked for: `(map,
+/// pinned, asked)`. Capacities are fixed when the maps are created.
+pub fn capacity_mismatches(
+    pins: &PinDir,
+    list: Option<u32>,
+    buckets: Option<u32>,
+) -> anyhow::Result<Vec<(&'static str, u32, u32)>> {
+    let mut out = Vec::new();
+    let wanted = [
+        (maps::ALLOW_V4, list),
+        (maps::ALLOW_V6, list),
+        (maps::BLOCK_V4, list),
+        (maps::BLOCK_V6, list),
+        (maps::BUCKETS, buckets),
+    ];
+    for (name, asked) in wanted {
+        let Some(asked) = asked else { continue };
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let pinned = data
+            .info()
+            .with_context(|| format!("reading {}", path.display()))?
+            .max_entries();
+        if pinned != asked {
+            out.push((name, pinned, asked));
+        }
+    }
+    Ok(out)
+}
+
 /// Detaches `iface` (removes its link pin; the link goes with its last reference).
 pub fn detach(pins: &PinDir, iface: &str) -> anyhow::Result<()> {
     let link_pin = pins.link(iface);
     if !link_pin.exists() {
-        bail!("{iface} is not attached under {}", pins.root().display());
+        return Err(Error::NotFound(format!(
+            "{iface} is not attached under {}",
+            pins.root().display()
+        ))
+        .into());
     }
     let pinned = PinnedLink::from_pin(&link_pin)
         .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;

@@ -1,0 +1,38 @@
+//! One module per command: its arguments and its handler.
+
+pub mod detach;
+pub mod docs;
+pub mod limit;
+pub mod lists;
+pub mod run;
+pub mod stats;
+pub mod status;
+
+use std::time::Duration;
+
+use filter_ctl::maps::{Filter, pins::PinDir};
+
+/// What every command gets from the global options.
+pub struct Context {
+    pub pins: PinDir,
+    pub lock_timeout: Duration,
+}
+
+impl Context {
+    /// The filter, for reading.
+    pub fn open(&self) -> anyhow::Result<Filter> {
+        Filter::open(&self.pins)
+    }
+
+    /// The filter, for editing (takes the edit lock, bounded wait).
+    pub fn edit(&self) -> anyhow::Result<Filter> {
+        Filter::open_for_edit(&self.pins, self.lock_timeout)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,44 @@
+//! `filter-ctl run`.
+
+use filter_ctl::{
+    control::{self, RunOptions},
+    maps::loader::Mode,
+};
+
+use super::Context;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Interface to attach to (repeat for several).
+    #[arg(long, required = true)]
+    iface: Vec<String>,
+    /// Attach mode: auto tries native (driver) mode, then generic (skb) mode.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+    /// Entries per allow/block list and address family, fixed when the maps
+    /// are first created [default: 1048576]. Given for maps pinned with
+    /// another capacity, `run` refuses (exit code 8).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    list_capacity: Option<u32>,
+    /// Rate-limit tracking table size in (rule, source) pairs; least
+    /// recently used are evicted [default: 1048576]. Fixed like --list-capacity.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    bucket_capacity: Option<u32>,
+    /// Pin into a bpffs that belongs to a private mount namespace (the pins,
+    /// and the filter, end with that namespace). Refused without this flag.
+    #[arg(long)]
+    allow_private_bpffs: bool,
+}
+
+pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
+    control::run(
+        &ctx.pins,
+        &RunOptions {
+            ifaces: args.iface.clone(),
+            mode: args.mode,
+            list_capacity: args.list_capacity,
+            bucket_capacity: args.bucket_capacity,
+            allow_private_bpffs: args.allow_private_bpffs,
+        },
+    )
+}

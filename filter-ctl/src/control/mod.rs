@@ -1,0 +1,420 @@
+//! The controller (`filter-ctl run`): load, attach, pin, then until SIGINT
+//! or SIGTERM log automatic blocks, sweep expired entries, and watch the
+//! interfaces it filters: one that disappears is marked missing, and when
+//! an interface of that name comes back it is filtered again at once.
+
+mod netwatch;
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use filter_common::{AutoBlockEvent, maps};
+use log::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    clock,
+    error::Error,
+    maps::{
+        Filter,
+        loader::{self, Capacities, Mode},
+        lock::DirLock,
+        pins::{self, PinDir},
+        rules::{RuleTable, source_cidr},
+        status::{ControllerState, InterfaceState},
+    },
+    spec::duration::format_duration,
+};
+use netwatch::LinkEvent;
+
+/// How often expired list entries and automatic blocks are deleted (the
+/// kernel already ignores them; this only frees the memory), and how often
+/// the interfaces are checked by name as a backstop to link events.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// What `run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub mode: Mode,
+    /// Capacities for new maps; `None` = the default, or whatever the
+    /// pinned maps have. A capacity that differs from pinned maps' is refused.
+    pub list_capacity: Option<u32>,
+    pub bucket_capacity: Option<u32>,
+    /// Pin into a bpffs of a private mount namespace anyway.
+    pub allow_private_bpffs: bool,
+}
+
+/// One interface under the controller's care.
+struct Watched {
+    /// `native`/`skb`, when known.
+    mode: Option<String>,
+    /// The interface index it had when attached; `None` while missing.
+    ifindex: Option<u32>,
+    since_unix: u64,
+}
+
+struct Controller {
+    pins: PinDir,
+    mode: Mode,
+    ebpf: Ebpf,
+    ifaces: BTreeMap<String, Watched>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The interface index of `name` in this network namespace.
+fn ifindex(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// One controller per pin directory: an exclusive `flock` on the pin root
+/// (root-only, 0700), held for the process's life (released by the kernel
+/// even on SIGKILL; edits lock the versioned maps directory, another inode).
+fn take_run_lock(pins: &PinDir) -> anyhow::Result<DirLock> {
+    DirLock::try_acquire(pins.root())?.ok_or_else(|| {
+        let owner = DirLock::holder(pins.root()).unwrap_or_else(|| "another process".into());
+        Error::LockTimeout(format!(
+            "another `filter-ctl run` ({owner}) already manages {}: stop it first, or give all interfaces to one `run`",
+            pins.root().display()
+        ))
+        .into()
+    })
+}
+
+/// Refuses what `run` must not do before anything changes.
+fn preflight(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
+    if let Some(problem) = pins::private_bpffs(pins.root()) {
+        if !options.allow_private_bpffs {
+            return Err(Error::Insecure(format!(
+                "{problem}; run filter-ctl in the host's mount namespace (systemd: no PrivateMounts=, containers: mount the host's /sys/fs/bpf), or pass --allow-private-bpffs if that is what you want"
+            ))
+            .into());
+        }
+        warn!("{problem} (allowed by --allow-private-bpffs)");
+    }
+    let mismatches =
+        loader::capacity_mismatches(pins, options.list_capacity, options.bucket_capacity)?;
+    if let Some((map, pinned, asked)) = mismatches.first() {
+        return Err(Error::Incompatible(format!(
+            "the pinned {map} holds {pinned} entries, not the {asked} asked for: capacities are fixed when the maps are created. Start without the capacity option to keep the pinned maps, or remove the filter (`filter-ctl --pin-dir {} detach`, which drops its lists) and start again",
+            pins.root().display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs the controller until SIGINT/SIGTERM. The filter keeps enforcing
+/// after it returns.
+pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
+    pins::ensure_bpffs_mounted()?;
+    // A failed start must change nothing: it detaches what it attached and,
+    // if the pin directory was empty before, removes the maps it pinned.
+    let fresh = pins.is_empty();
+    pins.create()?;
+    let _lock = take_run_lock(pins)?;
+    preflight(pins, options)?;
+    let mut attached = Vec::new();
+    let caps = Capacities {
+        list: options.list_capacity.unwrap_or(Capacities::default().list),
+        buckets: options
+            .bucket_capacity
+            .unwrap_or(Capacities::default().buckets),
+    };
+    let started = loader::load(pins, &caps).and_then(|mut ebpf| {
+        let mut ifaces = BTreeMap::new();
+        for iface in &options.ifaces {
+            let already = pins.link(iface).exists();
+            let done = loader::attach(&mut ebpf, pins, iface, options.mode)?;
+            if !already {
+                attached.push(iface.clone());
+            }
+            println!("filter-ctl: attached to {iface} ({})", done.how);
+            ifaces.insert(
+                iface.clone(),
+                Watched {
+                    mode: done.mode.map(str::to_string),
+                    ifindex: ifindex(iface),
+                    since_unix: now_unix(),
+                },
+            );
+        }
+        Ok(Controller {
+            pins: pins.clone(),
+            mode: options.mode,
+            ebpf,
+            ifaces,
+        })
+    });
+    let mut controller = match started {
+        Ok(controller) => controller,
+        Err(err) => {
+            let cleanup = if fresh {
+                loader::detach_all(pins).map(|_| ())
+            } else {
+                attached
+                    .iter()
+                    .try_for_each(|iface| loader::detach(pins, iface))
+            };
+            if let Err(cleanup) = cleanup {
+                warn!("undoing the failed start failed: {cleanup:#}");
+            }
+            return Err(err);
+        }
+    };
+    // Finish (roll back) a list change that a killed editor left behind.
+    if let Some(filter) = Filter::try_open_for_edit(pins)? {
+        drop(filter);
+    }
+    controller.write_state();
+    println!(
+        "filter-ctl: running; pins under {}. Ctrl-C stops the controller, the filter stays attached (`filter-ctl detach` removes it)",
+        pins.root().display()
+    );
+    std::io::stdout().flush().ok();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(controller.event_loop());
+    ControllerState::remove(pins);
+    result?;
+    println!(
+        "filter-ctl: controller stopped; {}",
+        controller.exit_summary()
+    );
+    Ok(())
+}
+
+impl Controller {
+    async fn event_loop(&mut self) -> anyhow::Result<()> {
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let filter = Filter::open(&self.pins)?;
+        let ring =
+            RingBuf::try_from(filter.map(maps::EVENTS)?).context("EVENTS is not a ring buffer")?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd owns the ring buffer.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+        let mut links = Some(netwatch::watch().context("watching interfaces (rtnetlink)")?);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = sweep.tick() => {
+                    self.sweep();
+                    self.resync();
+                }
+                event = next_link_event(&mut links) => match event {
+                    Some(event) => self.on_link_event(event),
+                    None => {
+                        warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", SWEEP_EVERY.as_secs());
+                        links = None;
+                    }
+                },
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for events")?;
+                    drain_events(&filter, guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes expired entries, unless an editor holds the lock right now
+    /// (the next tick will): the controller never waits for a lock.
+    fn sweep(&self) {
+        match Filter::try_open_for_edit(&self.pins) {
+            Ok(Some(filter)) => match filter.sweep_expired() {
+                Ok(0) => {}
+                Ok(n) => info!("removed {n} expired entries"),
+                Err(err) => warn!("sweeping expired entries failed: {err:#}"),
+            },
+            Ok(None) => log::debug!("an editor holds the lock; sweeping at the next tick"),
+            Err(err) => warn!("sweeping expired entries failed: {err:#}"),
+        }
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Removed { name } => self.lost(&name),
+            LinkEvent::Added { name, index } => {
+                let Some(watched) = self.ifaces.get(&name) else {
+                    return;
+                };
+                if watched.ifindex != Some(index) {
+                    // Deleted and created again between two events we saw.
+                    if watched.ifindex.is_some() {
+                        self.lost(&name);
+                    }
+                    self.reattach(&name);
+                }
+            }
+            LinkEvent::Overrun => self.resync(),
+        }
+    }
+
+    /// Compares each interface's index with the one it was attached at.
+    fn resync(&mut self) {
+        let names: Vec<String> = self.ifaces.keys().cloned().collect();
+        for name in names {
+            let now = ifindex(&name);
+            let before = self.ifaces.get(&name).and_then(|w| w.ifindex);
+            match (before, now) {
+                (Some(_), None) => self.lost(&name),
+                (None, Some(_)) => self.reattach(&name),
+                (Some(a), Some(b)) if a != b => {
+                    self.lost(&name);
+                    self.reattach(&name);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `name` disappeared: its link is severed; drop the dead pin and wait.
+    fn lost(&mut self, name: &str) {
+        let Some(watched) = self.ifaces.get_mut(name) else {
+            return;
+        };
+        if watched.ifindex.is_none() {
+            return;
+        }
+        watched.ifindex = None;
+        watched.since_unix = now_unix();
+        warn!(
+            "{name} disappeared; the filter will be attached again as soon as an interface of that name appears"
+        );
+        let pin = self.pins.link(name);
+        if pin.exists()
+            && let Err(err) = std::fs::remove_file(&pin)
+        {
+            warn!("removing the severed link pin {}: {err}", pin.display());
+        }
+        self.write_state();
+    }
+
+    fn reattach(&mut self, name: &str) {
+        match loader::attach(&mut self.ebpf, &self.pins, name, self.mode) {
+            Ok(done) => {
+                info!("{name} appeared again: attached ({})", done.how);
+                if let Some(watched) = self.ifaces.get_mut(name) {
+                    watched.ifindex = ifindex(name);
+                    watched.mode = done.mode.map(str::to_string).or(watched.mode.take());
+                    watched.since_unix = now_unix();
+                }
+            }
+            Err(err) => warn!("{name} appeared again, but attaching to it failed: {err:#}"),
+        }
+        self.write_state();
+    }
+
+    fn write_state(&self) {
+        let state = ControllerState {
+            pid: std::process::id(),
+            interfaces: self
+                .ifaces
+                .iter()
+                .map(|(name, w)| InterfaceState {
+                    name: name.clone(),
+                    state: if w.ifindex.is_some() {
+                        "attached".into()
+                    } else {
+                        "missing".into()
+                    },
+                    mode: w.mode.clone(),
+                    since_unix: w.since_unix,
+                })
+                .collect(),
+        };
+        if let Err(err) = state.write(&self.pins) {
+            warn!("recording the controller state failed: {err:#}");
+        }
+    }
+
+    /// What is true at exit, e.g. "the filter is still attached to eth1;
+    /// detached from eth2, which disappeared".
+    fn exit_summary(&self) -> String {
+        let names = |present: bool| {
+            self.ifaces
+                .iter()
+                .filter(|(_, w)| w.ifindex.is_some() == present)
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (attached, gone) = (names(true), names(false));
+        let mut parts = Vec::new();
+        if !attached.is_empty() {
+            parts.push(format!("the filter is still attached to {attached}"));
+        }
+        if !gone.is_empty() {
+            parts.push(format!("detached from {gone}, which disappeared"));
+        }
+        if parts.is_empty() {
+            "no interface is attached".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// The next interface event; never resolves once the watch is gone.
+async fn next_link_event(
+    links: &mut Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
+) -> Option<LinkEvent> {
+    match links {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
+    let config = filter.config().unwrap_or_default();
+    let rules = RuleTable::read(filter).ok();
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<AutoBlockEvent>() {
+            warn!("short event ({} bytes) ignored", item.len());
+            continue;
+        }
+        // SAFETY: the kernel wrote an AutoBlockEvent (checked length); read unaligned.
+        let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let rule = rules.as_ref().map_or_else(
+            || format!("slot {}", event.rule),
+            |r| r.describe(event.rule),
+        );
+        let remaining =
+            clock::remaining(event.expires_at_ns, clock::monotonic_ns()).unwrap_or_default();
+        info!(
+            "autoblock: {} exceeded rule {rule} ({} over-limit packets in its window); blocked for {}",
+            source_cidr(event.source, &config),
+            event.over_limit,
+            format_duration(remaining)
+        );
+    }
+}

@@ -1,0 +1,553 @@
+//! The allow and block lists: edits (all or nothing, journaled, with a
+//! rule for entries that exist already), listings, expiry sweeps, and the
+//! automatic blocks that the program adds to the blocklist.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::{
+    Pod,
+    maps::{
+        MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL, maps};
+use serde::Serialize;
+
+use super::{
+    Filter, batch,
+    journal::{Journal, Record},
+    rules::RuleTable,
+};
+use crate::{clock, error::Error, spec::cidr::Cidr};
+
+/// Which address list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl ListKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allowlist",
+            Self::Block => "blocklist",
+        }
+    }
+
+    fn map_names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Allow => (maps::ALLOW_V4, maps::ALLOW_V6),
+            Self::Block => (maps::BLOCK_V4, maps::BLOCK_V6),
+        }
+    }
+}
+
+/// What to do with an entry that is already on the list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Merge {
+    /// The later expiry wins: permanent beats any TTL, a longer TTL beats
+    /// a shorter one. Re-adding never shortens an entry.
+    #[default]
+    KeepLonger,
+    /// The new expiry replaces the old one, shorter or not (`--replace`).
+    Replace,
+}
+
+/// What an insert did, entry by entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InsertReport {
+    /// Not on the list before.
+    pub added: Vec<Cidr>,
+    /// On the list, now with the new expiry (longer, or `--replace`).
+    pub updated: Vec<Cidr>,
+    /// On the list already with a later (or no) expiry: left as it was.
+    /// The second field is the remaining time, `None` for permanent.
+    pub kept: Vec<(Cidr, Option<Duration>)>,
+}
+
+/// One allow/block entry as listed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub cidr: String,
+    /// Seconds until the entry expires; absent for permanent entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One automatic block as listed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListedAutoBlock {
+    pub source: String,
+    /// Rule whose limit the source exceeded (`default`, `tcp/25`, ...).
+    pub rule: String,
+    pub over_limit: u32,
+    pub expires_in_secs: u64,
+}
+
+/// A family's pending writes: keys, values, and the journal records.
+struct FamilyWrites<K> {
+    keys: Vec<Key<K>>,
+    values: Vec<ListEntry>,
+}
+
+impl<K> Default for FamilyWrites<K> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl Filter {
+    /// Adds every prefix with the same expiry (`ttl`; `None` = permanent).
+    /// Entries already listed follow `merge`. All or nothing: if the map
+    /// has no room, nothing is written; a failure midway is rolled back, and
+    /// a kill midway is rolled back by the next editor (see `journal`).
+    ///
+    /// Entries go in sorted (neighbouring prefixes share trie nodes) and in
+    /// batches of one syscall each.
+    pub fn list_insert(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+        merge: Merge,
+    ) -> anyhow::Result<InsertReport> {
+        debug_assert!(self.is_editing(), "list edits need the edit lock");
+        let (v4_name, v6_name) = kind.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let now = clock::monotonic_ns();
+        let expires_at_ns = clock::expiry_from_now(ttl);
+        let mut sorted = cidrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let existing4 = existing(&v4, v4_name)?;
+        let existing6 = existing(&v6, v6_name)?;
+        let mut report = InsertReport::default();
+        let mut writes4 = FamilyWrites::default();
+        let mut writes6 = FamilyWrites::default();
+        let mut records = Vec::new();
+        for cidr in &sorted {
+            let new = ListEntry {
+                expires_at_ns,
+                prefix_len: cidr.prefix(),
+                origin: ORIGIN_MANUAL,
+                ..ListEntry::default()
+            };
+            let previous = match *cidr {
+                Cidr::V4 { addr, prefix } => existing4.get(&(u32::from(prefix), addr)).copied(),
+                Cidr::V6 { addr, prefix } => existing6.get(&(u32::from(prefix), addr)).copied(),
+            };
+            let active = previous.filter(|p| p.is_active(now));
+            match active {
+                None => report.added.push(*cidr),
+                Some(old) if merge == Merge::KeepLonger && !lasts_longer(&new, &old) => {
+                    report
+                        .kept
+                        .push((*cidr, clock::remaining(old.expires_at_ns, now)));
+                    continue;
+                }
+                Some(_) => report.updated.push(*cidr),
+            }
+            match *cidr {
+                Cidr::V4 { addr, prefix } => {
+                    let key = Key::new(u32::from(prefix), addr);
+                    records.push(Record::v4(&key, previous));
+                    writes4.keys.push(key);
+                    writes4.values.push(new);
+                }
+                Cidr::V6 { addr, prefix } => {
+                    let key = Key::new(u32::from(prefix), addr);
+                    records.push(Record::v6(&key, previous));
+                    writes6.keys.push(key);
+                    writes6.values.push(new);
+                }
+            }
+        }
+        for (name, family, existing, count) in [
+            (v4_name, "IPv4", existing4.len(), count_new(&records, 4)),
+            (v6_name, "IPv6", existing6.len(), count_new(&records, 6)),
+        ] {
+            let capacity = self.map_data(name)?.info().context("reading map info")?;
+            let capacity = capacity.max_entries() as usize;
+            if existing + count > capacity {
+                return Err(Error::MapFull(format!(
+                    "the {} has room for {} more {family} entries, not {count}; nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
+                    kind.name(),
+                    capacity.saturating_sub(existing)
+                ))
+                .into());
+            }
+        }
+        if records.is_empty() {
+            return Ok(report);
+        }
+        if kind == ListKind::Allow {
+            // Raise the counts first: the program must not skip a non-empty allowlist.
+            let (v4_count, v6_count) = self.allow_counts()?;
+            let add = u32::try_from(records.len()).unwrap_or(u32::MAX);
+            self.write_allow_counts(v4_count.saturating_add(add), v6_count.saturating_add(add))?;
+        }
+        let journal = Journal::begin(self, kind, &records)?;
+        let result = self
+            .write_family(v4_name, &writes4)
+            .and_then(|()| self.write_family(v6_name, &writes6));
+        if let Err(error) = result {
+            self.undo(kind, &records)
+                .context("rolling back a partly applied list edit")?;
+            journal.finish()?;
+            return Err(error.context(format!(
+                "adding entries to the {}; nothing from this command was applied",
+                kind.name()
+            )));
+        }
+        journal.finish()?;
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
+        Ok(report)
+    }
+
+    fn write_family<K: Pod>(&self, name: &str, writes: &FamilyWrites<K>) -> anyhow::Result<()> {
+        const CHUNK: usize = 8192;
+        if writes.keys.is_empty() {
+            return Ok(());
+        }
+        let data = self.map_data(name)?;
+        for (keys, values) in writes.keys.chunks(CHUNK).zip(writes.values.chunks(CHUNK)) {
+            batch::update(&data, keys, values, 0).map_err(|e| {
+                if matches!(e.error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) {
+                    anyhow::Error::new(Error::MapFull(format!("{name} is full")))
+                } else {
+                    anyhow::Error::new(e.error).context(format!("writing {name}"))
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Puts back what `records` say was there before a change: restores
+    /// previous entries, removes entries that were new. Idempotent.
+    pub fn undo(&self, kind: ListKind, records: &[Record]) -> anyhow::Result<()> {
+        let (v4_name, v6_name) = kind.map_names();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        for record in records.iter().rev() {
+            let result = if record.family == 4 {
+                let addr = [
+                    record.addr[0],
+                    record.addr[1],
+                    record.addr[2],
+                    record.addr[3],
+                ];
+                let key = Key::new(u32::from(record.prefix), addr);
+                match record.previous {
+                    Some(entry) => v4.insert(&key, entry, 0),
+                    None => v4.remove(&key),
+                }
+            } else {
+                let key = Key::new(u32::from(record.prefix), record.addr);
+                match record.previous {
+                    Some(entry) => v6.insert(&key, entry, 0),
+                    None => v6.remove(&key),
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if super::errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("restoring the {}", kind.name()));
+                }
+            }
+        }
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
+        Ok(())
+    }
+
+    /// Removes exactly these prefixes. Fails, changing nothing, if any is
+    /// absent. Journaled like inserts.
+    pub fn list_remove(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
+        debug_assert!(self.is_editing(), "list edits need the edit lock");
+        let present: HashMap<Cidr, ListEntry> = self.list_entries_raw(kind)?.into_iter().collect();
+        let mut sorted = cidrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if let Some(missing) = sorted.iter().find(|c| !present.contains_key(c)) {
+            return Err(Error::NotFound(format!(
+                "{missing} is not on the {}; nothing was removed",
+                kind.name()
+            ))
+            .into());
+        }
+        let records: Vec<Record> = sorted
+            .iter()
+            .map(|cidr| {
+                let previous = present.get(cidr).copied();
+                match *cidr {
+                    Cidr::V4 { addr, prefix } => {
+                        Record::v4(&Key::new(u32::from(prefix), addr), previous)
+                    }
+                    Cidr::V6 { addr, prefix } => {
+                        Record::v6(&Key::new(u32::from(prefix), addr), previous)
+                    }
+                }
+            })
+            .collect();
+        let journal = Journal::begin(self, kind, &records)?;
+        let (v4_name, v6_name) = kind.map_names();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let result = sorted.iter().try_for_each(|cidr| {
+            match *cidr {
+                Cidr::V4 { addr, prefix } => v4.remove(&Key::new(u32::from(prefix), addr)),
+                Cidr::V6 { addr, prefix } => v6.remove(&Key::new(u32::from(prefix), addr)),
+            }
+            .or_else(|e| {
+                // The program deletes expired entries itself: gone is gone.
+                if super::errno(&e) == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .with_context(|| format!("removing {cidr} from the {}", kind.name()))
+        });
+        if let Err(error) = result {
+            self.undo(kind, &records)
+                .context("restoring entries after a failed removal")?;
+            journal.finish()?;
+            return Err(error);
+        }
+        journal.finish()?;
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
+        Ok(())
+    }
+
+    /// Entries in the IPv4 and IPv6 allowlists, as the program was last told.
+    fn allow_counts(&self) -> anyhow::Result<(u32, u32)> {
+        let config = self.config()?;
+        Ok((config.allow_v4_entries, config.allow_v6_entries))
+    }
+
+    fn write_allow_counts(&self, v4: u32, v6: u32) -> anyhow::Result<()> {
+        self.update_config(|config| {
+            config.allow_v4_entries = v4;
+            config.allow_v6_entries = v6;
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Tells the program how many allowlist entries there are (0 lets it
+    /// skip the lookup). Called after every allowlist edit, under the edit lock.
+    fn sync_allow_counts(&self) -> anyhow::Result<()> {
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(maps::ALLOW_V4)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(maps::ALLOW_V6)?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.write_allow_counts(count(v4.keys().count()), count(v6.keys().count()))
+    }
+
+    /// Every entry, expired ones included, as stored.
+    pub fn list_entries_raw(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        let (v4_name, v6_name) = kind.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let mut out = Vec::new();
+        for item in v4.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v4_name}"))?;
+            let ip = IpAddr::V4(Ipv4Addr::from(key.data()));
+            out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
+        }
+        for item in v6.iter() {
+            let (key, value) = item.with_context(|| format!("reading {v6_name}"))?;
+            let ip = IpAddr::V6(Ipv6Addr::from(key.data()));
+            out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
+        }
+        out.sort_by_key(|(cidr, _)| *cidr);
+        Ok(out)
+    }
+
+    /// Active entries with their remaining time.
+    pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<ListedEntry>> {
+        let now = clock::monotonic_ns();
+        Ok(self
+            .list_entries_raw(kind)?
+            .into_iter()
+            .filter(|(_, e)| e.origin == ORIGIN_MANUAL && e.is_active(now))
+            .map(|(cidr, e)| ListedEntry {
+                cidr: cidr.to_string(),
+                expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
+            })
+            .collect())
+    }
+
+    /// Deletes expired list entries (the kernel already ignores them). Returns how many.
+    pub fn sweep_expired(&self) -> anyhow::Result<usize> {
+        let now = clock::monotonic_ns();
+        let mut removed = 0;
+        for kind in [ListKind::Allow, ListKind::Block] {
+            let expired: Vec<Cidr> = self
+                .list_entries_raw(kind)?
+                .into_iter()
+                .filter(|(_, e)| !e.is_active(now))
+                .map(|(c, _)| c)
+                .collect();
+            if !expired.is_empty() {
+                removed += expired.len();
+                self.list_remove(kind, &expired)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Active automatic blocks (blocklist entries added by the program).
+    pub fn autoblocks(&self) -> anyhow::Result<Vec<ListedAutoBlock>> {
+        let rules = RuleTable::read(self)?;
+        let now = clock::monotonic_ns();
+        Ok(self
+            .list_entries_raw(ListKind::Block)?
+            .into_iter()
+            .filter(|(_, e)| e.origin == ORIGIN_AUTO && e.is_active(now))
+            .map(|(cidr, e)| ListedAutoBlock {
+                source: cidr.to_string(),
+                rule: rules.describe(u32::from(e.rule)),
+                over_limit: e.over_limit,
+                expires_in_secs: Duration::from_nanos(e.expires_at_ns.saturating_sub(now))
+                    .as_secs(),
+            })
+            .collect())
+    }
+
+    /// The prefix an automatic block of `cidr`'s address would have (the
+    /// address masked to the rate-limit aggregation prefix).
+    pub fn autoblock_prefix(&self, cidr: &Cidr) -> anyhow::Result<Cidr> {
+        let config = self.config()?;
+        Ok(match cidr {
+            Cidr::V4 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv4_source_prefix.min(32))),
+            Cidr::V6 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv6_source_prefix.min(128))),
+        })
+    }
+
+    /// Removes each prefix from the blocklist and lifts the automatic block
+    /// of each address, reading the list once. Fails, changing nothing, if a
+    /// token is neither listed nor automatically blocked. Returns the entries
+    /// removed.
+    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Vec<Cidr>> {
+        let entries = self.list_entries_raw(ListKind::Block)?;
+        let listed: HashSet<Cidr> = entries.iter().map(|(c, _)| *c).collect();
+        let now = clock::monotonic_ns();
+        let mut remove: Vec<Cidr> = Vec::new();
+        let mut seen = HashSet::new();
+        for cidr in cidrs {
+            let auto = self.autoblock_prefix(cidr)?;
+            let auto_active = entries
+                .iter()
+                .any(|(c, e)| *c == auto && e.origin == ORIGIN_AUTO && e.is_active(now));
+            let hits = [
+                listed.contains(cidr).then_some(*cidr),
+                auto_active.then_some(auto),
+            ];
+            if hits.iter().all(Option::is_none) {
+                return Err(Error::NotFound(format!(
+                    "{cidr} is neither on the blocklist nor automatically blocked; nothing was changed"
+                ))
+                .into());
+            }
+            for hit in hits.into_iter().flatten() {
+                if seen.insert(hit) {
+                    remove.push(hit);
+                }
+            }
+        }
+        self.list_remove(ListKind::Block, &remove)?;
+        Ok(remove)
+    }
+}
+
+/// Whether `new` keeps a source listed at least as long as `old` does and
+/// would change something (a permanent entry re-added permanently does not).
+fn lasts_longer(new: &ListEntry, old: &ListEntry) -> bool {
+    if old.origin != new.origin {
+        // An operator's entry takes over an automatic block of the same
+        // prefix only if it lasts at least as long.
+        return new.expires_at_ns == 0
+            || (old.expires_at_ns != 0 && new.expires_at_ns >= old.expires_at_ns);
+    }
+    match (new.expires_at_ns, old.expires_at_ns) {
+        (0, 0) => false,
+        (0, _) => true,
+        (_, 0) => false,
+        (new, old) => new > old,
+    }
+}
+
+/// Every stored entry of one family, keyed by (prefix length, address).
+fn existing<K: Pod + Eq + std::hash::Hash>(
+    trie: &LpmTrie<MapData, K, ListEntry>,
+    name: &str,
+) -> anyhow::Result<HashMap<(u32, K), ListEntry>> {
+    let mut out = HashMap::new();
+    for item in trie.iter() {
+        let (key, value) = item.with_context(|| format!("reading {name}"))?;
+        out.insert((key.prefix_len(), key.data()), value);
+    }
+    Ok(out)
+}
+
+fn count_new(records: &[Record], family: u8) -> usize {
+    records
+        .iter()
+        .filter(|r| r.family == family && r.previous.is_none())
+        .count()
+}
+
+fn prefix_u8(prefix_len: u32) -> u8 {
+    u8::try_from(prefix_len).unwrap_or(u8::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(expires_at_ns: u64, origin: u8) -> ListEntry {
+        ListEntry {
+            expires_at_ns,
+            origin,
+            ..ListEntry::default()
+        }
+    }
+
+    #[test]
+    fn later_expiry_wins() {
+        let permanent = entry(0, ORIGIN_MANUAL);
+        let short = entry(100, ORIGIN_MANUAL);
+        let long = entry(200, ORIGIN_MANUAL);
+        assert!(
+            !lasts_longer(&short, &permanent),
+            "a TTL never lifts a permanent block"
+        );
+        assert!(!lasts_longer(&permanent, &permanent), "nothing to change");
+        assert!(lasts_longer(&permanent, &short));
+        assert!(lasts_longer(&long, &short));
+        assert!(!lasts_longer(&short, &long));
+        assert!(!lasts_longer(&short, &short));
+        // An operator's block takes over an automatic one unless it is shorter.
+        assert!(lasts_longer(&permanent, &entry(100, ORIGIN_AUTO)));
+        assert!(lasts_longer(&long, &entry(100, ORIGIN_AUTO)));
+        assert!(!lasts_longer(&short, &entry(200, ORIGIN_AUTO)));
+    }
+}

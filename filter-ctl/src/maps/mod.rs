@@ -1,0 +1,169 @@
+//! Access to a loaded filter through its pins: open and lock them, typed map
+//! handles, list and rule I/O, one counters snapshot. Every command that
+//! edits or reads state goes through [`Filter`], from any process and any
+//! network namespace (bpffs is not namespaced).
+
+pub mod batch;
+pub mod counters;
+pub mod journal;
+pub mod lists;
+pub mod loader;
+pub mod lock;
+pub mod pins;
+pub mod rules;
+pub mod status;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::{
+    Pod,
+    maps::{Array, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
+};
+use filter_common::{Config, maps};
+
+use crate::error::Error;
+use lock::DirLock;
+use pins::PinDir;
+
+/// A loaded filter, reached through its pins.
+pub struct Filter {
+    pins: PinDir,
+    /// Exclusive lock on the maps directory while this handle edits maps, so
+    /// edits from several processes never interleave.
+    lock: Option<DirLock>,
+}
+
+impl Filter {
+    /// Opens the filter pinned under `pins` for reading.
+    pub fn open(pins: &PinDir) -> anyhow::Result<Self> {
+        pins.ensure_loaded()?;
+        Ok(Self {
+            pins: pins.clone(),
+            lock: None,
+        })
+    }
+
+    /// Opens the filter for editing: takes the edit lock (waiting at most
+    /// `timeout` for other editors), then completes the rollback of a list
+    /// load that an earlier process left unfinished.
+    pub fn open_for_edit(pins: &PinDir, timeout: Duration) -> anyhow::Result<Self> {
+        pins.ensure_loaded()?;
+        let lock = DirLock::acquire(&pins.maps_dir(), "the edit lock", timeout)?;
+        let filter = Self {
+            pins: pins.clone(),
+            lock: Some(lock),
+        };
+        if let Some(report) = journal::repair(&filter)? {
+            log::warn!("{report}");
+        }
+        Ok(filter)
+    }
+
+    /// Like [`Filter::open_for_edit`], but gives up at once (`None`) if
+    /// another process holds the edit lock: for the controller's periodic
+    /// work, which must never stall.
+    pub fn try_open_for_edit(pins: &PinDir) -> anyhow::Result<Option<Self>> {
+        pins.ensure_loaded()?;
+        let Some(lock) = DirLock::try_acquire(&pins.maps_dir())? else {
+            return Ok(None);
+        };
+        let filter = Self {
+            pins: pins.clone(),
+            lock: Some(lock),
+        };
+        if let Some(report) = journal::repair(&filter)? {
+            log::warn!("{report}");
+        }
+        Ok(Some(filter))
+    }
+
+    #[must_use]
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Whether this handle holds the edit lock.
+    #[must_use]
+    pub fn is_editing(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Opens one pinned map.
+    pub fn map(&self, name: &str) -> anyhow::Result<Map> {
+        let path = self.pins.map(name);
+        let data =
+            MapData::from_pin(&path).map_err(|e| open_error(e, &path.display().to_string()))?;
+        Map::from_map_data(data).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    /// The pinned map's raw handle (for batch syscalls and map info).
+    pub fn map_data(&self, name: &str) -> anyhow::Result<MapData> {
+        let path = self.pins.map(name);
+        MapData::from_pin(&path).map_err(|e| open_error(e, &path.display().to_string()))
+    }
+
+    pub fn lpm<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<LpmTrie<MapData, K, V>> {
+        LpmTrie::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected LPM trie"))
+    }
+
+    pub fn array<V: Pod>(&self, name: &str) -> anyhow::Result<Array<MapData, V>> {
+        Array::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected array"))
+    }
+
+    pub fn per_cpu_array<V: Pod>(&self, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
+        PerCpuArray::try_from(self.map(name)?)
+            .with_context(|| format!("map {name} is not the expected per-CPU array"))
+    }
+
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let config: Array<MapData, Config> = self.array(maps::CONFIG)?;
+        config.get(&0, 0).context("reading CONFIG")
+    }
+
+    /// Reads CONFIG, lets `edit` change it (or refuse, changing nothing) and
+    /// writes it back. Callers hold the edit lock. Returns the new CONFIG.
+    pub fn update_config(
+        &self,
+        edit: impl FnOnce(&mut Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Config> {
+        debug_assert!(self.is_editing(), "CONFIG edits need the edit lock");
+        let mut config: Array<MapData, Config> = self.array(maps::CONFIG)?;
+        let mut current = config.get(&0, 0).context("reading CONFIG")?;
+        edit(&mut current)?;
+        config.set(0, current, 0).context("writing CONFIG")?;
+        Ok(current)
+    }
+}
+
+/// The errno of a failed map syscall.
+#[must_use]
+pub fn errno(err: &MapError) -> Option<i32> {
+    match err {
+        MapError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Whether a map syscall failed because the map is full.
+#[must_use]
+pub fn is_full(err: &MapError) -> bool {
+    matches!(errno(err), Some(libc::ENOSPC | libc::E2BIG))
+}
+
+/// Turns EPERM/EACCES and ENOENT into typed errors that say what to do.
+fn open_error(err: MapError, what: &str) -> anyhow::Error {
+    match errno(&err) {
+        Some(libc::EPERM | libc::EACCES) => Error::Permission(format!(
+            "permission denied opening {what}: filter-ctl needs root (CAP_BPF and CAP_NET_ADMIN)"
+        ))
+        .into(),
+        Some(libc::ENOENT) => Error::NotLoaded(format!(
+            "{what} does not exist: no filter is loaded there; start one with `filter-ctl run --iface IF`"
+        ))
+        .into(),
+        _ => anyhow::Error::new(err).context(format!("opening {what}")),
+    }
+}

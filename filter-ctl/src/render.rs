@@ -1,0 +1,202 @@
+//! Every table and JSON document the commands print, in one place. JSON is
+//! for machines (tests included); the tables are for people and may change.
+
+use std::{
+    io::{self, Write as _},
+    time::Duration,
+};
+
+use filter_common::{CLOCK_COARSE, Config};
+use filter_ctl::{
+    maps::{
+        counters::Stats,
+        journal::Header,
+        lists::{ListedAutoBlock, ListedEntry},
+        rules::ListedRule,
+        status::Status,
+    },
+    spec::duration::format_duration,
+};
+use serde::Serialize;
+
+fn print_json(value: &impl Serialize, pretty: bool) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    if pretty {
+        serde_json::to_writer_pretty(&mut out, value)?;
+    } else {
+        serde_json::to_writer(&mut out, value)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// What `list` shows.
+#[derive(Serialize)]
+pub struct Listing {
+    #[serde(rename = "allowlist")]
+    pub allow: Vec<ListedEntry>,
+    #[serde(rename = "blocklist")]
+    pub block: Vec<ListedEntry>,
+    #[serde(rename = "autoblock")]
+    pub auto: Vec<ListedAutoBlock>,
+    /// A list change that was interrupted; the next edit rolls it back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Header>,
+}
+
+fn interrupted_line(header: &Header) -> String {
+    format!(
+        "INTERRUPTED: a change to the {} ({} entries, `{}`, pid {}) did not finish; the next edit (or `run`) rolls it back",
+        header.list, header.entries, header.command, header.pid
+    )
+}
+
+pub fn list(listing: &Listing, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(listing, true);
+    }
+    let mut out = io::stdout().lock();
+    if let Some(header) = &listing.interrupted {
+        writeln!(out, "{}", interrupted_line(header))?;
+    }
+    for (title, entries) in [("allowlist", &listing.allow), ("blocklist", &listing.block)] {
+        writeln!(out, "{title} ({}):", entries.len())?;
+        for e in entries {
+            match e.expires_in_secs {
+                Some(secs) => writeln!(
+                    out,
+                    "  {:<43} expires in {}",
+                    e.cidr,
+                    format_duration(Duration::from_secs(secs))
+                )?,
+                None => writeln!(out, "  {}", e.cidr)?,
+            }
+        }
+    }
+    writeln!(out, "autoblock ({}):", listing.auto.len())?;
+    for a in &listing.auto {
+        writeln!(
+            out,
+            "  {:<43} rule {:<14} {} over limit, expires in {}",
+            a.source,
+            a.rule,
+            a.over_limit,
+            format_duration(Duration::from_secs(a.expires_in_secs))
+        )?;
+    }
+    Ok(())
+}
+
+pub fn stats(stats: &Stats, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(stats, false);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{:<12} {:>14} {:>16}", "reason", "packets", "bytes")?;
+    for (name, c) in &stats.reasons {
+        writeln!(out, "{name:<12} {:>14} {:>16}", c.packets, c.bytes)?;
+    }
+    writeln!(out)?;
+    for (name, value) in &stats.tables {
+        writeln!(out, "{name:<18} {value:>14}")?;
+    }
+    Ok(())
+}
+
+pub fn status(status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(status, true);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "pins:       {} (layout v{})",
+        status.pin_dir.display(),
+        status.layout_version
+    )?;
+    match status.controller_pid {
+        Some(pid) => writeln!(out, "controller: running, pid {pid}")?,
+        None => writeln!(
+            out,
+            "controller: not running (the filter keeps enforcing; expired entries are swept by the kernel on lookup)"
+        )?,
+    }
+    if let Some(holder) = &status.edit_lock_holder {
+        writeln!(out, "edit lock:  held by {holder}")?;
+    }
+    if let Some(header) = &status.interrupted_change {
+        writeln!(out, "{}", interrupted_line(header))?;
+    }
+    writeln!(out, "interfaces ({}):", status.interfaces.len())?;
+    for iface in &status.interfaces {
+        let mode = iface.mode.as_deref().unwrap_or("mode unknown");
+        let program = iface
+            .program_id
+            .map_or_else(|| "no program".to_string(), |id| format!("program {id}"));
+        writeln!(
+            out,
+            "  {:<16} {:<9} {mode:<13} {program}",
+            iface.name, iface.state
+        )?;
+    }
+    Ok(())
+}
+
+pub fn rules(rules: &[ListedRule], config: &Config, json: bool) -> anyhow::Result<()> {
+    let clock = if config.rate_clock == CLOCK_COARSE {
+        "coarse"
+    } else {
+        "precise"
+    };
+    if json {
+        let value = serde_json::json!({
+            "rules": rules,
+            "clock": clock,
+            "ipv4_prefix": config.ipv4_source_prefix,
+            "ipv6_prefix": config.ipv6_source_prefix,
+        });
+        return print_json(&value, true);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "sources grouped by /{} (IPv4) and /{} (IPv6); {clock} clock",
+        config.ipv4_source_prefix, config.ipv6_source_prefix
+    )?;
+    writeln!(
+        out,
+        "{:<16} {:<6} {:>10} {:>10} {:>12} {:>12} {:>12}  extra",
+        "target", "action", "rate", "burst", "bytes/s", "passed", "dropped"
+    )?;
+    for r in rules {
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let mut extra = Vec::new();
+        if !r.only_from.is_empty() {
+            extra.push(format!("only-from {}", r.only_from.join(",")));
+        }
+        if let (Some(after), Some(window), Some(block_for)) = (
+            r.autoblock_after,
+            r.autoblock_window_secs,
+            r.autoblock_for_secs,
+        ) {
+            extra.push(format!(
+                "autoblock after {after} in {} for {}",
+                format_duration(Duration::from_secs_f64(window)),
+                format_duration(Duration::from_secs_f64(block_for))
+            ));
+        }
+        writeln!(
+            out,
+            "{:<16} {:<6} {:>10} {:>10} {:>12} {:>12} {:>12}  {}",
+            r.target,
+            r.action,
+            opt(r.rate),
+            opt(r.burst),
+            opt(r.bytes),
+            r.passed_packets,
+            r.dropped_packets,
+            extra.join("; ")
+        )?;
+    }
+    Ok(())
+}
