@@ -235,7 +235,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     // 2.5.5.2); it would also alias the IPv4 source's rate-limit bucket.
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let src: [u8; 16] = unsafe { (*ip).src };
-    if src[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+    if matches!(src, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ..]) {
         return Err(Malformed);
     }
     let mut packet = Packet {
