@@ -15,7 +15,9 @@ use crate::{
 
 /// Version of the maps' layout (names, types, keys, values, event records).
 /// Bump it with every incompatible change.
-pub const LAYOUT_VERSION: u32 = 3;
+///
+/// 4: ring-buffer records start with an [`EventHeader`](crate::EventHeader).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

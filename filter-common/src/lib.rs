@@ -24,7 +24,7 @@ pub mod stats;
 
 pub use abi::{LAYOUT_VERSION, capacity, maps};
 pub use config::{CLOCK_COARSE, CLOCK_PRECISE, Config};
-pub use events::AutoBlockEvent;
+pub use events::{AutoBlockEvent, EVENT_AUTOBLOCK, EventHeader};
 pub use lists::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL};
 pub use ratelimit::{
     Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,
@@ -47,6 +47,8 @@ mod pod {
     unsafe impl aya::Pod for super::BucketKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AutoBlockEvent {}
     // SAFETY: as above.

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
-use filter_common::{AutoBlockEvent, maps};
+use filter_common::{AutoBlockEvent, EventHeader, maps};
 use filter_ctl::{
     clock,
     duration::format_duration,
@@ -152,11 +152,23 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
     let config = filter.config().unwrap_or_default();
     let rules = RuleTable::read(filter).ok();
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<AutoBlockEvent>() {
+        if item.len() < size_of::<EventHeader>() {
             warn!("short event ({} bytes) ignored", item.len());
             continue;
         }
-        // SAFETY: the kernel wrote an AutoBlockEvent (checked length); read unaligned.
+        // SAFETY: the record holds at least a header (checked length); read unaligned.
+        let header: EventHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        // The only kind so far: automatic blocks.
+        if header != AutoBlockEvent::HEADER || item.len() < size_of::<AutoBlockEvent>() {
+            warn!(
+                "event of kind {} ({} bytes, header says {}) ignored",
+                header.kind,
+                item.len(),
+                header.len
+            );
+            continue;
+        }
+        // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
         let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rule = rules.as_ref().map_or_else(
             || format!("slot {}", event.rule),

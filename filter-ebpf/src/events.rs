@@ -1,4 +1,5 @@
-//! Records for user space in the `EVENTS` ring buffer (`filter_common::events`).
+//! Records for user space in the `EVENTS` ring buffer, each behind an
+//! `EventHeader` (`filter_common::events`).
 
 use filter_common::{AutoBlockEvent, Ipv6Bytes, table_stat};
 
@@ -14,6 +15,7 @@ pub fn autoblocked(
     expires_at_ns: u64,
 ) {
     let event = AutoBlockEvent {
+        header: AutoBlockEvent::HEADER,
         source: *source,
         rule,
         over_limit,
