@@ -1,6 +1,7 @@
 //! filter-ctl: the user-space side of the XDP filter. The binary's commands
 //! are thin wrappers around these modules; tests use them directly.
 
+pub mod abi;
 pub mod batch;
 pub mod cidr;
 pub mod clock;
