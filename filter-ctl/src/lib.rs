@@ -3,6 +3,7 @@
 //! → [`maps`] (pins, locks, map I/O) → [`spec`] (what users write,
 //! validated; pure) → `filter_common`.
 
+pub mod abi;
 pub mod clock;
 pub mod control;
 pub mod error;

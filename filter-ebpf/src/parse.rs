@@ -154,6 +154,7 @@ fn be16(bytes: [u8; 2]) -> u16 {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let mut ether_type = be16(unsafe { (*eth).ether_type });
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -161,6 +162,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
             break;
         }
         let vlan: *const VlanHdr = ptr_at(ctx, offset)?;
+        // SAFETY: `ptr_at` checked that the header lies inside the frame.
         ether_type = be16(unsafe { (*vlan).ether_type });
         offset += VLAN_HLEN;
     }
@@ -176,8 +178,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let version_ihl = unsafe { (*ip).version_ihl };
     let header_len = usize::from(version_ihl & 0x0f) * 4;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let total_len = usize::from(be16(unsafe { (*ip).total_len }));
     if version_ihl >> 4 != 4
         || header_len < size_of::<Ipv4Hdr>()
@@ -186,8 +190,11 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     {
         return Err(Malformed);
     }
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let src = unsafe { (*ip).src };
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let protocol = unsafe { (*ip).protocol };
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let frag = be16(unsafe { (*ip).flags_frag_off });
     let mut packet = Packet {
         is_v6: false,
@@ -214,8 +221,10 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let payload_len = usize::from(be16(unsafe { (*ip).payload_len }));
     // Version 6 only; payload length 0 would be a jumbogram, which XDP never sees legitimately.
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     if unsafe { (*ip).version_class_flow[0] } >> 4 != 6
         || payload_len == 0
         || !has_bytes(ctx, offset + IPV6_HLEN, payload_len)
@@ -224,13 +233,15 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     }
     // An IPv4-mapped source (::ffff:0:0/96) never appears on the wire (RFC 4291
     // 2.5.5.2); it would also alias the IPv4 source's rate-limit bucket.
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let src: [u8; 16] = unsafe { (*ip).src };
-    if src[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+    if matches!(src, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ..]) {
         return Err(Malformed);
     }
     let mut packet = Packet {
         is_v6: true,
         source: src,
+        // SAFETY: `ptr_at` checked that the header lies inside the frame.
         protocol: unsafe { (*ip).next_header },
         has_ports: false,
         dst_port: 0,
@@ -242,15 +253,18 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
         let ext_len = match packet.protocol {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let ext: *const Ipv6ExtHdr = ptr_at(ctx, next)?;
+                // SAFETY: `ptr_at` checked that the header lies inside the frame.
                 (usize::from(unsafe { (*ext).len }) + 1) * 8
             }
             IPPROTO_FRAGMENT => {
                 let frag: *const Ipv6FragHdr = ptr_at(ctx, next)?;
+                // SAFETY: `ptr_at` checked that the header lies inside the frame.
                 if be16(unsafe { (*frag).offset_flags }) & 0xfff8 != 0 {
                     // Non-first fragment: no transport header to read.
                     if remaining < size_of::<Ipv6FragHdr>() {
                         return Err(Malformed);
                     }
+                    // SAFETY: `ptr_at` checked that the header lies inside the frame.
                     packet.protocol = unsafe { (*frag).next_header };
                     return Ok(packet);
                 }
@@ -265,6 +279,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
             return Err(Malformed);
         }
         let ext: *const Ipv6ExtHdr = ptr_at(ctx, next)?;
+        // SAFETY: `ptr_at` checked that the header lies inside the frame.
         packet.protocol = unsafe { (*ext).next_header };
         remaining -= ext_len;
         next += ext_len;
@@ -302,6 +317,7 @@ fn parse_l4(
         IPPROTO_TCP => {
             // Data offset (upper nibble of byte 12) counts 32-bit words, at least 5.
             let data_offset: *const u8 = ptr_at(ctx, offset + 12)?;
+            // SAFETY: `ptr_at` checked that the header lies inside the frame.
             let header_len = usize::from(unsafe { *data_offset } >> 4) * 4;
             if header_len < 20 || header_len > ip_payload {
                 return Err(Malformed);
@@ -309,6 +325,7 @@ fn parse_l4(
         }
         IPPROTO_UDP => {
             let length: *const [u8; 2] = ptr_at(ctx, offset + 4)?;
+            // SAFETY: `ptr_at` checked that the header lies inside the frame.
             let udp_len = usize::from(be16(unsafe { *length }));
             if udp_len < 8 || udp_len > ip_payload {
                 return Err(Malformed);
@@ -317,6 +334,7 @@ fn parse_l4(
         _ => return Ok(()),
     }
     let ports: *const Ports = ptr_at(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
     packet.dst_port = be16(unsafe { (*ports).dst });
     packet.has_ports = true;
     Ok(())

@@ -8,3 +8,4 @@ pub mod frames;
 pub mod model;
 pub mod netns;
 pub mod progtest;
+pub mod rules;

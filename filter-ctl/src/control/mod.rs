@@ -16,7 +16,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use filter_common::{AutoBlockEvent, maps};
+use filter_common::{AutoBlockEvent, EventHeader, maps};
 use log::{info, warn};
 use tokio::{
     io::unix::AsyncFd,
@@ -398,11 +398,23 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
     let config = filter.config().unwrap_or_default();
     let rules = RuleTable::read(filter).ok();
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<AutoBlockEvent>() {
+        if item.len() < size_of::<EventHeader>() {
             warn!("short event ({} bytes) ignored", item.len());
             continue;
         }
-        // SAFETY: the kernel wrote an AutoBlockEvent (checked length); read unaligned.
+        // SAFETY: the record holds at least a header (checked length); read unaligned.
+        let header: EventHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        // The only kind so far: automatic blocks.
+        if header != AutoBlockEvent::HEADER || item.len() < size_of::<AutoBlockEvent>() {
+            warn!(
+                "event of kind {} ({} bytes, header says {}) ignored",
+                header.kind,
+                item.len(),
+                header.len
+            );
+            continue;
+        }
+        // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
         let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rule = rules.as_ref().map_or_else(
             || format!("slot {}", event.rule),

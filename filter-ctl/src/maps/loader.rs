@@ -67,6 +67,9 @@ impl fmt::Display for Mode {
 /// Loads the program, reusing maps already pinned under `pins` (so state
 /// survives a controller restart) and pinning the ones that are new.
 pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
+    crate::abi::check_object().context(
+        "the embedded XDP program does not match this build's ABI table (a build error)",
+    )?;
     pins.create()?;
     check_pinned_layout(pins)?;
     let maps_dir = pins.maps_dir();
@@ -133,49 +136,11 @@ fn is_permission(errno: Option<i32>) -> bool {
     matches!(errno, Some(libc::EPERM | libc::EACCES))
 }
 
-/// Key and value sizes of every map, as this build's program expects them.
-fn expected_layout() -> [(&'static str, usize, usize); 12] {
-    use filter_common::{
-        Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, OnlyFromBytes, RateRule,
-        RuleCounter,
-    };
-    let lpm = |data: usize| 4 + data;
-    [
-        (maps::STATS, 4, size_of::<Counter>()),
-        (maps::TABLE_STATS, 4, size_of::<u64>()),
-        (
-            maps::ALLOW_V4,
-            lpm(size_of::<Ipv4Bytes>()),
-            size_of::<ListEntry>(),
-        ),
-        (
-            maps::ALLOW_V6,
-            lpm(size_of::<Ipv6Bytes>()),
-            size_of::<ListEntry>(),
-        ),
-        (
-            maps::BLOCK_V4,
-            lpm(size_of::<Ipv4Bytes>()),
-            size_of::<ListEntry>(),
-        ),
-        (
-            maps::BLOCK_V6,
-            lpm(size_of::<Ipv6Bytes>()),
-            size_of::<ListEntry>(),
-        ),
-        (maps::CONFIG, 4, size_of::<Config>()),
-        (maps::RULES, 4, size_of::<RateRule>()),
-        (maps::RULE_STATS, 4, size_of::<RuleCounter>()),
-        (maps::PORT_RULE_INDEX, 4, size_of::<u32>()),
-        (maps::ONLY_FROM, lpm(size_of::<OnlyFromBytes>()), 1),
-        (maps::BUCKETS, size_of::<BucketKey>(), size_of::<Bucket>()),
-    ]
-}
-
 /// Refuses, with a hint, maps pinned by a build with another layout (the
 /// program would otherwise fail verification or misread them).
 fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
-    for (name, key_size, value_size) in expected_layout() {
+    for def in &filter_common::abi::MAPS {
+        let (name, key_size, value_size) = (def.name, def.key_size, def.value_size);
         let path = pins.map(name);
         if !path.exists() {
             continue;
@@ -185,7 +150,7 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
         let info = data
             .info()
             .with_context(|| format!("reading {}", path.display()))?;
-        if info.key_size() as usize != key_size || info.value_size() as usize != value_size {
+        if info.key_size() != key_size || info.value_size() != value_size {
             return Err(Error::Incompatible(format!(
                 "the map pinned at {} was made by another filter-ctl build (key/value {}/{} bytes, this build needs {key_size}/{value_size}); remove the old filter with `filter-ctl --pin-dir {} detach`",
                 path.display(),

@@ -30,8 +30,7 @@ pub const RUNTIME_ROOT: &str = "/run/filter-ctl";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 
-/// Bump when any map's key or value layout changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub use filter_common::abi::LAYOUT_VERSION;
 
 /// Name of the directory holding this build's pins: the layout version.
 #[must_use]

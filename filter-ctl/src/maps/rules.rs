@@ -93,10 +93,10 @@ impl RuleTable {
 
 fn only_from_key(slot: u32, cidr: &Cidr) -> Key<OnlyFromBytes> {
     let (addr, prefix) = cidr.mapped();
-    let mut data = [0u8; 20];
-    data[..4].copy_from_slice(&slot.to_be_bytes());
-    data[4..].copy_from_slice(&addr);
-    Key::new(32 + u32::from(prefix), data)
+    Key::new(
+        filter_common::ratelimit::only_from_prefix_len(prefix),
+        filter_common::only_from_key_data(slot, addr),
+    )
 }
 
 fn only_from_keys(

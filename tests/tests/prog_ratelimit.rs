@@ -1,62 +1,21 @@
-//! Table tests of port rules, rate limits and automatic blocks through
-//! `BPF_PROG_TEST_RUN`. Rates are set so low (one packet per 1000 s) that no
+//! Table tests of port rules and rate limits through `BPF_PROG_TEST_RUN`
+//! (`filter-ebpf/src/ratelimit.rs`): drop and only-from rules, source
+//! aggregation, packet and byte buckets, the limiter's clock and the
+//! tracking table. Rates are set so low (one packet per 1000 s) that no
 //! bucket refills while a test runs: a bucket lets exactly `burst` packets through.
 
 use std::time::Duration;
 
-use filter_common::{
-    ORIGIN_AUTO, RateRule, TICKS_PER_SEC,
-    reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, MALFORMED, PASS, PORT_DENIED, RATELIMIT},
-};
-use filter_ctl::spec::rule::{AutoblockSpec, LimitSpec};
+use filter_common::reason::{MALFORMED, PASS, PORT_DENIED, RATELIMIT};
+use filter_ctl::spec::rule::LimitSpec;
 use filter_tests::{
     frames::{self, Ext, Frame, Ipv4, L4, Udp, ip4, ip6, proto},
-    model::Model,
     progtest::{Case, ProgTest, run_cases, run_table, skip_unless_root},
+    rules::{
+        SLOW, XDP_DROP_ACTION, XDP_PASS_ACTION, assert_rule_counters, freeze, icmp4, tcp4, tcp6,
+        udp4, udp6,
+    },
 };
-
-/// Ticks one packet costs at one packet per 1000 s.
-const SLOW: u64 = 1000 * TICKS_PER_SEC;
-
-/// Makes the rule in `slot` let exactly `burst` packets per source through
-/// during the test (no refill).
-fn freeze(test: &ProgTest, slot: u32, burst: u64) {
-    test.patch_rule(slot, |rule: &mut RateRule| {
-        rule.packet_interval = SLOW;
-        rule.packet_tolerance = (burst - 1) * SLOW;
-    });
-}
-
-fn udp4(src: &str, port: u16) -> Vec<u8> {
-    Frame::ipv4(frames::udp4(ip4(src), port)).build()
-}
-
-fn tcp4(src: &str, port: u16) -> Vec<u8> {
-    Frame::ipv4(frames::tcp4(ip4(src), port)).build()
-}
-
-fn udp6(src: &str, port: u16) -> Vec<u8> {
-    Frame::ipv6(frames::udp6(ip6(src), port)).build()
-}
-
-fn tcp6(src: &str, port: u16) -> Vec<u8> {
-    Frame::ipv6(frames::tcp6(ip6(src), port)).build()
-}
-
-fn icmp4(src: &str) -> Vec<u8> {
-    Frame::ipv4(frames::icmp4(ip4(src))).build()
-}
-
-/// The model's rule counters agree with the kernel's for `slots`.
-fn assert_rule_counters(test: &ProgTest, model: &Model, slots: &[u32]) {
-    for &slot in slots {
-        assert_eq!(
-            test.rule_counters(slot),
-            model.rule_stats[slot as usize],
-            "rule counters of slot {slot}"
-        );
-    }
-}
 
 #[test]
 fn drop_and_only_from_rules() {
@@ -166,111 +125,6 @@ fn drop_and_only_from_rules() {
 }
 
 #[test]
-fn rate_limit_then_autoblock() {
-    if skip_unless_root("rate_limit_then_autoblock") {
-        return;
-    }
-    let test = ProgTest::new();
-    let hour = Duration::from_secs(3600);
-    let slot = test.limit(
-        "udp/5000",
-        &LimitSpec {
-            rate: Some(1),
-            burst: Some(3),
-            autoblock: Some(AutoblockSpec {
-                after: 2,
-                window: hour,
-                block_for: hour,
-            }),
-            ..Default::default()
-        },
-    );
-    freeze(&test, slot, 3);
-    let flooder = "198.18.20.1";
-    let flooder6 = "2001:db8:20::1";
-    let mut cases = Vec::new();
-    for i in 1..=3 {
-        cases.push(Case::new(
-            format!("packet {i} within the burst"),
-            udp4(flooder, 5000),
-            PASS,
-        ));
-    }
-    cases.extend([
-        Case::new("over the limit (1)", udp4(flooder, 5000), RATELIMIT),
-        Case::new("other port: no rule", udp4(flooder, 5001), PASS),
-        Case::new("over the limit (2): blocks", udp4(flooder, 5000), RATELIMIT),
-        Case::new("autoblocked: same port", udp4(flooder, 5000), AUTOBLOCK),
-        Case::new("autoblocked: other port", tcp4(flooder, 80), AUTOBLOCK),
-        Case::new("autoblocked: ICMP", icmp4(flooder), AUTOBLOCK),
-        Case::new(
-            "autoblocked: non-first fragment",
-            Frame::ipv4(
-                Ipv4::new(ip4(flooder), frames::DST4, L4::raw(proto::UDP, vec![1; 4]))
-                    .fragment(9, false),
-            )
-            .build(),
-            AUTOBLOCK,
-        ),
-        Case::new("neighbour: own bucket", udp4("198.18.20.2", 5000), PASS),
-    ]);
-    for i in 1..=3 {
-        cases.push(Case::new(
-            format!("IPv6 packet {i} within the burst (hosts of one /64)"),
-            udp6(&format!("2001:db8:20::{i}"), 5000),
-            PASS,
-        ));
-    }
-    cases.extend([
-        Case::new("IPv6 over the limit (1)", udp6(flooder6, 5000), RATELIMIT),
-        Case::new(
-            "IPv6 over the limit (2)",
-            udp6("2001:db8:20::ffff", 5000),
-            RATELIMIT,
-        ),
-        Case::new(
-            "IPv6 /64 autoblocked",
-            tcp6("2001:db8:20::abc", 443),
-            AUTOBLOCK,
-        ),
-        Case::new("IPv6 next /64", udp6("2001:db8:20:1::1", 5000), PASS),
-    ]);
-    let model = run_table(&test, &cases);
-    assert_rule_counters(&test, &model, &[0, slot]);
-    let auto: Vec<String> = test
-        .autoblocks()
-        .iter()
-        .map(|(c, e)| {
-            assert_eq!(e.origin, ORIGIN_AUTO);
-            assert_eq!(u32::from(e.rule), slot);
-            assert_eq!(e.over_limit, 2);
-            c.to_string()
-        })
-        .collect();
-    assert_eq!(auto, ["198.18.20.1/32", "2001:db8:20::/64"]);
-
-    // An allow entry beats the automatic block; the more specific automatic
-    // block beats a covering manual block.
-    test.allow(&[flooder]);
-    test.block(&["2001:db8:20::/48", "198.18.20.0/24"]);
-    let cases = vec![
-        Case::new("allowlisted flooder", udp4(flooder, 5000), ALLOWLIST),
-        Case::new(
-            "automatic /64 inside a manual /48: the operator's block takes precedence",
-            udp6(flooder6, 53),
-            BLOCKLIST,
-        ),
-        Case::new(
-            "manual /48 elsewhere",
-            udp6("2001:db8:20:5::1", 53),
-            BLOCKLIST,
-        ),
-        Case::new("manual /24", udp4("198.18.20.2", 5000), BLOCKLIST),
-    ];
-    run_table(&test, &cases);
-}
-
-#[test]
 fn default_rule_aggregation_and_bytes() {
     if skip_unless_root("default_rule_aggregation_and_bytes") {
         return;
@@ -377,113 +231,6 @@ fn default_rule_aggregation_and_bytes() {
     ];
     let model = run_table(&test, &cases);
     assert_rule_counters(&test, &model, &[default, open, bytes]);
-}
-
-/// The over-limit window restarts when an over-limit packet comes more than
-/// the window after its start; only a full count within one window blocks.
-#[test]
-fn autoblock_window_restarts() {
-    if skip_unless_root("autoblock_window_restarts") {
-        return;
-    }
-    let test = ProgTest::new();
-    let slot = test.limit(
-        "udp/7000",
-        &LimitSpec {
-            rate: Some(1),
-            burst: Some(1),
-            autoblock: Some(AutoblockSpec {
-                after: 3,
-                window: Duration::from_millis(300),
-                block_for: Duration::from_secs(3600),
-            }),
-            ..Default::default()
-        },
-    );
-    freeze(&test, slot, 1);
-    let src = "198.18.70.1";
-    let mut model = test.model();
-    run_cases(
-        &test,
-        &mut model,
-        &[
-            Case::new("within the burst", udp4(src, 7000), PASS),
-            Case::new("over (window starts, 1)", udp4(src, 7000), RATELIMIT),
-            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    run_cases(
-        &test,
-        &mut model,
-        &[
-            Case::new("over, window restarted (1)", udp4(src, 7000), RATELIMIT),
-            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
-            Case::new("over (3): blocked", udp4(src, 7000), RATELIMIT),
-            Case::new("autoblocked", udp4(src, 7000), AUTOBLOCK),
-        ],
-    );
-}
-
-/// After an automatic block expires the entry is dropped on the next lookup
-/// and the source meets its (still exhausted) limit again.
-#[test]
-fn autoblock_expires() {
-    if skip_unless_root("autoblock_expires") {
-        return;
-    }
-    let test = ProgTest::new();
-    let slot = test.limit(
-        "udp/7001",
-        &LimitSpec {
-            rate: Some(1),
-            burst: Some(1),
-            autoblock: Some(AutoblockSpec {
-                after: 2,
-                window: Duration::from_secs(3600),
-                block_for: Duration::from_millis(200),
-            }),
-            ..Default::default()
-        },
-    );
-    freeze(&test, slot, 1);
-    let src = "198.18.71.1";
-    let mut model = test.model();
-    run_cases(
-        &test,
-        &mut model,
-        &[
-            Case::new("within the burst", udp4(src, 7001), PASS),
-            Case::new("over (1)", udp4(src, 7001), RATELIMIT),
-            Case::new("over (2): blocked", udp4(src, 7001), RATELIMIT),
-            Case::new("autoblocked", icmp4(src), AUTOBLOCK),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(400));
-    run_cases(
-        &test,
-        &mut model,
-        &[
-            Case::new("block expired: other traffic passes", icmp4(src), PASS),
-            Case::new(
-                "block expired: over the limit (1, counting afresh)",
-                udp4(src, 7001),
-                RATELIMIT,
-            ),
-            Case::new(
-                "over the limit (2): blocked again",
-                udp4(src, 7001),
-                RATELIMIT,
-            ),
-            Case::new("blocked again", udp4(src, 7001), AUTOBLOCK),
-        ],
-    );
-    let blocks = test.autoblocks();
-    assert_eq!(
-        blocks.len(),
-        1,
-        "the expired automatic block is gone and exactly one new one is stored: {blocks:?}"
-    );
 }
 
 /// A packet the byte bucket refuses charges neither bucket: after 3 passed
@@ -614,9 +361,6 @@ fn coarse_clock_limits_the_same() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(test.run(&frame), XDP_PASS_ACTION, "refilled after 200 ms");
 }
-
-const XDP_DROP_ACTION: u32 = 1;
-const XDP_PASS_ACTION: u32 = 2;
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: what `bpf_ktime_get_coarse_ns` reads.
 fn coarse_now_ns() -> u64 {

@@ -1,0 +1,196 @@
+//! The program's interface to user space in one table: every map's name,
+//! type, key size and value size, and the layout version they make up.
+//!
+//! The program embeds [`LAYOUT_VERSION`] (symbol [`LAYOUT_VERSION_SYMBOL`]
+//! in section [`LAYOUT_VERSION_SECTION`]); user space pins the maps under
+//! `v{LAYOUT_VERSION}`, so a changed layout never reuses an old pin, and a
+//! test checks the built object against [`MAPS`].
+
+use core::mem::size_of;
+
+use crate::{
+    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, OnlyFromBytes, RateRule,
+    RuleCounter,
+};
+
+/// Version of the maps' layout (names, types, keys, values, event records).
+/// Bump it with every incompatible change.
+///
+/// 4: ring-buffer records start with an [`EventHeader`](crate::EventHeader).
+pub const LAYOUT_VERSION: u32 = 4;
+
+/// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
+pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
+/// ELF section of [`LAYOUT_VERSION_SYMBOL`]: a section of its own, which the
+/// loader ignores (a `.rodata` one would become a map).
+pub const LAYOUT_VERSION_SECTION: &str = "filter_abi";
+
+/// BPF map types the program uses (`enum bpf_map_type` values).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapType {
+    Array = 2,
+    PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
+    RingBuf = 27,
+}
+
+impl MapType {
+    /// The kernel's `bpf_map_type` number.
+    #[must_use]
+    pub const fn raw(self) -> u32 {
+        self as u32
+    }
+
+    /// The type with kernel number `raw`, if the program uses it.
+    #[must_use]
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            2 => Some(Self::Array),
+            6 => Some(Self::PerCpuArray),
+            9 => Some(Self::LruHash),
+            11 => Some(Self::LpmTrie),
+            27 => Some(Self::RingBuf),
+            _ => None,
+        }
+    }
+}
+
+/// One map of the program, as its ELF definition states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    pub name: &'static str,
+    pub map_type: MapType,
+    /// Bytes of a key (LPM tries: the 4-byte prefix length plus the data;
+    /// ring buffers: 0).
+    pub key_size: u32,
+    /// Bytes of a value (per-CPU maps: of one CPU's value; ring buffers: 0).
+    pub value_size: u32,
+}
+
+const fn size<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
+const fn array<V>(name: &'static str) -> MapDef {
+    MapDef {
+        name,
+        map_type: MapType::Array,
+        key_size: size::<u32>(),
+        value_size: size::<V>(),
+    }
+}
+
+const fn per_cpu_array<V>(name: &'static str) -> MapDef {
+    MapDef {
+        map_type: MapType::PerCpuArray,
+        ..array::<V>(name)
+    }
+}
+
+const fn lpm_trie<K, V>(name: &'static str) -> MapDef {
+    MapDef {
+        name,
+        map_type: MapType::LpmTrie,
+        key_size: size::<u32>() + size::<K>(),
+        value_size: size::<V>(),
+    }
+}
+
+/// Map names, shared so that user space finds what the program defines.
+pub mod maps {
+    pub const STATS: &str = "STATS";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    pub const CONFIG: &str = "CONFIG";
+    pub const RULES: &str = "RULES";
+    pub const RULE_STATS: &str = "RULE_STATS";
+    pub const PORT_RULE_INDEX: &str = "PORT_RULE_INDEX";
+    pub const ONLY_FROM: &str = "ONLY_FROM";
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const TABLE_STATS: &str = "TABLE_STATS";
+
+    /// Every map, in the order user space pins and removes them (the order of [`super::MAPS`]).
+    pub const ALL: [&str; super::MAPS.len()] = {
+        let mut names = [""; super::MAPS.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = super::MAPS[i].name;
+            i += 1;
+        }
+        names
+    };
+}
+
+/// Every map of the program, in the order user space pins and removes them.
+pub const MAPS: [MapDef; 13] = [
+    per_cpu_array::<Counter>(maps::STATS),
+    lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
+    lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
+    lpm_trie::<Ipv4Bytes, ListEntry>(maps::BLOCK_V4),
+    lpm_trie::<Ipv6Bytes, ListEntry>(maps::BLOCK_V6),
+    array::<Config>(maps::CONFIG),
+    array::<RateRule>(maps::RULES),
+    per_cpu_array::<RuleCounter>(maps::RULE_STATS),
+    array::<u32>(maps::PORT_RULE_INDEX),
+    lpm_trie::<OnlyFromBytes, u8>(maps::ONLY_FROM),
+    MapDef {
+        name: maps::BUCKETS,
+        map_type: MapType::LruHash,
+        key_size: size::<BucketKey>(),
+        value_size: size::<Bucket>(),
+    },
+    MapDef {
+        name: maps::EVENTS,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+    },
+    per_cpu_array::<u64>(maps::TABLE_STATS),
+];
+
+/// The table entry of the map called `name`.
+#[must_use]
+pub fn map(name: &str) -> Option<&'static MapDef> {
+    MAPS.iter().find(|m| m.name == name)
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// Each name once.
+const _: () = {
+    let mut i = 0;
+    while i < MAPS.len() {
+        let mut j = i + 1;
+        while j < MAPS.len() {
+            assert!(!str_eq(MAPS[i].name, MAPS[j].name), "duplicate map name");
+            j += 1;
+        }
+        i += 1;
+    }
+};
+
+/// Default capacities (user space may override them at load time).
+pub mod capacity {
+    pub const LIST_ENTRIES: u32 = 1_048_576;
+    pub const BUCKETS: u32 = 1_048_576;
+    pub const ONLY_FROM: u32 = 16_384;
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+}

@@ -1,0 +1,36 @@
+//! Global settings: the single entry of `CONFIG`.
+
+use core::mem::{offset_of, size_of};
+
+/// Global settings, one entry in `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Prefix length IPv4 sources are aggregated to for rate limits (default 32).
+    pub ipv4_source_prefix: u32,
+    /// Prefix length IPv6 sources are aggregated to for rate limits (default 64).
+    pub ipv6_source_prefix: u32,
+    /// Entries in `ALLOW_V4` / `ALLOW_V6`, kept by user space (the only writer
+    /// of the allowlists): while 0 the program skips the allowlist lookup.
+    /// Raised before entries are added, lowered after they are removed.
+    pub allow_v4_entries: u32,
+    pub allow_v6_entries: u32,
+    /// Clock of the rate limiter: [`CLOCK_PRECISE`] (default) or [`CLOCK_COARSE`].
+    pub rate_clock: u32,
+    pub _pad: u32,
+}
+
+/// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond.
+pub const CLOCK_PRECISE: u32 = 0;
+/// Rate limiter clock: `bpf_ktime_get_coarse_ns`, the time of the last timer
+/// tick (1-4 ms old): much cheaper to read; a source may get up to one tick's
+/// worth of packets above its burst, never more on average.
+pub const CLOCK_COARSE: u32 = 1;
+
+const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
+const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
+const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
+const _: () = assert!(offset_of!(Config, allow_v6_entries) == 12);
+const _: () = assert!(offset_of!(Config, rate_clock) == 16);
+const _: () = assert!(offset_of!(Config, _pad) == 20);

@@ -1,0 +1,54 @@
+//! Allow and block lists (`ALLOW_V4`, `ALLOW_V6`, `BLOCK_V4`, `BLOCK_V6`):
+//! LPM tries keyed by network-order addresses.
+
+use core::mem::{offset_of, size_of};
+
+/// Address of an IPv4 LPM key (network order).
+pub type Ipv4Bytes = [u8; 4];
+/// Address of an IPv6 LPM key (network order).
+pub type Ipv6Bytes = [u8; 16];
+
+/// Value of an allowlist or blocklist entry.
+///
+/// Automatic blocks live in the blocklist tries too (origin
+/// [`ORIGIN_AUTO`], keyed by the aggregated source prefix), so a packet costs
+/// one blocklist lookup for both; the more specific entry decides the reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListEntry {
+    /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
+    pub expires_at_ns: u64,
+    /// The entry's own prefix length, so the program can delete it once expired
+    /// (a lookup returns only the value, and an expired longest match would
+    /// otherwise hide shorter prefixes).
+    pub prefix_len: u8,
+    /// [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`].
+    pub origin: u8,
+    /// For automatic blocks: the rule slot whose limit was exceeded.
+    pub rule: u16,
+    /// For automatic blocks: over-limit packets in the window that triggered it.
+    pub over_limit: u32,
+}
+
+/// Entry added by an operator (`filter-ctl block`/`allow`).
+pub const ORIGIN_MANUAL: u8 = 0;
+/// Entry added by the program: a source that kept exceeding its limit.
+pub const ORIGIN_AUTO: u8 = 1;
+
+impl ListEntry {
+    /// Whether the entry still applies at `now_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        self.expires_at_ns == 0 || now_ns < self.expires_at_ns
+    }
+}
+
+const _: () = assert!(size_of::<ListEntry>() == 16);
+const _: () = assert!(offset_of!(ListEntry, expires_at_ns) == 0);
+const _: () = assert!(offset_of!(ListEntry, prefix_len) == 8);
+const _: () = assert!(offset_of!(ListEntry, origin) == 9);
+const _: () = assert!(offset_of!(ListEntry, rule) == 10);
+const _: () = assert!(offset_of!(ListEntry, over_limit) == 12);
+// `ListEntry::rule` holds a rule slot: every slot must fit.
+const _: () = assert!(crate::MAX_RULES - 1 <= u16::MAX as u32);

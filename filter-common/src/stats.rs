@@ -1,0 +1,44 @@
+//! Counters: per reason (`STATS`), per rule (`RULE_STATS`) and about the
+//! program's own tables (`TABLE_STATS`).
+
+use core::mem::{offset_of, size_of};
+
+/// Packet and byte counter (per CPU in the kernel, summed in user space).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-rule counters (per CPU), indexed by rule slot in `RULE_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// Packets the rule let through.
+    pub passed: Counter,
+    /// Packets the rule dropped (over the limit, port closed, or source not allowed).
+    pub dropped: Counter,
+}
+
+/// Indexes of `TABLE_STATS` (per-CPU `u64` counters about the program's own tables).
+pub mod table_stat {
+    /// New buckets created in `BUCKETS`. Evictions = inserts - live entries
+    /// (buckets are never deleted, only evicted by the LRU).
+    pub const BUCKET_INSERTS: u32 = 0;
+    /// Sources put on the automatic block list.
+    pub const AUTOBLOCKS: u32 = 1;
+    /// Automatic-block events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 2;
+    /// Automatic blocks that could not be added (blocklist full).
+    pub const AUTOBLOCKS_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(offset_of!(Counter, packets) == 0);
+const _: () = assert!(offset_of!(Counter, bytes) == 8);
+
+const _: () = assert!(size_of::<RuleCounter>() == 32);
+const _: () = assert!(offset_of!(RuleCounter, passed) == 0);
+const _: () = assert!(offset_of!(RuleCounter, dropped) == 16);

@@ -1,0 +1,85 @@
+//! Atomic updates of 64-bit map words shared by all CPUs.
+//!
+//! The BPF target offers no `AtomicU64::compare_exchange`; the kernel has
+//! BPF_CMPXCHG, reached through the `atomic_cxchg` intrinsic. Aligned 64-bit
+//! loads and stores are single instructions: volatile suffices for them.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
+use filter_common::Bucket;
+
+/// Attempts at a contended compare-and-swap before giving up.
+pub const CAS_ATTEMPTS: usize = 4;
+
+/// A `u64` inside a map value that other CPUs update concurrently.
+#[derive(Clone, Copy)]
+pub struct SharedWord(*mut u64);
+
+/// The four words of a bucket.
+pub struct BucketWords {
+    pub packet_tat: SharedWord,
+    pub byte_tat: SharedWord,
+    pub window_start_ns: SharedWord,
+    pub over_limit: SharedWord,
+}
+
+impl BucketWords {
+    /// # Safety
+    /// `bucket` points to a map value, valid and 8-byte aligned for the rest
+    /// of the program's run.
+    #[inline(always)]
+    pub unsafe fn new(bucket: *mut Bucket) -> Self {
+        // SAFETY: `bucket` is valid (caller); taking a field's address reads
+        // nothing, and every field is an aligned u64 (offsets asserted in
+        // filter-common).
+        unsafe {
+            Self {
+                packet_tat: SharedWord(&raw mut (*bucket).packet_tat),
+                byte_tat: SharedWord(&raw mut (*bucket).byte_tat),
+                window_start_ns: SharedWord(&raw mut (*bucket).window_start_ns),
+                over_limit: SharedWord(&raw mut (*bucket).over_limit),
+            }
+        }
+    }
+}
+
+impl SharedWord {
+    #[inline(always)]
+    pub fn load(self) -> u64 {
+        // SAFETY: valid and aligned for the program's run (`BucketWords::new`).
+        unsafe { self.0.read_volatile() }
+    }
+
+    #[inline(always)]
+    pub fn store(self, value: u64) {
+        // SAFETY: as in `load`.
+        unsafe { self.0.write_volatile(value) }
+    }
+
+    /// Replaces `current` by `new` if the word still holds `current`; whether it did.
+    #[inline(always)]
+    pub fn compare_exchange(self, current: u64, new: u64) -> bool {
+        // SAFETY: as in `load`.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                self.0, current, new,
+            )
+        };
+        swapped
+    }
+
+    /// Atomically adds one and returns the new value (0 if every attempt lost a race).
+    /// A compare-and-swap loop, not `atomic_xadd`: with this toolchain the
+    /// fetched value of `atomic_xadd` came back wrong (the differential test
+    /// caught the missed automatic blocks).
+    #[inline(always)]
+    pub fn increment(self) -> u64 {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.load();
+            if self.compare_exchange(current, current + 1) {
+                return current + 1;
+            }
+        }
+        0
+    }
+}

@@ -1,0 +1,76 @@
+//! Automatic blocks: a source that keeps exceeding its limit goes on the
+//! blocklist for a while.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use filter_common::{Config, Ipv6Bytes, ListEntry, ORIGIN_AUTO, RateRule, table_stat};
+
+use crate::{
+    atomic::BucketWords,
+    events,
+    maps::{BLOCK_V4, BLOCK_V6},
+    parse::Packet,
+    stats::bump_table_stat,
+};
+
+/// `-EEXIST`, as map helpers return it.
+const EEXIST: i32 = -17;
+
+/// Count an over-limit packet in the rule's window; the packet that reaches
+/// the threshold puts the source's prefix on the blocklist as an automatic block.
+#[inline(always)]
+pub fn note_over_limit(
+    bucket: &BucketWords,
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    config: Option<&Config>,
+    source: &Ipv6Bytes,
+    now: u64,
+) {
+    let start = bucket.window_start_ns.load();
+    if start == 0 || now.wrapping_sub(start) > rule.autoblock_window_ns {
+        // New window. Racy with other CPUs by design: at worst a few packets
+        // are counted in the old window.
+        bucket.window_start_ns.store(now);
+        bucket.over_limit.store(0);
+    }
+    let seen = bucket.over_limit.increment();
+    if seen < u64::from(rule.autoblock_after) {
+        return;
+    }
+    // Threshold reached: block, and start counting afresh, so that after the
+    // block ends (or an operator lifts it) the source needs another
+    // `autoblock_after` over-limit packets to be blocked again.
+    bucket.window_start_ns.store(now);
+    bucket.over_limit.store(0);
+    let mut entry = ListEntry {
+        expires_at_ns: now + rule.autoblock_for_ns,
+        prefix_len: 0,
+        origin: ORIGIN_AUTO,
+        // Fits: MAX_RULES <= 65536 is asserted in filter-common.
+        rule: slot as u16,
+        over_limit: rule.autoblock_after,
+    };
+    // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
+    let inserted = if packet.is_v6 {
+        let bits = config.map_or(64, |c| c.ipv6_source_prefix);
+        entry.prefix_len = bits as u8;
+        BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
+    } else {
+        let bits = config.map_or(32, |c| c.ipv4_source_prefix);
+        entry.prefix_len = bits as u8;
+        let v4 = [source[12], source[13], source[14], source[15]];
+        BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
+    };
+    match inserted {
+        Ok(()) => {}
+        // Another CPU blocked the source a moment ago.
+        Err(EEXIST) => return,
+        Err(_) => {
+            bump_table_stat(table_stat::AUTOBLOCKS_FAILED);
+            return;
+        }
+    }
+    bump_table_stat(table_stat::AUTOBLOCKS);
+    events::autoblocked(source, slot, rule.autoblock_after, now, entry.expires_at_ns);
+}

@@ -1,0 +1,48 @@
+//! The program's maps. Names, types and key and value sizes are listed in
+//! `filter_common::abi::MAPS`; the `abi` test checks the built object against it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use filter_common::{
+    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
+    PORT_INDEX_ENTRIES, RateRule, RuleCounter, capacity, reason, table_stat,
+};
+
+/// Packets and bytes per verdict reason.
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
+/// Counters about the program's own tables (`table_stat::*`).
+#[map]
+pub static TABLE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(table_stat::COUNT, 0);
+
+#[map]
+pub static ALLOW_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+#[map]
+pub static ALLOW_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+/// Operators' blocks and automatic blocks.
+#[map]
+pub static BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+#[map]
+pub static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+/// Rate rules by slot; slot 0 is the default per-source limit.
+#[map]
+pub static RULES: Array<RateRule> = Array::pinned(MAX_RULES, 0);
+#[map]
+pub static RULE_STATS: PerCpuArray<RuleCounter> = PerCpuArray::pinned(MAX_RULES, 0);
+/// (protocol, destination port) -> rule slot; 0 = no port rule.
+#[map]
+pub static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
+/// (rule slot, source prefix) pairs allowed by `--only-from` rules.
+#[map]
+pub static ONLY_FROM: LpmTrie<OnlyFromBytes, u8> = LpmTrie::pinned(capacity::ONLY_FROM, 0);
+/// GCRA state per (rule, aggregated source).
+#[map]
+pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
+/// Records for user space (`filter_common::events`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

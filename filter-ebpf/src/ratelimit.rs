@@ -1,0 +1,238 @@
+//! Port rules and per-source rate limits: the rule for a packet, `only-from`
+//! sets, source aggregation, and GCRA buckets shared by all CPUs.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use filter_common::{
+    Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS,
+    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, TICKS_PER_NS,
+    only_from_key_data, reason, table_stat,
+};
+
+use crate::{
+    atomic::{BucketWords, CAS_ATTEMPTS, SharedWord},
+    autoblock,
+    clock::CoarseClock,
+    maps::{BUCKETS, ONLY_FROM, PORT_RULE_INDEX, RULES},
+    parse::{self, Packet},
+    stats::bump_table_stat,
+};
+
+/// The rule for this packet: its destination port's rule if there is one,
+/// else the default rule (slot 0), if set.
+#[inline(always)]
+pub fn rule_for(packet: &Packet) -> (u32, Option<&'static RateRule>) {
+    let port_base = match (packet.protocol, packet.has_ports) {
+        (parse::IPPROTO_TCP, true) => Some(0),
+        (parse::IPPROTO_UDP, true) => Some(PORT_INDEX_UDP_BASE),
+        _ => None,
+    };
+    if let Some(base) = port_base {
+        let slot = PORT_RULE_INDEX
+            .get(base + u32::from(packet.dst_port))
+            .copied()
+            .unwrap_or(DEFAULT_RULE);
+        // A slot without a rule (being rewritten) falls back to the default.
+        if let Some(rule) = RULES
+            .get(slot)
+            .filter(|r| slot != DEFAULT_RULE && r.action != 0)
+        {
+            return (slot, Some(rule));
+        }
+    }
+    (
+        DEFAULT_RULE,
+        RULES.get(DEFAULT_RULE).filter(|r| r.action != 0),
+    )
+}
+
+/// The verdict of the rule in `slot` on this packet.
+#[inline(always)]
+pub fn apply_rule(
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    config: Option<&Config>,
+    len: u64,
+    clock: &mut CoarseClock,
+) -> u32 {
+    if rule.action == RULE_DROP {
+        return reason::PORT_DENIED;
+    }
+    if rule.action != RULE_LIMIT {
+        return reason::PASS;
+    }
+    if rule.flags & RULE_FLAG_ONLY_FROM != 0 && !only_from_allows(slot, packet) {
+        return reason::PORT_DENIED;
+    }
+    if rule.packet_interval == 0 && rule.byte_interval == 0 {
+        return reason::PASS;
+    }
+    let source = aggregated_source(packet, config);
+    // The rate limiter's clock: bpf_ktime_get_ns unless `limit clock coarse`.
+    let now_ns = match config {
+        Some(c) if c.rate_clock == CLOCK_COARSE => clock.now(),
+        // SAFETY: a BPF helper without arguments or preconditions.
+        _ => unsafe { bpf_ktime_get_ns() },
+    };
+    if within_limit(slot, rule, packet, config, &source, len, now_ns) {
+        reason::PASS
+    } else {
+        reason::RATELIMIT
+    }
+}
+
+#[inline(always)]
+fn only_from_allows(slot: u32, packet: &Packet) -> bool {
+    let data = only_from_key_data(slot, packet.source);
+    ONLY_FROM.get(Key::new(ONLY_FROM_KEY_BITS, data)).is_some()
+}
+
+/// The source as a rate-limit key: IPv4-mapped, masked to the configured prefix.
+#[inline(always)]
+fn aggregated_source(packet: &Packet, config: Option<&Config>) -> Ipv6Bytes {
+    if packet.is_v6 {
+        let prefix = config.map_or(64, |c| c.ipv6_source_prefix);
+        let hi = u64::from_be_bytes(head8(&packet.source));
+        let lo = u64::from_be_bytes(tail8(&packet.source));
+        let (hi, lo) = mask128(hi, lo, prefix);
+        join16(hi.to_be_bytes(), lo.to_be_bytes())
+    } else {
+        let prefix = config.map_or(32, |c| c.ipv4_source_prefix);
+        let v4 = u32::from_be_bytes(packet.source_v4()) & mask32(prefix);
+        let [a, b, c, d] = v4.to_be_bytes();
+        let s = &packet.source;
+        // The IPv4-mapped prefix, as the parser wrote it.
+        [
+            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], a, b, c, d,
+        ]
+    }
+}
+
+#[inline(always)]
+fn head8(a: &Ipv6Bytes) -> [u8; 8] {
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]
+}
+
+#[inline(always)]
+fn tail8(a: &Ipv6Bytes) -> [u8; 8] {
+    [a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]
+}
+
+#[inline(always)]
+fn join16(hi: [u8; 8], lo: [u8; 8]) -> Ipv6Bytes {
+    [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ]
+}
+
+#[inline(always)]
+fn mask32(prefix: u32) -> u32 {
+    if prefix == 0 {
+        0
+    } else if prefix >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+#[inline(always)]
+fn mask64(prefix: u32) -> u64 {
+    if prefix == 0 {
+        0
+    } else if prefix >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - prefix)
+    }
+}
+
+#[inline(always)]
+fn mask128(hi: u64, lo: u64, prefix: u32) -> (u64, u64) {
+    if prefix >= 64 {
+        (hi, lo & mask64(prefix - 64))
+    } else {
+        (hi & mask64(prefix), 0)
+    }
+}
+
+/// GCRA check of one (rule, source); over-limit packets feed the automatic block.
+#[inline(always)]
+fn within_limit(
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    config: Option<&Config>,
+    source: &Ipv6Bytes,
+    len: u64,
+    now_ns: u64,
+) -> bool {
+    let key = BucketKey {
+        rule: slot,
+        source: *source,
+    };
+    let now = now_ns.wrapping_mul(TICKS_PER_NS);
+    let Some(bucket) = bucket_for(&key) else {
+        // Table insert failed (should not happen with an LRU): fail open, counted as pass.
+        return true;
+    };
+    let byte_cost = len.wrapping_mul(rule.byte_interval);
+    // SAFETY: `bucket_for` returns a live map value.
+    let words = unsafe { BucketWords::new(bucket) };
+    // Look at the byte bucket before charging anything, so that a packet the
+    // byte limit refuses does not use up the packet allowance.
+    let ok = (rule.byte_interval == 0 || conforms(words.byte_tat, now, rule.byte_tolerance))
+        && (rule.packet_interval == 0
+            || gcra(
+                words.packet_tat,
+                now,
+                rule.packet_interval,
+                rule.packet_tolerance,
+            ))
+        && (rule.byte_interval == 0 || gcra(words.byte_tat, now, byte_cost, rule.byte_tolerance));
+    if !ok && rule.autoblock_after != 0 {
+        autoblock::note_over_limit(&words, slot, rule, packet, config, source, now_ns);
+    }
+    ok
+}
+
+/// The bucket of `key`, created if missing. The pointer is valid, and 8-byte
+/// aligned, for the rest of the program's run (map values are RCU-protected).
+#[inline(always)]
+fn bucket_for(key: &BucketKey) -> Option<*mut Bucket> {
+    if let Some(bucket) = BUCKETS.get_ptr_mut(key) {
+        return Some(bucket);
+    }
+    // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
+    if BUCKETS.insert(key, Bucket::default(), 1).is_ok() {
+        bump_table_stat(table_stat::BUCKET_INSERTS);
+    }
+    BUCKETS.get_ptr_mut(key)
+}
+
+/// Whether a packet arriving `now` conforms to the bucket, without charging it.
+#[inline(always)]
+fn conforms(tat: SharedWord, now: u64, tolerance: u64) -> bool {
+    let current = tat.load();
+    current <= now || current - now <= tolerance
+}
+
+/// Generic cell rate algorithm on one theoretical arrival time (TAT):
+/// conforming if `tat <= now + tolerance`; then `tat = max(tat, now) + cost`.
+/// Returns whether the packet conforms.
+#[inline(always)]
+fn gcra(tat: SharedWord, now: u64, cost: u64, tolerance: u64) -> bool {
+    for _ in 0..CAS_ATTEMPTS {
+        let current = tat.load();
+        let base = if current > now { current } else { now };
+        if base - now > tolerance {
+            return false;
+        }
+        if tat.compare_exchange(current, base + cost) {
+            return true;
+        }
+    }
+    // Lost every race: the source is flooding from several CPUs at once.
+    false
+}

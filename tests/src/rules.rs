@@ -1,0 +1,60 @@
+//! Helpers shared by the rule table tests (`prog_ratelimit`, `prog_autoblock`,
+//! `prog_events`): frames from a source text, and rules frozen so that no
+//! bucket refills while a test runs.
+
+use filter_common::{RateRule, TICKS_PER_SEC};
+
+use crate::{
+    frames::{self, Frame, ip4, ip6},
+    model::Model,
+    progtest::ProgTest,
+};
+
+/// Ticks one packet costs at one packet per 1000 s.
+pub const SLOW: u64 = 1000 * TICKS_PER_SEC;
+
+/// Makes the rule in `slot` let exactly `burst` packets per source through
+/// during the test (no refill).
+pub fn freeze(test: &ProgTest, slot: u32, burst: u64) {
+    test.patch_rule(slot, |rule: &mut RateRule| {
+        rule.packet_interval = SLOW;
+        rule.packet_tolerance = (burst - 1) * SLOW;
+    });
+}
+
+pub fn udp4(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv4(frames::udp4(ip4(src), port)).build()
+}
+
+pub fn tcp4(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv4(frames::tcp4(ip4(src), port)).build()
+}
+
+pub fn udp6(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv6(frames::udp6(ip6(src), port)).build()
+}
+
+pub fn tcp6(src: &str, port: u16) -> Vec<u8> {
+    Frame::ipv6(frames::tcp6(ip6(src), port)).build()
+}
+
+pub fn icmp4(src: &str) -> Vec<u8> {
+    Frame::ipv4(frames::icmp4(ip4(src))).build()
+}
+
+/// The model's rule counters agree with the kernel's for `slots`.
+pub fn assert_rule_counters(test: &ProgTest, model: &Model, slots: &[u32]) {
+    for &slot in slots {
+        assert_eq!(
+            test.rule_counters(slot),
+            model.rule_stats[slot as usize],
+            "rule counters of slot {slot}"
+        );
+    }
+}
+
+/// `XDP_DROP`, as a test run returns it.
+pub const XDP_DROP_ACTION: u32 = 1;
+
+/// `XDP_PASS`, as a test run returns it.
+pub const XDP_PASS_ACTION: u32 = 2;

@@ -1,0 +1,230 @@
+//! Table tests of automatic blocks through `BPF_PROG_TEST_RUN`
+//! (`filter-ebpf/src/autoblock.rs`): the over-limit window, the block, its
+//! precedence against the lists, and its expiry. Rates are set so low (one
+//! packet per 1000 s) that no bucket refills while a test runs: a bucket
+//! lets exactly `burst` packets through.
+
+use std::time::Duration;
+
+use filter_common::{
+    ORIGIN_AUTO,
+    reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
+};
+use filter_ctl::spec::rule::{AutoblockSpec, LimitSpec};
+use filter_tests::{
+    frames::{self, Frame, Ipv4, L4, ip4, proto},
+    progtest::{Case, ProgTest, run_cases, run_table, skip_unless_root},
+    rules::{assert_rule_counters, freeze, icmp4, tcp4, tcp6, udp4, udp6},
+};
+
+#[test]
+fn rate_limit_then_autoblock() {
+    if skip_unless_root("rate_limit_then_autoblock") {
+        return;
+    }
+    let test = ProgTest::new();
+    let hour = Duration::from_secs(3600);
+    let slot = test.limit(
+        "udp/5000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(3),
+            autoblock: Some(AutoblockSpec {
+                after: 2,
+                window: hour,
+                block_for: hour,
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 3);
+    let flooder = "198.18.20.1";
+    let flooder6 = "2001:db8:20::1";
+    let mut cases = Vec::new();
+    for i in 1..=3 {
+        cases.push(Case::new(
+            format!("packet {i} within the burst"),
+            udp4(flooder, 5000),
+            PASS,
+        ));
+    }
+    cases.extend([
+        Case::new("over the limit (1)", udp4(flooder, 5000), RATELIMIT),
+        Case::new("other port: no rule", udp4(flooder, 5001), PASS),
+        Case::new("over the limit (2): blocks", udp4(flooder, 5000), RATELIMIT),
+        Case::new("autoblocked: same port", udp4(flooder, 5000), AUTOBLOCK),
+        Case::new("autoblocked: other port", tcp4(flooder, 80), AUTOBLOCK),
+        Case::new("autoblocked: ICMP", icmp4(flooder), AUTOBLOCK),
+        Case::new(
+            "autoblocked: non-first fragment",
+            Frame::ipv4(
+                Ipv4::new(ip4(flooder), frames::DST4, L4::raw(proto::UDP, vec![1; 4]))
+                    .fragment(9, false),
+            )
+            .build(),
+            AUTOBLOCK,
+        ),
+        Case::new("neighbour: own bucket", udp4("198.18.20.2", 5000), PASS),
+    ]);
+    for i in 1..=3 {
+        cases.push(Case::new(
+            format!("IPv6 packet {i} within the burst (hosts of one /64)"),
+            udp6(&format!("2001:db8:20::{i}"), 5000),
+            PASS,
+        ));
+    }
+    cases.extend([
+        Case::new("IPv6 over the limit (1)", udp6(flooder6, 5000), RATELIMIT),
+        Case::new(
+            "IPv6 over the limit (2)",
+            udp6("2001:db8:20::ffff", 5000),
+            RATELIMIT,
+        ),
+        Case::new(
+            "IPv6 /64 autoblocked",
+            tcp6("2001:db8:20::abc", 443),
+            AUTOBLOCK,
+        ),
+        Case::new("IPv6 next /64", udp6("2001:db8:20:1::1", 5000), PASS),
+    ]);
+    let model = run_table(&test, &cases);
+    assert_rule_counters(&test, &model, &[0, slot]);
+    let auto: Vec<String> = test
+        .autoblocks()
+        .iter()
+        .map(|(c, e)| {
+            assert_eq!(e.origin, ORIGIN_AUTO);
+            assert_eq!(u32::from(e.rule), slot);
+            assert_eq!(e.over_limit, 2);
+            c.to_string()
+        })
+        .collect();
+    assert_eq!(auto, ["198.18.20.1/32", "2001:db8:20::/64"]);
+
+    // An allow entry beats the automatic block; the more specific automatic
+    // block beats a covering manual block.
+    test.allow(&[flooder]);
+    test.block(&["2001:db8:20::/48", "198.18.20.0/24"]);
+    let cases = vec![
+        Case::new("allowlisted flooder", udp4(flooder, 5000), ALLOWLIST),
+        Case::new(
+            "automatic /64 inside a manual /48: the operator's block takes precedence",
+            udp6(flooder6, 53),
+            BLOCKLIST,
+        ),
+        Case::new(
+            "manual /48 elsewhere",
+            udp6("2001:db8:20:5::1", 53),
+            BLOCKLIST,
+        ),
+        Case::new("manual /24", udp4("198.18.20.2", 5000), BLOCKLIST),
+    ];
+    run_table(&test, &cases);
+}
+
+/// The over-limit window restarts when an over-limit packet comes more than
+/// the window after its start; only a full count within one window blocks.
+#[test]
+fn autoblock_window_restarts() {
+    if skip_unless_root("autoblock_window_restarts") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "udp/7000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 3,
+                window: Duration::from_millis(300),
+                block_for: Duration::from_secs(3600),
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 1);
+    let src = "198.18.70.1";
+    let mut model = test.model();
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("within the burst", udp4(src, 7000), PASS),
+            Case::new("over (window starts, 1)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("over, window restarted (1)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (2)", udp4(src, 7000), RATELIMIT),
+            Case::new("over (3): blocked", udp4(src, 7000), RATELIMIT),
+            Case::new("autoblocked", udp4(src, 7000), AUTOBLOCK),
+        ],
+    );
+}
+
+/// After an automatic block expires the entry is dropped on the next lookup
+/// and the source meets its (still exhausted) limit again.
+#[test]
+fn autoblock_expires() {
+    if skip_unless_root("autoblock_expires") {
+        return;
+    }
+    let test = ProgTest::new();
+    let slot = test.limit(
+        "udp/7001",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 2,
+                window: Duration::from_secs(3600),
+                block_for: Duration::from_millis(200),
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, slot, 1);
+    let src = "198.18.71.1";
+    let mut model = test.model();
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("within the burst", udp4(src, 7001), PASS),
+            Case::new("over (1)", udp4(src, 7001), RATELIMIT),
+            Case::new("over (2): blocked", udp4(src, 7001), RATELIMIT),
+            Case::new("autoblocked", icmp4(src), AUTOBLOCK),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    run_cases(
+        &test,
+        &mut model,
+        &[
+            Case::new("block expired: other traffic passes", icmp4(src), PASS),
+            Case::new(
+                "block expired: over the limit (1, counting afresh)",
+                udp4(src, 7001),
+                RATELIMIT,
+            ),
+            Case::new(
+                "over the limit (2): blocked again",
+                udp4(src, 7001),
+                RATELIMIT,
+            ),
+            Case::new("blocked again", udp4(src, 7001), AUTOBLOCK),
+        ],
+    );
+    let blocks = test.autoblocks();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "the expired automatic block is gone and exactly one new one is stored: {blocks:?}"
+    );
+}
