@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use filter_ctl::{
-    error::{ExitCode, exit_code},
+    error::{ExitCode, excerpt, exit_code},
     maps::pins::DEFAULT_PIN_DIR,
     spec::duration::parse_duration,
 };
@@ -109,11 +109,31 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    refuse_oversized_arguments();
     let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(err) = dispatch(cli) {
         eprintln!("filter-ctl: error: {err:#}");
         std::process::exit(i32::from(exit_code(&err).code()));
+    }
+}
+
+/// Longest command-line argument accepted, in bytes: longer is never an
+/// address, a duration or a path, and would be echoed whole in errors.
+const MAX_ARGUMENT: usize = 4096;
+
+/// Refuses (exit code 2) an argument over [`MAX_ARGUMENT`] bytes, quoting
+/// only its start, before clap would echo it.
+fn refuse_oversized_arguments() {
+    for (position, arg) in std::env::args_os().enumerate().skip(1) {
+        if arg.len() > MAX_ARGUMENT {
+            eprintln!(
+                "filter-ctl: error: argument {position} is {} bytes long (at most {MAX_ARGUMENT}): '{}'",
+                arg.len(),
+                excerpt(&arg.to_string_lossy(), 80)
+            );
+            std::process::exit(i32::from(ExitCode::BadInput.code()));
+        }
     }
 }
 

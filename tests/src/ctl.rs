@@ -89,7 +89,7 @@ fn build_binary(cargo: PathBuf, profile_dir: &Path) {
 /// One filter instance under its own pin directory
 /// (`/sys/fs/bpf/ft-<tag>-<pid>-<n>`). On drop it runs `detach` (which
 /// removes the pins) if the pin directory still exists, and removes the
-/// controller lock file that `run` leaves in `/run/filter-ctl`. Checking
+/// runtime directory that `run` and editors keep in `/run/filter-ctl`. Checking
 /// that nothing is left is the test's job: see [`Ctl::detach_and_check`].
 #[derive(Debug)]
 pub struct Ctl {
@@ -188,12 +188,26 @@ impl Ctl {
         self.json(&["list", "--json"])
     }
 
+    /// `status --json`.
+    #[must_use]
+    pub fn status_json(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
     /// Starts `run --iface IF…` inside `ns` and waits (at most
-    /// [`ATTACH_TIMEOUT`]) until it reports every interface attached.
+    /// [`ATTACH_TIMEOUT`]) until `status` shows it running with every
+    /// interface attached.
     #[must_use]
     pub fn run_background(&self, ns: &NetNs, ifaces: &[&str]) -> Controller {
+        self.run_background_with(ns, ifaces, &[])
+    }
+
+    /// [`Ctl::run_background`] with more `run` options.
+    #[must_use]
+    pub fn run_background_with(&self, ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> Controller {
         let mut command = self.run_command(ns, ifaces);
         command
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -204,9 +218,8 @@ impl Ctl {
         let stderr = child.stderr.take().expect("piped stderr");
         let out_log = Arc::new(Mutex::new(String::new()));
         let err_log = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines) = mpsc::channel();
         let readers = vec![
-            pump(stdout, Arc::clone(&out_log), Some(lines_tx)),
+            pump(stdout, Arc::clone(&out_log), None),
             pump(stderr, Arc::clone(&err_log), None),
         ];
         let mut controller = Controller {
@@ -216,26 +229,42 @@ impl Ctl {
             readers,
         };
         let deadline = Instant::now() + ATTACH_TIMEOUT;
-        let mut attached = 0;
-        while attached < ifaces.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("filter-ctl: attached to") => attached += 1,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "`filter-ctl run` did not attach within {ATTACH_TIMEOUT:?}:\n{}",
+        loop {
+            if !controller.is_running() {
+                let status = controller.wait_exit(Duration::from_secs(5));
+                panic!(
+                    "`filter-ctl run` exited ({status:?}) before attaching:\n{}",
                     controller.output()
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = controller.wait_exit(Duration::from_secs(5));
-                    panic!(
-                        "`filter-ctl run` exited ({status:?}) before attaching:\n{}",
-                        controller.output()
-                    );
-                }
+                );
             }
+            if self.is_running_on(controller.pid(), ifaces) {
+                return controller;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`filter-ctl run` did not attach within {ATTACH_TIMEOUT:?}:\n{}",
+                controller.output()
+            );
+            thread::sleep(Duration::from_millis(20));
         }
-        controller
+    }
+
+    /// Whether `status` shows the controller `pid` with every interface attached.
+    fn is_running_on(&self, pid: u32, ifaces: &[&str]) -> bool {
+        let out = self.cmd(&["status", "--json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return false;
+        };
+        let attached = |name: &str| {
+            status["interfaces"].as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|i| i["name"] == name && i["state"] == "attached")
+            })
+        };
+        status["controller_pid"] == pid && ifaces.iter().all(|i| attached(i))
     }
 
     /// Runs `run ARGS` inside `ns` to completion (killed after `timeout`),
@@ -309,16 +338,54 @@ impl Ctl {
         );
     }
 
-    /// The lock file `run` keeps in /run/filter-ctl for this pin directory.
-    fn lock_file(&self) -> PathBuf {
+    /// The runtime directory `run` and the editors keep in /run/filter-ctl
+    /// for this pin directory (controller state, journal).
+    #[must_use]
+    pub fn runtime_dir(&self) -> PathBuf {
         let name: String = self
             .pin_dir
             .to_string_lossy()
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        PathBuf::from("/run/filter-ctl").join(format!("{name}.lock"))
+        PathBuf::from("/run/filter-ctl").join(name)
     }
+
+    /// Runs the CLI as the unprivileged user `nobody` (uid and gid 65534,
+    /// no supplementary groups), from a copy of the binary that user can
+    /// execute.
+    #[must_use]
+    pub fn cmd_as_nobody(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(nobody_binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(args)
+            .env_remove("FILTER_CTL_PIN_DIR");
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("running {command:?}: {e}"))
+    }
+}
+
+/// A copy of the binary in a directory every user can reach (the build
+/// directory may sit below a root-only home).
+fn nobody_binary() -> &'static Path {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("filter-ctl-nobody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the copy's directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("opening the copy's directory");
+        let copy = dir.join("filter-ctl");
+        std::fs::copy(binary(), &copy).expect("copying filter-ctl");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("making the copy executable");
+        copy
+    })
 }
 
 impl Drop for Ctl {
@@ -333,7 +400,7 @@ impl Drop for Ctl {
                 );
             }
         }
-        std::fs::remove_file(self.lock_file()).ok();
+        std::fs::remove_dir_all(self.runtime_dir()).ok();
     }
 }
 

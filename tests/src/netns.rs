@@ -213,6 +213,17 @@ impl Lab {
             dst,
             net,
         };
+        lab.create_link();
+        lab.add_src(IpAddr::V4(lab.src_v4()));
+        lab.add_src(IpAddr::V6(lab.src_v6()));
+        allow_ping_sockets(&lab.src);
+        lab
+    }
+
+    /// Creates the veth pair, the destination's addresses and the source's
+    /// neighbour entries, and brings both ends up.
+    fn create_link(&self) {
+        let lab = self;
         ip(&[
             "link",
             "add",
@@ -259,10 +270,16 @@ impl Lab {
                 "permanent",
             ]);
         }
-        lab.add_src(IpAddr::V4(lab.src_v4()));
-        lab.add_src(IpAddr::V6(lab.src_v6()));
-        allow_ping_sockets(&lab.src);
-        lab
+    }
+
+    /// Deletes the veth pair and creates it again with the same names and
+    /// addresses, as a flapping interface would (source addresses added
+    /// with [`Lab::add_src`] other than the primary ones must be added again).
+    pub fn recreate_link(&self) {
+        self.dst.ip(&["link", "del", &self.dst_if]);
+        self.create_link();
+        self.add_src(IpAddr::V4(self.src_v4()));
+        self.add_src(IpAddr::V6(self.src_v6()));
     }
 
     /// 198.18.0.0/15's address `host` in this lab's /24.

@@ -126,6 +126,9 @@ impl Journal {
     pub fn begin(filter: &Filter, list: ListKind, records: &[Record]) -> anyhow::Result<Self> {
         let dir = filter.pins().create_runtime_dir()?;
         let path = dir.join(FILE);
+        // Written aside and renamed into place: a journal is whole or absent,
+        // even if this process is killed while writing it.
+        let tmp = dir.join(format!("{FILE}.tmp"));
         let header = Header {
             pid: std::process::id(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -135,8 +138,8 @@ impl Journal {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let file = File::create(&path)
-            .with_context(|| format!("creating the journal {}", path.display()))?;
+        let file = File::create(&tmp)
+            .with_context(|| format!("creating the journal {}", tmp.display()))?;
         let mut out = BufWriter::new(file);
         serde_json::to_writer(&mut out, &header).context("writing the journal header")?;
         out.write_all(b"\n").context("writing the journal")?;
@@ -145,7 +148,10 @@ impl Journal {
                 .context("writing the journal")?;
         }
         out.flush()
-            .with_context(|| format!("writing the journal {}", path.display()))?;
+            .with_context(|| format!("writing the journal {}", tmp.display()))?;
+        drop(out);
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("putting the journal {} in place", path.display()))?;
         Ok(Self { path })
     }
 

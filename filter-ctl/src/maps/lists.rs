@@ -435,11 +435,7 @@ impl Filter {
     /// The prefix an automatic block of `cidr`'s address would have (the
     /// address masked to the rate-limit aggregation prefix).
     pub fn autoblock_prefix(&self, cidr: &Cidr) -> anyhow::Result<Cidr> {
-        let config = self.config()?;
-        Ok(match cidr {
-            Cidr::V4 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv4_source_prefix.min(32))),
-            Cidr::V6 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv6_source_prefix.min(128))),
-        })
+        Ok(autoblock_prefix(cidr, &self.config()?))
     }
 
     /// Removes each prefix from the blocklist and lifts the automatic block
@@ -449,14 +445,20 @@ impl Filter {
     pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Vec<Cidr>> {
         let entries = self.list_entries_raw(ListKind::Block)?;
         let listed: HashSet<Cidr> = entries.iter().map(|(c, _)| *c).collect();
-        let now = clock::monotonic_ns();
+        let auto_blocked: HashSet<Cidr> = {
+            let now = clock::monotonic_ns();
+            entries
+                .iter()
+                .filter(|(_, e)| e.origin == ORIGIN_AUTO && e.is_active(now))
+                .map(|(c, _)| *c)
+                .collect()
+        };
+        let config = self.config()?;
         let mut remove: Vec<Cidr> = Vec::new();
         let mut seen = HashSet::new();
         for cidr in cidrs {
-            let auto = self.autoblock_prefix(cidr)?;
-            let auto_active = entries
-                .iter()
-                .any(|(c, e)| *c == auto && e.origin == ORIGIN_AUTO && e.is_active(now));
+            let auto = autoblock_prefix(cidr, &config);
+            let auto_active = auto_blocked.contains(&auto);
             let hits = [
                 listed.contains(cidr).then_some(*cidr),
                 auto_active.then_some(auto),
@@ -475,6 +477,15 @@ impl Filter {
         }
         self.list_remove(ListKind::Block, &remove)?;
         Ok(remove)
+    }
+}
+
+/// The prefix an automatic block of `cidr`'s address has: the address
+/// masked to the rate-limit aggregation prefix.
+fn autoblock_prefix(cidr: &Cidr, config: &filter_common::Config) -> Cidr {
+    match cidr {
+        Cidr::V4 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv4_source_prefix.min(32))),
+        Cidr::V6 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv6_source_prefix.min(128))),
     }
 }
 

@@ -193,6 +193,8 @@ impl PinDir {
             ))
             .into());
         }
+        // Check what exists before creating below it, then what was created.
+        self.check_secure()?;
         create_private_dirs(&self.maps_dir())?;
         self.check_secure()
     }
@@ -402,25 +404,39 @@ fn warn_if_world_writable(mount_point: &Path) {
     }
 }
 
+/// Inode of the initial mount namespace on kernels that give the initial
+/// namespaces fixed inode numbers (`PROC_MNT_INIT_INO`).
+const PROC_MNT_INIT_INO: u64 = 0xEFFF_FFF8;
+
 /// The bpffs the filter pins into belongs to another mount namespace than
-/// the init one (a private mount namespace, a container without the host's
-/// bpffs): its pins, and with them the enforcement, end with that namespace.
-/// Returns a description of the problem, or `None` when the pins are the
-/// host's (or this cannot be told).
+/// the init one (a private mount namespace, a service with
+/// `PrivateMounts=`): its pins, and with them the enforcement, end with
+/// that namespace. Returns a description of the problem, or `None` when the
+/// pins are the host's.
 #[must_use]
 pub fn private_bpffs(path: &Path) -> Option<String> {
     let ours = fs::metadata("/proc/self/ns/mnt").ok()?.ino();
-    let init = fs::metadata("/proc/1/ns/mnt").ok()?.ino();
-    if ours == init {
-        return None;
-    }
     let mount = mount_point_of(path);
-    let here = fs::metadata(&mount).ok()?.dev();
-    let init_view = Path::new("/proc/1/root").join(mount.strip_prefix("/").unwrap_or(&mount));
-    match fs::metadata(&init_view) {
-        Ok(meta) if meta.dev() == here => None,
-        _ => Some(format!(
-            "the bpffs at {} belongs to this process's mount namespace, not the host's: the pins (and the filter) end with this namespace",
+    match fs::metadata("/proc/1/ns/mnt") {
+        Ok(init) if init.ino() == ours => None,
+        Ok(_) => {
+            // Another namespace than init's: fine if init sees the same bpffs.
+            let here = fs::metadata(&mount).ok()?.dev();
+            let init_view =
+                Path::new("/proc/1/root").join(mount.strip_prefix("/").unwrap_or(&mount));
+            match fs::metadata(&init_view) {
+                Ok(meta) if meta.dev() == here => None,
+                _ => Some(format!(
+                    "the bpffs at {} belongs to this process's mount namespace, not the host's: the pins (and the filter) end with this namespace",
+                    mount.display()
+                )),
+            }
+        }
+        // Init's namespace is out of sight (another PID namespace, or no
+        // access): trust the kernel's fixed inode of the initial namespace.
+        Err(_) if ours == PROC_MNT_INIT_INO => None,
+        Err(_) => Some(format!(
+            "this process runs in a mount namespace other than the host's, so the bpffs at {} may be private to it: its pins (and the filter) would end with that namespace",
             mount.display()
         )),
     }
