@@ -19,15 +19,17 @@ use filter_common::{
     RuleCounter, maps, reason,
 };
 use filter_ctl::{
-    maps::loader::{self, Capacities, PROGRAM},
-    maps::pins::PinDir,
-    maps::rules,
     maps::{
-        Filter,
-        lists::{ListKind, Merge},
+        Filter, ListKind,
+        lists::Merge,
+        loader::{self, Capacities, PROGRAM},
+        pins::PinDir,
+        rules,
     },
-    spec::cidr::Cidr,
-    spec::rule::{LimitSpec, Target},
+    spec::{
+        cidr::Cidr,
+        rule::{LimitSpec, Target},
+    },
 };
 
 use crate::model::{ListItem, Model};

@@ -16,7 +16,7 @@ use std::{
 
 use filter_common::{Counter, ORIGIN_AUTO, RateRule, TICKS_PER_SEC, reason, table_stat};
 use filter_ctl::{
-    maps::lists::ListKind,
+    maps::ListKind,
     maps::loader::Capacities,
     spec::rule::{AutoblockSpec, LimitSpec},
 };

@@ -261,7 +261,7 @@ fn expiring_entries() {
     // Expired entries the program met are gone from the maps.
     let left: Vec<String> = test
         .reader()
-        .list_entries_raw(filter_ctl::maps::lists::ListKind::Block)
+        .list_entries_raw(filter_ctl::maps::ListKind::Block)
         .expect("reading the blocklist")
         .iter()
         .map(|(c, _)| c.to_string())
@@ -303,7 +303,7 @@ fn five_nested_expired_entries() {
     let frame = Frame::ipv4(frames::udp4(ip4("198.18.9.0"), 53)).build();
     let stored = || -> Vec<String> {
         test.reader()
-            .list_entries_raw(filter_ctl::maps::lists::ListKind::Block)
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
             .expect("reading the blocklist")
             .iter()
             .map(|(c, _)| c.to_string())

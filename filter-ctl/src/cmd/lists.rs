@@ -5,8 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use filter_ctl::{
     error::Error,
     maps::{
-        journal,
-        lists::{InsertReport, ListKind, Merge},
+        ListKind, journal,
+        lists::{InsertReport, Merge},
     },
     spec::{
         cidr::{Cidr, mapped_note},

@@ -23,7 +23,7 @@ use aya::maps::lpm_trie::Key;
 use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry};
 use serde::{Deserialize, Serialize};
 
-use super::{Filter, lists::ListKind, lock::DirLock, pins::PinDir};
+use super::{Filter, ListKind, lock::DirLock, pins::PinDir};
 
 const FILE: &str = "journal";
 const RECORD: usize = 36;

@@ -20,35 +20,11 @@ use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL,
 use serde::Serialize;
 
 use super::{
-    Filter, batch,
+    Filter, ListKind, batch,
     journal::{Journal, Record},
     rules::RuleTable,
 };
 use crate::{clock, error::Error, spec::cidr::Cidr};
-
-/// Which address list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListKind {
-    Allow,
-    Block,
-}
-
-impl ListKind {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Allow => "allowlist",
-            Self::Block => "blocklist",
-        }
-    }
-
-    fn map_names(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Allow => (maps::ALLOW_V4, maps::ALLOW_V6),
-            Self::Block => (maps::BLOCK_V4, maps::BLOCK_V6),
-        }
-    }
-}
 
 /// What to do with an entry that is already on the list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

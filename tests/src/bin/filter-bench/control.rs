@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, ensure};
 use filter_ctl::{
     maps::loader::Capacities,
-    maps::{Filter, lists::ListKind},
+    maps::{Filter, ListKind},
 };
 use filter_tests::netns::{Lab, in_netns};
 
