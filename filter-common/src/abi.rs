@@ -17,7 +17,10 @@ use crate::{
 /// Bump it with every incompatible change.
 ///
 /// 4: ring-buffer records start with an [`EventHeader`](crate::EventHeader).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: two `RULES` slots per rule ([`RULE_SLOTS`](crate::RULE_SLOTS) entries),
+/// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
+/// events name rule ids.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

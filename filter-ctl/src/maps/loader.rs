@@ -176,9 +176,11 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
         .ipv4_source_prefix
         == 0
     {
+        // The default rule starts in its first slot (empty: no default limit).
         let defaults = Config {
             ipv4_source_prefix: 32,
             ipv6_source_prefix: 64,
+            default_rule_slot: filter_common::DEFAULT_RULE,
             ..Config::default()
         };
         config.set(0, defaults, 0).context("writing CONFIG")?;
