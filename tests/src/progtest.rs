@@ -245,6 +245,17 @@ impl ProgTest {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
     }
 
+    /// Packets counted under `reason` on each CPU.
+    #[must_use]
+    pub fn reason_packets_per_cpu(&self, reason: u32) -> Vec<u64> {
+        self.stats
+            .get(&reason, 0)
+            .expect("reading STATS")
+            .iter()
+            .map(|c| c.packets)
+            .collect()
+    }
+
     /// Every reason's counter, summed over CPUs.
     #[must_use]
     pub fn stats(&self) -> ReasonCounters {
