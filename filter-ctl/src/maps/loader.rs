@@ -160,6 +160,16 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
             ))
             .into());
         }
+        if def.entries != 0 && info.max_entries() != def.entries {
+            return Err(Error::Incompatible(format!(
+                "the map pinned at {} was made by another filter-ctl build ({} entries, this build needs {}); remove the old filter with `filter-ctl --pin-dir {} detach`",
+                path.display(),
+                info.max_entries(),
+                def.entries,
+                pins.root().display()
+            ))
+            .into());
+        }
     }
     Ok(())
 }
