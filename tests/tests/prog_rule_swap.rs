@@ -325,7 +325,7 @@ fn only_from_sets_switch_with_their_rule() {
         .iter()
         .find(|r| r.target == name)
         .expect("the rule is listed");
-    let last = if run.rewrites % 2 == 0 {
+    let last = if run.rewrites.is_multiple_of(2) {
         &mine
     } else {
         &theirs
