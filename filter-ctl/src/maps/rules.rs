@@ -294,6 +294,11 @@ pub fn set(
     // slot, so the new set is complete before any packet can see the new
     // rule, and the old set stays until no packet can see the old one.
     let next = other_slot(live);
+    if table.slots[next as usize].action != 0 {
+        // An earlier edit switched away from it and died before its wait:
+        // wait now, before rewriting it.
+        barrier()?;
+    }
     write_only_from(&mut only_from, next, &spec.only_from)?;
     if let Err(e) = rules.set(next, rule, 0) {
         let _ = clear_only_from(&mut only_from, next);
@@ -309,9 +314,11 @@ pub fn set(
         Target::Port { .. } => point_index(filter, target, next),
     };
     if let Err(e) = switched {
-        // The old slot is untouched; a partly switched range goes back.
+        // The old slot is untouched; a partly switched range goes back, and
+        // the next edit may rewrite `next` only once no packet holds it.
         if matches!(target, Target::Port { .. }) {
             let _ = point_index(filter, target, live);
+            let _ = barrier();
         }
         return Err(e);
     }
