@@ -268,7 +268,7 @@ pub fn set(
         }
         let id = table.free_id().ok_or_else(|| {
             Error::MapFull(format!(
-                "all {} port-rule slots are in use; remove a rule first",
+                "all {} port-rule ids are in use; remove a rule first",
                 MAX_RULES - 1
             ))
         })?;
