@@ -9,15 +9,18 @@
 use core::mem::size_of;
 
 use crate::{
-    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, OnlyFromBytes, RateRule,
-    RuleCounter,
+    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
+    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, reason, table_stat,
 };
 
 /// Version of the maps' layout (names, types, keys, values, event records).
 /// Bump it with every incompatible change.
 ///
 /// 4: ring-buffer records start with an [`EventHeader`](crate::EventHeader).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: two `RULES` slots per rule ([`RULE_SLOTS`](crate::RULE_SLOTS) entries),
+/// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
+/// events name rule ids.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
@@ -67,25 +70,29 @@ pub struct MapDef {
     pub key_size: u32,
     /// Bytes of a value (per-CPU maps: of one CPU's value; ring buffers: 0).
     pub value_size: u32,
+    /// Entries the program defines, for maps whose size is part of the
+    /// layout (arrays); 0 for maps user space sizes at load time.
+    pub entries: u32,
 }
 
 const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-const fn array<V>(name: &'static str) -> MapDef {
+const fn array<V>(name: &'static str, entries: u32) -> MapDef {
     MapDef {
         name,
         map_type: MapType::Array,
         key_size: size::<u32>(),
         value_size: size::<V>(),
+        entries,
     }
 }
 
-const fn per_cpu_array<V>(name: &'static str) -> MapDef {
+const fn per_cpu_array<V>(name: &'static str, entries: u32) -> MapDef {
     MapDef {
         map_type: MapType::PerCpuArray,
-        ..array::<V>(name)
+        ..array::<V>(name, entries)
     }
 }
 
@@ -95,6 +102,7 @@ const fn lpm_trie<K, V>(name: &'static str) -> MapDef {
         map_type: MapType::LpmTrie,
         key_size: size::<u32>() + size::<K>(),
         value_size: size::<V>(),
+        entries: 0,
     }
 }
 
@@ -128,29 +136,32 @@ pub mod maps {
 
 /// Every map of the program, in the order user space pins and removes them.
 pub const MAPS: [MapDef; 13] = [
-    per_cpu_array::<Counter>(maps::STATS),
+    per_cpu_array::<Counter>(maps::STATS, reason::COUNT),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::BLOCK_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::BLOCK_V6),
-    array::<Config>(maps::CONFIG),
-    array::<RateRule>(maps::RULES),
-    per_cpu_array::<RuleCounter>(maps::RULE_STATS),
-    array::<u32>(maps::PORT_RULE_INDEX),
+    array::<Config>(maps::CONFIG, 1),
+    // Two slots per rule id (see `ratelimit`).
+    array::<RateRule>(maps::RULES, RULE_SLOTS),
+    per_cpu_array::<RuleCounter>(maps::RULE_STATS, MAX_RULES),
+    array::<u32>(maps::PORT_RULE_INDEX, PORT_INDEX_ENTRIES),
     lpm_trie::<OnlyFromBytes, u8>(maps::ONLY_FROM),
     MapDef {
         name: maps::BUCKETS,
         map_type: MapType::LruHash,
         key_size: size::<BucketKey>(),
         value_size: size::<Bucket>(),
+        entries: 0,
     },
     MapDef {
         name: maps::EVENTS,
         map_type: MapType::RingBuf,
         key_size: 0,
         value_size: 0,
+        entries: 0,
     },
-    per_cpu_array::<u64>(maps::TABLE_STATS),
+    per_cpu_array::<u64>(maps::TABLE_STATS, table_stat::COUNT),
 ];
 
 /// The table entry of the map called `name`.

@@ -2,6 +2,9 @@
 
 use core::mem::{offset_of, size_of};
 
+#[cfg(doc)]
+use crate::{DEFAULT_RULE, MAX_RULES};
+
 /// Global settings, one entry in `CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,7 +20,12 @@ pub struct Config {
     pub allow_v6_entries: u32,
     /// Clock of the rate limiter: [`CLOCK_PRECISE`] (default) or [`CLOCK_COARSE`].
     pub rate_clock: u32,
-    pub _pad: u32,
+    /// Slot of `RULES` holding the default rule: [`DEFAULT_RULE`] or
+    /// [`DEFAULT_RULE`]` + `[`MAX_RULES`], the two slots of rule id 0. User
+    /// space writes a changed default rule into the other slot and then
+    /// switches this field (see `ratelimit`); the two values differ in one
+    /// bit, so no copy, however it is split, shows a third value.
+    pub default_rule_slot: u32,
 }
 
 /// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond.
@@ -33,4 +41,4 @@ const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
 const _: () = assert!(offset_of!(Config, allow_v6_entries) == 12);
 const _: () = assert!(offset_of!(Config, rate_clock) == 16);
-const _: () = assert!(offset_of!(Config, _pad) == 20);
+const _: () = assert!(offset_of!(Config, default_rule_slot) == 20);

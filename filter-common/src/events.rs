@@ -28,7 +28,7 @@ pub struct AutoBlockEvent {
     pub header: EventHeader,
     /// The blocked prefix (aggregated source, IPv4-mapped for IPv4).
     pub source: Ipv6Bytes,
-    /// Rule slot whose limit was exceeded.
+    /// Id of the rule whose limit was exceeded.
     pub rule: u32,
     /// Over-limit packets in the window that triggered the block.
     pub over_limit: u32,

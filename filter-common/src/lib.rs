@@ -29,7 +29,8 @@ pub use lists::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL};
 pub use ratelimit::{
     Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,
     OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM,
-    RULE_LIMIT, RateRule, TICKS_PER_NS, TICKS_PER_SEC, only_from_key_data,
+    RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS, TICKS_PER_SEC, only_from_key_data, other_slot,
+    rule_id,
 };
 pub use stats::{Counter, RuleCounter, table_stat};
 

@@ -24,7 +24,7 @@ pub struct ListEntry {
     pub prefix_len: u8,
     /// [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`].
     pub origin: u8,
-    /// For automatic blocks: the rule slot whose limit was exceeded.
+    /// For automatic blocks: the id of the rule whose limit was exceeded.
     pub rule: u16,
     /// For automatic blocks: over-limit packets in the window that triggered it.
     pub over_limit: u32,
@@ -50,5 +50,5 @@ const _: () = assert!(offset_of!(ListEntry, prefix_len) == 8);
 const _: () = assert!(offset_of!(ListEntry, origin) == 9);
 const _: () = assert!(offset_of!(ListEntry, rule) == 10);
 const _: () = assert!(offset_of!(ListEntry, over_limit) == 12);
-// `ListEntry::rule` holds a rule slot: every slot must fit.
+// `ListEntry::rule` holds a rule id: every id must fit.
 const _: () = assert!(crate::MAX_RULES - 1 <= u16::MAX as u32);

@@ -1,15 +1,43 @@
 //! Port rules and rate limits: `RULES`, `PORT_RULE_INDEX`, `ONLY_FROM` and
 //! the GCRA state in `BUCKETS`.
+//!
+//! Rules never tear. Each rule has an id in `0..MAX_RULES` (0 = the default
+//! rule) and two slots in `RULES`: `id` and `id + MAX_RULES`. Exactly one of
+//! them is live: the one `PORT_RULE_INDEX` (port rules) or
+//! `Config::default_rule_slot` (the default rule) names. User space writes a
+//! changed rule into the other slot, switches the index with single aligned
+//! `u32` writes, waits until no running program can still hold the old slot,
+//! and only then clears it. State that must survive a change is keyed by the
+//! id ([`rule_id`]): buckets, rule counters, automatic blocks, events.
+//! `ONLY_FROM` entries are keyed by the slot, so each slot carries its own
+//! complete set and a switch changes rule and set together.
 
 use core::mem::{offset_of, size_of};
 
 use crate::lists::Ipv6Bytes;
 
-/// Number of port-rule slots (`RULES` map). Slot 0 is the default source limit.
+/// Number of rule ids; id 0 is the default source limit. A power of two, so
+/// the two slots of a rule differ in a single bit (see [`RULE_SLOTS`]).
 pub const MAX_RULES: u32 = 256;
-/// Slot of the default per-source limit in `RULES`.
+/// Entries of `RULES`: two slots per rule id.
+pub const RULE_SLOTS: u32 = 2 * MAX_RULES;
+/// Id of the default per-source limit, and its first slot in `RULES`.
 pub const DEFAULT_RULE: u32 = 0;
-/// `PORT_RULE_INDEX` has one entry per (protocol, port): TCP ports first, then UDP.
+
+/// The rule id a `RULES` slot belongs to.
+#[inline(always)]
+#[must_use]
+pub const fn rule_id(slot: u32) -> u32 {
+    slot & (MAX_RULES - 1)
+}
+
+/// The other slot of the rule in `slot`: where its next version goes.
+#[inline(always)]
+#[must_use]
+pub const fn other_slot(slot: u32) -> u32 {
+    slot ^ MAX_RULES
+}
+
 pub const PORT_INDEX_ENTRIES: u32 = 2 * 65536;
 /// Offset of the UDP ports in `PORT_RULE_INDEX`.
 pub const PORT_INDEX_UDP_BASE: u32 = 65536;
@@ -24,7 +52,8 @@ pub const RULE_DROP: u8 = 2;
 /// Rule flag: only sources in `ONLY_FROM` under this rule's slot may use the port.
 pub const RULE_FLAG_ONLY_FROM: u8 = 1;
 
-/// One rate-limit rule (the default one, or a port rule). Slot 0 = default.
+/// One rate-limit rule (the default one, or a port rule), stored in one of
+/// its id's two slots.
 ///
 /// Rates are stored as GCRA emission intervals, so the kernel only adds and
 /// compares: `packet_interval` is the time one packet costs, `byte_interval`
@@ -71,7 +100,8 @@ pub const TICKS_PER_SEC: u64 = 1_000_000_000 * TICKS_PER_NS;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {
-    /// Slot in `RULES` whose limit this bucket enforces.
+    /// Id of the rule whose limit this bucket enforces ([`rule_id`]), so the
+    /// bucket survives a change of the rule.
     pub rule: u32,
     /// Source, IPv4-mapped for IPv4, masked to the aggregation prefix.
     pub source: Ipv6Bytes,
@@ -153,6 +183,8 @@ const _: () = assert!(offset_of!(Bucket, byte_tat) == 8);
 const _: () = assert!(offset_of!(Bucket, window_start_ns) == 16);
 const _: () = assert!(offset_of!(Bucket, over_limit) == 24);
 
+const _: () = assert!(MAX_RULES.is_power_of_two());
+const _: () = assert!(rule_id(MAX_RULES + 5) == 5 && other_slot(5) == MAX_RULES + 5);
 const _: () = assert!(ONLY_FROM_KEY_BITS == 160);
 const _: () = assert!(only_from_prefix_len(128) == ONLY_FROM_KEY_BITS);
 

@@ -49,6 +49,14 @@ pub enum AbiError {
     #[error("map {0} is in filter_common::abi::MAPS but not in the eBPF object")]
     Missing(&'static str),
     #[error(
+        "map {name}: the eBPF object has {found} entries, filter_common::abi::MAPS says {expected}"
+    )]
+    Entries {
+        name: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
         "map {name}: the eBPF object has type {found_type}, key {found_key} B, value {found_value} B; \
          filter_common::abi::MAPS says type {expected_type}, key {expected_key} B, value {expected_value} B"
     )]
@@ -150,7 +158,8 @@ fn symbols_in<'data, 'file>(
 }
 
 /// Whether `found` is what `filter_common::abi` describes: the same layout
-/// version, and exactly the maps of [`abi::MAPS`] with their types and sizes.
+/// version, and exactly the maps of [`abi::MAPS`] with their types, sizes
+/// and (where the table fixes them) entries.
 pub fn check(found: &ObjectAbi) -> Result<(), AbiError> {
     if found.layout_version != LAYOUT_VERSION {
         return Err(AbiError::Version {
@@ -175,6 +184,13 @@ pub fn check(found: &ObjectAbi) -> Result<(), AbiError> {
                 expected_type: expected.map_type.raw(),
                 expected_key: expected.key_size,
                 expected_value: expected.value_size,
+            });
+        }
+        if expected.entries != 0 && map.max_entries != expected.entries {
+            return Err(AbiError::Entries {
+                name: map.name.clone(),
+                found: map.max_entries,
+                expected: expected.entries,
             });
         }
     }

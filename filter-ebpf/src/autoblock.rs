@@ -20,7 +20,7 @@ const EEXIST: i32 = -17;
 #[inline(always)]
 pub fn note_over_limit(
     bucket: &BucketWords,
-    slot: u32,
+    id: u32,
     rule: &RateRule,
     packet: &Packet,
     config: Option<&Config>,
@@ -48,7 +48,7 @@ pub fn note_over_limit(
         prefix_len: 0,
         origin: ORIGIN_AUTO,
         // Fits: MAX_RULES <= 65536 is asserted in filter-common.
-        rule: slot as u16,
+        rule: id as u16,
         over_limit: rule.autoblock_after,
     };
     // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
@@ -72,5 +72,5 @@ pub fn note_over_limit(
         }
     }
     bump_table_stat(table_stat::AUTOBLOCKS);
-    events::autoblocked(source, slot, rule.autoblock_after, now, entry.expires_at_ns);
+    events::autoblocked(source, id, rule.autoblock_after, now, entry.expires_at_ns);
 }

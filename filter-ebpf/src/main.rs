@@ -29,7 +29,7 @@ mod ratelimit;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use filter_common::{LAYOUT_VERSION, reason};
+use filter_common::{LAYOUT_VERSION, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
@@ -86,12 +86,12 @@ fn decide(packet: &Packet, len: u64) -> u32 {
         return why;
     }
 
-    let (slot, rule) = rule_for(packet);
+    let (slot, rule) = rule_for(packet, config);
     let Some(rule) = rule else {
         return reason::PASS;
     };
     let why = apply_rule(slot, rule, packet, config, len, &mut clock);
-    count_rule(slot, why, len);
+    count_rule(rule_id(slot), why, len);
     why
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use filter_common::{
     Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RateRule, RuleCounter, capacity, reason, table_stat,
+    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, capacity, reason, table_stat,
 };
 
 /// Packets and bytes per verdict reason.
@@ -29,12 +29,15 @@ pub static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::L
 
 #[map]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
-/// Rate rules by slot; slot 0 is the default per-source limit.
+/// Rate rules by slot: two slots per rule id (`id`, `id + MAX_RULES`), one
+/// live (named by `PORT_RULE_INDEX` or `Config::default_rule_slot`), the
+/// other where user space writes the rule's next version.
 #[map]
-pub static RULES: Array<RateRule> = Array::pinned(MAX_RULES, 0);
+pub static RULES: Array<RateRule> = Array::pinned(RULE_SLOTS, 0);
+/// Packets passed and dropped per rule id.
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleCounter> = PerCpuArray::pinned(MAX_RULES, 0);
-/// (protocol, destination port) -> rule slot; 0 = no port rule.
+/// (protocol, destination port) -> live rule slot; a slot of id 0 = no port rule.
 #[map]
 pub static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
 /// (rule slot, source prefix) pairs allowed by `--only-from` rules.

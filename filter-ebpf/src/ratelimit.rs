@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
     Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS,
     PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    only_from_key_data, reason, table_stat,
+    only_from_key_data, reason, rule_id, table_stat,
 };
 
 use crate::{
@@ -17,10 +17,13 @@ use crate::{
     stats::bump_table_stat,
 };
 
-/// The rule for this packet: its destination port's rule if there is one,
-/// else the default rule (slot 0), if set.
+/// The rule for this packet and the slot it was read from: its destination
+/// port's rule if there is one, else the default rule, if set. Reads the live slot once from
+/// `PORT_RULE_INDEX` or `config`, then the whole rule from that slot: user
+/// space never rewrites a slot a running program can still hold (see
+/// `filter_common::ratelimit`), so the rule is one version, never a mix.
 #[inline(always)]
-pub fn rule_for(packet: &Packet) -> (u32, Option<&'static RateRule>) {
+pub fn rule_for(packet: &Packet, config: Option<&Config>) -> (u32, Option<&'static RateRule>) {
     let port_base = match (packet.protocol, packet.has_ports) {
         (parse::IPPROTO_TCP, true) => Some(0),
         (parse::IPPROTO_UDP, true) => Some(PORT_INDEX_UDP_BASE),
@@ -31,21 +34,22 @@ pub fn rule_for(packet: &Packet) -> (u32, Option<&'static RateRule>) {
             .get(base + u32::from(packet.dst_port))
             .copied()
             .unwrap_or(DEFAULT_RULE);
-        // A slot without a rule (being rewritten) falls back to the default.
+        let id = rule_id(slot);
+        // Id 0 is no port rule; an empty slot (a rule being removed) falls
+        // back to the default.
         if let Some(rule) = RULES
             .get(slot)
-            .filter(|r| slot != DEFAULT_RULE && r.action != 0)
+            .filter(|r| id != DEFAULT_RULE && r.action != 0)
         {
             return (slot, Some(rule));
         }
     }
-    (
-        DEFAULT_RULE,
-        RULES.get(DEFAULT_RULE).filter(|r| r.action != 0),
-    )
+    let slot = config.map_or(DEFAULT_RULE, |c| c.default_rule_slot);
+    (slot, RULES.get(slot).filter(|r| r.action != 0))
 }
 
-/// The verdict of the rule in `slot` on this packet.
+/// The verdict on this packet of the rule read from `slot`: only-from sets
+/// belong to the slot, buckets to the rule's id.
 #[inline(always)]
 pub fn apply_rule(
     slot: u32,
@@ -74,7 +78,7 @@ pub fn apply_rule(
         // SAFETY: a BPF helper without arguments or preconditions.
         _ => unsafe { bpf_ktime_get_ns() },
     };
-    if within_limit(slot, rule, packet, config, &source, len, now_ns) {
+    if within_limit(rule_id(slot), rule, packet, config, &source, len, now_ns) {
         reason::PASS
     } else {
         reason::RATELIMIT
@@ -157,10 +161,10 @@ fn mask128(hi: u64, lo: u64, prefix: u32) -> (u64, u64) {
     }
 }
 
-/// GCRA check of one (rule, source); over-limit packets feed the automatic block.
+/// GCRA check of one (rule id, source); over-limit packets feed the automatic block.
 #[inline(always)]
 fn within_limit(
-    slot: u32,
+    id: u32,
     rule: &RateRule,
     packet: &Packet,
     config: Option<&Config>,
@@ -169,7 +173,7 @@ fn within_limit(
     now_ns: u64,
 ) -> bool {
     let key = BucketKey {
-        rule: slot,
+        rule: id,
         source: *source,
     };
     let now = now_ns.wrapping_mul(TICKS_PER_NS);
@@ -192,7 +196,7 @@ fn within_limit(
             ))
         && (rule.byte_interval == 0 || gcra(words.byte_tat, now, byte_cost, rule.byte_tolerance));
     if !ok && rule.autoblock_after != 0 {
-        autoblock::note_over_limit(&words, slot, rule, packet, config, source, now_ns);
+        autoblock::note_over_limit(&words, id, rule, packet, config, source, now_ns);
     }
     ok
 }

@@ -27,10 +27,10 @@ pub fn bump_table_stat(index: u32) {
     }
 }
 
-/// Counts a rule's verdict under the rule's slot.
+/// Counts a rule's verdict under the rule's id.
 #[inline(always)]
-pub fn count_rule(slot: u32, why: u32, len: u64) {
-    if let Some(counter) = RULE_STATS.get_ptr_mut(slot) {
+pub fn count_rule(id: u32, why: u32, len: u64) {
+    if let Some(counter) = RULE_STATS.get_ptr_mut(id) {
         // SAFETY: as in `count`, this CPU's own slot; the reference lives
         // only within this block.
         let counter = unsafe { &mut *counter };

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use filter_common::{
     Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, PORT_INDEX_ENTRIES,
-    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RateRule, RuleCounter, TICKS_PER_NS,
-    reason,
+    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_SLOTS, RateRule, RuleCounter,
+    TICKS_PER_NS, reason,
 };
 
 /// XDP return codes.
@@ -233,7 +233,7 @@ pub struct ListItem<const N: usize> {
     pub expires_at_ns: u64,
     /// `ORIGIN_MANUAL` or `ORIGIN_AUTO`.
     pub origin: u8,
-    /// For automatic blocks: the rule slot and over-limit count that triggered it.
+    /// For automatic blocks: the rule id and over-limit count that triggered it.
     pub rule: u32,
     pub over_limit: u64,
 }
@@ -349,16 +349,21 @@ pub struct Model {
     /// Aggregation prefix lengths for the rate-limit/autoblock key.
     pub ipv4_source_prefix: u32,
     pub ipv6_source_prefix: u32,
-    /// `MAX_RULES` slots; slot 0 is the default rule.
+    /// `RULE_SLOTS` slots, two per rule id: `id` and `id + MAX_RULES`.
     pub rules: Vec<RateRule>,
-    /// `PORT_INDEX_ENTRIES` slots: TCP ports, then UDP ports; 0 = no rule.
+    /// The slot holding the default rule (id 0): 0 or `MAX_RULES`.
+    pub default_rule_slot: u32,
+    /// `PORT_INDEX_ENTRIES` entries: TCP ports, then UDP ports; the live
+    /// slot of the port's rule, a slot of id 0 = no rule.
     pub port_index: Vec<u32>,
     /// Only-from prefixes per slot, in the mapped space: (slot, network, prefix length).
     pub only_from: Vec<(u32, [u8; 16], u32)>,
-    /// Source keys in the order they were automatically blocked (with the rule slot).
+    /// Source keys in the order they were automatically blocked (with the rule id).
     pub autoblock_log: Vec<([u8; 16], u32)>,
+    /// Rate-limit state per (rule id, source key).
     pub buckets: HashMap<(u32, [u8; 16]), Bucket>,
     pub stats: [Counter; reason::COUNT as usize],
+    /// Per rule id.
     pub rule_stats: Vec<RuleCounter>,
 }
 
@@ -371,7 +376,8 @@ impl Default for Model {
             block_v6: PrefixList::default(),
             ipv4_source_prefix: 32,
             ipv6_source_prefix: 64,
-            rules: vec![RateRule::default(); MAX_RULES as usize],
+            rules: vec![RateRule::default(); RULE_SLOTS as usize],
+            default_rule_slot: DEFAULT_RULE,
             port_index: vec![0; PORT_INDEX_ENTRIES as usize],
             only_from: Vec::new(),
             autoblock_log: Vec::new(),
@@ -388,9 +394,13 @@ fn add(counter: &mut Counter, bytes: u64) {
 }
 
 impl Model {
-    /// Sets a port rule (or the default rule for `ports == None`) in `slot`.
+    /// Sets a port rule (or the default rule for `ports == None`) in `slot`
+    /// and makes that slot the live one.
     pub fn set_rule(&mut self, slot: u32, rule: RateRule, ports: Option<(u8, u16, u16)>) {
         self.rules[slot as usize] = rule;
+        if ports.is_none() {
+            self.default_rule_slot = slot;
+        }
         if let Some((protocol, first, last)) = ports {
             let base = if protocol == IPPROTO_UDP {
                 PORT_INDEX_UDP_BASE
@@ -445,7 +455,7 @@ impl Model {
             return why;
         }
         let key = self.source_key(&info);
-        let mut slot = DEFAULT_RULE;
+        let mut slot = self.default_rule_slot;
         if let Some(port) = info.dport {
             let base = if info.protocol == IPPROTO_TCP {
                 0
@@ -453,7 +463,7 @@ impl Model {
                 PORT_INDEX_UDP_BASE
             };
             let candidate = self.port_index[(base + u32::from(port)) as usize];
-            if candidate != 0 && self.rules[candidate as usize].action != 0 {
+            if candidate % MAX_RULES != DEFAULT_RULE && self.rules[candidate as usize].action != 0 {
                 slot = candidate;
             }
         }
@@ -463,7 +473,7 @@ impl Model {
         }
         let len = frame.len() as u64;
         let verdict = self.apply_rule(slot, &rule, &info, key, len, now_ns);
-        let counters = &mut self.rule_stats[slot as usize];
+        let counters = &mut self.rule_stats[(slot % MAX_RULES) as usize];
         if reason::is_drop(verdict) {
             add(&mut counters.dropped, len);
         } else {
@@ -496,7 +506,9 @@ impl Model {
             return reason::PASS;
         }
         let now = now_ns * TICKS_PER_NS;
-        let bucket = self.buckets.entry((slot, key)).or_default();
+        // Buckets belong to the rule's id, whichever of its slots is live.
+        let id = slot % MAX_RULES;
+        let bucket = self.buckets.entry((id, key)).or_default();
         // The byte bucket is looked at first: a packet it refuses charges
         // neither bucket. A conforming packet is charged to both.
         let mut conforming =
@@ -526,7 +538,7 @@ impl Model {
                 bucket.window_start_ns = now_ns;
                 bucket.over_limit = 0;
                 let over_limit = u64::from(rule.autoblock_after);
-                self.autoblock(info, key, slot, over_limit, rule, now_ns);
+                self.autoblock(info, key, id, over_limit, rule, now_ns);
             }
         }
         reason::RATELIMIT
@@ -538,7 +550,7 @@ impl Model {
         &mut self,
         info: &IpInfo,
         key: [u8; 16],
-        slot: u32,
+        id: u32,
         over_limit: u64,
         rule: &RateRule,
         now_ns: u64,
@@ -552,7 +564,7 @@ impl Model {
                 prefix: self.ipv4_source_prefix.min(32),
                 expires_at_ns,
                 origin: filter_common::ORIGIN_AUTO,
-                rule: slot,
+                rule: id,
                 over_limit,
             });
         } else {
@@ -561,11 +573,11 @@ impl Model {
                 prefix: self.ipv6_source_prefix.min(128),
                 expires_at_ns,
                 origin: filter_common::ORIGIN_AUTO,
-                rule: slot,
+                rule: id,
                 over_limit,
             });
         }
-        self.autoblock_log.push((key, slot));
+        self.autoblock_log.push((key, id));
     }
 }
 

@@ -15,8 +15,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Bucket, BucketKey, Counter, ListEntry, MAX_RULES, ORIGIN_AUTO, OnlyFromBytes, RateRule,
-    RuleCounter, maps, reason,
+    Bucket, BucketKey, Counter, ListEntry, ORIGIN_AUTO, OnlyFromBytes, RateRule, RuleCounter, maps,
+    reason,
 };
 use filter_ctl::{
     maps::{
@@ -24,7 +24,7 @@ use filter_ctl::{
         lists::Merge,
         loader::{self, Capacities, PROGRAM},
         pins::PinDir,
-        rules,
+        rules::{self, RuleTable},
     },
     spec::{
         cidr::Cidr,
@@ -247,6 +247,17 @@ impl ProgTest {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
     }
 
+    /// Packets counted under `reason` on each CPU.
+    #[must_use]
+    pub fn reason_packets_per_cpu(&self, reason: u32) -> Vec<u64> {
+        self.stats
+            .get(&reason, 0)
+            .expect("reading STATS")
+            .iter()
+            .map(|c| c.packets)
+            .collect()
+    }
+
     /// Every reason's counter, summed over CPUs.
     #[must_use]
     pub fn stats(&self) -> ReasonCounters {
@@ -304,47 +315,46 @@ impl ProgTest {
         self.list_insert(ListKind::Allow, cidrs, Some(ttl));
     }
 
-    /// Sets a rule (`default`, `tcp/22`, `udp/1000-2000`) and returns its slot.
+    /// Sets a rule (`default`, `tcp/22`, `udp/1000-2000`) and returns its
+    /// id: the key of its counters, buckets and automatic blocks, which a
+    /// change of the rule keeps (its live slot alternates).
     pub fn limit(&self, target: &str, spec: &LimitSpec) -> u32 {
         let parsed: Target = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
         let filter = self.filter();
         let rule = spec
             .to_rule(&parsed)
             .unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
-        rules::set(&filter, &parsed, rule, spec)
+        let id = rules::set(&filter, &parsed, rule, spec)
             .unwrap_or_else(|e| panic!("limit {target}: {e:#}"));
-        self.slot_of(target)
+        assert_eq!(Some(id), self.rule_id(target), "the id set returns");
+        id
     }
 
-    /// The slot holding the rule for `target`.
+    /// The id of the rule for `target`, if there is one.
     #[must_use]
-    pub fn slot_of(&self, target: &str) -> u32 {
+    pub fn rule_id(&self, target: &str) -> Option<u32> {
         let parsed: Target = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
-        let Target::Port {
-            protocol,
-            first,
-            last,
-        } = parsed
-        else {
-            return filter_common::DEFAULT_RULE;
-        };
-        let rules: Array<MapData, RateRule> =
-            Array::try_from(self.reader().map(maps::RULES).expect("RULES map"))
-                .expect("RULES array");
-        (1..MAX_RULES)
-            .find(|&s| {
-                let r = rules.get(&s, 0).expect("reading RULES");
-                r.action != 0
-                    && r.protocol == protocol
-                    && r.port_first == first
-                    && r.port_last == last
-            })
-            .unwrap_or_else(|| panic!("no rule for {target}"))
+        let table = RuleTable::read(&self.reader()).expect("reading the rules");
+        table
+            .find(&parsed)
+            .and_then(|(id, _)| table.live_slot(id).map(|_| id))
     }
 
-    /// Rewrites the rule in `slot` in place, e.g. to give it a rate below the
-    /// CLI's 1 packet/s minimum so that no bucket refills during a test.
-    pub fn patch_rule(&self, slot: u32, edit: impl FnOnce(&mut RateRule)) {
+    /// The live slot of rule `id` (panics if it holds no rule).
+    #[must_use]
+    pub fn live_slot(&self, id: u32) -> u32 {
+        RuleTable::read(&self.reader())
+            .expect("reading the rules")
+            .live_slot(id)
+            .unwrap_or_else(|| panic!("rule {id} holds no rule"))
+    }
+
+    /// Rewrites rule `id` in its live slot, in place, e.g. to give it a rate
+    /// below the CLI's 1 packet/s minimum so that no bucket refills during a
+    /// test. Test set-up only: no packet may be running (in place is what
+    /// `rules::set` never does).
+    pub fn patch_rule(&self, id: u32, edit: impl FnOnce(&mut RateRule)) {
+        let slot = self.live_slot(id);
         let filter = self.filter();
         let mut rules: Array<MapData, RateRule> =
             Array::try_from(filter.map(maps::RULES).expect("RULES map")).expect("RULES array");
@@ -359,20 +369,19 @@ impl ProgTest {
             .unwrap_or_else(|e| panic!("setting the aggregation: {e:#}"));
     }
 
+    /// The counters of rule `id`.
     #[must_use]
-    pub fn rule_counters(&self, slot: u32) -> RuleCounter {
-        self.reader()
-            .rule_counters(slot)
-            .expect("reading RULE_STATS")
+    pub fn rule_counters(&self, id: u32) -> RuleCounter {
+        self.reader().rule_counters(id).expect("reading RULE_STATS")
     }
 
-    /// The kernel's rate-limit bucket of (`slot`, source key), if any.
+    /// The kernel's rate-limit bucket of (rule `id`, source key), if any.
     #[must_use]
-    pub fn bucket(&self, slot: u32, source: [u8; 16]) -> Option<Bucket> {
+    pub fn bucket(&self, id: u32, source: [u8; 16]) -> Option<Bucket> {
         let buckets: HashMap<MapData, BucketKey, Bucket> =
             HashMap::try_from(self.reader().map(maps::BUCKETS).expect("BUCKETS map"))
                 .expect("BUCKETS hash");
-        buckets.get(&BucketKey { rule: slot, source }, 0).ok()
+        buckets.get(&BucketKey { rule: id, source }, 0).ok()
     }
 
     /// The automatic blocks as stored in the blocklists (expired ones included).
@@ -407,6 +416,7 @@ impl ProgTest {
         let config = filter.config().expect("reading CONFIG");
         model.ipv4_source_prefix = config.ipv4_source_prefix;
         model.ipv6_source_prefix = config.ipv6_source_prefix;
+        model.default_rule_slot = config.default_rule_slot;
         let rules: Array<MapData, RateRule> =
             Array::try_from(filter.map(maps::RULES).expect("RULES map")).expect("RULES array");
         for (slot, rule) in model.rules.iter_mut().enumerate() {

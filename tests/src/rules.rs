@@ -13,10 +13,10 @@ use crate::{
 /// Ticks one packet costs at one packet per 1000 s.
 pub const SLOW: u64 = 1000 * TICKS_PER_SEC;
 
-/// Makes the rule in `slot` let exactly `burst` packets per source through
-/// during the test (no refill).
-pub fn freeze(test: &ProgTest, slot: u32, burst: u64) {
-    test.patch_rule(slot, |rule: &mut RateRule| {
+/// Makes rule `id` let exactly `burst` packets per source through during
+/// the test (no refill).
+pub fn freeze(test: &ProgTest, id: u32, burst: u64) {
+    test.patch_rule(id, |rule: &mut RateRule| {
         rule.packet_interval = SLOW;
         rule.packet_tolerance = (burst - 1) * SLOW;
     });
@@ -42,13 +42,13 @@ pub fn icmp4(src: &str) -> Vec<u8> {
     Frame::ipv4(frames::icmp4(ip4(src))).build()
 }
 
-/// The model's rule counters agree with the kernel's for `slots`.
-pub fn assert_rule_counters(test: &ProgTest, model: &Model, slots: &[u32]) {
-    for &slot in slots {
+/// The model's rule counters agree with the kernel's for rule `ids`.
+pub fn assert_rule_counters(test: &ProgTest, model: &Model, ids: &[u32]) {
+    for &id in ids {
         assert_eq!(
-            test.rule_counters(slot),
-            model.rule_stats[slot as usize],
-            "rule counters of slot {slot}"
+            test.rule_counters(id),
+            model.rule_stats[id as usize],
+            "rule counters of rule {id}"
         );
     }
 }

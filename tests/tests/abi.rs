@@ -114,6 +114,21 @@ fn check_reports_each_kind_of_difference() {
         check(&resized)
     );
 
+    let mut shrunk = good.clone();
+    shrunk
+        .maps
+        .iter_mut()
+        .find(|m| m.name == maps::RULES)
+        .expect("RULES in the object")
+        .max_entries = filter_common::MAX_RULES;
+    assert!(
+        matches!(check(&shrunk), Err(AbiError::Entries { ref name, found, expected })
+            if name == maps::RULES && found == filter_common::MAX_RULES
+                && expected == filter_common::RULE_SLOTS),
+        "{:?}",
+        check(&shrunk)
+    );
+
     let mut retyped = good.clone();
     retyped
         .maps
@@ -177,5 +192,13 @@ fn loaded_maps_have_the_table_shape() {
             "map {}: (type, key size, value size) in the kernel vs the table",
             expected.name
         );
+        if expected.entries != 0 {
+            assert_eq!(
+                info.max_entries(),
+                expected.entries,
+                "map {}: entries in the kernel vs the table",
+                expected.name
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use filter_common::{Counter, ORIGIN_AUTO, RateRule, TICKS_PER_SEC, reason, table_stat};
+use filter_common::{Counter, MAX_RULES, ORIGIN_AUTO, RateRule, TICKS_PER_SEC, reason, table_stat};
 use filter_ctl::{
     maps::ListKind,
     maps::loader::Capacities,
@@ -130,12 +130,15 @@ fn configure(test: &ProgTest) -> Vec<u32> {
     test.allow_ttl(&["198.18.2.9"], hour);
     std::thread::sleep(Duration::from_millis(50));
 
-    let freeze = |slot: u32, burst: u64| {
-        test.patch_rule(slot, |rule: &mut RateRule| {
+    let freeze = |id: u32, burst: u64| {
+        test.patch_rule(id, |rule: &mut RateRule| {
             rule.packet_interval = SLOW;
             rule.packet_tolerance = (burst - 1) * SLOW;
         });
     };
+    // The default rule lives in its second slot once set (its first one is
+    // what a fresh CONFIG names); the ssh rule is set twice, so it lives in
+    // its second slot with the second version: ids and slots differ.
     let default = test.limit(
         "default",
         &LimitSpec {
@@ -157,6 +160,14 @@ fn configure(test: &ProgTest) -> Vec<u32> {
     let telnet = drop("tcp/23");
     let zero = drop("udp/0");
     let top = drop("tcp/65535");
+    test.limit(
+        "tcp/22",
+        &LimitSpec {
+            only_from: vec!["198.18.7.0/25".parse().expect("cidr")],
+            rate: Some(5),
+            ..Default::default()
+        },
+    );
     let ssh = test.limit(
         "tcp/22",
         &LimitSpec {
@@ -206,6 +217,12 @@ fn configure(test: &ProgTest) -> Vec<u32> {
         rule.byte_interval = SLOW / 1000;
         rule.byte_tolerance = 600 * (SLOW / 1000);
     });
+    assert_eq!(
+        test.live_slot(default),
+        MAX_RULES,
+        "the default's second slot"
+    );
+    assert_eq!(test.live_slot(ssh), ssh + MAX_RULES, "tcp/22's second slot");
     vec![default, telnet, zero, top, ssh, dns, game, web]
 }
 
@@ -762,7 +779,7 @@ fn kernel_and_model_agree_on_every_frame() {
         list: 65_536,
         buckets: 262_144,
     });
-    let slots = configure(&test);
+    let ids = configure(&test);
     let mut run = Run {
         seed,
         model: test.model(),
@@ -815,11 +832,11 @@ fn kernel_and_model_agree_on_every_frame() {
     // Totals, rule counters and automatic blocks agree too.
     let totals = test.stats();
     assert_eq!(totals, run.model.stats, "per-reason totals (seed {seed})");
-    for &slot in &slots {
+    for &id in &ids {
         assert_eq!(
-            test.rule_counters(slot),
-            run.model.rule_stats[slot as usize],
-            "rule counters of slot {slot} (seed {seed})"
+            test.rule_counters(id),
+            run.model.rule_stats[id as usize],
+            "rule counters of rule {id} (seed {seed})"
         );
     }
     let mut kernel_auto: Vec<String> = test

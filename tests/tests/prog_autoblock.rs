@@ -24,7 +24,7 @@ fn rate_limit_then_autoblock() {
     }
     let test = ProgTest::new();
     let hour = Duration::from_secs(3600);
-    let slot = test.limit(
+    let id = test.limit(
         "udp/5000",
         &LimitSpec {
             rate: Some(1),
@@ -37,7 +37,7 @@ fn rate_limit_then_autoblock() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 3);
+    freeze(&test, id, 3);
     let flooder = "198.18.20.1";
     let flooder6 = "2001:db8:20::1";
     let mut cases = Vec::new();
@@ -88,13 +88,13 @@ fn rate_limit_then_autoblock() {
         Case::new("IPv6 next /64", udp6("2001:db8:20:1::1", 5000), PASS),
     ]);
     let model = run_table(&test, &cases);
-    assert_rule_counters(&test, &model, &[0, slot]);
+    assert_rule_counters(&test, &model, &[0, id]);
     let auto: Vec<String> = test
         .autoblocks()
         .iter()
         .map(|(c, e)| {
             assert_eq!(e.origin, ORIGIN_AUTO);
-            assert_eq!(u32::from(e.rule), slot);
+            assert_eq!(u32::from(e.rule), id);
             assert_eq!(e.over_limit, 2);
             c.to_string()
         })
@@ -130,7 +130,7 @@ fn autoblock_window_restarts() {
         return;
     }
     let test = ProgTest::new();
-    let slot = test.limit(
+    let id = test.limit(
         "udp/7000",
         &LimitSpec {
             rate: Some(1),
@@ -143,7 +143,7 @@ fn autoblock_window_restarts() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 1);
+    freeze(&test, id, 1);
     let src = "198.18.70.1";
     let mut model = test.model();
     run_cases(
@@ -176,7 +176,7 @@ fn autoblock_expires() {
         return;
     }
     let test = ProgTest::new();
-    let slot = test.limit(
+    let id = test.limit(
         "udp/7001",
         &LimitSpec {
             rate: Some(1),
@@ -189,7 +189,7 @@ fn autoblock_expires() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 1);
+    freeze(&test, id, 1);
     let src = "198.18.71.1";
     let mut model = test.model();
     run_cases(

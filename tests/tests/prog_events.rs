@@ -60,7 +60,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
     }
     let test = ProgTest::new();
     let block_for = Duration::from_secs(3600);
-    let slot = test.limit(
+    let id = test.limit(
         "udp/6000",
         &LimitSpec {
             rate: Some(1),
@@ -73,7 +73,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 1);
+    freeze(&test, id, 1);
     let reader = test.reader();
     let mut ring = RingBuf::try_from(reader.map(maps::EVENTS).expect("EVENTS map"))
         .expect("EVENTS is a ring buffer");
@@ -98,7 +98,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
     mapped[11] = 0xff;
     mapped[12..].copy_from_slice(&ip4(v4));
     assert_eq!(event.source, mapped);
-    assert_eq!(event.rule, slot);
+    assert_eq!(event.rule, id);
     assert_eq!(event.over_limit, 2);
     assert!(
         (before_ns..=after_ns).contains(&event.blocked_at_ns),
@@ -130,7 +130,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
     let mut prefix = ip6(v6);
     prefix[8..].fill(0);
     assert_eq!(event.source, prefix);
-    assert_eq!(event.rule, slot);
+    assert_eq!(event.rule, id);
 
     let tables = reader.stats().expect("reading stats").tables;
     assert_eq!(tables["autoblocks"], 2, "{tables:?}");

@@ -242,7 +242,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
         return;
     }
     let test = ProgTest::new();
-    let slot = test.limit(
+    let id = test.limit(
         "tcp/7002",
         &LimitSpec {
             rate: Some(1),
@@ -254,7 +254,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
     // Packets: 10, never refilled. Bytes: 1 ms a byte, 150 ms of tolerance,
     // so 60-byte frames 100 ms apart always conform.
     let ms = 1_000_000 * filter_common::TICKS_PER_NS;
-    test.patch_rule(slot, |rule| {
+    test.patch_rule(id, |rule| {
         rule.packet_interval = SLOW;
         rule.packet_tolerance = 9 * SLOW;
         rule.byte_interval = ms;
@@ -282,7 +282,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
     key[10] = 0xff;
     key[11] = 0xff;
     key[12..].copy_from_slice(&ip4(src));
-    let kernel = test.bucket(slot, key).expect("the kernel has a bucket");
+    let kernel = test.bucket(id, key).expect("the kernel has a bucket");
     // Times differ by the microseconds between kernel and user space; the
     // number of packet intervals charged must not.
     let charged = |tat: u64| (tat - start_ns * filter_common::TICKS_PER_NS + SLOW / 2) / SLOW;
@@ -291,7 +291,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
         3,
         "packet intervals charged for 3 passed and 4 byte-refused packets: {kernel:?}"
     );
-    assert_eq!(charged(model.buckets[&(slot, key)].packet_tat), 3);
+    assert_eq!(charged(model.buckets[&(id, key)].packet_tat), 3);
 
     std::thread::sleep(Duration::from_millis(300));
     let mut after_refill = vec![PASS; 7];
@@ -321,7 +321,7 @@ fn coarse_clock_limits_the_same() {
     let test = ProgTest::new();
     filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
         .expect("setting the coarse clock");
-    let slot = test.limit(
+    let id = test.limit(
         "udp/7003",
         &LimitSpec {
             rate: Some(1),
@@ -329,7 +329,7 @@ fn coarse_clock_limits_the_same() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 3);
+    freeze(&test, id, 3);
     let src = "198.18.73.1";
     run_table(
         &test,
@@ -350,7 +350,7 @@ fn coarse_clock_limits_the_same() {
             ..Default::default()
         },
     );
-    assert_ne!(live, slot);
+    assert_ne!(live, id);
     let frame = udp4(src, 7004);
     assert_eq!(test.run(&frame), XDP_PASS_ACTION, "first packet passes");
     assert_eq!(
@@ -375,7 +375,7 @@ fn coarse_now_ns() -> u64 {
 
 /// The time the program charged a first packet at, from its bucket: a fresh
 /// bucket's arrival time is `now + interval`, in ticks.
-fn charged_at(test: &ProgTest, slot: u32, src: &str, port: u16) -> u64 {
+fn charged_at(test: &ProgTest, id: u32, src: &str, port: u16) -> u64 {
     assert_eq!(
         test.run(&udp4(src, port)),
         XDP_PASS_ACTION,
@@ -385,7 +385,7 @@ fn charged_at(test: &ProgTest, slot: u32, src: &str, port: u16) -> u64 {
     key[10] = 0xff;
     key[11] = 0xff;
     key[12..].copy_from_slice(&ip4(src));
-    let bucket = test.bucket(slot, key).expect("the program made a bucket");
+    let bucket = test.bucket(id, key).expect("the program made a bucket");
     (bucket.packet_tat - SLOW) / filter_common::TICKS_PER_NS
 }
 
@@ -397,7 +397,7 @@ fn limit_clock_selects_the_clock_read() {
         return;
     }
     let test = ProgTest::new();
-    let slot = test.limit(
+    let id = test.limit(
         "udp/7005",
         &LimitSpec {
             rate: Some(1),
@@ -405,10 +405,10 @@ fn limit_clock_selects_the_clock_read() {
             ..Default::default()
         },
     );
-    freeze(&test, slot, 1);
+    freeze(&test, id, 1);
     // Precise: read after the test's own precise clock reading.
     let before = filter_ctl::clock::monotonic_ns();
-    let precise = charged_at(&test, slot, "198.18.74.1", 7005);
+    let precise = charged_at(&test, id, "198.18.74.1", 7005);
     assert!(precise >= before, "precise clock {precise} before {before}");
     // Coarse: within the coarse readings around the run (ticks happen, so
     // retry a few times for a run that no tick interrupts).
@@ -417,7 +417,7 @@ fn limit_clock_selects_the_clock_read() {
     let mut within = false;
     for i in 0..5u8 {
         let coarse_before = coarse_now_ns();
-        let charged = charged_at(&test, slot, &format!("198.18.74.{}", 10 + i), 7005);
+        let charged = charged_at(&test, id, &format!("198.18.74.{}", 10 + i), 7005);
         let coarse_after = coarse_now_ns();
         if coarse_before == coarse_after {
             assert_eq!(charged, coarse_before, "the coarse clock is the last tick");

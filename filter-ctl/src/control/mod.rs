@@ -417,7 +417,7 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
         // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
         let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rule = rules.as_ref().map_or_else(
-            || format!("slot {}", event.rule),
+            || format!("rule {}", event.rule),
             |r| r.describe(event.rule),
         );
         let remaining =

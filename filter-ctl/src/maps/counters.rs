@@ -75,10 +75,10 @@ impl Filter {
         Ok(out)
     }
 
-    /// Per-rule counters summed over CPUs, by slot.
-    pub fn rule_counters(&self, slot: u32) -> anyhow::Result<RuleCounter> {
+    /// Per-rule counters summed over CPUs, by rule id.
+    pub fn rule_counters(&self, id: u32) -> anyhow::Result<RuleCounter> {
         let stats: PerCpuArray<MapData, RuleCounter> = self.per_cpu_array(maps::RULE_STATS)?;
-        let per_cpu = stats.get(&slot, 0).context("reading RULE_STATS")?;
+        let per_cpu = stats.get(&id, 0).context("reading RULE_STATS")?;
         let passed: Vec<Counter> = per_cpu.iter().map(|c| c.passed).collect();
         let dropped: Vec<Counter> = per_cpu.iter().map(|c| c.dropped).collect();
         Ok(RuleCounter {
@@ -87,15 +87,15 @@ impl Filter {
         })
     }
 
-    /// Zeroes a rule slot's counters (a new rule starts from nothing).
-    pub fn reset_rule_counters(&self, slot: u32) -> anyhow::Result<()> {
+    /// Zeroes a rule id's counters (a new rule starts from nothing).
+    pub fn reset_rule_counters(&self, id: u32) -> anyhow::Result<()> {
         let mut stats: PerCpuArray<MapData, RuleCounter> = self.per_cpu_array(maps::RULE_STATS)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting CPUs")?;
         let zeros = PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
             .context("building zero counters")?;
-        stats.set(slot, zeros, 0).context("resetting RULE_STATS")
+        stats.set(id, zeros, 0).context("resetting RULE_STATS")
     }
 
     /// One of the `table_stat` counters, summed over CPUs.

@@ -160,6 +160,16 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
             ))
             .into());
         }
+        if def.entries != 0 && info.max_entries() != def.entries {
+            return Err(Error::Incompatible(format!(
+                "the map pinned at {} was made by another filter-ctl build ({} entries, this build needs {}); remove the old filter with `filter-ctl --pin-dir {} detach`",
+                path.display(),
+                info.max_entries(),
+                def.entries,
+                pins.root().display()
+            ))
+            .into());
+        }
     }
     Ok(())
 }
@@ -176,9 +186,11 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
         .ipv4_source_prefix
         == 0
     {
+        // The default rule starts in its first slot (empty: no default limit).
         let defaults = Config {
             ipv4_source_prefix: 32,
             ipv6_source_prefix: 64,
+            default_rule_slot: filter_common::DEFAULT_RULE,
             ..Config::default()
         };
         config.set(0, defaults, 0).context("writing CONFIG")?;

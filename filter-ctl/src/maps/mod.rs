@@ -3,6 +3,7 @@
 //! edits or reads state goes through [`Filter`], from any process and any
 //! network namespace (bpffs is not namespaced).
 
+pub mod barrier;
 pub mod batch;
 pub mod counters;
 pub mod journal;

@@ -105,9 +105,10 @@ impl fmt::Display for Target {
 }
 
 impl Target {
+    /// The target of `rule`, whose id is `id`.
     #[must_use]
-    pub fn of_rule(rule: &RateRule, slot: u32) -> Self {
-        if slot == DEFAULT_RULE {
+    pub fn of_rule(rule: &RateRule, id: u32) -> Self {
+        if id == DEFAULT_RULE {
             Self::Default
         } else {
             Self::Port {
