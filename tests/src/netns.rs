@@ -496,7 +496,8 @@ impl UdpReceiver {
                         seq: payload_seq(&buf[..len]),
                     });
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A signal (the test harness's, a child's exit) may interrupt the wait.
+                Err(e) if is_retryable(&e) => {}
                 Err(e) => panic!("receiving UDP on {}: {e}", self.addr()),
             }
         }
@@ -607,6 +608,7 @@ impl TcpServer {
         for _ in 0..4096 {
             match self.listener.accept() {
                 Ok((_, peer)) => peers.push(peer.ip()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => panic!("accepting on {}: {e}", self.addr()),
             }
@@ -671,12 +673,22 @@ pub fn ping(ns: &NetNs, src: IpAddr, dst: IpAddr, count: u16, timeout: Duration)
                     break;
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A signal (the test harness's, a child's exit) may interrupt the wait.
+                Err(e) if is_retryable(&e) => {}
                 Err(e) => panic!("receiving echo reply {dst} -> {src}: {e}"),
             }
         }
     }
     answered
+}
+
+/// A receive that timed out, found nothing, or was interrupted by a signal:
+/// try again.
+fn is_retryable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
 }
 
 /// A thread sending one UDP datagram every `interval` from `src` to `dst`
