@@ -249,7 +249,8 @@ impl Ctl {
         }
     }
 
-    /// Whether `status` shows the controller `pid` with every interface attached.
+    /// Whether `status` shows the controller `pid` running (done starting)
+    /// with every interface attached.
     fn is_running_on(&self, pid: u32, ifaces: &[&str]) -> bool {
         let out = self.cmd(&["status", "--json"]);
         if !out.status.success() {
@@ -264,7 +265,9 @@ impl Ctl {
                     .any(|i| i["name"] == name && i["state"] == "attached")
             })
         };
-        status["controller_pid"] == pid && ifaces.iter().all(|i| attached(i))
+        status["controller_pid"] == pid
+            && status["controller_state"] == "running"
+            && ifaces.iter().all(|i| attached(i))
     }
 
     /// Runs `run ARGS` inside `ns` to completion (killed after `timeout`),

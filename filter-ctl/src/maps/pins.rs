@@ -392,15 +392,18 @@ pub fn ensure_bpffs_mounted() -> anyhow::Result<()> {
 }
 
 fn warn_if_world_writable(mount_point: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     if let Ok(meta) = fs::metadata(mount_point)
         && meta.mode() & 0o002 != 0
     {
-        log::warn!(
-            "bpffs at {} is writable by every user (mode {:o}); the filter's own directories are root-only, but consider `mount -o remount,mode=0700 {}`",
-            mount_point.display(),
-            meta.mode() & 0o7777,
-            mount_point.display()
-        );
+        ONCE.call_once(|| {
+            log::warn!(
+                "bpffs at {} is writable by every user (mode {:o}); the filter's own directories are root-only, but consider `chmod 0700 {}`",
+                mount_point.display(),
+                meta.mode() & 0o7777,
+                mount_point.display()
+            );
+        });
     }
 }
 

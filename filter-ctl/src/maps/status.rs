@@ -98,6 +98,10 @@ pub struct Status {
     /// The running controller's pid, if one runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller_pid: Option<u32>,
+    /// `starting` while it loads and attaches, `running` once every
+    /// interface it was given is attached; absent without a controller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_state: Option<&'static str>,
     /// Who holds the edit lock right now, if anyone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edit_lock_holder: Option<String>,
@@ -141,6 +145,11 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Status> {
         loaded: pins.is_loaded(),
         interfaces,
         controller_pid: controller_pid(pins),
+        controller_state: match (&controller, controller_pid(pins)) {
+            (Some(_), _) => Some("running"),
+            (None, Some(_)) => Some("starting"),
+            (None, None) => None,
+        },
         edit_lock_holder: DirLock::holder(&pins.maps_dir()),
         interrupted_change: journal::interrupted(pins),
     })
