@@ -28,6 +28,12 @@ pub struct Config {
     pub default_rule_slot: u32,
 }
 
+/// Prefix length IPv4 sources are grouped by for rate limits, by default.
+pub const DEFAULT_IPV4_SOURCE_PREFIX: u32 = 32;
+/// Prefix length IPv6 sources are grouped by for rate limits, by default
+/// (one /64 is what a single host or subscriber gets).
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u32 = 64;
+
 /// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond.
 pub const CLOCK_PRECISE: u32 = 0;
 /// Rate limiter clock: `bpf_ktime_get_coarse_ns`, the time of the last timer

@@ -23,7 +23,9 @@ pub mod reason;
 pub mod stats;
 
 pub use abi::{LAYOUT_VERSION, capacity, maps};
-pub use config::{CLOCK_COARSE, CLOCK_PRECISE, Config};
+pub use config::{
+    CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX,
+};
 pub use events::{AutoBlockEvent, EVENT_AUTOBLOCK, EventHeader};
 pub use lists::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL};
 pub use ratelimit::{

@@ -2,7 +2,10 @@
 //! blocklist for a while.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use filter_common::{Config, Ipv6Bytes, ListEntry, ORIGIN_AUTO, RateRule, table_stat};
+use filter_common::{
+    Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX, Ipv6Bytes, ListEntry,
+    ORIGIN_AUTO, RateRule, table_stat,
+};
 
 use crate::{
     atomic::BucketWords,
@@ -53,11 +56,11 @@ pub fn note_over_limit(
     };
     // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
     let inserted = if packet.is_v6 {
-        let bits = config.map_or(64, |c| c.ipv6_source_prefix);
+        let bits = config.map_or(DEFAULT_IPV6_SOURCE_PREFIX, |c| c.ipv6_source_prefix);
         entry.prefix_len = bits as u8;
         BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
     } else {
-        let bits = config.map_or(32, |c| c.ipv4_source_prefix);
+        let bits = config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix);
         entry.prefix_len = bits as u8;
         let v4 = [source[12], source[13], source[14], source[15]];
         BLOCK_V4.insert(Key::new(bits, v4), entry, 1)

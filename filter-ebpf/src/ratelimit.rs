@@ -3,9 +3,10 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
-    Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS,
-    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    only_from_key_data, reason, rule_id, table_stat,
+    Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
+    DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
+    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, TICKS_PER_NS, only_from_key_data, reason,
+    rule_id, table_stat,
 };
 
 use crate::{
@@ -95,13 +96,13 @@ fn only_from_allows(slot: u32, packet: &Packet) -> bool {
 #[inline(always)]
 fn aggregated_source(packet: &Packet, config: Option<&Config>) -> Ipv6Bytes {
     if packet.is_v6 {
-        let prefix = config.map_or(64, |c| c.ipv6_source_prefix);
+        let prefix = config.map_or(DEFAULT_IPV6_SOURCE_PREFIX, |c| c.ipv6_source_prefix);
         let hi = u64::from_be_bytes(head8(&packet.source));
         let lo = u64::from_be_bytes(tail8(&packet.source));
         let (hi, lo) = mask128(hi, lo, prefix);
         join16(hi.to_be_bytes(), lo.to_be_bytes())
     } else {
-        let prefix = config.map_or(32, |c| c.ipv4_source_prefix);
+        let prefix = config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix);
         let v4 = u32::from_be_bytes(packet.source_v4()) & mask32(prefix);
         let [a, b, c, d] = v4.to_be_bytes();
         let s = &packet.source;

@@ -188,8 +188,8 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     {
         // The default rule starts in its first slot (empty: no default limit).
         let defaults = Config {
-            ipv4_source_prefix: 32,
-            ipv6_source_prefix: 64,
+            ipv4_source_prefix: filter_common::DEFAULT_IPV4_SOURCE_PREFIX,
+            ipv6_source_prefix: filter_common::DEFAULT_IPV6_SOURCE_PREFIX,
             default_rule_slot: filter_common::DEFAULT_RULE,
             ..Config::default()
         };
