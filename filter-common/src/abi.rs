@@ -75,6 +75,10 @@ pub struct MapDef {
     pub entries: u32,
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "ABI structs are a few dozen bytes (sizes asserted)"
+)]
 const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }

@@ -38,6 +38,10 @@ pub struct AutoBlockEvent {
 
 impl AutoBlockEvent {
     /// The header every automatic-block record carries.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a 48-byte record (size asserted)"
+    )]
     pub const HEADER: EventHeader = EventHeader {
         kind: EVENT_AUTOBLOCK,
         len: size_of::<Self>() as u32,

@@ -13,6 +13,10 @@
 //! re-exported here as well. [`abi`] lists every map with its type and key
 //! and value sizes, and the layout version both sides are built for.
 #![no_std]
+#![allow(
+    clippy::pub_underscore_fields,
+    reason = "explicit ABI padding fields (`_pad`), public so both crates can build the structs"
+)]
 
 pub mod abi;
 pub mod config;

@@ -128,6 +128,10 @@ pub struct Bucket {
 pub type OnlyFromBytes = [u8; 20];
 
 /// Bits of a full `ONLY_FROM` key: what a packet's lookup uses.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a 20-byte key (size asserted)"
+)]
 pub const ONLY_FROM_KEY_BITS: u32 = 8 * size_of::<OnlyFromBytes>() as u32;
 
 /// The data of an `ONLY_FROM` key: `slot` big-endian, then `source`

@@ -5,7 +5,7 @@
 mod cmd;
 mod render;
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use filter_ctl::{
@@ -47,7 +47,7 @@ enum Command {
     /// Drop all traffic from addresses or prefixes. An entry already listed
     /// keeps the later expiry (permanent beats any TTL) unless --replace.
     ///
-    /// Example: filter-ctl block 198.18.0.7 2001:db8:bad::/48 --ttl 10m
+    /// Example: filter-ctl block 198.18.0.7 `2001:db8:bad::/48` --ttl 10m
     Block(cmd::lists::AddArgs),
     /// Remove addresses or prefixes from the blocklist, and lift automatic
     /// blocks of the given addresses.
@@ -95,7 +95,7 @@ enum Command {
 fn exit_codes_help() -> String {
     let mut text = String::from("Exit codes:\n");
     for (code, meaning) in ExitCode::TABLE {
-        text.push_str(&format!("  {:<3} {meaning}\n", code.code()));
+        let _ = writeln!(text, "  {:<3} {meaning}", code.code());
     }
     text
 }

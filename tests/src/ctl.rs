@@ -70,14 +70,13 @@ fn build_binary(cargo: PathBuf, profile_dir: &Path) {
     if let (Some(profile), Some(target_dir)) = (profile_dir.file_name(), profile_dir.parent()) {
         command.arg("--target-dir").arg(target_dir);
         match profile.to_str() {
-            Some("debug") => {}
+            Some("debug") | None => {}
             Some("release") => {
                 command.arg("--release");
             }
             Some(other) => {
                 command.args(["--profile", other]);
             }
-            None => {}
         }
     }
     let status = command

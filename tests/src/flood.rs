@@ -50,7 +50,7 @@ const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 #[derive(Clone, Copy, Debug)]
 struct Insn {
     code: u8,
-    /// dst_reg in the low nibble, src_reg in the high one.
+    /// `dst_reg` in the low nibble, `src_reg` in the high one.
     regs: u8,
     off: i16,
     imm: i32,

@@ -8,7 +8,7 @@
 //! at the offsets in [`Layout`]. Checksums are correct for well-formed frames
 //! (the XDP program does not check them).
 //!
-//! Addresses are from the benchmarking ranges only: 198.18.0.0/15 and 2001:db8::/32.
+//! Addresses are from the benchmarking ranges only: 198.18.0.0/15 and `2001:db8::/32`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -456,7 +456,7 @@ pub struct Ext {
 
 impl Ext {
     /// An options header (hop-by-hop or destination options) of
-    /// `(hdr_ext_len + 1) * 8` bytes, filled with one PadN option.
+    /// `(hdr_ext_len + 1) * 8` bytes, filled with one `PadN` option.
     fn options(kind: u8, hdr_ext_len: u8) -> Self {
         let len = (usize::from(hdr_ext_len) + 1) * 8;
         let mut bytes = vec![0; len];
@@ -533,7 +533,7 @@ pub enum L4 {
     Udp(Udp),
     /// ICMP (protocol 1).
     Icmp(Icmp),
-    /// ICMPv6 (protocol 58).
+    /// `ICMPv6` (protocol 58).
     Icmpv6(Icmp),
     /// Any protocol number with raw bytes.
     Raw {
@@ -746,7 +746,7 @@ impl From<Udp> for L4 {
     }
 }
 
-/// ICMP or ICMPv6 message: type, code, 4 bytes of "rest of header", payload.
+/// ICMP or `ICMPv6` message: type, code, 4 bytes of "rest of header", payload.
 #[derive(Clone, Debug)]
 pub struct Icmp {
     pub kind: u8,
@@ -767,7 +767,7 @@ impl Icmp {
         }
     }
 
-    /// ICMPv6 echo request (type 128).
+    /// `ICMPv6` echo request (type 128).
     #[must_use]
     pub fn echo_v6() -> Self {
         Self {
@@ -861,7 +861,7 @@ pub fn tcp6(src: [u8; 16], dport: u16) -> Ipv6 {
     Ipv6::new(src, DST6, Tcp::new(40000, dport).into())
 }
 
-/// IPv6 ICMPv6 echo from `src`.
+/// IPv6 `ICMPv6` echo from `src`.
 #[must_use]
 pub fn icmp6(src: [u8; 16]) -> Ipv6 {
     Ipv6::new(src, DST6, L4::Icmpv6(Icmp::echo_v6()))

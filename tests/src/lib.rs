@@ -1,5 +1,5 @@
 //! Test and lab support for the XDP filter: network-namespace labs, a driver
-//! for the real `filter-ctl` binary, frame builders, a BPF_PROG_TEST_RUN
+//! for the real `filter-ctl` binary, frame builders, a `BPF_PROG_TEST_RUN`
 //! harness, and an independent reference model of the filter's decisions.
 
 pub mod ctl;

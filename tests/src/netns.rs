@@ -173,13 +173,13 @@ pub fn allow_ping_sockets(ns: &NetNs) {
 
 const SRC_MAC: &str = "02:66:74:00:00:01";
 const DST_MAC: &str = "02:66:74:00:00:02";
-/// Host part of the first source address (IPv4 198.18.N.10, IPv6 2001:db8:N::10).
+/// Host part of the first source address (IPv4 198.18.N.10, IPv6 `2001:db8:N::10`).
 const PRIMARY_HOST: u8 = 0x10;
 
 /// Two namespaces joined by a veth pair: traffic goes from `src` to `dst`,
 /// where the filter is attached (`dst_if`).
 ///
-/// Lab number N gives IPv4 198.18.0.0/15's Nth /24 and IPv6 2001:db8:N::/48;
+/// Lab number N gives IPv4 198.18.0.0/15's Nth /24 and IPv6 `2001:db8:N::/48`;
 /// all addresses are on-link (/24 and /48), IPv6 ones without DAD. Neighbour
 /// entries are static on both sides, so no ARP or neighbour discovery frames
 /// are sent and every frame the filter sees is one a test sent (plus

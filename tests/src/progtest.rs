@@ -449,7 +449,7 @@ impl ProgTest {
         let buckets: HashMap<MapData, BucketKey, Bucket> =
             HashMap::try_from(filter.map(maps::BUCKETS).expect("BUCKETS map"))
                 .expect("BUCKETS hash");
-        for item in buckets.iter() {
+        for item in &buckets {
             let (key, bucket) = item.expect("reading BUCKETS");
             model.buckets.insert((key.rule, key.source), bucket);
         }

@@ -22,22 +22,27 @@ pub fn freeze(test: &ProgTest, id: u32, burst: u64) {
     });
 }
 
+#[must_use]
 pub fn udp4(src: &str, port: u16) -> Vec<u8> {
     Frame::ipv4(frames::udp4(ip4(src), port)).build()
 }
 
+#[must_use]
 pub fn tcp4(src: &str, port: u16) -> Vec<u8> {
     Frame::ipv4(frames::tcp4(ip4(src), port)).build()
 }
 
+#[must_use]
 pub fn udp6(src: &str, port: u16) -> Vec<u8> {
     Frame::ipv6(frames::udp6(ip6(src), port)).build()
 }
 
+#[must_use]
 pub fn tcp6(src: &str, port: u16) -> Vec<u8> {
     Frame::ipv6(frames::tcp6(ip6(src), port)).build()
 }
 
+#[must_use]
 pub fn icmp4(src: &str) -> Vec<u8> {
     Frame::ipv4(frames::icmp4(ip4(src))).build()
 }

@@ -36,7 +36,7 @@ const MAX_REPORTED: usize = 10;
 /// One packet per 1000 s: no bucket refills during the test.
 const SLOW: u64 = 1000 * TICKS_PER_SEC;
 
-/// SplitMix64: small, fast, good enough for test inputs, stable across versions.
+/// `SplitMix64`: small, fast, good enough for test inputs, stable across versions.
 struct Rng(u64);
 
 impl Rng {
@@ -90,7 +90,7 @@ impl Rng {
 
 /// Sets up lists and rules that every branch of the decision meets.
 fn configure(test: &ProgTest) -> Vec<u32> {
-    let hour = Duration::from_secs(3600);
+    let hour = Duration::from_hours(1);
     test.set_aggregation(30, 56);
     test.allow(&["198.18.100.0/24", "198.18.101.7", "2001:db8:a11::/48"]);
     test.block(&[

@@ -8,6 +8,7 @@
 //! Needs root; each test has its own namespaces and pin directory.
 
 use std::{
+    fmt::Write as _,
     io::Write as _,
     net::{IpAddr, SocketAddr},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
@@ -24,6 +25,8 @@ use serde_json::Value;
 
 const UDP_PORT: u16 = 5000;
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Entries of the bulk load that `a_killed_bulk_load…` interrupts.
+const ENTRIES: usize = 200_000;
 
 /// Exit codes, as documented in `filter-ctl --help`.
 mod exit {
@@ -435,10 +438,9 @@ fn a_killed_bulk_load_is_never_a_silent_partial() {
     let mut controller = ctl.run_background(&lab.dst, &[&lab.dst_if]);
     let dir = scratch_dir("journal");
     let file = dir.join("big.txt");
-    const ENTRIES: usize = 200_000;
     let mut text_list = String::with_capacity(ENTRIES * 28);
     for i in 0..ENTRIES {
-        text_list.push_str(&format!("2001:db8:{:x}:{:x}::/64\n", i >> 16, i & 0xffff));
+        let _ = writeln!(text_list, "2001:db8:{:x}:{:x}::/64", i >> 16, i & 0xffff);
     }
     std::fs::write(&file, text_list).expect("writing the list");
     let file_arg = file.display().to_string();

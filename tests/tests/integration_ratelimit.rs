@@ -99,7 +99,8 @@ fn rate_limit_holds_a_flooder_to_rate_and_burst_and_spares_a_well_behaved_source
         (received_f - expected) / expected * 100.0
     );
     assert!(
-        sent_f / duration.as_secs_f64() >= 5.0 * RATE as f64,
+        sent_f / duration.as_secs_f64()
+            >= 5.0 * f64::from(u32::try_from(RATE).expect("small rate")),
         "the flood was too slow to test the limit"
     );
     assert!(

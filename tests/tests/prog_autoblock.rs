@@ -23,7 +23,7 @@ fn rate_limit_then_autoblock() {
         return;
     }
     let test = ProgTest::new();
-    let hour = Duration::from_secs(3600);
+    let hour = Duration::from_hours(1);
     let id = test.limit(
         "udp/5000",
         &LimitSpec {
@@ -138,7 +138,7 @@ fn autoblock_window_restarts() {
             autoblock: Some(AutoblockSpec {
                 after: 3,
                 window: Duration::from_millis(300),
-                block_for: Duration::from_secs(3600),
+                block_for: Duration::from_hours(1),
             }),
             ..Default::default()
         },
@@ -183,7 +183,7 @@ fn autoblock_expires() {
             burst: Some(1),
             autoblock: Some(AutoblockSpec {
                 after: 2,
-                window: Duration::from_secs(3600),
+                window: Duration::from_hours(1),
                 block_for: Duration::from_millis(200),
             }),
             ..Default::default()

@@ -59,7 +59,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
         return;
     }
     let test = ProgTest::new();
-    let block_for = Duration::from_secs(3600);
+    let block_for = Duration::from_hours(1);
     let id = test.limit(
         "udp/6000",
         &LimitSpec {
@@ -67,7 +67,7 @@ fn an_autoblock_writes_one_event_with_its_header() {
             burst: Some(1),
             autoblock: Some(AutoblockSpec {
                 after: 2,
-                window: Duration::from_secs(3600),
+                window: Duration::from_hours(1),
                 block_for,
             }),
             ..Default::default()

@@ -182,7 +182,7 @@ fn expiring_entries() {
     }
     let test = ProgTest::new();
     let gone = Duration::from_millis(1);
-    let hour = Duration::from_secs(3600);
+    let hour = Duration::from_hours(1);
     // Expired: plain host entries.
     test.block_ttl(&["198.19.6.6", "2001:db8:6::6"], gone);
     test.allow_ttl(&["198.18.7.7"], gone);

@@ -51,8 +51,8 @@ fn tcp_prefix(len: usize) -> Vec<u8> {
     let mut header = vec![
         0x9c,
         0x40,
-        0,
-        CLOSED as u8,
+        CLOSED.to_be_bytes()[0],
+        CLOSED.to_be_bytes()[1],
         0,
         0,
         0,
@@ -816,7 +816,7 @@ fn ipv6() {
     run_table(&fixture(), &ipv6_cases());
 }
 
-/// BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, so the
+/// `BPF_PROG_TEST_RUN` refuses frames shorter than an Ethernet header, so the
 /// program never sees one there; the model calls them malformed.
 #[test]
 fn frames_shorter_than_ethernet_are_refused_by_test_run() {

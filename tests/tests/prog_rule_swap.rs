@@ -100,7 +100,7 @@ fn hammer(
     cpus: [usize; 2],
     target: &str,
     frame: &[u8],
-    shapes: [(RateRule, LimitSpec); 2],
+    shapes: &[(RateRule, LimitSpec); 2],
 ) -> Hammered {
     let _alone = HAMMER.lock().unwrap_or_else(PoisonError::into_inner);
     let target: Target = target.parse().expect("target");
@@ -220,12 +220,12 @@ fn describe(by_reason: &[u64]) -> String {
         .join(", ")
 }
 
-fn rule(target: &Target, spec: &LimitSpec) -> RateRule {
-    spec.to_rule(target).expect("a valid rule")
+fn rule(target: Target, spec: &LimitSpec) -> RateRule {
+    spec.to_rule(&target).expect("a valid rule")
 }
 
 /// Shape A refuses every packet of the source (a rate limit whose bucket is
-/// used up: RATELIMIT); shape B drops the port (PORT_DENIED). The fields a
+/// used up: RATELIMIT); shape B drops the port (`PORT_DENIED`). The fields a
 /// torn copy mixes give a third verdict: A's action with B's zero
 /// intervals is a limit without a rate, PASS.
 #[test]
@@ -245,14 +245,14 @@ fn a_rule_rewritten_under_traffic_never_tears() {
         burst: Some(1),
         ..Default::default()
     };
-    let mut refuse = rule(&target, &limit);
+    let mut refuse = rule(target, &limit);
     refuse.packet_interval = SLOW;
     refuse.packet_tolerance = 0;
     let drop = LimitSpec {
         drop: true,
         ..Default::default()
     };
-    let deny = rule(&target, &drop);
+    let deny = rule(target, &drop);
     let frame = udp4("198.18.80.1", 7200);
 
     // The first packet passes and uses up the bucket, which (keyed by the
@@ -262,7 +262,7 @@ fn a_rule_rewritten_under_traffic_never_tears() {
     assert_eq!(test.run_counted(&frame).reason(frame.len()), Ok(PASS));
     assert_eq!(test.run_counted(&frame).reason(frame.len()), Ok(RATELIMIT));
 
-    let run = hammer(&test, cpus, name, &frame, [(deny, drop), (refuse, limit)]);
+    let run = hammer(&test, cpus, name, &frame, &[(deny, drop), (refuse, limit)]);
     check("rate limit <-> drop", &run, [RATELIMIT, PORT_DENIED]);
     // The rule's counters survived every rewrite: one pass, then drops only.
     let counters = test.rule_counters(id);
@@ -276,7 +276,7 @@ fn a_rule_rewritten_under_traffic_never_tears() {
 
 /// Only-from sets switch with their rule. Shape A lets only the source in
 /// and refuses it by rate (RATELIMIT); shape B lets only another network in,
-/// without a rate (PORT_DENIED for the source). B's rule with A's set, or
+/// without a rate (`PORT_DENIED` for the source). B's rule with A's set, or
 /// with both sets, would let the source through: PASS.
 #[test]
 fn only_from_sets_switch_with_their_rule() {
@@ -297,14 +297,14 @@ fn only_from_sets_switch_with_their_rule() {
         only_from: vec![format!("{src}/32").parse().expect("cidr")],
         ..Default::default()
     };
-    let mut refuse = rule(&target, &mine);
+    let mut refuse = rule(target, &mine);
     refuse.packet_interval = SLOW;
     refuse.packet_tolerance = 0;
     let theirs = LimitSpec {
         only_from: vec!["198.18.82.0/24".parse().expect("cidr")],
         ..Default::default()
     };
-    let others_only = rule(&target, &theirs);
+    let others_only = rule(target, &theirs);
     let frame = udp4(src, 7201);
 
     rules::set(&test.filter(), &target, refuse, &mine).expect("setting the rule");
@@ -316,7 +316,7 @@ fn only_from_sets_switch_with_their_rule() {
         cpus,
         name,
         &frame,
-        [(others_only, theirs.clone()), (refuse, mine.clone())],
+        &[(others_only, theirs.clone()), (refuse, mine.clone())],
     );
     check("only-from mine <-> theirs", &run, [RATELIMIT, PORT_DENIED]);
     // Afterwards exactly the last shape's set is left.

@@ -72,7 +72,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 #[derive(clap::Args, Debug)]
 pub struct AddArgs {
     /// Addresses or CIDR prefixes. Format: 198.18.0.1, 198.18.0.0/15,
-    /// 2001:db8::/32 (IPv4-mapped ::ffff:a.b.c.d means the IPv4 address).
+    /// `2001:db8::/32` (IPv4-mapped `::ffff:a.b.c.d` means the IPv4 address).
     #[arg(value_parser = parse_cidr_arg, required_unless_present = "file")]
     addrs: Vec<CidrArg>,
     /// Expire the entries after this long (longer than 0). Format: 30s, 10m, 1h30m, 2d.
@@ -134,6 +134,9 @@ pub fn add(ctx: &Context, which: Which, args: &AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Entries listed one by one in a report; the rest are counted.
+const SHOWN: usize = 10;
+
 fn print_insert_report(which: Which, report: &InsertReport, ttl: Option<Duration>) {
     let list = which.kind().name();
     let ttl_text = ttl
@@ -156,7 +159,6 @@ fn print_insert_report(which: Which, report: &InsertReport, ttl: Option<Duration
             expiry(ttl)
         ),
     }
-    const SHOWN: usize = 10;
     for (cidr, remaining) in report.kept.iter().take(SHOWN) {
         let how = remaining.map_or_else(
             || "permanently".to_string(),

@@ -229,12 +229,9 @@ impl Controller {
                     self.sweep();
                     self.resync();
                 }
-                event = next_link_event(&mut links) => match event {
-                    Some(event) => self.on_link_event(event),
-                    None => {
-                        warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", SWEEP_EVERY.as_secs());
-                        links = None;
-                    }
+                event = next_link_event(&mut links) => if let Some(event) = event { self.on_link_event(event) } else {
+                    warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", SWEEP_EVERY.as_secs());
+                    links = None;
                 },
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for events")?;

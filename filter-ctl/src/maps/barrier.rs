@@ -12,7 +12,7 @@
 //! So when the update returns, every program run that could have read the
 //! old value of some other map has finished. The kernel's own selftests use
 //! the same trick (`prog_tests/btf_map_in_map.c`, "Trigger
-//! synchronize_rcu() in kernel"). Raw syscalls, as in [`super::batch`]:
+//! `synchronize_rcu()` in kernel"). Raw syscalls, as in [`super::batch`]:
 //! aya does not create map-in-maps.
 //!
 //! Cost: one grace period, about 10-30 ms (measured on a 2-CPU VM with

@@ -57,7 +57,7 @@ impl Filter {
         let buckets: HashMap<MapData, BucketKey, Bucket> =
             HashMap::try_from(self.map(maps::BUCKETS)?)
                 .context("BUCKETS is not the expected hash map")?;
-        let live = buckets.keys().filter(Result::is_ok).count() as u64;
+        let live = buckets.keys().flatten().count() as u64;
         let inserts = self.table_stat(table_stat::BUCKET_INSERTS)?;
         for (name, value) in [
             ("buckets_live", live),

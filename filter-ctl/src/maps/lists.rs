@@ -343,12 +343,12 @@ impl Filter {
         let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let mut out = Vec::new();
-        for item in v4.iter() {
+        for item in &v4 {
             let (key, value) = item.with_context(|| format!("reading {v4_name}"))?;
             let ip = IpAddr::V4(Ipv4Addr::from(key.data()));
             out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
         }
-        for item in v6.iter() {
+        for item in &v6 {
             let (key, value) = item.with_context(|| format!("reading {v6_name}"))?;
             let ip = IpAddr::V6(Ipv6Addr::from(key.data()));
             out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
@@ -488,7 +488,7 @@ fn existing<K: Pod + Eq + std::hash::Hash>(
     name: &str,
 ) -> anyhow::Result<HashMap<(u32, K), ListEntry>> {
     let mut out = HashMap::new();
-    for item in trie.iter() {
+    for item in trie {
         let (key, value) = item.with_context(|| format!("reading {name}"))?;
         out.insert((key.prefix_len(), key.data()), value);
     }

@@ -221,7 +221,7 @@ fn write_only_from(
 /// switch flips one bit (`MAX_RULES`); a removal could at worst show the
 /// rule's other slot (empty: no rule) or `MAX_RULES` (id 0: no port rule),
 /// both of which mean what 0 means.
-fn point_index(filter: &Filter, target: &Target, slot: u32) -> anyhow::Result<()> {
+fn point_index(filter: &Filter, target: Target, slot: u32) -> anyhow::Result<()> {
     let keys: Vec<u32> = target.index_range().collect();
     let values = vec![slot; keys.len()];
     let index = filter.map_data(maps::PORT_RULE_INDEX)?;
@@ -282,8 +282,8 @@ pub fn set(
         rules
             .set(id, rule, 0)
             .with_context(|| format!("writing rule {target}"))?;
-        if let Err(e) = point_index(filter, target, id) {
-            let _ = point_index(filter, target, 0);
+        if let Err(e) = point_index(filter, *target, id) {
+            let _ = point_index(filter, *target, 0);
             return Err(e);
         }
         return Ok(id);
@@ -311,13 +311,13 @@ pub fn set(
                 Ok(())
             })
             .map(drop),
-        Target::Port { .. } => point_index(filter, target, next),
+        Target::Port { .. } => point_index(filter, *target, next),
     };
     if let Err(e) = switched {
         // The old slot is untouched; a partly switched range goes back, and
         // the next edit may rewrite `next` only once no packet holds it.
         if matches!(target, Target::Port { .. }) {
-            let _ = point_index(filter, target, live);
+            let _ = point_index(filter, *target, live);
             let _ = barrier();
         }
         return Err(e);
@@ -365,7 +365,7 @@ pub fn remove(filter: &Filter, target: &Target) -> anyhow::Result<()> {
                 Ok(())
             })?;
         }
-        Target::Port { .. } => point_index(filter, target, 0)?,
+        Target::Port { .. } => point_index(filter, *target, 0)?,
     }
     barrier()?;
     retire_slot(&mut rules, &mut only_from, live)?;

@@ -108,8 +108,8 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(format_duration(Duration::from_secs(598)), "9m58s");
-        assert_eq!(format_duration(Duration::from_secs(7200)), "2h0m");
+        assert_eq!(format_duration(Duration::from_hours(2)), "2h0m");
         assert_eq!(format_duration(Duration::from_millis(450)), "450ms");
-        assert_eq!(format_duration(Duration::from_secs(90_000)), "1d1h");
+        assert_eq!(format_duration(Duration::from_hours(25)), "1d1h");
     }
 }

@@ -62,12 +62,11 @@ impl FromStr for Target {
             p.parse::<u16>()
                 .map_err(|_| TargetError::Port(excerpt(text, 80)))
         };
-        let (first, last) = match ports.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => {
-                let p = port(ports)?;
-                (p, p)
-            }
+        let (first, last) = if let Some((a, b)) = ports.split_once('-') {
+            (port(a)?, port(b)?)
+        } else {
+            let p = port(ports)?;
+            (p, p)
         };
         if first > last {
             return Err(TargetError::Range(excerpt(text, 80)));
