@@ -26,8 +26,15 @@ struct Input {
     drop: bool,
     /// At most a few: (IPv6?, address bytes, prefix).
     only_from: Vec<(bool, [u8; 16], u8)>,
-    /// (after, window, block for), durations as (seconds, nanoseconds).
-    autoblock: Option<(u32, (u64, u32), (u64, u32))>,
+    autoblock: Option<Autoblock>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Autoblock {
+    after: u32,
+    /// Seconds and nanoseconds.
+    window: (u64, u32),
+    block_for: (u64, u32),
 }
 
 fn duration((secs, nanos): (u64, u32)) -> Duration {
@@ -62,13 +69,11 @@ fuzz_target!(|input: Input| {
         bytes: input.bytes,
         drop: input.drop,
         only_from,
-        autoblock: input
-            .autoblock
-            .map(|(after, window, block_for)| AutoblockSpec {
-                after,
-                window: duration(window),
-                block_for: duration(block_for),
-            }),
+        autoblock: input.autoblock.map(|auto| AutoblockSpec {
+            after: auto.after,
+            window: duration(auto.window),
+            block_for: duration(auto.block_for),
+        }),
     };
     match spec.to_rule(&target) {
         Ok(rule) => {
