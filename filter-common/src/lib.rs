@@ -63,3 +63,32 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleCounter {}
 }
+
+/// XDP actions: what the program returns for a frame (the kernel's
+/// `enum xdp_action`). The one place user space and the tests take them from.
+pub mod xdp_action {
+    /// The program failed; the frame is dropped and the `xdp_exception` tracepoint fires.
+    pub const ABORTED: u32 = 0;
+    /// Drop the frame.
+    pub const DROP: u32 = 1;
+    /// Hand the frame to the network stack.
+    pub const PASS: u32 = 2;
+    /// Send the frame back out of the interface it arrived on.
+    pub const TX: u32 = 3;
+    /// Send the frame elsewhere (another interface, CPU or socket).
+    pub const REDIRECT: u32 = 4;
+
+    /// The kernel's name of `action` (`XDP_DROP`), or `XDP_UNKNOWN` for a value
+    /// no kernel defines.
+    #[must_use]
+    pub const fn name(action: u32) -> &'static str {
+        match action {
+            ABORTED => "XDP_ABORTED",
+            DROP => "XDP_DROP",
+            PASS => "XDP_PASS",
+            TX => "XDP_TX",
+            REDIRECT => "XDP_REDIRECT",
+            _ => "XDP_UNKNOWN",
+        }
+    }
+}

@@ -23,7 +23,8 @@ static BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// The `filter-ctl` binary of the same build profile as the running test.
 ///
-/// `FILTER_CTL_BIN` overrides the search. Otherwise the binary is
+/// `FILTER_CTL_BIN` overrides the search (`cargo xtask test` builds the
+/// binary once and sets it). Otherwise the binary is
 /// `target/<profile>/filter-ctl` next to the test executable
 /// (`target/<profile>/deps/…`). Cargo does not build a dependency's binaries
 /// for a test, so when the tests run under cargo (`CARGO` is set) it is built

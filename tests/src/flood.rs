@@ -23,13 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{NetNs, in_netns};
+use filter_common::xdp_action;
 
-/// XDP actions.
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+use crate::netns::{NetNs, in_netns};
 
 /// The kernel's largest live-frame batch (`TEST_XDP_MAX_BATCH`).
 pub const MAX_BATCH: u32 = 256;
@@ -291,9 +287,9 @@ impl XdpProgram {
     /// (`XDP_TX`).
     pub fn returning(action: u32) -> io::Result<Self> {
         let name = match action {
-            XDP_PASS => "bare_pass",
-            XDP_DROP => "bare_drop",
-            XDP_TX => "flood_tx",
+            xdp_action::PASS => "bare_pass",
+            xdp_action::DROP => "bare_drop",
+            xdp_action::TX => "flood_tx",
             _ => "bare_action",
         };
         let action = i32::try_from(action).map_err(io::Error::other)?;
@@ -335,7 +331,7 @@ impl XdpProgram {
         let base_imm = u32::from(base) as i32;
         let rest_imm = i32::try_from(rest).map_err(io::Error::other)?;
         let headers_end = i32::try_from(IPV4_END).expect("small");
-        let tx = i32::try_from(XDP_TX).expect("small");
+        let tx = i32::try_from(xdp_action::TX).expect("small");
         let head = [
             // r0 = base + random % count: the new source, in host order.
             asm::mov_reg(6, 1),
@@ -764,7 +760,7 @@ impl Flood {
     /// Sends `frame` as it is, every time.
     pub fn single(frame: Vec<u8>) -> io::Result<Self> {
         Ok(Self {
-            program: XdpProgram::returning(XDP_TX)?,
+            program: XdpProgram::returning(xdp_action::TX)?,
             frame,
             sources: 1,
         })

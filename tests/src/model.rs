@@ -8,12 +8,8 @@ use std::collections::HashMap;
 use filter_common::{
     Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, PORT_INDEX_ENTRIES,
     PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_SLOTS, RateRule, RuleCounter,
-    TICKS_PER_NS, reason,
+    TICKS_PER_NS, reason, xdp_action,
 };
-
-/// XDP return codes.
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
 
 /// No header may start beyond this offset.
 const MAX_HEADER_OFFSET: usize = 4096;
@@ -24,9 +20,9 @@ const MAX_EXT_HEADERS: usize = 6;
 #[must_use]
 pub fn action_of(reason: u32) -> u32 {
     if reason::is_drop(reason) {
-        XDP_DROP
+        xdp_action::DROP
     } else {
-        XDP_PASS
+        xdp_action::PASS
     }
 }
 

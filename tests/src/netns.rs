@@ -36,11 +36,7 @@ pub fn unique_id() -> u32 {
 }
 
 /// Whether the tests run as root (needed for namespaces and BPF).
-#[must_use]
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use filter_devtools::is_root;
 
 /// Prints the skip message and returns true when the test cannot run here.
 #[must_use]

@@ -145,18 +145,8 @@ pub fn describe_delta(delta: &ReasonCounters) -> String {
     out
 }
 
-/// Name of an XDP action.
-#[must_use]
-pub fn action_name(action: u32) -> &'static str {
-    match action {
-        0 => "XDP_ABORTED",
-        1 => "XDP_DROP",
-        2 => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "unknown action",
-    }
-}
+/// Name of an XDP action (`XDP_DROP`).
+pub use filter_common::xdp_action::name as action_name;
 
 fn cidr(text: &str) -> Cidr {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))

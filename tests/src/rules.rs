@@ -2,7 +2,7 @@
 //! `prog_events`): frames from a source text, and rules frozen so that no
 //! bucket refills while a test runs.
 
-use filter_common::{RateRule, TICKS_PER_SEC};
+use filter_common::{RateRule, TICKS_PER_SEC, xdp_action};
 
 use crate::{
     frames::{self, Frame, ip4, ip6},
@@ -59,7 +59,7 @@ pub fn assert_rule_counters(test: &ProgTest, model: &Model, ids: &[u32]) {
 }
 
 /// `XDP_DROP`, as a test run returns it.
-pub const XDP_DROP_ACTION: u32 = 1;
+pub const XDP_DROP_ACTION: u32 = xdp_action::DROP;
 
 /// `XDP_PASS`, as a test run returns it.
-pub const XDP_PASS_ACTION: u32 = 2;
+pub const XDP_PASS_ACTION: u32 = xdp_action::PASS;

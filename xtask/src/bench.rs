@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: setup, the release controller, then the benchmark
-//! suite (`filter-bench` in the `filter-tests` package), which writes
+//! suite (the `filter-bench` crate), which writes
 //! `BENCHMARKS.md`. `--quick` is the smoke run CI does: every part, a few
 //! seconds, verdicts checked, the report printed instead of written.
 
@@ -35,16 +35,7 @@ pub fn run(options: &Options) -> Result<()> {
     setup::run()?;
     let filter_ctl = build::run()?;
     let mut cargo = cmd::cargo();
-    cargo.args([
-        "run",
-        "--release",
-        "--locked",
-        "-p",
-        "filter-tests",
-        "--bin",
-        "filter-bench",
-        "--",
-    ]);
+    cargo.args(["run", "--release", "--locked", "-p", "filter-bench", "--"]);
     cargo.arg("--filter-ctl").arg(&filter_ctl);
     if options.quick {
         cargo.arg("--quick");

@@ -23,15 +23,7 @@ pub fn cargo() -> Command {
     command
 }
 
-/// The command line, for messages: `ip netns add flab-src-1`.
-pub fn display(command: &Command) -> String {
-    let mut line = command.get_program().to_string_lossy().into_owned();
-    for arg in command.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    line
-}
+pub use filter_devtools::display;
 
 /// Runs `command` with the terminal as its output; fails unless it exits 0
 /// (or if Ctrl-C arrived meanwhile, see [`sys::catch_interrupts`]).

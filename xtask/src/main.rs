@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod lab;
 mod setup;
 mod sys;
@@ -24,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Check the prerequisites and install only what is missing: kernel, bpffs,
-    /// Debian packages, nightly toolchain with rust-src, bpf-linker. Safe to re-run.
+    /// Debian packages, nightly toolchain with rust-src, bpf-linker, cargo-fuzz.
+    /// Safe to re-run.
     ///
     /// Example: cargo xtask setup
     Setup,
@@ -46,6 +48,12 @@ enum Task {
     ///
     /// Example: cargo xtask bench --quick
     Bench(bench::Options),
+    /// Run setup, then each fuzz target (cargo-fuzz, libFuzzer, nightly) for
+    /// --seconds; a crash fails the run and its input is kept in
+    /// fuzz/artifacts/TARGET/.
+    ///
+    /// Example: cargo xtask fuzz --seconds 60 cidr
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(options) => test::run(&options),
         Task::Lab(options) => lab::run(&options),
         Task::Bench(options) => bench::run(&options),
+        Task::Fuzz(options) => fuzz::run(&options),
     }
 }

@@ -39,6 +39,7 @@ pub fn run() -> Result<()> {
     let nightly = nightly()?;
     rust_src(&nightly)?;
     bpf_linker(&nightly)?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -384,4 +385,23 @@ fn install_bpf_linker(nightly: &Nightly, llvm: &LibLlvm) -> Result<()> {
         .arg(format!("llvm-{}", nightly.llvm_major));
     cmd::run(&mut install)
         .with_context(|| format!("building bpf-linker against {} failed", llvm.path.display()))
+}
+
+/// `cargo fuzz` (cargo-fuzz), which `cargo xtask fuzz` runs: built with the
+/// toolchain running xtask, from the versions its lock file names.
+fn cargo_fuzz() -> Result<()> {
+    let status = if cmd::find_on_path("cargo-fuzz").is_some() {
+        Status::Ok
+    } else {
+        cmd::run(cmd::cargo().args(["install", "--locked", "cargo-fuzz"]))
+            .context("installing cargo-fuzz failed (the fuzz targets need it)")?;
+        ensure!(
+            cmd::find_on_path("cargo-fuzz").is_some(),
+            "cargo-fuzz was installed but is not on PATH; is ~/.cargo/bin on PATH? (`source ~/.cargo/env`)"
+        );
+        Status::Installed
+    };
+    let version = cmd::stdout(Command::new("cargo-fuzz").arg("--version"))?;
+    report(&status, version.trim());
+    Ok(())
 }

@@ -1,8 +1,15 @@
 //! `cargo xtask test`: setup, then the whole test suite on the real kernel.
+//!
+//! The tests drive the real `filter-ctl` binary. xtask builds it once, in the
+//! profile the tests build in, and hands its path over in `FILTER_CTL_BIN`;
+//! without it (a plain `cargo test`) each test process builds it itself.
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, setup, sys};
+use crate::{
+    build::{self, Profile},
+    cmd, setup, sys,
+};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -17,7 +24,9 @@ pub struct Options {
 pub fn run(options: &Options) -> Result<()> {
     sys::require_root("the tests load XDP programs and create network namespaces")?;
     setup::run()?;
+    let filter_ctl = build::filter_ctl(&profile_of(&options.cargo_args))?;
     let mut cargo = cmd::cargo();
+    cargo.env("FILTER_CTL_BIN", &filter_ctl);
     cargo.args(["test", "--locked"]);
     if !selects_packages(&options.cargo_args) {
         // filter-ebpf only builds for the BPF target; filter-ctl's build script
@@ -25,7 +34,11 @@ pub fn run(options: &Options) -> Result<()> {
         cargo.args(["--workspace", "--exclude", "filter-ebpf"]);
     }
     cargo.args(&options.cargo_args);
-    println!("==> test: {}", cmd::display(&cargo));
+    println!(
+        "==> test: FILTER_CTL_BIN={} {}",
+        filter_ctl.display(),
+        cmd::display(&cargo)
+    );
     let totals = run_counting(&mut cargo)?;
     // One closing line for the whole run: cargo prints one result per test
     // binary, and the last of them (doc tests) usually runs none.
@@ -87,6 +100,24 @@ fn add_result_line(totals: &mut Totals, line: &str) {
     }
 }
 
+/// The profile `cargo test` builds in with these arguments (before any `--`).
+fn profile_of(cargo_args: &[String]) -> Profile {
+    let mut profile = Profile::dev();
+    let mut args = cargo_args.iter().take_while(|arg| *arg != "--");
+    while let Some(arg) = args.next() {
+        if arg == "--release" || arg == "-r" {
+            profile = Profile::release();
+        } else if arg == "--profile" {
+            if let Some(name) = args.next() {
+                profile = Profile::named(name);
+            }
+        } else if let Some(name) = arg.strip_prefix("--profile=") {
+            profile = Profile::named(name);
+        }
+    }
+    profile
+}
+
 /// Whether the arguments for cargo (before any `--`) choose packages.
 fn selects_packages(cargo_args: &[String]) -> bool {
     cargo_args.iter().take_while(|arg| *arg != "--").any(|arg| {
@@ -101,7 +132,7 @@ fn selects_packages(cargo_args: &[String]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::selects_packages;
+    use super::{Profile, profile_of, selects_packages};
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(ToString::to_string).collect()
@@ -118,6 +149,22 @@ mod tests {
             super::add_result_line(&mut totals, line);
         }
         assert_eq!((totals.passed, totals.failed, totals.ignored), (11, 3, 1));
+    }
+
+    #[test]
+    fn filter_ctl_is_built_in_the_tests_profile() {
+        assert_eq!(profile_of(&[]), Profile::dev());
+        assert_eq!(profile_of(&args(&["-p", "filter-tests"])), Profile::dev());
+        assert_eq!(profile_of(&args(&["--release"])), Profile::release());
+        assert_eq!(profile_of(&args(&["-r"])), Profile::release());
+        assert_eq!(
+            profile_of(&args(&["--profile", "ci"])),
+            Profile::named("ci")
+        );
+        assert_eq!(profile_of(&args(&["--profile=ci"])).dir, "ci");
+        assert_eq!(profile_of(&args(&["--profile", "dev"])).dir, "debug");
+        // Arguments for the test binaries do not count.
+        assert_eq!(profile_of(&args(&["--", "--release"])), Profile::dev());
     }
 
     #[test]

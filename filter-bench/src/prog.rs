@@ -14,17 +14,18 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
-use filter_common::{Bucket, BucketKey, DEFAULT_RULE, maps};
-use filter_ctl::maps::{Filter, loader::Capacities};
-use filter_tests::{
-    flood::{XDP_ABORTED, XDP_DROP, XDP_PASS, XdpProgram},
-    netns::Lab,
+use filter_common::{
+    Bucket, BucketKey, DEFAULT_RULE, maps,
+    xdp_action::{ABORTED, DROP, PASS},
 };
+use filter_ctl::maps::{Filter, loader::Capacities};
+use filter_devtools::check_interrupted;
+use filter_tests::{flood::XdpProgram, netns::Lab};
 
 use crate::{
     common::{
-        Env, LoadedFilter, ProgramSize, XdpFilter, action_name, bpftool_run, check_interrupted,
-        program_size, ratios, show,
+        Env, LoadedFilter, ProgramSize, XdpFilter, action_name, bpftool_run, program_size, ratios,
+        show,
     },
     frames::{block_list, ipv4_udp, ipv6_udp},
     profile::profile_command,
@@ -82,63 +83,58 @@ fn kinds() -> Vec<Kind> {
         kind(
             "IPv4 UDP, allowed (default limit)",
             ipv4_udp(allowed, dst, ALLOWED_PORT, &[], None, 0),
-            [XDP_PASS, XDP_PASS, XDP_PASS],
+            [PASS, PASS, PASS],
             false,
         ),
         kind(
             "IPv4 from a blocked /24",
             ipv4_udp(v4("198.18.1.1"), dst, ALLOWED_PORT, &[], None, 0),
-            [XDP_DROP, XDP_DROP, XDP_PASS],
+            [DROP, DROP, PASS],
             true,
         ),
         kind(
             "IPv4 over a port limit",
             ipv4_udp(allowed, dst, LIMITED_PORT, &[], None, 0),
-            [XDP_DROP, XDP_DROP, XDP_PASS],
+            [DROP, DROP, PASS],
             false,
         ),
         kind(
             "IPv4 with options (IHL 6)",
             ipv4_udp(allowed, dst, ALLOWED_PORT, &[1, 1, 1, 0], None, 0),
-            [XDP_PASS, XDP_PASS, XDP_PASS],
+            [PASS, PASS, PASS],
             false,
         ),
         kind(
             "IPv6 UDP, allowed (default limit)",
             ipv6_udp(v6("2001:db8:2::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
-            [XDP_PASS, XDP_PASS, XDP_PASS],
+            [PASS, PASS, PASS],
             false,
         ),
         kind(
             "IPv6 from a blocked /48",
             ipv6_udp(v6("2001:db8:1::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
-            [XDP_DROP, XDP_DROP, XDP_PASS],
+            [DROP, DROP, PASS],
             true,
         ),
         kind(
             "802.1Q-tagged IPv4 UDP, allowed",
             ipv4_udp(allowed, dst, ALLOWED_PORT, &[], Some(100), 0),
-            [XDP_PASS, XDP_PASS, XDP_PASS],
+            [PASS, PASS, PASS],
             false,
         ),
         kind(
             "IPv4 non-first fragment",
             ipv4_udp(allowed, dst, ALLOWED_PORT, &[], None, 185),
-            [XDP_PASS, XDP_PASS, XDP_PASS],
+            [PASS, PASS, PASS],
             false,
         ),
         kind(
             "IPv4 truncated (30 bytes)",
             truncated,
-            [XDP_DROP, XDP_ABORTED, XDP_PASS],
+            [DROP, ABORTED, PASS],
             true,
         ),
-        kind(
-            "IPv4 malformed (IHL 4)",
-            bad_ihl,
-            [XDP_DROP, XDP_PASS, XDP_PASS],
-            true,
-        ),
+        kind("IPv4 malformed (IHL 4)", bad_ihl, [DROP, PASS, PASS], true),
     ]
 }
 
@@ -189,7 +185,7 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     let coarse = LoadedFilter::load("ppc", &Capacities::default())?;
     configure(env, &coarse, true)?;
     env.run(&mut env.ctl(&coarse.pins, &["limit", "clock", "coarse"]))?;
-    let bare = XdpProgram::returning(XDP_PASS)?;
+    let bare = XdpProgram::returning(PASS)?;
     let lab = Lab::new("fbpp");
     let xdpf = XdpFilter::load(env, &lab.dst, &lab.dst_if, "skb")?;
     for args in [
@@ -418,7 +414,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
                 None,
                 0,
             ),
-            XDP_DROP,
+            DROP,
         ),
         (
             "IPv4 not listed",
@@ -430,17 +426,17 @@ pub fn scaling(env: &Env) -> Result<Section> {
                 None,
                 0,
             ),
-            XDP_PASS,
+            PASS,
         ),
         (
             "IPv6 listed",
             ipv6_udp(v6("2001:db8:1::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
-            XDP_DROP,
+            DROP,
         ),
         (
             "IPv6 not listed",
             ipv6_udp(v6("2001:db8:2::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
-            XDP_PASS,
+            PASS,
         ),
     ];
     let files: Vec<PathBuf> = list_kinds

@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::common::{Env, die_with_parent, display};
+use filter_devtools::{display, terminate_with_parent};
+
+use crate::common::Env;
 
 const FREQUENCY: &str = "9973";
 const TOP: usize = 10;
@@ -97,7 +99,7 @@ impl Recorder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        die_with_parent(&mut command);
+        terminate_with_parent(&mut command);
         env.record(&display(&command));
         let child = command.spawn().context("starting perf record")?;
         // perf needs a moment to open its events on every CPU.

@@ -28,7 +28,7 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    common::{Env, catch_interrupts, sweep_stale},
+    common::{Env, sweep_stale},
     report::{Context, Section, render},
 };
 
@@ -119,11 +119,11 @@ fn main() -> ExitCode {
 /// Returns whether every check passed.
 fn run() -> Result<bool> {
     let options = parse_args()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("filter-bench needs root: it loads XDP programs and creates network namespaces");
-    }
-    catch_interrupts();
+    filter_devtools::require_root(
+        "filter-bench",
+        "it loads XDP programs and creates network namespaces",
+    )?;
+    filter_devtools::catch_interrupts();
     sweep_stale();
     let started = Instant::now();
     let filter_ctl = locate_filter_ctl(options.filter_ctl)?;

@@ -7,49 +7,22 @@ use std::{
     collections::BTreeSet,
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{atomic::Ordering, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{Ebpf, programs::loaded_programs};
+use filter_common::xdp_action;
 use filter_ctl::{
     maps::loader::{self, Capacities, PROGRAM},
     maps::pins::PinDir,
 };
+use filter_devtools::{check_interrupted, display, terminate_with_parent};
 use filter_tests::netns::NetNs;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT/SIGTERM into a flag checked between steps, so that every
-/// guard runs and nothing is left behind.
-pub fn catch_interrupts() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
-/// Fails once SIGINT or SIGTERM arrived.
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 /// The run's settings and shared state.
 pub struct Env {
@@ -172,16 +145,6 @@ impl Drop for Env {
     }
 }
 
-/// The command line, for logs and the report.
-pub fn display(command: &Command) -> String {
-    let mut line = command.get_program().to_string_lossy().into_owned();
-    for arg in command.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    line
-}
-
 /// `nsenter --net=/run/netns/NS PROGRAM`: unlike `ip netns exec`, it keeps
 /// the host's /sys (and so /sys/fs/bpf).
 pub fn nsenter(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -190,21 +153,6 @@ pub fn nsenter(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
         .arg(format!("--net={}", ns.path().display()))
         .arg(program);
     command
-}
-
-/// Makes a child started with `command` get SIGTERM when this process dies,
-/// even by SIGKILL.
-pub fn die_with_parent(command: &mut Command) {
-    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
 }
 
 /// Median, minimum and maximum of a set of measurements.
@@ -371,7 +319,7 @@ impl Controller {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        die_with_parent(&mut command);
+        terminate_with_parent(&mut command);
         env.record(&display(&command));
         let mut child = command
             .spawn()
@@ -474,7 +422,7 @@ impl XdpFilter {
         command
             .args(["--mount", "--propagation", "private", "sleep", "3600"])
             .stdin(Stdio::null());
-        die_with_parent(&mut command);
+        terminate_with_parent(&mut command);
         let holder = command
             .spawn()
             .context("starting `unshare --mount sleep`")?;
@@ -601,17 +549,11 @@ pub fn bpftool_run(env: &Env, id: u32, frame: &Path, repeat: u32) -> Result<(u32
     Ok((action, ns))
 }
 
-/// Name of an XDP action.
+/// Short name of an XDP action for the report's tables: `DROP`.
 #[must_use]
 pub fn action_name(action: u32) -> &'static str {
-    match action {
-        0 => "ABORTED",
-        1 => "DROP",
-        2 => "PASS",
-        3 => "TX",
-        4 => "REDIRECT",
-        _ => "?",
-    }
+    let name = xdp_action::name(action);
+    name.strip_prefix("XDP_").unwrap_or(name)
 }
 
 /// Whether process `pid` exists.

@@ -10,16 +10,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use filter_common::xdp_action;
+use filter_devtools::check_interrupted;
 use filter_tests::{
     flood::{
-        AttachMode, Flood, FloodOptions, LinkStats, UdpFrame, XDP_DROP, XdpLink, XdpProgram,
+        AttachMode, Flood, FloodOptions, LinkStats, UdpFrame, XdpLink, XdpProgram,
         enable_veth_napi, ifindex, link_stats, mac_address,
     },
     netns::{Lab, NetNs, UdpReceiver, in_netns},
 };
 
 use crate::{
-    common::{Controller, Env, Summary, XdpFilter, check_interrupted, nsenter, ratios, show},
+    common::{Controller, Env, Summary, XdpFilter, nsenter, ratios, show},
     profile::profile_system,
     report::{Section, Target},
 };
@@ -344,7 +346,7 @@ pub fn flood(env: &Env) -> Result<Section> {
     // The ceiling: a bare XDP_DROP program.
     {
         let lab = new_lab("fbd", false)?;
-        let program = XdpProgram::returning(XDP_DROP)?;
+        let program = XdpProgram::returning(xdp_action::DROP)?;
         let index = ifindex(&lab.dst, &lab.dst_if)?;
         let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
             .context("attaching the bare XDP_DROP program")?;

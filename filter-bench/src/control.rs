@@ -20,10 +20,11 @@ use filter_ctl::{
     maps::loader::Capacities,
     maps::{Filter, ListKind},
 };
+use filter_devtools::check_interrupted;
 use filter_tests::netns::{Lab, in_netns};
 
 use crate::{
-    common::{Controller, Env, LoadedFilter, Summary, XdpFilter, check_interrupted, show},
+    common::{Controller, Env, LoadedFilter, Summary, XdpFilter, show},
     frames::block_list,
     profile::profile_command,
     report::{Section, Target},
