@@ -9,7 +9,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{atomic::Ordering, mpsc},
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -255,10 +255,15 @@ pub fn pin_dir(tag: &str) -> PinDir {
 pub struct LoadedFilter {
     pub pins: PinDir,
     pub id: u32,
-    _ebpf: Ebpf,
+    /// Keeps the program and its maps loaded while the benchmark runs.
+    ebpf: Ebpf,
 }
 
 impl LoadedFilter {
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "the same signature as filter_ctl::maps::loader::load"
+    )]
     pub fn load(tag: &str, caps: &Capacities) -> Result<Self> {
         let pins = pin_dir(tag);
         let ebpf = match loader::load(&pins, caps) {
@@ -271,13 +276,9 @@ impl LoadedFilter {
                 )));
             }
         };
-        let mut guard = Self {
-            pins,
-            id: 0,
-            _ebpf: ebpf,
-        };
+        let mut guard = Self { pins, id: 0, ebpf };
         let program: &aya::programs::Xdp = guard
-            ._ebpf
+            .ebpf
             .program(PROGRAM)
             .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
             .try_into()?;
@@ -331,37 +332,55 @@ impl Controller {
             filter_ctl: env.filter_ctl.clone(),
             child: Some(child),
         };
-        let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             // Read to the end, so that the controller never writes to a closed pipe.
             for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
+                if line.is_err() {
+                    break;
+                }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Ready when `status --json` says so (never from its printed lines).
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let status = guard
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(mode) = guard.running_mode(iface) {
+                guard.attached = format!("{mode} mode");
+                break;
+            }
+            let status = guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if status.is_some() || Instant::now() >= deadline {
                 bail!(
                     "`filter-ctl run --iface {iface}` did not report running within 60 s (exit status {status:?})"
                 );
-            };
-            if let Some(how) = line
-                .split_once(&format!("attached to {iface} ("))
-                .and_then(|(_, rest)| rest.strip_suffix(')'))
-            {
-                guard.attached = how.to_string();
             }
-            if line.contains("running;") {
-                break;
-            }
+            thread::sleep(Duration::from_millis(20));
         }
         Ok(guard)
+    }
+}
+
+impl Controller {
+    /// The attach mode on `iface` once `status` shows this controller running.
+    fn running_mode(&self, iface: &str) -> Option<String> {
+        let out = Command::new(&self.filter_ctl)
+            .arg("--pin-dir")
+            .arg(self.pins.root())
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let pid = self.child.as_ref()?.id();
+        if status["controller_pid"] != pid || status["controller_state"] != "running" {
+            return None;
+        }
+        status["interfaces"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == iface && i["state"] == "attached")
+            .map(|i| i["mode"].as_str().unwrap_or("unknown").to_string())
     }
 }
 

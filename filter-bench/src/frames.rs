@@ -82,7 +82,7 @@ fn udp(f: &mut Vec<u8>, dst_port: u16, payload: usize) {
 /// IPv6 entries, in the format of `filter-ctl block --file`. The first entry
 /// of each family is `v4_target`/`v6_target`; the others are distinct random
 /// prefixes with mixed lengths that never overlap 198.18.0.0/15 or
-/// 2001:db8::/32 (so the measured unlisted sources stay unlisted).
+/// `2001:db8::/32` (so the measured unlisted sources stay unlisted).
 pub fn block_list(per_family: usize, seed: u64, v4_target: &str, v6_target: &str) -> String {
     let mut rng = Rng::new(seed);
     let mut out = String::with_capacity(per_family * 40);

@@ -59,7 +59,7 @@ struct Kind {
     frame: Vec<u8>,
     /// Expected action: ours, ours with the coarse clock (the same as ours:
     /// the clock changes no verdict of part 1), xdp-filter (its own
-    /// semantics), bare XDP_PASS.
+    /// semantics), bare `XDP_PASS`.
     expect: [u32; PROGRAMS],
     /// Whether the stricter target (0.8x xdp-filter) applies.
     strict_target: bool,
@@ -600,7 +600,7 @@ fn buckets(filter: &LoadedFilter) -> Result<HashMap<MapData, BucketKey, Bucket>>
 
 /// Entries in the tracking table (an LRU may have evicted some early).
 fn count_buckets(filter: &LoadedFilter) -> Result<usize> {
-    Ok(buckets(filter)?.keys().filter(Result::is_ok).count())
+    Ok(buckets(filter)?.keys().flatten().count())
 }
 
 /// A profile of `bpftool prog run id ID data_in FRAME repeat 10000000`.
