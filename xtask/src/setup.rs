@@ -134,15 +134,44 @@ fn bpffs_mounted() -> Result<bool> {
     }))
 }
 
+/// Mounts bpffs root-only (`mode=0700`, as systemd does), or makes an
+/// existing mount root-only: a world-writable bpffs lets any user pin
+/// objects or create the filter's directories before it does.
 fn bpffs() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     if bpffs_mounted()? {
-        report(&Status::Ok, &format!("bpffs mounted at {BPFFS}"));
+        let mode = fs::metadata(BPFFS)
+            .with_context(|| format!("reading {BPFFS}"))?
+            .permissions()
+            .mode();
+        if mode & 0o022 == 0 {
+            report(
+                &Status::Ok,
+                &format!("bpffs mounted at {BPFFS}, writable by root only"),
+            );
+            return Ok(());
+        }
+        if !sys::is_root() {
+            bail!(
+                "bpffs at {BPFFS} has mode {:o}; run `cargo xtask setup` as root to make it root-only",
+                mode & 0o7777
+            );
+        }
+        fs::set_permissions(BPFFS, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {BPFFS} root-only (chmod 0700)"))?;
+        report(
+            &Status::Installed,
+            &format!(
+                "bpffs at {BPFFS} made root-only (was mode {:o})",
+                mode & 0o7777
+            ),
+        );
         return Ok(());
     }
     if !sys::is_root() {
         bail!("bpffs is not mounted at {BPFFS}; run `cargo xtask setup` as root to mount it");
     }
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    cmd::run(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", BPFFS]))
         .with_context(|| format!("mounting bpffs at {BPFFS} failed"))?;
     ensure!(
         bpffs_mounted()?,
