@@ -31,8 +31,36 @@ struct Cli {
           default_value = "10s")]
     lock_timeout: Duration,
 
+    /// How log lines look: `text` for people, `json` (one object a line:
+    /// timestamp, level, fields) for a SIEM. `RUST_LOG` sets the level.
+    #[arg(long, global = true, env = "FILTER_CTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Structured logs on stderr through `tracing` (the `log` records of the
+/// library and of aya are forwarded to it), at `RUST_LOG`'s level (default
+/// info).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,12 +134,10 @@ fn command() -> clap::Command {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
     refuse_oversized_arguments();
     let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logging(cli.log_format);
     if let Err(err) = dispatch(cli) {
         eprintln!("filter-ctl: error: {err:#}");
         std::process::exit(i32::from(exit_code(&err).code()));

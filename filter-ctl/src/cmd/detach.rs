@@ -13,12 +13,22 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
     let pins = &ctx.pins;
-    if !pins.root().exists() {
-        return Err(Error::NotLoaded(format!(
-            "nothing to detach: {} does not exist",
-            pins.root().display()
-        ))
-        .into());
+    match std::fs::symlink_metadata(pins.root()) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Error::Permission(format!(
+                "permission denied reading {}: filter-ctl needs root",
+                pins.root().display()
+            ))
+            .into());
+        }
+        Err(_) => {
+            return Err(Error::NotLoaded(format!(
+                "nothing to detach: {} does not exist",
+                pins.root().display()
+            ))
+            .into());
+        }
     }
     pins.check_secure()?;
     if let Some(iface) = &args.iface {
