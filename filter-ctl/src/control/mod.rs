@@ -3,6 +3,7 @@
 //! interfaces it filters: one that disappears is marked missing, and when
 //! an interface of that name comes back it is filtered again at once.
 
+pub mod metrics;
 mod netwatch;
 
 use std::{
@@ -54,6 +55,8 @@ pub struct RunOptions {
     pub bucket_capacity: Option<u32>,
     /// Pin into a bpffs of a private mount namespace anyway.
     pub allow_private_bpffs: bool,
+    /// Where to serve `/metrics`; `None` = nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// One interface under the controller's care.
@@ -133,6 +136,7 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     pins.create()?;
     let _lock = take_run_lock(pins)?;
     preflight(pins, options)?;
+    let metrics_listener = options.metrics_addr.map(metrics::bind).transpose()?;
     let mut attached = Vec::new();
     let caps = Capacities {
         list: options.list_capacity.unwrap_or(Capacities::default().list),
@@ -196,7 +200,16 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(controller.event_loop());
+    let result = runtime.block_on(async {
+        if let Some(listener) = metrics_listener {
+            let addr = listener.local_addr().ok();
+            metrics::spawn(listener, pins.clone())?;
+            if let Some(addr) = addr {
+                println!("filter-ctl: metrics on http://{addr}/metrics");
+            }
+        }
+        controller.event_loop().await
+    });
     ControllerState::remove(pins);
     result?;
     println!(

@@ -45,14 +45,34 @@ fn sum(per_cpu: &[Counter]) -> Counter {
 }
 
 impl Filter {
-    pub fn stats(&self) -> anyhow::Result<Stats> {
+    /// Packets and bytes per reason (name), summed over CPUs: one lookup
+    /// per reason, whatever the size of the other maps.
+    pub fn reason_counters(&self) -> anyhow::Result<Vec<(&'static str, Counter)>> {
         let stats: PerCpuArray<MapData, Counter> = self.per_cpu_array(maps::STATS)?;
+        (0u32..)
+            .zip(reason::NAMES)
+            .map(|(index, name)| {
+                let per_cpu = stats
+                    .get(&index, 0)
+                    .with_context(|| format!("reading STATS[{name}]"))?;
+                Ok((name, sum(&per_cpu)))
+            })
+            .collect()
+    }
+
+    /// The number of entries a pinned map can hold.
+    pub fn capacity(&self, name: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .map_data(name)?
+            .info()
+            .with_context(|| format!("reading the map info of {name}"))?
+            .max_entries())
+    }
+
+    pub fn stats(&self) -> anyhow::Result<Stats> {
         let mut out = Stats::default();
-        for (index, name) in (0u32..).zip(reason::NAMES) {
-            let per_cpu = stats
-                .get(&index, 0)
-                .with_context(|| format!("reading STATS[{name}]"))?;
-            out.reasons.insert(name.to_string(), sum(&per_cpu).into());
+        for (name, counter) in self.reason_counters()? {
+            out.reasons.insert(name.to_string(), counter.into());
         }
         let buckets: HashMap<MapData, BucketKey, Bucket> =
             HashMap::try_from(self.map(maps::BUCKETS)?)
