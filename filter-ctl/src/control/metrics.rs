@@ -131,13 +131,7 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
     let registry = Registry::new();
     let state = ControllerState::read_live(pins).unwrap_or_default();
 
-    // Per-reason counters. The kernel counts per reason, not yet per
-    // interface: with one interface they are that interface's; with
-    // several, they are labelled `all`.
-    let interface = match state.interfaces.as_slice() {
-        [one] => one.name.clone(),
-        _ => "all".to_string(),
-    };
+    // Per interface and reason.
     let packets = counter(
         &registry,
         "xdp_filter_packets_total",
@@ -150,13 +144,15 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
         "Bytes by interface and decision reason.",
         &["interface", "reason"],
     );
-    for (reason, c) in filter.reason_counters()? {
-        packets
-            .with_label_values(&[interface.as_str(), reason])
-            .inc_by(c.packets);
-        bytes
-            .with_label_values(&[interface.as_str(), reason])
-            .inc_by(c.bytes);
+    for (interface, counters) in filter.interface_counters()? {
+        for (reason, c) in filter_common::reason::NAMES.iter().zip(counters) {
+            packets
+                .with_label_values(&[interface.as_str(), reason])
+                .inc_by(c.packets);
+            bytes
+                .with_label_values(&[interface.as_str(), reason])
+                .inc_by(c.bytes);
+        }
     }
 
     // Per configured rule (at most 256).
