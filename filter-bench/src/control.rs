@@ -31,6 +31,27 @@ use crate::{
 };
 
 const PORT: u16 = 5000;
+/// List entries for the small scrape measurement.
+const SCRAPE_SMALL: usize = 10;
+/// Scrapes timed per list size.
+const SCRAPE_TIMES: usize = 20;
+
+/// Times `SCRAPE_TIMES` scrapes of `filter` (ms each); each must succeed and
+/// hold the packet counters.
+fn scrape_times(env: &Env, filter: &LoadedFilter) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..SCRAPE_TIMES {
+        let start = Instant::now();
+        let text = filter_ctl::control::metrics::scrape(&filter.pins)?;
+        out.push(start.elapsed().as_secs_f64() * 1000.0);
+        if !text.contains("# TYPE xdp_filter_packets_total counter") {
+            env.fail(format!(
+                "part 4: a scrape lacks the packet counters:\n{text}"
+            ));
+        }
+    }
+    Ok(out)
+}
 
 /// Part 4.
 pub fn control(env: &Env) -> Result<Section> {
@@ -53,15 +74,36 @@ pub fn control(env: &Env) -> Result<Section> {
     let mut xdpf_per_sec = Vec::new();
     let mut memory: Vec<MapMemory> = Vec::new();
     let mut loaded_entries = 0;
+    let small_list = env.work.join("list-scrape.txt");
+    fs::write(
+        &small_list,
+        block_list(SCRAPE_SMALL / 2, 77, "198.18.2.0/24", "2001:db8:2::/48"),
+    )?;
+    let mut scrape_small = Vec::new();
+    let mut scrape_large = Vec::new();
     for round in 0..env.rounds {
         check_interrupted()?;
         let filter = LoadedFilter::load("cp", &Capacities::default())?;
         if round == 0 {
             memory = map_memory(env, &filter)?;
         }
+        if round == 0 {
+            env.run(&mut env.ctl(
+                &filter.pins,
+                &["block", "--file", &small_list.to_string_lossy()],
+            ))?;
+            scrape_small = scrape_times(env, &filter)?;
+            env.run(&mut env.ctl(
+                &filter.pins,
+                &["unblock", "--file", &small_list.to_string_lossy()],
+            ))?;
+        }
         let start = Instant::now();
         env.run(&mut env.ctl(&filter.pins, &["block", "--file", &list_arg]))?;
         load_secs.push(start.elapsed().as_secs_f64());
+        if round == 0 {
+            scrape_large = scrape_times(env, &filter)?;
+        }
         if round == 0 {
             let loaded = map_memory(env, &filter)?;
             for (m, l) in memory.iter_mut().zip(loaded) {
@@ -96,6 +138,7 @@ pub fn control(env: &Env) -> Result<Section> {
     drop(xdpf);
     drop(lab);
     fs::remove_file(&list).ok();
+    fs::remove_file(&small_list).ok();
 
     let latencies = edit_latency(env)?;
 
@@ -151,6 +194,28 @@ pub fn control(env: &Env) -> Result<Section> {
             "The target is missed; a profile of one more load (`perf record -F 9973 -- \
              filter-ctl … block --file …`, hottest symbols, user and kernel): {top}\n"
         );
+    }
+
+    let _ = writeln!(
+        section.text,
+        "**Metrics scrape.** One `/metrics` scrape (`filter_ctl::control::metrics::scrape`: \
+         open the pins, read every counter, encode; HTTP excluded), {SCRAPE_TIMES} times in a \
+         row: with {SCRAPE_SMALL} list entries **{} ms**, with {entries} **{} ms** (a scrape \
+         never walks the lists or the tracking table).\n",
+        show(&scrape_small, 2),
+        show(&scrape_large, 2),
+    );
+    if !env.quick {
+        let small = Summary::of(&scrape_small).map_or(f64::NAN, |s| s.median);
+        let large = Summary::of(&scrape_large).map_or(f64::NAN, |s| s.median);
+        section.targets.push(Target {
+            what: format!(
+                "a scrape with {entries} list entries within 2x of one with {SCRAPE_SMALL}"
+            ),
+            holds: large < 2.0 * small,
+            detail: format!("{large:.2} ms vs {small:.2} ms"),
+            coarse_of: None,
+        });
     }
 
     let from_start: Vec<f64> = latencies.iter().map(|l| l.from_start_ms).collect();

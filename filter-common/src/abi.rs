@@ -10,7 +10,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, reason, table_stat,
+    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, table_stat,
 };
 
 /// Version of the maps' layout (names, types, keys, values, event records).
@@ -20,7 +20,7 @@ use crate::{
 /// 5: two `RULES` slots per rule ([`RULE_SLOTS`](crate::RULE_SLOTS) entries),
 /// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
 /// events name rule ids.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
@@ -125,6 +125,7 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     pub const EVENTS: &str = "EVENTS";
     pub const TABLE_STATS: &str = "TABLE_STATS";
+    pub const IFACE_NAMES: &str = "IFACE_NAMES";
 
     /// Every map, in the order user space pins and removes them (the order of [`super::MAPS`]).
     pub const ALL: [&str; super::MAPS.len()] = {
@@ -139,8 +140,8 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 13] = [
-    per_cpu_array::<Counter>(maps::STATS, reason::COUNT),
+pub const MAPS: [MapDef; 14] = [
+    per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::BLOCK_V4),
@@ -166,6 +167,7 @@ pub const MAPS: [MapDef; 13] = [
         entries: 0,
     },
     per_cpu_array::<u64>(maps::TABLE_STATS, table_stat::COUNT),
+    array::<[u8; crate::iface::NAME_LEN]>(maps::IFACE_NAMES, crate::iface::SLOTS),
 ];
 
 /// The table entry of the map called `name`.

@@ -38,7 +38,7 @@ pub use ratelimit::{
     RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS, TICKS_PER_SEC, only_from_key_data, other_slot,
     rule_id,
 };
-pub use stats::{Counter, RuleCounter, table_stat};
+pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,6 +21,38 @@ pub struct RuleCounter {
     pub dropped: Counter,
 }
 
+/// Per-interface slots of `STATS`: the program counts each verdict at
+/// `stats_index(ingress ifindex, reason)`, read from the XDP context (no
+/// extra map lookup). Interface indexes from 1 to `SLOTS - 1` have a slot of
+/// their own, named in `IFACE_NAMES` by the controller when it attaches;
+/// larger ones share `OTHER`. (`BPF_PROG_TEST_RUN` reports the loopback's
+/// ifindex, 1.)
+pub mod iface {
+    /// Slots with a name of their own (ifindex 0..SLOTS); entries of `IFACE_NAMES`.
+    pub const SLOTS: u32 = 64;
+    /// The slot shared by every ifindex from `SLOTS` on.
+    pub const OTHER: u32 = SLOTS;
+    /// Slots in `STATS`.
+    pub const COUNT: u32 = SLOTS + 1;
+    /// An interface name, NUL-padded (`IFNAMSIZ`).
+    pub const NAME_LEN: usize = 16;
+}
+
+/// The `STATS` index of `reason` for a packet that came in on `ifindex`.
+#[inline(always)]
+#[must_use]
+pub const fn stats_index(ifindex: u32, reason: u32) -> u32 {
+    let slot = if ifindex < iface::SLOTS {
+        ifindex
+    } else {
+        iface::OTHER
+    };
+    slot * crate::reason::COUNT + reason
+}
+
+/// Entries of `STATS`.
+pub const STATS_ENTRIES: u32 = iface::COUNT * crate::reason::COUNT;
+
 /// Indexes of `TABLE_STATS` (per-CPU `u64` counters about the program's own tables).
 pub mod table_stat {
     /// New buckets created in `BUCKETS`. Evictions = inserts - live entries

@@ -48,7 +48,12 @@ pub fn filter(ctx: XdpContext) -> u32 {
         Ok(Parsed::NonIp) => reason::NON_IP,
         Err(parse::Malformed) => reason::MALFORMED,
     };
-    count(why, len);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the context field is a u32, widened by aya"
+    )]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    count(ifindex, why, len);
     if reason::is_drop(why) {
         xdp_action::XDP_DROP
     } else {

@@ -7,12 +7,16 @@ use aya_ebpf::{
 };
 use filter_common::{
     Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, capacity, reason, table_stat,
+    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity, iface,
+    table_stat,
 };
 
-/// Packets and bytes per verdict reason.
+/// Packets and bytes per interface slot and verdict reason (`stats_index`).
 #[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+/// The interface name of each `STATS` slot (written by user space, never read here).
+#[map]
+pub static IFACE_NAMES: Array<[u8; iface::NAME_LEN]> = Array::pinned(iface::SLOTS, 0);
 /// Counters about the program's own tables (`table_stat::*`).
 #[map]
 pub static TABLE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(table_stat::COUNT, 0);

@@ -1,14 +1,14 @@
 //! Counters: every verdict per reason, rule verdicts per rule, and events
 //! about the program's own tables. Nothing logs per packet.
 
-use filter_common::reason;
+use filter_common::{reason, stats_index};
 
 use crate::maps::{RULE_STATS, STATS, TABLE_STATS};
 
-/// Counts a verdict under its reason.
+/// Counts a verdict under its reason, in the slot of the interface it came in on.
 #[inline(always)]
-pub fn count(why: u32, len: u64) {
-    if let Some(counter) = STATS.get_ptr_mut(why) {
+pub fn count(ifindex: u32, why: u32, len: u64) {
+    if let Some(counter) = STATS.get_ptr_mut(stats_index(ifindex, why)) {
         // SAFETY: a valid pointer into this CPU's slot of a per-CPU array:
         // no other CPU writes it, and the program runs to completion on this one.
         unsafe {

@@ -88,6 +88,10 @@ pub fn small_capacities() -> Capacities {
     }
 }
 
+/// The ingress interface `BPF_PROG_TEST_RUN` gives an XDP program run
+/// without a context: the loopback.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
 /// One loaded copy of the program with its own pinned maps.
 pub struct ProgTest {
     ebpf: Ebpf,
@@ -237,12 +241,22 @@ impl ProgTest {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
     }
 
+    /// `reason`'s counter on each CPU, in the slot of the interface
+    /// `BPF_PROG_TEST_RUN` reports: the loopback of the caller's network
+    /// namespace (ifindex 1), the only slot test runs count in.
+    fn reason_per_cpu(&self, reason: u32) -> Vec<Counter> {
+        self.stats
+            .get(&filter_common::stats_index(TEST_RUN_IFINDEX, reason), 0)
+            .expect("reading STATS")
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// Packets counted under `reason` on each CPU.
     #[must_use]
     pub fn reason_packets_per_cpu(&self, reason: u32) -> Vec<u64> {
-        self.stats
-            .get(&reason, 0)
-            .expect("reading STATS")
+        self.reason_per_cpu(reason)
             .iter()
             .map(|c| c.packets)
             .collect()
@@ -254,8 +268,7 @@ impl ProgTest {
         let mut out = [Counter::default(); reason::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let index = u32::try_from(i).expect("few reasons");
-            let per_cpu = self.stats.get(&index, 0).expect("reading STATS");
-            for c in per_cpu.iter() {
+            for c in self.reason_per_cpu(index) {
                 slot.packets += c.packets;
                 slot.bytes += c.bytes;
             }

@@ -205,11 +205,15 @@ pub fn remove(ctx: &Context, which: Which, args: &RemoveArgs) -> anyhow::Result<
 
 pub fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {
     let filter = ctx.open()?;
+    // The journal first: if there is none, the entries read next are whole
+    // (a change that starts meanwhile writes its journal before any entry);
+    // if there is one, a repair may finish before the entries are read.
+    let interrupted = journal::interrupted(filter.pins());
     let listing = render::Listing {
         allow: filter.list_entries(ListKind::Allow)?,
         block: filter.list_entries(ListKind::Block)?,
         auto: filter.autoblocks()?,
-        interrupted: journal::interrupted(filter.pins()),
+        interrupted,
     };
     render::list(&listing, json)
 }

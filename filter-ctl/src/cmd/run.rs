@@ -1,7 +1,7 @@
 //! `filter-ctl run`.
 
 use filter_ctl::{
-    control::{self, RunOptions},
+    control::{self, RunOptions, metrics::MetricsAddr},
     maps::loader::Mode,
 };
 
@@ -28,6 +28,12 @@ pub struct Args {
     /// and the filter, end with that namespace). Refused without this flag.
     #[arg(long)]
     allow_private_bpffs: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, or `none`.
+    /// Loopback by default: give another address only on a trusted network.
+    ///
+    /// Format: ADDR:PORT, [IPV6]:PORT or none. Example: --metrics-addr 127.0.0.1:9711
+    #[arg(long, default_value_t = MetricsAddr::default())]
+    metrics_addr: MetricsAddr,
 }
 
 pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
@@ -39,6 +45,7 @@ pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
             list_capacity: args.list_capacity,
             bucket_capacity: args.bucket_capacity,
             allow_private_bpffs: args.allow_private_bpffs,
+            metrics_addr: args.metrics_addr.0,
         },
     )
 }

@@ -3,6 +3,7 @@
 //! interfaces it filters: one that disappears is marked missing, and when
 //! an interface of that name comes back it is filtered again at once.
 
+pub mod metrics;
 mod netwatch;
 
 use std::{
@@ -54,6 +55,8 @@ pub struct RunOptions {
     pub bucket_capacity: Option<u32>,
     /// Pin into a bpffs of a private mount namespace anyway.
     pub allow_private_bpffs: bool,
+    /// Where to serve `/metrics`; `None` = nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// One interface under the controller's care.
@@ -70,6 +73,8 @@ struct Controller {
     mode: Mode,
     ebpf: Ebpf,
     ifaces: BTreeMap<String, Watched>,
+    /// The metrics socket, bound at start, served once the runtime runs.
+    metrics: Option<std::net::TcpListener>,
 }
 
 fn now_unix() -> u64 {
@@ -144,6 +149,7 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
         let mut ifaces = BTreeMap::new();
         for iface in &options.ifaces {
             let already = pins.link(iface).exists();
+            name_slot(pins, iface);
             let done = loader::attach(&mut ebpf, pins, iface, options.mode)?;
             if !already {
                 attached.push(iface.clone());
@@ -158,11 +164,15 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
                 },
             );
         }
+        // After attaching, so that a bad interface is reported first; a
+        // taken address is rolled back like any other failed start.
+        let metrics = options.metrics_addr.map(metrics::bind).transpose()?;
         Ok(Controller {
             pins: pins.clone(),
             mode: options.mode,
             ebpf,
             ifaces,
+            metrics,
         })
     });
     let mut controller = match started {
@@ -196,7 +206,16 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(controller.event_loop());
+    let result = runtime.block_on(async {
+        if let Some(listener) = controller.metrics.take() {
+            let addr = listener.local_addr().ok();
+            metrics::spawn(listener, pins.clone())?;
+            if let Some(addr) = addr {
+                println!("filter-ctl: metrics on http://{addr}/metrics");
+            }
+        }
+        controller.event_loop().await
+    });
     ControllerState::remove(pins);
     result?;
     println!(
@@ -317,6 +336,7 @@ impl Controller {
     }
 
     fn reattach(&mut self, name: &str) {
+        name_slot(&self.pins, name);
         match loader::attach(&mut self.ebpf, &self.pins, name, self.mode) {
             Ok(done) => {
                 info!("{name} appeared again: attached ({})", done.how);
@@ -378,6 +398,17 @@ impl Controller {
         } else {
             parts.join("; ")
         }
+    }
+}
+
+/// Names the counters' slot of `iface` before (re)attaching to it. A
+/// failure costs only the name in `stats` and the metrics, never the filter.
+fn name_slot(pins: &PinDir, iface: &str) {
+    let Some(index) = ifindex(iface) else {
+        return;
+    };
+    if let Err(err) = Filter::open(pins).and_then(|f| f.name_interface(index, iface)) {
+        warn!("naming the counters of {iface}: {err:#}");
     }
 }
 

@@ -130,6 +130,12 @@ impl RuleTable {
         self.live.get(id as usize).copied().flatten()
     }
 
+    /// Every rule in use: (id, name as `limit list` shows it), default first.
+    pub fn names(&self) -> impl Iterator<Item = (u32, String)> {
+        self.in_use()
+            .map(|(id, _, rule)| (id, Target::of_rule(rule, id).to_string()))
+    }
+
     /// Every rule: (id, live slot, rule), default first.
     fn in_use(&self) -> impl Iterator<Item = (u32, u32, &RateRule)> {
         (0..MAX_RULES).filter_map(|id| {
