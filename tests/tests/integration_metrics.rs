@@ -458,3 +458,63 @@ fn real_prometheus_scrapes_the_drops() {
     drop(controller);
     ctl.detach_and_check(&lab.dst, &lab.dst_if);
 }
+
+/// `xdp_filter_list_entries` follows the lists, as counted by the
+/// controller's sweep (never by a scrape).
+#[test]
+fn list_entries_follow_the_lists_after_a_sweep() {
+    if skip_unless_root("list_entries_follow_the_lists_after_a_sweep") {
+        return;
+    }
+    let lab = Lab::new("mle");
+    let ctl = Ctl::new("listentries");
+    let port = free_port(&lab.dst);
+    let addr = format!("127.0.0.1:{port}");
+    let mut controller = ctl.run_background_with(
+        &lab.dst,
+        &[&lab.dst_if],
+        &["--metrics-addr", &addr, "--sweep-interval", "1s"],
+    );
+    ctl.ok(&[
+        "block",
+        "198.18.200.1",
+        "198.18.200.2",
+        "198.18.201.0/24",
+        "2001:db8:200::/48",
+    ]);
+    ctl.ok(&["allow", "198.18.202.1"]);
+    ctl.ok(&["block", "198.18.200.9", "--ttl", "1s"]);
+    // Within a few sweeps: 3 IPv4 blocks (the 1 s one expired and was swept), 1 IPv6, 1 allow.
+    let series = |list: &str, family: &str| {
+        format!("xdp_filter_list_entries{{family=\"{family}\",list=\"{list}\"}}")
+    };
+    let wanted = [
+        (series("blocklist", "ipv4"), 3.0),
+        (series("blocklist", "ipv6"), 1.0),
+        (series("allowlist", "ipv4"), 1.0),
+        (series("allowlist", "ipv6"), 0.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&lab.dst, port);
+        if wanted.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "list entries did not reach {wanted:?} within 10 s:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    ctl.ok(&["unblock", "198.18.200.1"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&scrape(&lab.dst, port), &series("blocklist", "ipv4")) != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the unblock was not counted within 10 s"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    controller.terminate();
+    ctl.detach_and_check(&lab.dst, &lab.dst_if);
+}

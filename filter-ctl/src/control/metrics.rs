@@ -215,6 +215,24 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
             .inc_by(value);
     }
 
+    if let Some(counts) = state.list_entries {
+        let entries = gauge(
+            &registry,
+            "xdp_filter_list_entries",
+            "Active entries per list and family, as counted by the controller's last sweep (the lists are walked there, every --sweep-interval, never by a scrape).",
+            &["list", "family"],
+        );
+        for (list, family, n) in [
+            ("allowlist", "ipv4", counts.allow_v4),
+            ("allowlist", "ipv6", counts.allow_v6),
+            ("blocklist", "ipv4", counts.block_v4),
+            ("blocklist", "ipv6", counts.block_v6),
+        ] {
+            entries
+                .with_label_values(&[list, family])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     let list_capacity = gauge(
         &registry,
         "xdp_filter_list_capacity",

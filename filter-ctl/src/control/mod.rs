@@ -29,6 +29,7 @@ use crate::{
     error::Error,
     maps::{
         Filter,
+        lists::ListCounts,
         loader::{self, Capacities, Mode},
         lock::DirLock,
         pins::{self, PinDir},
@@ -39,10 +40,11 @@ use crate::{
 };
 use netwatch::LinkEvent;
 
-/// How often expired list entries and automatic blocks are deleted (the
-/// kernel already ignores them; this only frees the memory), and how often
-/// the interfaces are checked by name as a backstop to link events.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often, by default, expired list entries and automatic blocks are
+/// deleted (the kernel already ignores them; this only frees the memory),
+/// the lists are counted for the metrics, and the interfaces are checked by
+/// name as a backstop to link events.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What `run` was asked to do.
 #[derive(Clone, Debug)]
@@ -57,6 +59,8 @@ pub struct RunOptions {
     pub allow_private_bpffs: bool,
     /// Where to serve `/metrics`; `None` = nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often to sweep (see [`DEFAULT_SWEEP_INTERVAL`]).
+    pub sweep_interval: Duration,
 }
 
 /// One interface under the controller's care.
@@ -75,6 +79,9 @@ struct Controller {
     ifaces: BTreeMap<String, Watched>,
     /// The metrics socket, bound at start, served once the runtime runs.
     metrics: Option<std::net::TcpListener>,
+    sweep_interval: Duration,
+    /// Entries per list as of the last sweep, and when it ran.
+    list_entries: Option<(ListCounts, u64)>,
 }
 
 fn now_unix() -> u64 {
@@ -173,6 +180,8 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
             ebpf,
             ifaces,
             metrics,
+            sweep_interval: options.sweep_interval,
+            list_entries: None,
         })
     });
     let mut controller = match started {
@@ -239,7 +248,7 @@ impl Controller {
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
         let mut links = Some(netwatch::watch().context("watching interfaces (rtnetlink)")?);
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut sweep = tokio::time::interval(self.sweep_interval);
         loop {
             tokio::select! {
                 _ = interrupt.recv() => break,
@@ -249,7 +258,7 @@ impl Controller {
                     self.resync();
                 }
                 event = next_link_event(&mut links) => if let Some(event) = event { self.on_link_event(event) } else {
-                    warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", SWEEP_EVERY.as_secs());
+                    warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", self.sweep_interval.as_secs());
                     links = None;
                 },
                 guard = ring.readable_mut() => {
@@ -264,11 +273,18 @@ impl Controller {
 
     /// Deletes expired entries, unless an editor holds the lock right now
     /// (the next tick will): the controller never waits for a lock.
-    fn sweep(&self) {
+    fn sweep(&mut self) {
         match Filter::try_open_for_edit(&self.pins) {
             Ok(Some(filter)) => match filter.sweep_expired() {
-                Ok(0) => {}
-                Ok(n) => info!("removed {n} expired entries"),
+                Ok(sweep) => {
+                    if sweep.removed > 0 {
+                        info!("removed {} expired entries", sweep.removed);
+                    }
+                    if self.list_entries.map(|(counts, _)| counts) != Some(sweep.counts) {
+                        self.list_entries = Some((sweep.counts, now_unix()));
+                        self.write_state();
+                    }
+                }
                 Err(err) => warn!("sweeping expired entries failed: {err:#}"),
             },
             Ok(None) => log::debug!("an editor holds the lock; sweeping at the next tick"),
@@ -368,6 +384,8 @@ impl Controller {
                     since_unix: w.since_unix,
                 })
                 .collect(),
+            list_entries: self.list_entries.map(|(counts, _)| counts),
+            list_entries_at_unix: self.list_entries.map(|(_, at)| at),
         };
         if let Err(err) = state.write(&self.pins) {
             warn!("recording the controller state failed: {err:#}");

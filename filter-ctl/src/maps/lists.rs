@@ -49,6 +49,27 @@ pub struct InsertReport {
     pub kept: Vec<(Cidr, Option<Duration>)>,
 }
 
+/// Entries with their stored values.
+type Entries = Vec<(Cidr, ListEntry)>;
+
+/// Entries per list and family (active ones), as of a sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ListCounts {
+    pub allow_v4: u64,
+    pub allow_v6: u64,
+    pub block_v4: u64,
+    pub block_v6: u64,
+}
+
+/// What a sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Expired entries deleted.
+    pub removed: usize,
+    /// Active entries left.
+    pub counts: ListCounts,
+}
+
 /// One allow/block entry as listed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ListedEntry {
@@ -371,23 +392,33 @@ impl Filter {
             .collect())
     }
 
-    /// Deletes expired list entries (the kernel already ignores them). Returns how many.
-    pub fn sweep_expired(&self) -> anyhow::Result<usize> {
+    /// Deletes expired list entries (the kernel already ignores them).
+    /// Returns how many, and how many entries each list holds afterwards
+    /// (the walk is done anyway: the counts come free with it).
+    pub fn sweep_expired(&self) -> anyhow::Result<Sweep> {
         let now = clock::monotonic_ns();
-        let mut removed = 0;
+        let mut sweep = Sweep::default();
         for kind in [ListKind::Allow, ListKind::Block] {
-            let expired: Vec<Cidr> = self
+            let (expired, active): (Entries, Entries) = self
                 .list_entries_raw(kind)?
                 .into_iter()
-                .filter(|(_, e)| !e.is_active(now))
-                .map(|(c, _)| c)
-                .collect();
+                .partition(|(_, e)| !e.is_active(now));
+            let v4 = active
+                .iter()
+                .filter(|(c, _)| matches!(c, Cidr::V4 { .. }))
+                .count() as u64;
+            let v6 = active.len() as u64 - v4;
+            match kind {
+                ListKind::Allow => (sweep.counts.allow_v4, sweep.counts.allow_v6) = (v4, v6),
+                ListKind::Block => (sweep.counts.block_v4, sweep.counts.block_v6) = (v4, v6),
+            }
             if !expired.is_empty() {
-                removed += expired.len();
+                sweep.removed += expired.len();
+                let expired: Vec<Cidr> = expired.into_iter().map(|(c, _)| c).collect();
                 self.list_remove(kind, &expired)?;
             }
         }
-        Ok(removed)
+        Ok(sweep)
     }
 
     /// Active automatic blocks (blocklist entries added by the program).

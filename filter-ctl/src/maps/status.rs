@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     journal::{self, Header},
+    lists::ListCounts,
     loader,
     lock::{self, DirLock},
     pins::{self, PinDir},
@@ -37,6 +38,13 @@ pub struct InterfaceState {
 pub struct ControllerState {
     pub pid: u32,
     pub interfaces: Vec<InterfaceState>,
+    /// Entries per list and family as of the controller's last sweep (it
+    /// walks the lists anyway; a scrape never does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_entries: Option<ListCounts>,
+    /// When that sweep ran (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_entries_at_unix: Option<u64>,
 }
 
 impl ControllerState {
