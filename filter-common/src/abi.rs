@@ -20,7 +20,7 @@ use crate::{
 /// 5: two `RULES` slots per rule ([`RULE_SLOTS`](crate::RULE_SLOTS) entries),
 /// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
 /// events name rule ids.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
@@ -126,6 +126,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const TABLE_STATS: &str = "TABLE_STATS";
     pub const IFACE_NAMES: &str = "IFACE_NAMES";
+    pub const SAMPLING: &str = "SAMPLING";
+    pub const SAMPLE_STATE: &str = "SAMPLE_STATE";
 
     /// Every map, in the order user space pins and removes them (the order of [`super::MAPS`]).
     pub const ALL: [&str; super::MAPS.len()] = {
@@ -140,7 +142,7 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 14] = [
+pub const MAPS: [MapDef; 16] = [
     per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
@@ -168,6 +170,8 @@ pub const MAPS: [MapDef; 14] = [
     },
     per_cpu_array::<u64>(maps::TABLE_STATS, table_stat::COUNT),
     array::<[u8; crate::iface::NAME_LEN]>(maps::IFACE_NAMES, crate::iface::SLOTS),
+    array::<u32>(maps::SAMPLING, crate::events::sampling::ENTRIES),
+    per_cpu_array::<u64>(maps::SAMPLE_STATE, crate::events::sampling::STATE_ENTRIES),
 ];
 
 /// The table entry of the map called `name`.

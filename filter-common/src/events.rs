@@ -5,7 +5,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use crate::lists::Ipv6Bytes;
+use crate::{lists::Ipv6Bytes, reason};
 
 /// Start of every ring-buffer record.
 #[repr(C)]
@@ -47,6 +47,84 @@ impl AutoBlockEvent {
         len: size_of::<Self>() as u32,
     };
 }
+
+/// Event kind: a dropped packet, sampled ([`DropEvent`]).
+pub const EVENT_DROP: u32 = 2;
+
+/// [`DropEvent::rule`] when no rule decided (lists, malformed frames).
+pub const NO_RULE: u16 = u16::MAX;
+
+/// Ring-buffer event: one dropped packet, standing for `weight` drops of
+/// its reason (the program samples 1 in `weight`; see [`sampling`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `kind` [`EVENT_DROP`], `len` = `size_of::<DropEvent>()`.
+    pub header: EventHeader,
+    /// Source address, IPv4-mapped for IPv4; zero when the frame had none
+    /// (`family` 0).
+    pub source: Ipv6Bytes,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// Frame length in bytes.
+    pub len: u32,
+    /// The sampling rate: this event stands for this many drops.
+    pub weight: u32,
+    /// Destination port (TCP/UDP), else 0.
+    pub dst_port: u16,
+    /// Id of the rule that dropped it, or [`NO_RULE`].
+    pub rule: u16,
+    /// `reason::*` of the drop.
+    pub reason: u8,
+    /// IP protocol number, 0 when not IP.
+    pub protocol: u8,
+    /// 4, 6, or 0 when the frame had no usable IP header.
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+impl DropEvent {
+    /// The header every drop record carries.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a 48-byte record (size asserted)"
+    )]
+    pub const HEADER: EventHeader = EventHeader {
+        kind: EVENT_DROP,
+        len: size_of::<Self>() as u32,
+    };
+}
+
+/// Drop sampling: `SAMPLING` (set by user space) holds, per reason, the
+/// 1-in-N rate (0 = no events), and at [`CAP`](sampling::CAP) the most
+/// events one CPU emits per second; `SAMPLE_STATE` (per CPU) holds each
+/// reason's drop count and the cap's window.
+pub mod sampling {
+    use crate::reason;
+
+    /// Index of the per-CPU cap in `SAMPLING`.
+    pub const CAP: u32 = reason::COUNT;
+    /// Entries of `SAMPLING`.
+    pub const ENTRIES: u32 = reason::COUNT + 1;
+    /// Index of the cap window's start (ns) in `SAMPLE_STATE`.
+    pub const WINDOW_START: u32 = reason::COUNT;
+    /// Index of the events emitted in the window in `SAMPLE_STATE`.
+    pub const EMITTED: u32 = reason::COUNT + 1;
+    /// Entries of `SAMPLE_STATE`.
+    pub const STATE_ENTRIES: u32 = reason::COUNT + 2;
+}
+
+const _: () = assert!(size_of::<DropEvent>() == 48);
+const _: () = assert!(offset_of!(DropEvent, source) == 8);
+const _: () = assert!(offset_of!(DropEvent, ifindex) == 24);
+const _: () = assert!(offset_of!(DropEvent, len) == 28);
+const _: () = assert!(offset_of!(DropEvent, weight) == 32);
+const _: () = assert!(offset_of!(DropEvent, dst_port) == 36);
+const _: () = assert!(offset_of!(DropEvent, rule) == 38);
+const _: () = assert!(offset_of!(DropEvent, reason) == 40);
+const _: () = assert!(offset_of!(DropEvent, protocol) == 41);
+const _: () = assert!(offset_of!(DropEvent, family) == 42);
+const _: () = assert!(reason::COUNT <= u8::MAX as u32);
 
 const _: () = assert!(size_of::<EventHeader>() == 8);
 const _: () = assert!(offset_of!(EventHeader, kind) == 0);

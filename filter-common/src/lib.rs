@@ -30,7 +30,7 @@ pub use abi::{LAYOUT_VERSION, capacity, maps};
 pub use config::{
     CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX,
 };
-pub use events::{AutoBlockEvent, EVENT_AUTOBLOCK, EventHeader};
+pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
 pub use lists::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL};
 pub use ratelimit::{
     Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,

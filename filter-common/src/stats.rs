@@ -64,7 +64,9 @@ pub mod table_stat {
     pub const EVENTS_LOST: u32 = 2;
     /// Automatic blocks that could not be added (blocklist full).
     pub const AUTOBLOCKS_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Drop events not sent because the CPU reached its per-second cap.
+    pub const DROP_EVENTS_CAPPED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);

@@ -29,7 +29,7 @@ mod ratelimit;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use filter_common::{LAYOUT_VERSION, reason, rule_id};
+use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
@@ -43,16 +43,27 @@ use crate::{
 #[xdp]
 pub fn filter(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let why = match parse::parse(&ctx) {
-        Ok(Parsed::Ip(packet)) => decide(&packet, len),
-        Ok(Parsed::NonIp) => reason::NON_IP,
-        Err(parse::Malformed) => reason::MALFORMED,
-    };
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the context field is a u32, widened by aya"
     )]
     let ifindex = ctx.ingress_ifindex() as u32;
+    // Drops are sampled where their details are at hand, so that nothing
+    // more stays alive on the (nearly full) stack.
+    let why = match parse::parse(&ctx) {
+        Ok(Parsed::Ip(packet)) => {
+            let (why, rule) = decide(&packet, len);
+            if reason::is_drop(why) {
+                events::sampled_drop(ifindex, why, rule, Some(&packet), len);
+            }
+            why
+        }
+        Ok(Parsed::NonIp) => reason::NON_IP,
+        Err(parse::Malformed) => {
+            events::sampled_drop(ifindex, reason::MALFORMED, NO_RULE, None, len);
+            reason::MALFORMED
+        }
+    };
     count(ifindex, why, len);
     if reason::is_drop(why) {
         xdp_action::XDP_DROP
@@ -62,7 +73,9 @@ pub fn filter(ctx: XdpContext) -> u32 {
 }
 
 /// The reason for an IP packet's verdict.
-fn decide(packet: &Packet, len: u64) -> u32 {
+/// The reason of the verdict, and the id of the rule that decided it (or
+/// `NO_RULE` when a list or no rule did).
+fn decide(packet: &Packet, len: u64) -> (u32, u16) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
@@ -85,19 +98,24 @@ fn decide(packet: &Packet, len: u64) -> u32 {
         )
     };
     if allowed.is_some() {
-        return reason::ALLOWLIST;
+        return (reason::ALLOWLIST, NO_RULE);
     }
     if let Some(why) = blocked {
-        return why;
+        return (why, NO_RULE);
     }
 
     let (slot, rule) = rule_for(packet, config);
     let Some(rule) = rule else {
-        return reason::PASS;
+        return (reason::PASS, NO_RULE);
     };
     let why = apply_rule(slot, rule, packet, config, len, &mut clock);
-    count_rule(rule_id(slot), why, len);
-    why
+    let id = rule_id(slot);
+    count_rule(id, why, len);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rule ids are below MAX_RULES, which fits u16 (asserted in filter-common)"
+    )]
+    (why, id as u16)
 }
 
 #[cfg(not(test))]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use filter_common::{
     Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity, iface,
-    table_stat,
+    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
+    events::sampling, iface, table_stat,
 };
 
 /// Packets and bytes per interface slot and verdict reason (`stats_index`).
@@ -17,6 +17,12 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
 /// The interface name of each `STATS` slot (written by user space, never read here).
 #[map]
 pub static IFACE_NAMES: Array<[u8; iface::NAME_LEN]> = Array::pinned(iface::SLOTS, 0);
+/// Drop sampling rates per reason and the per-CPU cap (`events::sampling`; set by user space).
+#[map]
+pub static SAMPLING: Array<u32> = Array::pinned(sampling::ENTRIES, 0);
+/// Per-CPU drop counts per reason and the cap's window (`events::sampling`).
+#[map]
+pub static SAMPLE_STATE: PerCpuArray<u64> = PerCpuArray::pinned(sampling::STATE_ENTRIES, 0);
 /// Counters about the program's own tables (`table_stat::*`).
 #[map]
 pub static TABLE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(table_stat::COUNT, 0);

@@ -77,3 +77,82 @@ fn json_logs_are_one_object_a_line_with_time_level_and_fields() {
     );
     ctl.detach_and_check(&lab.dst, &lab.dst_if);
 }
+
+/// Sums the estimated drops of `source` over the controller's JSON drop-log
+/// lines so far.
+fn logged_drops(output: &str, source: &str) -> (u64, usize) {
+    let stderr = output.split_once("--- stderr\n").map_or("", |(_, e)| e);
+    let mut total = 0;
+    let mut lines = 0;
+    for line in stderr.lines() {
+        let Ok(object) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if object["fields"]["source"] == source {
+            total += object["fields"]["estimated_packets"].as_u64().unwrap_or(0);
+            lines += 1;
+        }
+    }
+    (total, lines)
+}
+
+/// Runs a controller with `sampling` arguments, blocks the lab's source,
+/// sends `count` datagrams from it and returns the estimated drops the
+/// per-source drop log reports for it (waiting for them, bounded).
+fn drops_logged(tag: &str, sampling: &[&str], count: usize, at_least: u64) -> (u64, String) {
+    let lab = Lab::new(tag);
+    let ctl = Ctl::new(tag);
+    let mut args = vec!["--log-format", "json", "--drop-log-interval", "1s"];
+    args.extend_from_slice(sampling);
+    let mut controller = ctl.run_background_with(&lab.dst, &[&lab.dst_if], &args);
+    let src = IpAddr::V4(lab.src_v4());
+    ctl.ok(&["block", &src.to_string()]);
+    let receiver = UdpReceiver::bind(&lab.dst, SocketAddr::new(IpAddr::V4(lab.dst_v4()), 5000));
+    let sent = udp_send(&lab.src, src, receiver.addr(), count, Duration::ZERO);
+    assert_eq!(sent, count);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let source = src.to_string();
+    while logged_drops(&controller.output(), &source).0 < at_least && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    // One more interval, so that nothing is still being counted.
+    thread::sleep(Duration::from_millis(1500));
+    controller.terminate();
+    let output = controller.output();
+    let (total, _) = logged_drops(&output, &source);
+    ctl.detach_and_check(&lab.dst, &lab.dst_if);
+    (total, output)
+}
+
+#[test]
+fn every_sampled_drop_is_counted_in_the_per_source_log() {
+    if skip_unless_root("every_sampled_drop_is_counted_in_the_per_source_log") {
+        return;
+    }
+    let (total, output) = drops_logged("droplog1", &["--sample", "blocklist=1"], 40, 40);
+    assert_eq!(
+        total, 40,
+        "1-in-1 sampling: the log counts every drop\n{output}"
+    );
+    assert!(
+        output.contains("dropped 40 packets (blocklist) in the last 1s"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_sampled_estimate_is_within_one_sampling_period_per_cpu() {
+    if skip_unless_root("a_sampled_estimate_is_within_one_sampling_period_per_cpu") {
+        return;
+    }
+    let cpus = u64::try_from(std::thread::available_parallelism().map_or(1, usize::from))
+        .expect("a few CPUs");
+    let (total, output) = drops_logged("droplog100", &["--sample", "blocklist=100"], 2000, 1900);
+    // Each CPU sends every 100th of its own drops: the estimate misses at
+    // most 99 per CPU, and never exceeds what was dropped.
+    assert!(
+        total <= 2000 && total + 99 * cpus >= 2000,
+        "estimated {total} of 2000 drops with 1-in-100 sampling on {cpus} CPUs\n{output}"
+    );
+    assert!(output.contains("dropped ~"), "{output}");
+}

@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use filter_common::{
-    AutoBlockEvent, EVENT_AUTOBLOCK, EventHeader, maps,
-    reason::{AUTOBLOCK, PASS, RATELIMIT},
+    AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE, maps, reason,
+    reason::{AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
+    table_stat, xdp_action,
 };
-use filter_ctl::spec::rule::{AutoblockSpec, LimitSpec};
+use filter_ctl::{
+    maps::sampling::{SampleRate, Sampling},
+    spec::rule::{AutoblockSpec, LimitSpec},
+};
 use filter_tests::{
+    flood::pin_thread_to_cpu,
     frames::{ip4, ip6},
-    progtest::{Case, ProgTest, run_table, skip_unless_root},
+    progtest::{Case, ProgTest, TEST_RUN_IFINDEX, run_table, skip_unless_root},
     rules::{freeze, udp4, udp6},
 };
 
@@ -135,4 +140,115 @@ fn an_autoblock_writes_one_event_with_its_header() {
     let tables = reader.stats().expect("reading stats").tables;
     assert_eq!(tables["autoblocks"], 2, "{tables:?}");
     assert_eq!(tables["events_lost"], 0, "{tables:?}");
+}
+
+/// The drop event in `record`, after checking that the header describes it.
+fn drop_event(record: &[u8]) -> DropEvent {
+    assert!(record.len() >= size_of::<EventHeader>(), "{record:?}");
+    // SAFETY: at least a header's bytes (checked); read unaligned.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    assert_eq!(header.kind, EVENT_DROP, "record kind: {header:?}");
+    assert_eq!(header.len as usize, size_of::<DropEvent>(), "{header:?}");
+    assert_eq!(record.len(), size_of::<DropEvent>());
+    // SAFETY: a DropEvent's bytes (checked length); read unaligned.
+    unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) }
+}
+
+fn sampling(rates: &[&str], cap: u32) -> Sampling {
+    let rates: Vec<SampleRate> = rates.iter().map(|r| r.parse().expect("a rate")).collect();
+    Sampling::with(&rates, cap)
+}
+
+/// With 1-in-1 sampling every drop of the reason is an event carrying the
+/// packet's details; with 1-in-10, every tenth drop on a CPU, standing for
+/// ten; passed packets and reasons sampled at 0 write none.
+#[test]
+fn drops_are_sampled_one_in_n_with_their_details() {
+    if skip_unless_root("drops_are_sampled_one_in_n_with_their_details") {
+        return;
+    }
+    // One CPU: the program counts drops per CPU.
+    pin_thread_to_cpu(0).expect("pinning the test thread");
+    let test = ProgTest::new();
+    let reader = test.reader();
+    let mut ring = RingBuf::try_from(reader.map(maps::EVENTS).expect("EVENTS map"))
+        .expect("EVENTS is a ring buffer");
+    let (bad, good) = ("198.18.61.1", "198.18.61.2");
+    test.block(&[bad]);
+    let mut none = Sampling::with(&[], 0);
+    none.one_in = [0; reason::COUNT as usize];
+    test.filter().set_sampling(&none).expect("sampling off");
+    for _ in 0..5 {
+        assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+    }
+    assert!(drain(&mut ring).is_empty(), "sampling off: no events");
+
+    test.filter()
+        .set_sampling(&sampling(&["blocklist=1"], 0))
+        .expect("setting sampling");
+    for _ in 0..25 {
+        assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+        assert_eq!(test.run(&udp4(good, 7000)), xdp_action::PASS);
+    }
+    let events: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
+    assert_eq!(events.len(), 25, "one event per drop, none per pass");
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&ip4(bad));
+    let frame_len = u32::try_from(udp4(bad, 7000).len()).expect("small frame");
+    for event in &events {
+        assert_eq!(event.source, mapped);
+        assert_eq!(event.family, 4);
+        assert_eq!(u32::from(event.reason), BLOCKLIST);
+        assert_eq!(event.protocol, 17);
+        assert_eq!(event.dst_port, 7000);
+        assert_eq!(event.rule, NO_RULE);
+        assert_eq!(event.weight, 1);
+        assert_eq!(event.len, frame_len);
+        assert_eq!(event.ifindex, TEST_RUN_IFINDEX);
+    }
+
+    test.filter()
+        .set_sampling(&sampling(&["blocklist=10"], 0))
+        .expect("setting sampling");
+    drain(&mut ring);
+    let before = test.reason_packets_per_cpu(BLOCKLIST)[0];
+    for _ in 0..100 {
+        assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+    }
+    let after = test.reason_packets_per_cpu(BLOCKLIST)[0];
+    assert_eq!(after - before, 100, "the drops ran on CPU 0");
+    let events: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
+    // The per-CPU count runs on from the 1-in-1 phase (30 drops so far):
+    // every tenth of drops 31..=130 is an event.
+    assert_eq!(events.len(), 10, "1 in 10 of 100 drops");
+    assert!(events.iter().all(|e| e.weight == 10));
+
+    // The per-CPU cap: at most 3 events a second.
+    test.filter()
+        .set_sampling(&sampling(&["blocklist=1"], 3))
+        .expect("setting sampling");
+    drain(&mut ring);
+    let capped_before = reader
+        .table_stat(table_stat::DROP_EVENTS_CAPPED)
+        .expect("stat");
+    for _ in 0..20 {
+        assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+    }
+    let events = drain(&mut ring);
+    assert!(
+        events.len() <= 3 * 2,
+        "{} events past a cap of 3/s",
+        events.len()
+    );
+    let capped = reader
+        .table_stat(table_stat::DROP_EVENTS_CAPPED)
+        .expect("stat")
+        - capped_before;
+    assert_eq!(
+        events.len() as u64 + capped,
+        20,
+        "every sampled drop is sent or counted as capped"
+    );
 }

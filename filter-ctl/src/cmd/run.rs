@@ -3,6 +3,7 @@
 use filter_ctl::{
     control::{self, RunOptions, metrics::MetricsAddr},
     maps::loader::Mode,
+    maps::sampling::{DEFAULT_CAP_PER_CPU, SampleRate, Sampling},
 };
 
 use super::Context;
@@ -40,6 +41,21 @@ pub struct Args {
     /// second of CPU. Format: 30s, 1m.
     #[arg(long, value_parser = parse_interval, default_value = "30s")]
     sweep_interval: std::time::Duration,
+    /// Send 1 in N drops of a reason to the controller as events, for the
+    /// per-source drop log (repeat for several; N = 1 every drop, 0 none).
+    /// Defaults: `blocklist`, `autoblock` and `ratelimit` 1 in 1000, `port_denied` 1
+    /// in 100, every `malformed` frame.
+    ///
+    /// Format: REASON=N. Example: --sample ratelimit=100 --sample malformed=0
+    #[arg(long = "sample", value_name = "REASON=N")]
+    samples: Vec<SampleRate>,
+    /// At most this many drop events per CPU per second (0 = no cap).
+    #[arg(long, default_value_t = DEFAULT_CAP_PER_CPU)]
+    sample_cap: u32,
+    /// How often the dropped sources are logged (one line per source, the
+    /// heaviest first, counts scaled up by the sampling rate). Format: 10s, 1m.
+    #[arg(long, value_parser = parse_interval, default_value = "10s")]
+    drop_log_interval: std::time::Duration,
 }
 
 /// A sweep interval: at least one second.
@@ -62,6 +78,8 @@ pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
             allow_private_bpffs: args.allow_private_bpffs,
             metrics_addr: args.metrics_addr.0,
             sweep_interval: args.sweep_interval,
+            sampling: Sampling::with(&args.samples, args.sample_cap),
+            drop_log_interval: args.drop_log_interval,
         },
     )
 }

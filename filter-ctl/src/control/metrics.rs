@@ -209,6 +209,11 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
             "Ring-buffer events lost (buffer full).",
             filter.table_stat(table_stat::EVENTS_LOST)?,
         ),
+        (
+            "xdp_filter_drop_events_capped_total",
+            "Sampled drops not sent as events because their CPU reached --sample-cap events per second.",
+            filter.table_stat(table_stat::DROP_EVENTS_CAPPED)?,
+        ),
     ] {
         counter(&registry, name, help, &[])
             .with_label_values(&[] as &[&str])

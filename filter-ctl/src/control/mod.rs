@@ -3,8 +3,11 @@
 //! interfaces it filters: one that disappears is marked missing, and when
 //! an interface of that name comes back it is filtered again at once.
 
+mod drops;
 pub mod metrics;
 mod netwatch;
+
+use drops::{Aggregator, SampledDrop};
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +20,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use filter_common::{AutoBlockEvent, EventHeader, maps};
+use filter_common::{AutoBlockEvent, DropEvent, EventHeader, maps};
 use log::{info, warn};
 use tokio::{
     io::unix::AsyncFd,
@@ -34,6 +37,7 @@ use crate::{
         lock::DirLock,
         pins::{self, PinDir},
         rules::{RuleTable, source_cidr},
+        sampling::Sampling,
         status::{ControllerState, InterfaceState},
     },
     spec::duration::format_duration,
@@ -61,6 +65,10 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often to sweep (see [`DEFAULT_SWEEP_INTERVAL`]).
     pub sweep_interval: Duration,
+    /// How drops are sampled into events.
+    pub sampling: Sampling,
+    /// How often sampled drops are logged, per source.
+    pub drop_log_interval: Duration,
 }
 
 /// One interface under the controller's care.
@@ -80,6 +88,9 @@ struct Controller {
     /// The metrics socket, bound at start, served once the runtime runs.
     metrics: Option<std::net::TcpListener>,
     sweep_interval: Duration,
+    drop_log_interval: Duration,
+    /// Sampled drops of the current interval.
+    drops: Aggregator,
     /// Entries per list as of the last sweep, and when it ran.
     list_entries: Option<(ListCounts, u64)>,
 }
@@ -181,6 +192,8 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
             ifaces,
             metrics,
             sweep_interval: options.sweep_interval,
+            drop_log_interval: options.drop_log_interval,
+            drops: Aggregator::new(),
             list_entries: None,
         })
     });
@@ -204,6 +217,10 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     if let Some(filter) = Filter::try_open_for_edit(pins)? {
         drop(filter);
     }
+    Filter::open(pins)?
+        .set_sampling(&options.sampling)
+        .context("setting drop sampling")?;
+    info!("drop events: {}", options.sampling);
     controller.write_state();
     println!(
         "filter-ctl: running; pins under {}. Ctrl-C stops the controller, the filter stays attached (`filter-ctl detach` removes it)",
@@ -249,10 +266,15 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
         let mut links = Some(netwatch::watch().context("watching interfaces (rtnetlink)")?);
         let mut sweep = tokio::time::interval(self.sweep_interval);
+        let mut drop_log = tokio::time::interval(self.drop_log_interval);
+        drop_log.tick().await; // the first tick is immediate: skip it
         loop {
             tokio::select! {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
+                _ = drop_log.tick() => {
+                    log_drops(&self.drops.flush(), self.drop_log_interval);
+                }
                 _ = sweep.tick() => {
                     self.sweep();
                     self.resync();
@@ -263,7 +285,7 @@ impl Controller {
                 },
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for events")?;
-                    drain_events(&filter, guard.get_inner_mut());
+                    drain_events(&filter, guard.get_inner_mut(), &mut self.drops);
                     guard.clear_ready();
                 }
             }
@@ -440,9 +462,16 @@ async fn next_link_event(
     }
 }
 
-fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
+/// Reads every waiting event: automatic blocks are logged at once, sampled
+/// drops go to `drops` (logged per source at the end of each interval).
+fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>, drops: &mut Aggregator) {
     let config = filter.config().unwrap_or_default();
     let rules = RuleTable::read(filter).ok();
+    let rule_name = |id: u32| {
+        rules
+            .as_ref()
+            .map_or_else(|| format!("rule {id}"), |r| r.describe(id))
+    };
     while let Some(item) = ring.next() {
         if item.len() < size_of::<EventHeader>() {
             warn!("short event ({} bytes) ignored", item.len());
@@ -450,29 +479,81 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>) {
         }
         // SAFETY: the record holds at least a header (checked length); read unaligned.
         let header: EventHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        // The only kind so far: automatic blocks.
-        if header != AutoBlockEvent::HEADER || item.len() < size_of::<AutoBlockEvent>() {
+        if header == AutoBlockEvent::HEADER && item.len() >= size_of::<AutoBlockEvent>() {
+            // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
+            let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let remaining =
+                clock::remaining(event.expires_at_ns, clock::monotonic_ns()).unwrap_or_default();
+            info!(
+                "autoblock: {} exceeded rule {} ({} over-limit packets in its window); blocked for {}",
+                source_cidr(event.source, &config),
+                rule_name(event.rule),
+                event.over_limit,
+                format_duration(remaining)
+            );
+        } else if header == DropEvent::HEADER && item.len() >= size_of::<DropEvent>() {
+            // SAFETY: the kernel wrote a DropEvent (checked header and length); read unaligned.
+            let event: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if let Some(drop) = sampled_drop(&event, &rule_name) {
+                drops.record(drop);
+            }
+        } else {
             warn!(
                 "event of kind {} ({} bytes, header says {}) ignored",
                 header.kind,
                 item.len(),
                 header.len
             );
-            continue;
         }
-        // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
-        let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let rule = rules.as_ref().map_or_else(
-            || format!("rule {}", event.rule),
-            |r| r.describe(event.rule),
+    }
+}
+
+/// A drop event as the aggregator takes it; `None` for a frame without a
+/// source (malformed before its IP header): those are counted, not named.
+fn sampled_drop(event: &DropEvent, rule_name: &impl Fn(u32) -> String) -> Option<SampledDrop> {
+    let source = match event.family {
+        4 => {
+            let v6 = std::net::Ipv6Addr::from(event.source);
+            std::net::IpAddr::V4(v6.to_ipv4_mapped()?)
+        }
+        6 => std::net::IpAddr::V6(std::net::Ipv6Addr::from(event.source)),
+        _ => return None,
+    };
+    let reason = filter_common::reason::NAMES
+        .get(usize::from(event.reason))
+        .copied()
+        .unwrap_or("unknown");
+    Some(SampledDrop {
+        source,
+        reason,
+        rule: (event.rule != filter_common::NO_RULE).then(|| rule_name(u32::from(event.rule))),
+        weight: u64::from(event.weight),
+    })
+}
+
+/// Logs an interval's sampled drops: one line per source, heaviest first.
+fn log_drops(summary: &drops::Summary, interval: Duration) {
+    for offender in &summary.offenders {
+        tracing::info!(
+            source = %offender.source,
+            estimated_packets = offender.estimated,
+            sampled_events = offender.events,
+            reason = offender.reason,
+            rule = offender.rule.as_deref().unwrap_or("-"),
+            consecutive_intervals = offender.consecutive,
+            repeat_offender = offender.is_repeat(),
+            "{}",
+            offender.line(interval)
         );
-        let remaining =
-            clock::remaining(event.expires_at_ns, clock::monotonic_ns()).unwrap_or_default();
-        info!(
-            "autoblock: {} exceeded rule {rule} ({} over-limit packets in its window); blocked for {}",
-            source_cidr(event.source, &config),
-            event.over_limit,
-            format_duration(remaining)
+    }
+    if summary.other_sources > 0 {
+        tracing::info!(
+            other_sources = summary.other_sources,
+            estimated_packets = summary.other_estimated,
+            "{} more sources dropped ~{} packets in the last {}s",
+            summary.other_sources,
+            summary.other_estimated,
+            interval.as_secs()
         );
     }
 }

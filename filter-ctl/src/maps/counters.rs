@@ -183,6 +183,10 @@ impl Filter {
                 self.table_stat(table_stat::AUTOBLOCKS_FAILED)?,
             ),
             ("events_lost", self.table_stat(table_stat::EVENTS_LOST)?),
+            (
+                "drop_events_capped",
+                self.table_stat(table_stat::DROP_EVENTS_CAPPED)?,
+            ),
         ] {
             out.tables.insert(name.to_string(), value);
         }

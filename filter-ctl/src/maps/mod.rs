@@ -12,6 +12,7 @@ pub mod loader;
 pub mod lock;
 pub mod pins;
 pub mod rules;
+pub mod sampling;
 pub mod status;
 
 use std::time::Duration;
