@@ -100,6 +100,12 @@ enum Command {
     ///
     /// Example: filter-ctl status --json
     Status(cmd::JsonArg),
+    /// A live view, refreshed each second: packets per second per reason and
+    /// per rule, and the sources dropped most in the current interval
+    /// (sampled by the running controller). `q` quits.
+    ///
+    /// Example: filter-ctl top
+    Top,
     /// Detach from one interface, or (without --iface) from all of them and
     /// remove every pin of this filter.
     Detach(cmd::detach::Args),
@@ -177,6 +183,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => cmd::lists::list(&ctx, args.json),
         Command::Stats(args) => cmd::stats::run(&ctx, args.json),
         Command::Status(args) => cmd::status::run(&ctx, args.json),
+        Command::Top => cmd::top::run(&ctx),
         Command::Detach(args) => cmd::detach::run(&ctx, &args),
         Command::Limit(command) => cmd::limit::run(&ctx, command),
         Command::Completions { shell } => {

@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "prometheus",
+    // `tmux`: the `filter-ctl top` test drives it in a real terminal.
+    "tmux",
     "iproute2",
     // `ping` for the lab, `objdump` to inspect bpf-linker and libLLVM.
     "iputils-ping",

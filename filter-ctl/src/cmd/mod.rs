@@ -7,6 +7,7 @@ pub mod lists;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod top;
 
 use std::time::Duration;
 

@@ -139,41 +139,55 @@ impl Aggregator {
 
     /// Ends the interval: the summary to log, heaviest sources first.
     pub fn flush(&mut self) -> Summary {
-        let current = std::mem::take(&mut self.current);
-        let mut streaks = HashMap::with_capacity(current.len());
-        let mut offenders: Vec<Offender> = current
-            .into_iter()
+        let summary = self.summarize();
+        self.streaks = self
+            .current
+            .keys()
+            .map(|source| (*source, self.streaks.get(source).copied().unwrap_or(0) + 1))
+            .collect();
+        self.current.clear();
+        self.overflow_sources = 0;
+        self.overflow_estimated = 0;
+        summary
+    }
+
+    /// The interval so far, without ending it (for `top`).
+    #[must_use]
+    pub fn peek(&self) -> Summary {
+        self.summarize()
+    }
+
+    fn summarize(&self) -> Summary {
+        let mut offenders: Vec<Offender> = self
+            .current
+            .iter()
             .map(|(source, tally)| {
-                let consecutive = self.streaks.get(&source).copied().unwrap_or(0) + 1;
-                streaks.insert(source, consecutive);
                 let ((reason, rule), _) = tally
                     .by_cause
-                    .into_iter()
-                    .max_by_key(|(_, n)| *n)
-                    .unwrap_or((("unknown", None), 0));
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map_or((("unknown", None), 0), |((r, rule), n)| {
+                        ((*r, rule.clone()), *n)
+                    });
                 Offender {
-                    source,
+                    source: *source,
                     estimated: tally.estimated,
                     events: tally.events,
                     reason,
                     rule,
-                    consecutive,
+                    consecutive: self.streaks.get(source).copied().unwrap_or(0) + 1,
                     sampled: tally.max_weight > 1,
                 }
             })
             .collect();
-        self.streaks = streaks;
         offenders.sort_by(|a, b| b.estimated.cmp(&a.estimated).then(a.source.cmp(&b.source)));
         let rest = offenders.split_off(offenders.len().min(LOGGED_SOURCES));
-        let summary = Summary {
+        Summary {
             other_sources: rest.len() as u64 + self.overflow_sources,
             other_estimated: rest.iter().map(|o| o.estimated).sum::<u64>()
                 + self.overflow_estimated,
             offenders,
-        };
-        self.overflow_sources = 0;
-        self.overflow_estimated = 0;
-        summary
+        }
     }
 }
 

@@ -38,7 +38,7 @@ use crate::{
         pins::{self, PinDir},
         rules::{RuleTable, source_cidr},
         sampling::Sampling,
-        status::{ControllerState, InterfaceState},
+        status::{ControllerState, InterfaceState, TopSnapshot, TopSource},
     },
     spec::duration::format_duration,
 };
@@ -268,6 +268,7 @@ impl Controller {
         let mut sweep = tokio::time::interval(self.sweep_interval);
         let mut drop_log = tokio::time::interval(self.drop_log_interval);
         drop_log.tick().await; // the first tick is immediate: skip it
+        let mut top = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = interrupt.recv() => break,
@@ -275,6 +276,7 @@ impl Controller {
                 _ = drop_log.tick() => {
                     log_drops(&self.drops.flush(), self.drop_log_interval);
                 }
+                _ = top.tick() => self.write_top(),
                 _ = sweep.tick() => {
                     self.sweep();
                     self.resync();
@@ -387,6 +389,32 @@ impl Controller {
             Err(err) => warn!("{name} appeared again, but attaching to it failed: {err:#}"),
         }
         self.write_state();
+    }
+
+    /// Publishes the dropped sources so far for `filter-ctl top`.
+    fn write_top(&self) {
+        let summary = self.drops.peek();
+        let snapshot = TopSnapshot {
+            pid: std::process::id(),
+            interval_secs: self.drop_log_interval.as_secs(),
+            updated_unix: now_unix(),
+            sources: summary
+                .offenders
+                .iter()
+                .map(|o| TopSource {
+                    source: o.source.to_string(),
+                    estimated: o.estimated,
+                    reason: o.reason.to_string(),
+                    rule: o.rule.clone(),
+                    consecutive: o.consecutive,
+                })
+                .collect(),
+            other_sources: summary.other_sources,
+            other_estimated: summary.other_estimated,
+        };
+        if let Err(err) = snapshot.write(&self.pins) {
+            log::debug!("writing the top snapshot failed: {err:#}");
+        }
     }
 
     fn write_state(&self) {

@@ -162,3 +162,50 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Status> {
         interrupted_change: journal::interrupted(pins),
     })
 }
+
+const TOP_FILE: &str = "top.json";
+
+/// One source in the controller's running drop tally (for `top`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopSource {
+    pub source: String,
+    /// Estimated drops in the current interval (scaled by sampling).
+    pub estimated: u64,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Intervals in a row the source was seen, this one included.
+    pub consecutive: u32,
+}
+
+/// The dropped sources of the interval in progress, rewritten by the
+/// controller every second.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopSnapshot {
+    pub pid: u32,
+    pub interval_secs: u64,
+    /// Seconds since the Unix epoch when it was written.
+    pub updated_unix: u64,
+    pub sources: Vec<TopSource>,
+    pub other_sources: u64,
+    pub other_estimated: u64,
+}
+
+impl TopSnapshot {
+    /// Writes the snapshot atomically.
+    pub fn write(&self, pins: &PinDir) -> anyhow::Result<()> {
+        let dir = pins.create_runtime_dir()?;
+        let tmp = dir.join(format!("{TOP_FILE}.tmp"));
+        let text = serde_json::to_vec(self).context("encoding the top snapshot")?;
+        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, dir.join(TOP_FILE)).context("replacing the top snapshot")
+    }
+
+    /// The running controller's snapshot, if one runs.
+    #[must_use]
+    pub fn read_live(pins: &PinDir) -> Option<Self> {
+        let text = fs::read(pins.runtime_dir().join(TOP_FILE)).ok()?;
+        let snapshot: Self = serde_json::from_slice(&text).ok()?;
+        (controller_pid(pins) == Some(snapshot.pid)).then_some(snapshot)
+    }
+}
