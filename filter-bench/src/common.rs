@@ -308,6 +308,17 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(env: &Env, ns: &NetNs, iface: &str, tag: &str) -> Result<Self> {
+        Self::start_with(env, ns, iface, tag, &[])
+    }
+
+    /// [`Controller::start`] with more `run` options.
+    pub fn start_with(
+        env: &Env,
+        ns: &NetNs,
+        iface: &str,
+        tag: &str,
+        options: &[&str],
+    ) -> Result<Self> {
         check_interrupted()?;
         let pins = pin_dir(tag);
         let mut command = nsenter(ns, &env.filter_ctl);
@@ -315,6 +326,7 @@ impl Controller {
             .arg("--pin-dir")
             .arg(pins.root())
             .args(["run", "--iface", iface])
+            .args(options)
             .env_remove("FILTER_CTL_PIN_DIR")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -98,7 +98,7 @@ impl DropEvent {
 /// Drop sampling: `SAMPLING` (set by user space) holds, per reason, the
 /// 1-in-N rate (0 = no events), and at [`CAP`](sampling::CAP) the most
 /// events one CPU emits per second; `SAMPLE_STATE` (per CPU) holds each
-/// reason's drop count and the cap's window.
+/// reason's drops since its last event and the cap's window.
 pub mod sampling {
     use crate::reason;
 

@@ -26,13 +26,20 @@ pub fn sampled_drop(ifindex: u32, why: u32, rule: u16, packet: Option<&Packet>, 
     let Some(seen) = SAMPLE_STATE.get_ptr_mut(why) else {
         return;
     };
+    // Every `one_in`-th drop on this CPU: a counter that wraps at the rate
+    // (a 64-bit modulo is a division, tens of cycles on every drop).
     // SAFETY: a per-CPU slot of a map value, valid for this run; no other
     // CPU writes it and this program does not run twice at once on a CPU.
-    let count = unsafe {
+    let due = unsafe {
         *seen += 1;
-        *seen
+        if *seen >= u64::from(one_in) {
+            *seen = 0;
+            true
+        } else {
+            false
+        }
     };
-    if count % u64::from(one_in) == 0 {
+    if due {
         emit_drop(ifindex, why, rule, packet, len);
     }
 }

@@ -220,8 +220,7 @@ fn drops_are_sampled_one_in_n_with_their_details() {
     let after = test.reason_packets_per_cpu(BLOCKLIST)[0];
     assert_eq!(after - before, 100, "the drops ran on CPU 0");
     let events: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
-    // The per-CPU count runs on from the 1-in-1 phase (30 drops so far):
-    // every tenth of drops 31..=130 is an event.
+    // The per-CPU count starts over at each event: every tenth drop is one.
     assert_eq!(events.len(), 10, "1 in 10 of 100 drops");
     assert!(events.iter().all(|e| e.weight == 10));
 
