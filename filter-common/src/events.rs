@@ -17,6 +17,21 @@ pub struct EventHeader {
     pub len: u32,
 }
 
+impl EventHeader {
+    /// The header of a record of type `T` and kind `kind`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "records are a few dozen bytes (sizes asserted)"
+    )]
+    #[must_use]
+    pub const fn of<T>(kind: u32) -> Self {
+        Self {
+            kind,
+            len: size_of::<T>() as u32,
+        }
+    }
+}
+
 /// Event kind: a source was put on the automatic block list ([`AutoBlockEvent`]).
 pub const EVENT_AUTOBLOCK: u32 = 1;
 
@@ -38,14 +53,7 @@ pub struct AutoBlockEvent {
 
 impl AutoBlockEvent {
     /// The header every automatic-block record carries.
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "a 48-byte record (size asserted)"
-    )]
-    pub const HEADER: EventHeader = EventHeader {
-        kind: EVENT_AUTOBLOCK,
-        len: size_of::<Self>() as u32,
-    };
+    pub const HEADER: EventHeader = EventHeader::of::<Self>(EVENT_AUTOBLOCK);
 }
 
 /// Event kind: a dropped packet, sampled ([`DropEvent`]).
@@ -85,14 +93,7 @@ pub struct DropEvent {
 
 impl DropEvent {
     /// The header every drop record carries.
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "a 48-byte record (size asserted)"
-    )]
-    pub const HEADER: EventHeader = EventHeader {
-        kind: EVENT_DROP,
-        len: size_of::<Self>() as u32,
-    };
+    pub const HEADER: EventHeader = EventHeader::of::<Self>(EVENT_DROP);
 }
 
 /// Drop sampling: `SAMPLING` (set by user space) holds, per reason, the

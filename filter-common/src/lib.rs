@@ -58,6 +58,8 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AutoBlockEvent {}
+    // SAFETY: #[repr(C)], integers and byte arrays with explicit padding (size and offsets asserted).
+    unsafe impl aya::Pod for super::DropEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.

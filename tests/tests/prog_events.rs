@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use filter_common::{
-    AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE, maps, reason,
+    AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, NO_RULE, maps, reason,
     reason::{AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
     table_stat, xdp_action,
 };
 use filter_ctl::{
-    maps::sampling::{SampleRate, Sampling},
+    maps::{
+        events::{Event, decode},
+        sampling::{SampleRate, Sampling},
+    },
     spec::rule::{AutoblockSpec, LimitSpec},
 };
 use filter_tests::{
@@ -31,31 +34,22 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Vec<u8>> {
     records
 }
 
-/// The automatic-block event in `record`, after checking
-/// that the header describes the record.
+/// The automatic-block event in `record`, after checking that the header
+/// describes the record exactly.
 fn autoblock_event(record: &[u8]) -> AutoBlockEvent {
-    assert!(
-        record.len() >= size_of::<EventHeader>(),
-        "a {}-byte record has no header",
-        record.len()
-    );
-    // SAFETY: at least a header's bytes (checked); read unaligned.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    assert_eq!(header.kind, EVENT_AUTOBLOCK, "record kind: {header:?}");
-    assert_eq!(
-        header.len as usize,
-        size_of::<AutoBlockEvent>(),
-        "record length in the header: {header:?}"
-    );
     assert_eq!(
         record.len(),
         size_of::<AutoBlockEvent>(),
         "record length in the ring buffer"
     );
-    // SAFETY: an AutoBlockEvent's bytes (checked length); read unaligned.
-    let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    assert_eq!(event.header, header);
-    event
+    match decode(record) {
+        Event::AutoBlock(event) => {
+            assert_eq!(event.header.kind, EVENT_AUTOBLOCK);
+            assert_eq!(event.header.len as usize, size_of::<AutoBlockEvent>());
+            event
+        }
+        other => panic!("not an automatic block: {other:?}"),
+    }
 }
 
 #[test]
@@ -144,14 +138,15 @@ fn an_autoblock_writes_one_event_with_its_header() {
 
 /// The drop event in `record`, after checking that the header describes it.
 fn drop_event(record: &[u8]) -> DropEvent {
-    assert!(record.len() >= size_of::<EventHeader>(), "{record:?}");
-    // SAFETY: at least a header's bytes (checked); read unaligned.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    assert_eq!(header.kind, EVENT_DROP, "record kind: {header:?}");
-    assert_eq!(header.len as usize, size_of::<DropEvent>(), "{header:?}");
     assert_eq!(record.len(), size_of::<DropEvent>());
-    // SAFETY: a DropEvent's bytes (checked length); read unaligned.
-    unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) }
+    match decode(record) {
+        Event::Drop(event) => {
+            assert_eq!(event.header.kind, EVENT_DROP);
+            assert_eq!(event.header.len as usize, size_of::<DropEvent>());
+            event
+        }
+        other => panic!("not a drop event: {other:?}"),
+    }
 }
 
 fn sampling(rates: &[&str], cap: u32) -> Sampling {

@@ -20,7 +20,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use filter_common::{AutoBlockEvent, DropEvent, EventHeader, maps};
+use filter_common::{DropEvent, maps};
 use log::{info, warn};
 use tokio::{
     io::unix::AsyncFd,
@@ -32,6 +32,7 @@ use crate::{
     error::Error,
     maps::{
         Filter,
+        events::{self, Event},
         lists::ListCounts,
         loader::{self, Capacities, Mode},
         lock::DirLock,
@@ -43,12 +44,6 @@ use crate::{
     spec::duration::format_duration,
 };
 use netwatch::LinkEvent;
-
-/// How often, by default, expired list entries and automatic blocks are
-/// deleted (the kernel already ignores them; this only frees the memory),
-/// the lists are counted for the metrics, and the interfaces are checked by
-/// name as a backstop to link events.
-pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What `run` was asked to do.
 #[derive(Clone, Debug)]
@@ -63,7 +58,9 @@ pub struct RunOptions {
     pub allow_private_bpffs: bool,
     /// Where to serve `/metrics`; `None` = nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// How often to sweep (see [`DEFAULT_SWEEP_INTERVAL`]).
+    /// How often expired entries are deleted (the kernel already ignores
+    /// them; this only frees the memory), the lists counted for the metrics,
+    /// and the interfaces checked by index as a backstop to link events.
     pub sweep_interval: Duration,
     /// How drops are sampled into events.
     pub sampling: Sampling,
@@ -501,37 +498,28 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>, drops: &mut Aggreg
             .map_or_else(|| format!("rule {id}"), |r| r.describe(id))
     };
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<EventHeader>() {
-            warn!("short event ({} bytes) ignored", item.len());
-            continue;
-        }
-        // SAFETY: the record holds at least a header (checked length); read unaligned.
-        let header: EventHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        if header == AutoBlockEvent::HEADER && item.len() >= size_of::<AutoBlockEvent>() {
-            // SAFETY: the kernel wrote an AutoBlockEvent (checked header and length); read unaligned.
-            let event: AutoBlockEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let remaining =
-                clock::remaining(event.expires_at_ns, clock::monotonic_ns()).unwrap_or_default();
-            info!(
-                "autoblock: {} exceeded rule {} ({} over-limit packets in its window); blocked for {}",
-                source_cidr(event.source, &config),
-                rule_name(event.rule),
-                event.over_limit,
-                format_duration(remaining)
-            );
-        } else if header == DropEvent::HEADER && item.len() >= size_of::<DropEvent>() {
-            // SAFETY: the kernel wrote a DropEvent (checked header and length); read unaligned.
-            let event: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if let Some(drop) = sampled_drop(&event, &rule_name) {
-                drops.record(drop);
+        match events::decode(&item) {
+            Event::AutoBlock(event) => {
+                let remaining = clock::remaining(event.expires_at_ns, clock::monotonic_ns())
+                    .unwrap_or_default();
+                info!(
+                    "autoblock: {} exceeded rule {} ({} over-limit packets in its window); blocked for {}",
+                    source_cidr(event.source, &config),
+                    rule_name(event.rule),
+                    event.over_limit,
+                    format_duration(remaining)
+                );
             }
-        } else {
-            warn!(
-                "event of kind {} ({} bytes, header says {}) ignored",
-                header.kind,
-                item.len(),
-                header.len
-            );
+            Event::Drop(event) => {
+                if let Some(drop) = sampled_drop(&event, &rule_name) {
+                    drops.record(drop);
+                }
+            }
+            Event::Unknown { header, len } => warn!(
+                "event of kind {} ({len} bytes, header says {}) ignored",
+                header.kind, header.len
+            ),
+            Event::Short(len) => warn!("short event ({len} bytes) ignored"),
         }
     }
 }

@@ -439,12 +439,6 @@ impl Filter {
             .collect())
     }
 
-    /// The prefix an automatic block of `cidr`'s address would have (the
-    /// address masked to the rate-limit aggregation prefix).
-    pub fn autoblock_prefix(&self, cidr: &Cidr) -> anyhow::Result<Cidr> {
-        Ok(autoblock_prefix(cidr, &self.config()?))
-    }
-
     /// Removes each prefix from the blocklist and lifts the automatic block
     /// of each address, reading the list once. Fails, changing nothing, if a
     /// token is neither listed nor automatically blocked. Returns the entries

@@ -6,6 +6,7 @@
 pub mod barrier;
 pub mod batch;
 pub mod counters;
+pub mod events;
 pub mod journal;
 pub mod lists;
 pub mod loader;
