@@ -20,7 +20,9 @@ use crate::{
 /// 5: two `RULES` slots per rule ([`RULE_SLOTS`](crate::RULE_SLOTS) entries),
 /// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
 /// events name rule ids.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: shadow reasons (`STATS` grows), `ListEntry::rule` is a `u8` beside
+/// `ListEntry::flags`, origins `policy` and `crowdsec`, `RULE_FLAG_SHADOW`.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

@@ -31,12 +31,15 @@ pub use config::{
     CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX,
 };
 pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
-pub use lists::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL};
+pub use lists::{
+    Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC,
+    ORIGIN_POLICY,
+};
 pub use ratelimit::{
     Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,
     OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM,
-    RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS, TICKS_PER_SEC, only_from_key_data, other_slot,
-    rule_id,
+    RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS, TICKS_PER_SEC,
+    only_from_key_data, other_slot, rule_id,
 };
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 

@@ -22,18 +22,30 @@ pub struct ListEntry {
     /// (a lookup returns only the value, and an expired longest match would
     /// otherwise hide shorter prefixes).
     pub prefix_len: u8,
-    /// [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`].
+    /// Who put the entry there: `ORIGIN_*`. The program tells only automatic
+    /// blocks apart; user space shows and guards the others.
     pub origin: u8,
     /// For automatic blocks: the id of the rule whose limit was exceeded.
-    pub rule: u16,
+    pub rule: u8,
+    /// `LIST_FLAG_*` bits.
+    pub flags: u8,
     /// For automatic blocks: over-limit packets in the window that triggered it.
     pub over_limit: u32,
 }
 
-/// Entry added by an operator (`filter-ctl block`/`allow`).
-pub const ORIGIN_MANUAL: u8 = 0;
+/// Entry added by an operator's live edit (`filter-ctl block`/`allow`).
+pub const ORIGIN_CLI: u8 = 0;
 /// Entry added by the program: a source that kept exceeding its limit.
 pub const ORIGIN_AUTO: u8 = 1;
+/// Entry from the applied policy file.
+pub const ORIGIN_POLICY: u8 = 2;
+/// Entry from a CrowdSec decision.
+pub const ORIGIN_CROWDSEC: u8 = 3;
+
+/// Flag: a shadow entry (from a policy marked `shadow = true`). It never
+/// decides a verdict: a match is counted (`reason::SHADOW_BLOCKLIST`) and
+/// the lookup goes on with shorter prefixes.
+pub const LIST_FLAG_SHADOW: u8 = 1;
 
 impl ListEntry {
     /// Whether the entry still applies at `now_ns`.
@@ -49,6 +61,7 @@ const _: () = assert!(offset_of!(ListEntry, expires_at_ns) == 0);
 const _: () = assert!(offset_of!(ListEntry, prefix_len) == 8);
 const _: () = assert!(offset_of!(ListEntry, origin) == 9);
 const _: () = assert!(offset_of!(ListEntry, rule) == 10);
+const _: () = assert!(offset_of!(ListEntry, flags) == 11);
 const _: () = assert!(offset_of!(ListEntry, over_limit) == 12);
 // `ListEntry::rule` holds a rule id: every id must fit.
-const _: () = assert!(crate::MAX_RULES - 1 <= u16::MAX as u32);
+const _: () = assert!(crate::MAX_RULES - 1 <= u8::MAX as u32);

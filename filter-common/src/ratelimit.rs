@@ -51,6 +51,9 @@ pub const RULE_LIMIT: u8 = 1;
 pub const RULE_DROP: u8 = 2;
 /// Rule flag: only sources in `ONLY_FROM` under this rule's slot may use the port.
 pub const RULE_FLAG_ONLY_FROM: u8 = 1;
+/// Rule flag: a shadow rule. Its would-be drops pass and are counted under
+/// `reason::SHADOW_*`; it never blocks automatically.
+pub const RULE_FLAG_SHADOW: u8 = 2;
 
 /// One rate-limit rule (the default one, or a port rule), stored in one of
 /// its id's two slots.

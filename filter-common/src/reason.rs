@@ -16,8 +16,16 @@ pub const RATELIMIT: u32 = 5;
 pub const PORT_DENIED: u32 = 6;
 /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
 pub const NON_IP: u32 = 7;
+/// A shadow block entry (a policy marked `shadow = true`) matched: the
+/// packet would have been dropped. Counted besides the packet's real
+/// verdict, never enforced.
+pub const SHADOW_BLOCKLIST: u32 = 8;
+/// A shadow rule's limit would have dropped the packet (counted besides its real verdict).
+pub const SHADOW_RATELIMIT: u32 = 9;
+/// A shadow rule would have denied the port (counted besides its real verdict).
+pub const SHADOW_PORT_DENIED: u32 = 10;
 /// Number of reasons; size of the `STATS` map.
-pub const COUNT: u32 = 8;
+pub const COUNT: u32 = 11;
 
 /// Names used by the CLI, JSON output and metrics, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -29,6 +37,9 @@ pub const NAMES: [&str; COUNT as usize] = [
     "ratelimit",
     "port_denied",
     "non_ip",
+    "shadow_blocklist",
+    "shadow_ratelimit",
+    "shadow_port_denied",
 ];
 
 /// Whether the verdict for this reason is a drop.
@@ -38,4 +49,26 @@ pub const fn is_drop(reason: u32) -> bool {
         reason,
         BLOCKLIST | MALFORMED | AUTOBLOCK | RATELIMIT | PORT_DENIED
     )
+}
+
+/// Whether `reason` counts would-be drops of shadow entries and rules: such
+/// packets are also counted under their real verdict, so totals over all
+/// reasons must leave these out.
+#[must_use]
+pub const fn is_shadow(reason: u32) -> bool {
+    matches!(
+        reason,
+        SHADOW_BLOCKLIST | SHADOW_RATELIMIT | SHADOW_PORT_DENIED
+    )
+}
+
+/// The shadow counterpart of an enforced drop reason, if it has one.
+#[must_use]
+pub const fn shadow_of(reason: u32) -> Option<u32> {
+    match reason {
+        BLOCKLIST => Some(SHADOW_BLOCKLIST),
+        RATELIMIT => Some(SHADOW_RATELIMIT),
+        PORT_DENIED => Some(SHADOW_PORT_DENIED),
+        _ => None,
+    }
 }

@@ -50,8 +50,9 @@ pub fn note_over_limit(
         expires_at_ns: now + rule.autoblock_for_ns,
         prefix_len: 0,
         origin: ORIGIN_AUTO,
-        // Fits: MAX_RULES <= 65536 is asserted in filter-common.
-        rule: id as u16,
+        // Fits: MAX_RULES <= 256 is asserted in filter-common.
+        rule: id as u8,
+        flags: 0,
         over_limit: rule.autoblock_after,
     };
     // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.

@@ -1,7 +1,7 @@
 //! Allow and block list lookups, with expiry.
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
-use filter_common::{ListEntry, ORIGIN_AUTO, reason};
+use filter_common::{LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, reason};
 
 use crate::clock::CoarseClock;
 
@@ -9,42 +9,73 @@ use crate::clock::CoarseClock;
 /// deletes); deeper nesting is cleared by the controller's periodic sweep.
 const MAX_EXPIRED_SKIPS: usize = 4;
 
-/// Origin and prefix length of the active longest-prefix match for `addr`
-/// among prefixes of at most `bits` bits. An expired match is deleted (it
-/// would hide shorter prefixes) and the lookup repeated.
+/// Matches a block lookup looks through before it gives up on finding an
+/// operator's block: shadow entries and automatic blocks nested over one address.
+const MAX_BLOCK_MATCHES: usize = 4;
+
+/// The active longest-prefix match for `addr` among prefixes of at most
+/// `bits` bits. An expired match is deleted (it would hide shorter prefixes)
+/// and the lookup repeated.
 #[inline(always)]
-pub fn list_match<K: Copy>(
-    map: &LpmTrie<K, ListEntry>,
+pub fn list_match<'a, K: Copy>(
+    map: &'a LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut CoarseClock,
-) -> Option<(u8, u8)> {
+) -> Option<&'a ListEntry> {
     for _ in 0..=MAX_EXPIRED_SKIPS {
         let entry = map.get(Key::new(bits, addr))?;
         if entry.expires_at_ns == 0 || clock.now() < entry.expires_at_ns {
-            return Some((entry.origin, entry.prefix_len));
+            return Some(entry);
         }
         let _ = map.remove(Key::new(u32::from(entry.prefix_len), addr));
     }
     None
 }
 
-/// Why a blocked source is dropped. An automatic block is the longest match
-/// when it is more specific than an operator's block, but the operator's
-/// block takes precedence: look for one above it.
+/// Whether `addr` is allowed: shadow allow entries are never installed, so
+/// the longest match decides.
+#[inline(always)]
+pub fn allowed<K: Copy>(
+    map: &LpmTrie<K, ListEntry>,
+    bits: u32,
+    addr: K,
+    clock: &mut CoarseClock,
+) -> bool {
+    list_match(map, bits, addr, clock).is_some()
+}
+
+/// What the blocklist says about `addr`: the drop reason if an entry blocks
+/// it, and whether a shadow entry matched (a would-be block, counted only).
+///
+/// An operator's or the policy's block takes precedence over an automatic
+/// block, and shadow entries never decide: while the longest match is one of
+/// those, the lookup goes on with shorter prefixes.
 #[inline(always)]
 pub fn block_reason<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut CoarseClock,
-) -> Option<u32> {
-    let (origin, prefix_len) = list_match(map, bits, addr, clock)?;
-    if origin != ORIGIN_AUTO || prefix_len == 0 {
-        return Some(reason::BLOCKLIST);
+) -> (Option<u32>, bool) {
+    let mut bits = bits;
+    let mut shadow = false;
+    let mut auto = false;
+    for _ in 0..MAX_BLOCK_MATCHES {
+        let Some(entry) = list_match(map, bits, addr, clock) else {
+            break;
+        };
+        if entry.flags & LIST_FLAG_SHADOW != 0 {
+            shadow = true;
+        } else if entry.origin == ORIGIN_AUTO {
+            auto = true;
+        } else {
+            return (Some(reason::BLOCKLIST), shadow);
+        }
+        if entry.prefix_len == 0 {
+            break;
+        }
+        bits = u32::from(entry.prefix_len) - 1;
     }
-    match list_match(map, u32::from(prefix_len) - 1, addr, clock) {
-        Some((origin, _)) if origin != ORIGIN_AUTO => Some(reason::BLOCKLIST),
-        _ => Some(reason::AUTOBLOCK),
-    }
+    (auto.then_some(reason::AUTOBLOCK), shadow)
 }

@@ -33,7 +33,7 @@ use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
-    lists::{block_reason, list_match},
+    lists::{allowed, block_reason},
     maps::{ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, CONFIG},
     parse::{Packet, Parsed},
     ratelimit::{apply_rule, rule_for},
@@ -52,9 +52,14 @@ pub fn filter(ctx: XdpContext) -> u32 {
     // more stays alive on the (nearly full) stack.
     let why = match parse::parse(&ctx) {
         Ok(Parsed::Ip(packet)) => {
-            let (why, rule) = decide(&packet, len);
+            let (why, rule, shadow) = decide(&packet, len);
             if reason::is_drop(why) {
                 events::sampled_drop(ifindex, why, rule, Some(&packet), len);
+            }
+            if shadow != reason::PASS {
+                // A would-be drop of a shadow entry or rule: counted on top
+                // of the real verdict.
+                count(ifindex, shadow, len);
             }
             why
         }
@@ -72,50 +77,57 @@ pub fn filter(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The reason for an IP packet's verdict.
-/// The reason of the verdict, and the id of the rule that decided it (or
-/// `NO_RULE` when a list or no rule did).
-fn decide(packet: &Packet, len: u64) -> (u32, u16) {
+/// The reason of an IP packet's verdict, the id of the rule that decided it
+/// (or `NO_RULE` when a list or no rule did), and the shadow reason of a
+/// would-be drop (`reason::PASS` for none).
+fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
-    let (allowed, blocked) = if packet.is_v6 {
+    let (allowed, (blocked, shadow_blocked)) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
-            allow
-                .then(|| list_match(&ALLOW_V6, 128, packet.source, &mut clock))
-                .flatten(),
+            allow && allowed(&ALLOW_V6, 128, packet.source, &mut clock),
             block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
         )
     } else {
         let v4 = packet.source_v4();
         let allow = config.is_none_or(|c| c.allow_v4_entries != 0);
         (
-            allow
-                .then(|| list_match(&ALLOW_V4, 32, v4, &mut clock))
-                .flatten(),
+            allow && allowed(&ALLOW_V4, 32, v4, &mut clock),
             block_reason(&BLOCK_V4, 32, v4, &mut clock),
         )
     };
-    if allowed.is_some() {
-        return (reason::ALLOWLIST, NO_RULE);
+    if allowed {
+        return (reason::ALLOWLIST, NO_RULE, reason::PASS);
     }
+    let shadow = if shadow_blocked {
+        reason::SHADOW_BLOCKLIST
+    } else {
+        reason::PASS
+    };
     if let Some(why) = blocked {
-        return (why, NO_RULE);
+        return (why, NO_RULE, shadow);
     }
 
     let (slot, rule) = rule_for(packet, config);
     let Some(rule) = rule else {
-        return (reason::PASS, NO_RULE);
+        return (reason::PASS, NO_RULE, shadow);
     };
-    let why = apply_rule(slot, rule, packet, config, len, &mut clock);
+    let (why, rule_shadow) = apply_rule(slot, rule, packet, config, len, &mut clock);
     let id = rule_id(slot);
     count_rule(id, why, len);
     #[expect(
         clippy::cast_possible_truncation,
         reason = "rule ids are below MAX_RULES, which fits u16 (asserted in filter-common)"
     )]
-    (why, id as u16)
+    // A shadow rule's would-be drop is the more specific news.
+    let shadow = if rule_shadow == reason::PASS {
+        shadow
+    } else {
+        rule_shadow
+    };
+    (why, id as u16, shadow)
 }
 
 #[cfg(not(test))]

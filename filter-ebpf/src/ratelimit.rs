@@ -5,8 +5,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
     Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
-    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_LIMIT, RateRule, TICKS_PER_NS, only_from_key_data, reason,
-    rule_id, table_stat,
+    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS,
+    only_from_key_data, reason, rule_id, table_stat,
 };
 
 use crate::{
@@ -49,10 +49,32 @@ pub fn rule_for(packet: &Packet, config: Option<&Config>) -> (u32, Option<&'stat
     (slot, RULES.get(slot).filter(|r| r.action != 0))
 }
 
-/// The verdict on this packet of the rule read from `slot`: only-from sets
-/// belong to the slot, buckets to the rule's id.
+/// The verdict on this packet of the rule read from `slot`, and for a
+/// shadow rule the shadow reason of a would-be drop (`reason::PASS` for
+/// none): a shadow rule passes every packet.
 #[inline(always)]
 pub fn apply_rule(
+    slot: u32,
+    rule: &RateRule,
+    packet: &Packet,
+    config: Option<&Config>,
+    len: u64,
+    clock: &mut CoarseClock,
+) -> (u32, u32) {
+    let why = rule_verdict(slot, rule, packet, config, len, clock);
+    if rule.flags & RULE_FLAG_SHADOW == 0 {
+        return (why, reason::PASS);
+    }
+    match reason::shadow_of(why) {
+        Some(shadow) => (reason::PASS, shadow),
+        None => (why, reason::PASS),
+    }
+}
+
+/// What the rule read from `slot` says about this packet: only-from sets
+/// belong to the slot, buckets to the rule's id.
+#[inline(always)]
+fn rule_verdict(
     slot: u32,
     rule: &RateRule,
     packet: &Packet,
@@ -196,7 +218,8 @@ fn within_limit(
                 rule.packet_tolerance,
             ))
         && (rule.byte_interval == 0 || gcra(words.byte_tat, now, byte_cost, rule.byte_tolerance));
-    if !ok && rule.autoblock_after != 0 {
+    // A shadow rule never blocks, automatically or otherwise.
+    if !ok && rule.autoblock_after != 0 && rule.flags & RULE_FLAG_SHADOW == 0 {
         autoblock::note_over_limit(&words, id, rule, packet, config, source, now_ns);
     }
     ok

@@ -227,7 +227,7 @@ pub struct ListItem<const N: usize> {
     pub prefix: u32,
     /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
     pub expires_at_ns: u64,
-    /// `ORIGIN_MANUAL` or `ORIGIN_AUTO`.
+    /// `ORIGIN_CLI` or `ORIGIN_AUTO`.
     pub origin: u8,
     /// For automatic blocks: the rule id and over-limit count that triggered it.
     pub rule: u32,
@@ -277,7 +277,7 @@ impl<const N: usize> PrefixList<N> {
             net,
             prefix,
             expires_at_ns,
-            origin: filter_common::ORIGIN_MANUAL,
+            origin: filter_common::ORIGIN_CLI,
             rule: 0,
             over_limit: 0,
         });

@@ -85,7 +85,8 @@ impl Record {
             out[20..28].copy_from_slice(&p.expires_at_ns.to_le_bytes());
             out[28] = p.prefix_len;
             out[29] = p.origin;
-            out[30..32].copy_from_slice(&p.rule.to_le_bytes());
+            out[30] = p.rule;
+            out[31] = p.flags;
             out[32..36].copy_from_slice(&p.over_limit.to_le_bytes());
         }
         out
@@ -98,7 +99,8 @@ impl Record {
             expires_at_ns: u64::from_le_bytes(raw[20..28].try_into().unwrap_or_default()),
             prefix_len: raw[28],
             origin: raw[29],
-            rule: u16::from_le_bytes([raw[30], raw[31]]),
+            rule: raw[30],
+            flags: raw[31],
             over_limit: u32::from_le_bytes(raw[32..36].try_into().unwrap_or_default()),
         });
         let valid = matches!((raw[0], raw[1]), (4, 0..=32) | (6, 0..=128)) && raw[2] <= 1;

@@ -16,7 +16,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_MANUAL, maps};
+use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, maps};
 use serde::Serialize;
 
 use super::{
@@ -138,7 +138,7 @@ impl Filter {
             let new = ListEntry {
                 expires_at_ns,
                 prefix_len: cidr.prefix(),
-                origin: ORIGIN_MANUAL,
+                origin: ORIGIN_CLI,
                 ..ListEntry::default()
             };
             let previous = match *cidr {
@@ -384,7 +384,7 @@ impl Filter {
         Ok(self
             .list_entries_raw(kind)?
             .into_iter()
-            .filter(|(_, e)| e.origin == ORIGIN_MANUAL && e.is_active(now))
+            .filter(|(_, e)| e.origin == ORIGIN_CLI && e.is_active(now))
             .map(|(cidr, e)| ListedEntry {
                 cidr: cidr.to_string(),
                 expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
@@ -545,9 +545,9 @@ mod tests {
 
     #[test]
     fn later_expiry_wins() {
-        let permanent = entry(0, ORIGIN_MANUAL);
-        let short = entry(100, ORIGIN_MANUAL);
-        let long = entry(200, ORIGIN_MANUAL);
+        let permanent = entry(0, ORIGIN_CLI);
+        let short = entry(100, ORIGIN_CLI);
+        let long = entry(200, ORIGIN_CLI);
         assert!(
             !lasts_longer(&short, &permanent),
             "a TTL never lifts a permanent block"
