@@ -39,7 +39,7 @@ pub const ORIGIN_CLI: u8 = 0;
 pub const ORIGIN_AUTO: u8 = 1;
 /// Entry from the applied policy file.
 pub const ORIGIN_POLICY: u8 = 2;
-/// Entry from a CrowdSec decision.
+/// Entry from a `CrowdSec` decision.
 pub const ORIGIN_CROWDSEC: u8 = 3;
 
 /// Flag: a shadow entry (from a policy marked `shadow = true`). It never
