@@ -241,6 +241,7 @@ mod tests {
             prefix_len: 24,
             origin: 1,
             rule: 7,
+            flags: 1,
             over_limit: 99,
         };
         for record in [
