@@ -3,6 +3,7 @@
 //! interfaces it filters: one that disappears is marked missing, and when
 //! an interface of that name comes back it is filtered again at once.
 
+pub mod apply;
 mod drops;
 pub mod metrics;
 mod netwatch;

@@ -75,3 +75,46 @@ pub fn update<K: Pod, V: Pod>(
     };
     Err(BatchError { applied, error })
 }
+
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Deletes `keys`; keys that are not there are skipped (the program deletes
+/// expired entries itself). One syscall per run of present keys.
+pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: u32::try_from(rest.len()).expect("batch larger than u32"),
+            map_fd: u32::try_from(map.fd().as_fd().as_raw_fd()).expect("valid fd"),
+            ..BatchAttr::default()
+        };
+        let requested = attr.count;
+        // SAFETY: `attr` points at a live array of `count` Pod keys whose size
+        // matches the map's key size (checked by the typed map the caller
+        // opened); the kernel only reads it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        let done = if attr.count < requested {
+            attr.count as usize
+        } else {
+            0
+        };
+        if error.raw_os_error() != Some(libc::ENOENT) {
+            return Err(error);
+        }
+        // Key `done` is absent: skip it and go on with the rest.
+        rest = &rest[done + 1..];
+    }
+    Ok(())
+}

@@ -481,6 +481,136 @@ impl Filter {
     }
 }
 
+/// Keys and values of one family, for a batch.
+struct Batch<K> {
+    keys: Vec<Key<K>>,
+    values: Vec<ListEntry>,
+}
+
+impl<K> Default for Batch<K> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+fn split_families(entries: &[(Cidr, ListEntry)]) -> (Batch<Ipv4Bytes>, Batch<Ipv6Bytes>) {
+    let mut v4 = Batch::default();
+    let mut v6 = Batch::default();
+    for (cidr, entry) in entries {
+        match *cidr {
+            Cidr::V4 { addr, prefix } => {
+                v4.keys.push(Key::new(u32::from(prefix), addr));
+                v4.values.push(*entry);
+            }
+            Cidr::V6 { addr, prefix } => {
+                v6.keys.push(Key::new(u32::from(prefix), addr));
+                v6.values.push(*entry);
+            }
+        }
+    }
+    (v4, v6)
+}
+
+impl Filter {
+    /// Writes these entries exactly as given (a policy apply, a restore),
+    /// in batches, without reading the lists. Not journaled: the caller
+    /// knows what it replaced and undoes it on failure.
+    pub fn write_entries(
+        &self,
+        kind: ListKind,
+        entries: &[(Cidr, ListEntry)],
+    ) -> anyhow::Result<()> {
+        debug_assert!(self.is_editing(), "list edits need the edit lock");
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (v4_name, v6_name) = kind.map_names();
+        let (v4, v6) = split_families(entries);
+        if kind == ListKind::Allow {
+            // Raise the counts first: the program must not skip a non-empty allowlist.
+            let (v4_count, v6_count) = self.allow_counts()?;
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            self.write_allow_counts(
+                v4_count.saturating_add(count(v4.keys.len())),
+                v6_count.saturating_add(count(v6.keys.len())),
+            )?;
+        }
+        let result = self
+            .write_family(
+                v4_name,
+                &FamilyWrites {
+                    keys: v4.keys,
+                    values: v4.values,
+                },
+            )
+            .and_then(|()| {
+                self.write_family(
+                    v6_name,
+                    &FamilyWrites {
+                        keys: v6.keys,
+                        values: v6.values,
+                    },
+                )
+            });
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
+        result
+    }
+
+    /// Deletes these prefixes where present (absent ones are skipped), in
+    /// batches, without reading the lists.
+    pub fn delete_entries(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
+        debug_assert!(self.is_editing(), "list edits need the edit lock");
+        if cidrs.is_empty() {
+            return Ok(());
+        }
+        let (v4_name, v6_name) = kind.map_names();
+        let pairs: Vec<(Cidr, ListEntry)> =
+            cidrs.iter().map(|c| (*c, ListEntry::default())).collect();
+        let (v4, v6) = split_families(&pairs);
+        batch::delete(&self.map_data(v4_name)?, &v4.keys)
+            .with_context(|| format!("deleting from {v4_name}"))?;
+        batch::delete(&self.map_data(v6_name)?, &v6.keys)
+            .with_context(|| format!("deleting from {v6_name}"))?;
+        if kind == ListKind::Allow {
+            self.sync_allow_counts()?;
+        }
+        Ok(())
+    }
+
+    /// The stored entry at each exact prefix (not the longest match), by
+    /// point lookups: never a walk of the list.
+    pub fn lookup_entries(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+    ) -> anyhow::Result<Vec<Option<ListEntry>>> {
+        let (v4_name, v6_name) = kind.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        cidrs
+            .iter()
+            .map(|cidr| {
+                // An LPM lookup returns the longest match: keep it only if
+                // it is this very prefix.
+                let found = match *cidr {
+                    Cidr::V4 { addr, prefix } => v4.get(&Key::new(u32::from(prefix), addr), 0),
+                    Cidr::V6 { addr, prefix } => v6.get(&Key::new(u32::from(prefix), addr), 0),
+                };
+                match found {
+                    Ok(entry) if entry.prefix_len == cidr.prefix() => Ok(Some(entry)),
+                    Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+                    Err(e) => Err(anyhow::Error::new(e).context(format!("looking up {cidr}"))),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The prefix an automatic block of `cidr`'s address has: the address
 /// masked to the rate-limit aggregation prefix.
 fn autoblock_prefix(cidr: &Cidr, config: &filter_common::Config) -> Cidr {

@@ -1,0 +1,400 @@
+//! Applying a policy to the kernel maps: what would change (`plan`) and
+//! the change itself (`apply`), make before break.
+//!
+//! Order, so that no packet blocked by both versions passes and none
+//! allowed by both is dropped: (1) the new version's list entries go in
+//! beside the old ones; (2) rules switch one by one, each atomically (two
+//! slots per rule, see `maps::rules`); (3) settings change; (4) entries only
+//! the old version had come out. A policy entry never overwrites a live
+//! entry it would weaken, and an entry the old version leaves behind falls
+//! back to the live edit (CLI, automatic block, `CrowdSec`) held for the
+//! same prefix, if any.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::Context as _;
+use filter_common::{
+    CLOCK_COARSE, CLOCK_PRECISE, LIST_FLAG_SHADOW, ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW,
+    RateRule,
+};
+use serde::Serialize;
+
+use crate::{
+    clock,
+    maps::{Filter, ListKind, rules},
+    spec::{
+        cidr::Cidr,
+        rule::{LimitSpec, Target},
+    },
+};
+
+/// One rule of a policy: its target, validated spec and kernel rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredRule {
+    pub target: Target,
+    pub spec: LimitSpec,
+    /// From [`LimitSpec::to_rule`], with `RULE_FLAG_SHADOW` for a shadow rule.
+    pub rule: RateRule,
+}
+
+/// What a policy asks of the kernel maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Block entries; with `shadow_blocks` they only count would-be drops.
+    pub block: BTreeSet<Cidr>,
+    pub shadow_blocks: bool,
+    /// Allow entries (a shadow policy installs none).
+    pub allow: BTreeSet<Cidr>,
+    /// Rules by target (the default rule under `Target::Default`).
+    pub rules: BTreeMap<String, DesiredRule>,
+    pub ipv4_prefix: Option<u32>,
+    pub ipv6_prefix: Option<u32>,
+    /// `CLOCK_PRECISE` or `CLOCK_COARSE`.
+    pub rate_clock: Option<u32>,
+}
+
+impl Desired {
+    fn entries(&self, kind: ListKind) -> &BTreeSet<Cidr> {
+        match kind {
+            ListKind::Block => &self.block,
+            ListKind::Allow => &self.allow,
+        }
+    }
+
+    fn flags(&self, kind: ListKind) -> u8 {
+        if kind == ListKind::Block && self.shadow_blocks {
+            LIST_FLAG_SHADOW
+        } else {
+            0
+        }
+    }
+}
+
+/// A live entry (not from the policy) held for a prefix: what an entry the
+/// policy leaves behind falls back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldEntry {
+    pub kind: ListKind,
+    pub cidr: Cidr,
+    /// `ORIGIN_CLI`, `ORIGIN_AUTO` or `ORIGIN_CROWDSEC`.
+    pub origin: u8,
+    /// Kernel expiry (`CLOCK_MONOTONIC` ns), 0 = permanent.
+    pub expires_at_ns: u64,
+    /// For automatic blocks: the rule id.
+    pub rule: u8,
+}
+
+/// What an apply changes (or would change): the `diff` output and the
+/// audit log's summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub block_added: Vec<String>,
+    pub block_removed: Vec<String>,
+    pub allow_added: Vec<String>,
+    pub allow_removed: Vec<String>,
+    /// Rules created or changed (`tcp/25`, `default`).
+    pub rules_set: Vec<String>,
+    pub rules_removed: Vec<String>,
+    /// Settings changed, as `name: old -> new`.
+    pub settings: Vec<String>,
+}
+
+impl Change {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// One line for logs and the audit log.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "block +{} -{}, allow +{} -{}, rules set {} removed {}, settings {}",
+            self.block_added.len(),
+            self.block_removed.len(),
+            self.allow_added.len(),
+            self.allow_removed.len(),
+            self.rules_set.len(),
+            self.rules_removed.len(),
+            self.settings.len()
+        )
+    }
+}
+
+fn clock_name(clock: u32) -> &'static str {
+    if clock == CLOCK_COARSE {
+        "coarse"
+    } else {
+        "precise"
+    }
+}
+
+/// What going from `current` (the active policy, if any) to `next` changes.
+/// Pure; `config` is the kernel's, for settings.
+#[must_use]
+pub fn plan(current: Option<&Desired>, next: &Desired, config: &filter_common::Config) -> Change {
+    let empty = Desired::default();
+    let current = current.unwrap_or(&empty);
+    let mut change = Change::default();
+    for kind in [ListKind::Block, ListKind::Allow] {
+        let (old, new) = (current.entries(kind), next.entries(kind));
+        let flags_changed = current.flags(kind) != next.flags(kind);
+        let added: Vec<String> = new
+            .iter()
+            .filter(|c| flags_changed || !old.contains(c))
+            .map(ToString::to_string)
+            .collect();
+        let removed: Vec<String> = old.difference(new).map(ToString::to_string).collect();
+        match kind {
+            ListKind::Block => (change.block_added, change.block_removed) = (added, removed),
+            ListKind::Allow => (change.allow_added, change.allow_removed) = (added, removed),
+        }
+    }
+    change.rules_set = next
+        .rules
+        .iter()
+        .filter(|(name, rule)| current.rules.get(*name) != Some(rule))
+        .map(|(name, _)| name.clone())
+        .collect();
+    change.rules_removed = current
+        .rules
+        .keys()
+        .filter(|name| !next.rules.contains_key(*name))
+        .cloned()
+        .collect();
+    if let Some(v4) = next.ipv4_prefix.filter(|v| *v != config.ipv4_source_prefix) {
+        change.settings.push(format!(
+            "ipv4_prefix: {} -> {v4}",
+            config.ipv4_source_prefix
+        ));
+    }
+    if let Some(v6) = next.ipv6_prefix.filter(|v| *v != config.ipv6_source_prefix) {
+        change.settings.push(format!(
+            "ipv6_prefix: {} -> {v6}",
+            config.ipv6_source_prefix
+        ));
+    }
+    if let Some(clock) = next.rate_clock.filter(|c| *c != config.rate_clock) {
+        change.settings.push(format!(
+            "rate_clock: {} -> {}",
+            clock_name(config.rate_clock),
+            clock_name(clock)
+        ));
+    }
+    change
+}
+
+/// Applies `next` over `current` (see the module documentation for the
+/// order). On an error while adding entries nothing has changed; on a later
+/// error the new entries are in and some rules may be switched: the caller
+/// re-applies a version (the error says so).
+pub fn apply(
+    filter: &Filter,
+    current: Option<&Desired>,
+    next: &Desired,
+    held: &[HeldEntry],
+) -> anyhow::Result<Change> {
+    let empty = Desired::default();
+    let current = current.unwrap_or(&empty);
+    let change = plan(Some(current), next, &filter.config()?);
+
+    // (1) Add, remembering what each write replaced.
+    let mut undo: Vec<(ListKind, Replaced)> = Vec::new();
+    for kind in [ListKind::Block, ListKind::Allow] {
+        match add_entries(filter, kind, current, next) {
+            Ok(replaced) => undo.push((kind, replaced)),
+            Err(error) => {
+                for (kind, replaced) in &undo {
+                    let _ = restore(filter, *kind, replaced);
+                }
+                return Err(error.context("adding the policy's entries; nothing was changed"));
+            }
+        }
+    }
+
+    // (2) Rules: overlapping old ones out just before the new one comes in.
+    let after_entries = |e: anyhow::Error| {
+        e.context(
+            "the new entries are in, some rules may have switched: apply a policy again (or `filter-ctl policy rollback`)",
+        )
+    };
+    let table = rules::RuleTable::read(filter)?;
+    for (name, rule) in &next.rules {
+        if current.rules.get(name) == Some(rule) && table.find(&rule.target).is_some() {
+            continue;
+        }
+        for (old_name, old) in &current.rules {
+            if old_name != name
+                && !next.rules.contains_key(old_name)
+                && old.target.overlaps(&rule.target)
+            {
+                remove_rule(filter, old.target).map_err(after_entries)?;
+            }
+        }
+        rules::set(filter, &rule.target, rule.rule, &rule.spec)
+            .with_context(|| format!("setting the rule {name}"))
+            .map_err(after_entries)?;
+    }
+    for (name, old) in &current.rules {
+        if !next.rules.contains_key(name) {
+            remove_rule(filter, old.target).map_err(after_entries)?;
+        }
+    }
+
+    // (3) Settings.
+    if next.ipv4_prefix.is_some() || next.ipv6_prefix.is_some() {
+        rules::set_aggregation(filter, next.ipv4_prefix, next.ipv6_prefix)
+            .map_err(after_entries)?;
+    }
+    if let Some(clock) = next.rate_clock {
+        debug_assert!(clock == CLOCK_PRECISE || clock == CLOCK_COARSE);
+        rules::set_clock(filter, clock).map_err(after_entries)?;
+    }
+
+    // (4) Entries only the old version had.
+    for kind in [ListKind::Block, ListKind::Allow] {
+        remove_entries(filter, kind, current, next, held).map_err(after_entries)?;
+    }
+    Ok(change)
+}
+
+fn remove_rule(filter: &Filter, target: Target) -> anyhow::Result<()> {
+    match rules::remove(filter, &target) {
+        Err(e)
+            if matches!(
+                e.downcast_ref::<crate::error::Error>(),
+                Some(crate::error::Error::NotFound(_))
+            ) =>
+        {
+            Ok(())
+        }
+        other => other.with_context(|| format!("removing the rule {target}")),
+    }
+}
+
+/// Entries a write replaced: each prefix with what it held before.
+type Replaced = Vec<(Cidr, Option<ListEntry>)>;
+
+/// The kernel value of a policy entry for `cidr`.
+fn policy_entry(cidr: &Cidr, flags: u8) -> ListEntry {
+    ListEntry {
+        expires_at_ns: 0,
+        prefix_len: cidr.prefix(),
+        origin: ORIGIN_POLICY,
+        flags,
+        ..ListEntry::default()
+    }
+}
+
+/// Writes `next`'s entries that `current` lacks (or has with other flags).
+/// A shadow entry never replaces an enforced live entry. Returns what each
+/// write replaced.
+fn add_entries(
+    filter: &Filter,
+    kind: ListKind,
+    current: &Desired,
+    next: &Desired,
+) -> anyhow::Result<Replaced> {
+    let flags = next.flags(kind);
+    let flags_changed = current.flags(kind) != flags;
+    let wanted: Vec<Cidr> = next
+        .entries(kind)
+        .iter()
+        .filter(|c| flags_changed || !current.entries(kind).contains(c))
+        .copied()
+        .collect();
+    let existing = filter.lookup_entries(kind, &wanted)?;
+    let now = clock::monotonic_ns();
+    let mut writes = Vec::with_capacity(wanted.len());
+    let mut replaced = Vec::with_capacity(wanted.len());
+    for (cidr, old) in wanted.iter().zip(existing) {
+        let live_enforced = old.is_some_and(|o| {
+            o.origin != ORIGIN_POLICY && o.flags & LIST_FLAG_SHADOW == 0 && o.is_active(now)
+        });
+        if flags & LIST_FLAG_SHADOW != 0 && live_enforced {
+            continue;
+        }
+        writes.push((*cidr, policy_entry(cidr, flags)));
+        replaced.push((*cidr, old));
+    }
+    if let Err(error) = filter.write_entries(kind, &writes) {
+        let _ = restore(filter, kind, &replaced);
+        return Err(error);
+    }
+    Ok(replaced)
+}
+
+/// Puts back what [`add_entries`] replaced.
+fn restore(
+    filter: &Filter,
+    kind: ListKind,
+    replaced: &[(Cidr, Option<ListEntry>)],
+) -> anyhow::Result<()> {
+    let (rewrite, delete): (Vec<_>, Vec<_>) = replaced.iter().partition(|(_, old)| old.is_some());
+    let rewrite: Vec<(Cidr, ListEntry)> = rewrite
+        .into_iter()
+        .filter_map(|&(c, old)| old.map(|o| (c, o)))
+        .collect();
+    let delete: Vec<Cidr> = delete.into_iter().map(|&(c, _)| c).collect();
+    filter.write_entries(kind, &rewrite)?;
+    filter.delete_entries(kind, &delete)
+}
+
+/// Takes out `current`'s entries that `next` lacks, where the kernel still
+/// holds them as policy entries: a held live entry for the prefix is
+/// written back instead.
+fn remove_entries(
+    filter: &Filter,
+    kind: ListKind,
+    current: &Desired,
+    next: &Desired,
+    held: &[HeldEntry],
+) -> anyhow::Result<()> {
+    let gone: Vec<Cidr> = current
+        .entries(kind)
+        .difference(next.entries(kind))
+        .copied()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let held: HashMap<Cidr, &HeldEntry> = held
+        .iter()
+        .filter(|h| h.kind == kind)
+        .map(|h| (h.cidr, h))
+        .collect();
+    let existing = filter.lookup_entries(kind, &gone)?;
+    let now = clock::monotonic_ns();
+    let mut rewrite = Vec::new();
+    let mut delete = Vec::new();
+    for (cidr, old) in gone.iter().zip(existing) {
+        if old.is_none_or(|o| o.origin != ORIGIN_POLICY) {
+            continue;
+        }
+        match held.get(cidr) {
+            Some(h) if h.expires_at_ns == 0 || h.expires_at_ns > now => rewrite.push((
+                *cidr,
+                ListEntry {
+                    expires_at_ns: h.expires_at_ns,
+                    prefix_len: cidr.prefix(),
+                    origin: h.origin,
+                    rule: h.rule,
+                    ..ListEntry::default()
+                },
+            )),
+            _ => delete.push(*cidr),
+        }
+    }
+    filter.write_entries(kind, &rewrite)?;
+    filter.delete_entries(kind, &delete)
+}
+
+/// The kernel rule for a policy rule: validated like the CLI's, marked
+/// shadow if asked.
+pub fn desired_rule(target: Target, spec: LimitSpec, shadow: bool) -> anyhow::Result<DesiredRule> {
+    let mut rule = spec.to_rule(&target)?;
+    if shadow {
+        rule.flags |= RULE_FLAG_SHADOW;
+    }
+    Ok(DesiredRule { target, spec, rule })
+}
