@@ -62,14 +62,19 @@ pub fn list(listing: &Listing, json: bool) -> anyhow::Result<()> {
     for (title, entries) in [("allowlist", &listing.allow), ("blocklist", &listing.block)] {
         writeln!(out, "{title} ({}):", entries.len())?;
         for e in entries {
+            let origin = if e.shadow {
+                format!("{} (shadow)", e.origin)
+            } else {
+                e.origin.to_string()
+            };
             match e.expires_in_secs {
                 Some(secs) => writeln!(
                     out,
-                    "  {:<43} expires in {}",
+                    "  {:<43} {origin:<17} expires in {}",
                     e.cidr,
                     format_duration(Duration::from_secs(secs))
                 )?,
-                None => writeln!(out, "  {}", e.cidr)?,
+                None => writeln!(out, "  {:<43} {origin}", e.cidr)?,
             }
         }
     }

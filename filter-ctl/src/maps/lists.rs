@@ -16,7 +16,10 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, maps};
+use filter_common::{
+    Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC,
+    ORIGIN_POLICY, maps,
+};
 use serde::Serialize;
 
 use super::{
@@ -74,6 +77,11 @@ pub struct Sweep {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ListedEntry {
     pub cidr: String,
+    /// Who added it: `cli`, `policy` or `crowdsec` (automatic blocks are listed apart).
+    pub origin: &'static str,
+    /// A shadow entry: it counts would-be drops and blocks nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// Seconds until the entry expires; absent for permanent entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
@@ -384,9 +392,11 @@ impl Filter {
         Ok(self
             .list_entries_raw(kind)?
             .into_iter()
-            .filter(|(_, e)| e.origin == ORIGIN_CLI && e.is_active(now))
+            .filter(|(_, e)| e.origin != ORIGIN_AUTO && e.is_active(now))
             .map(|(cidr, e)| ListedEntry {
                 cidr: cidr.to_string(),
+                origin: origin_name(e.origin),
+                shadow: e.flags & LIST_FLAG_SHADOW != 0,
                 expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
             })
             .collect())
@@ -454,6 +464,17 @@ impl Filter {
                 .map(|(c, _)| *c)
                 .collect()
         };
+        let from_policy: HashSet<Cidr> = entries
+            .iter()
+            .filter(|(_, e)| e.origin == ORIGIN_POLICY)
+            .map(|(c, _)| *c)
+            .collect();
+        if let Some(cidr) = cidrs.iter().find(|c| from_policy.contains(c)) {
+            return Err(Error::BadInput(format!(
+                "{cidr} is on the blocklist because the applied policy lists it; nothing was changed. Remove it from the policy file and run `filter-ctl policy apply FILE` (see `filter-ctl policy show`)"
+            ))
+            .into());
+        }
         let config = self.config()?;
         let mut remove: Vec<Cidr> = Vec::new();
         let mut seen = HashSet::new();
@@ -620,9 +641,27 @@ fn autoblock_prefix(cidr: &Cidr, config: &filter_common::Config) -> Cidr {
     }
 }
 
+/// The name of an entry's origin, as `list` shows it.
+#[must_use]
+pub const fn origin_name(origin: u8) -> &'static str {
+    match origin {
+        ORIGIN_CLI => "cli",
+        ORIGIN_AUTO => "auto",
+        ORIGIN_POLICY => "policy",
+        ORIGIN_CROWDSEC => "crowdsec",
+        _ => "unknown",
+    }
+}
+
 /// Whether `new` keeps a source listed at least as long as `old` does and
 /// would change something (a permanent entry re-added permanently does not).
 fn lasts_longer(new: &ListEntry, old: &ListEntry) -> bool {
+    if old.origin == ORIGIN_POLICY && old.flags & LIST_FLAG_SHADOW == 0 {
+        // The policy's entries are permanent and stay the policy's: a live
+        // edit of the same prefix is kept in the state, and takes over if a
+        // later policy drops the prefix.
+        return false;
+    }
     if old.origin != new.origin {
         // An operator's entry takes over an automatic block of the same
         // prefix only if it lasts at least as long.
