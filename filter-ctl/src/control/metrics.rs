@@ -135,13 +135,13 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
     let packets = counter(
         &registry,
         "xdp_filter_packets_total",
-        "Packets by interface and decision reason.",
+        "Packets by interface and decision reason (shadow_* reasons count would-be drops of shadow rules and entries, which are also counted under their real reason).",
         &["interface", "reason"],
     );
     let bytes = counter(
         &registry,
         "xdp_filter_bytes_total",
-        "Bytes by interface and decision reason.",
+        "Bytes by interface and decision reason (shadow_* as for xdp_filter_packets_total).",
         &["interface", "reason"],
     );
     for (interface, counters) in filter.interface_counters()? {
