@@ -5,4 +5,5 @@ pub mod attach;
 pub mod cidr;
 pub mod duration;
 pub mod listfile;
+pub mod policy;
 pub mod rule;
