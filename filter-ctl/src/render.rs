@@ -240,7 +240,7 @@ pub fn policy_check(loaded: &LoadedPolicy, json: bool) -> anyhow::Result<()> {
     writeln!(out, "sha256:     {}", loaded.sha256)?;
     let mode = policy
         .mode
-        .map_or_else(String::new, |m| format!(" (mode {m})"));
+        .map_or_else(String::new, |m| format!("; mode {m}"));
     if policy.interfaces.is_empty() {
         writeln!(out, "interfaces: none (run needs --iface){mode}")?;
     } else {
@@ -249,7 +249,7 @@ pub fn policy_check(loaded: &LoadedPolicy, json: bool) -> anyhow::Result<()> {
     if policy.shadow {
         writeln!(
             out,
-            "shadow:     yes (counts would-be drops, drops nothing)"
+            "shadow:     the whole policy (counts would-be drops, drops nothing)"
         )?;
     }
     let plural =
