@@ -112,6 +112,12 @@ enum Command {
     /// Per-source rate limits: the default limit and per-port rules.
     #[command(subcommand)]
     Limit(cmd::limit::Command),
+    /// The policy file: one TOML file describing the whole filter
+    /// (interfaces, rate limits, allow and block lists and list files).
+    ///
+    /// Example: filter-ctl policy check /etc/filter-ctl/policy.toml
+    #[command(subcommand)]
+    Policy(cmd::policy::Command),
     /// Print a shell completion script.
     ///
     /// Example: filter-ctl completions bash > /etc/bash_completion.d/filter-ctl
@@ -186,6 +192,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Top => cmd::top::run(&ctx),
         Command::Detach(args) => cmd::detach::run(&ctx, &args),
         Command::Limit(command) => cmd::limit::run(&ctx, command),
+        Command::Policy(command) => cmd::policy::run(&ctx, command),
         Command::Completions { shell } => {
             cmd::docs::completions(shell, &mut command());
             Ok(())

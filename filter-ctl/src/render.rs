@@ -9,13 +9,14 @@ use std::{
 use filter_common::{CLOCK_COARSE, Config};
 use filter_ctl::{
     maps::{
+        ListKind,
         counters::Stats,
         journal::Header,
         lists::{ListedAutoBlock, ListedEntry},
         rules::ListedRule,
         status::Status,
     },
-    spec::duration::format_duration,
+    spec::{duration::format_duration, policy::LoadedPolicy},
 };
 use serde::Serialize;
 
@@ -203,5 +204,96 @@ pub fn rules(rules: &[ListedRule], config: &Config, json: bool) -> anyhow::Resul
             extra.join("; ")
         )?;
     }
+    Ok(())
+}
+
+/// What `policy check` prints for a valid policy.
+pub fn policy_check(loaded: &LoadedPolicy, json: bool) -> anyhow::Result<()> {
+    let policy = &loaded.policy;
+    let rules: Vec<_> = policy
+        .default_limit
+        .iter()
+        .chain(&policy.port_rules)
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "path": loaded.path,
+            "sha256": loaded.sha256,
+            "interfaces": policy.interfaces,
+            "mode": policy.mode.map(|m| m.to_string()),
+            "shadow": policy.shadow,
+            "rate_clock": policy.rate_clock.map(|c| c.to_string()),
+            "ipv4_prefix": policy.ipv4_prefix,
+            "ipv6_prefix": policy.ipv6_prefix,
+            "blocklist_entries": policy.block.len(),
+            "allowlist_entries": policy.allow.len(),
+            "rules": rules.iter().map(|r| serde_json::json!({
+                "target": r.target.to_string(),
+                "shadow": r.shadow,
+            })).collect::<Vec<_>>(),
+            "list_files": loaded.list_files.iter().map(|f| serde_json::json!({
+                "path": f.path,
+                "list": f.list.name(),
+                "sha256": f.sha256,
+                "entries": f.entries,
+            })).collect::<Vec<_>>(),
+        });
+        return print_json(&value, true);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "policy {} is valid", loaded.path.display())?;
+    writeln!(out, "sha256:     {}", loaded.sha256)?;
+    let mode = policy
+        .mode
+        .map_or_else(String::new, |m| format!("; mode {m}"));
+    if policy.interfaces.is_empty() {
+        writeln!(out, "interfaces: none (run needs --iface){mode}")?;
+    } else {
+        writeln!(out, "interfaces: {}{mode}", policy.interfaces.join(", "))?;
+    }
+    if policy.shadow {
+        writeln!(
+            out,
+            "shadow:     the whole policy (counts would-be drops, drops nothing)"
+        )?;
+    }
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    for (name, entries, list) in [
+        ("blocklist:", policy.block.len(), ListKind::Block),
+        ("allowlist:", policy.allow.len(), ListKind::Allow),
+    ] {
+        let files = loaded.list_files.iter().filter(|f| f.list == list).count();
+        let from = if files == 0 {
+            String::new()
+        } else {
+            format!(" (with {})", plural(files, "list file", "list files"))
+        };
+        writeln!(
+            out,
+            "{name:<11} {}{from}",
+            plural(entries, "entry", "entries")
+        )?;
+    }
+    let targets: Vec<String> = rules
+        .iter()
+        .map(|r| {
+            if r.shadow {
+                format!("{} (shadow)", r.target)
+            } else {
+                r.target.to_string()
+            }
+        })
+        .collect();
+    let listed = if targets.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", targets.join(", "))
+    };
+    writeln!(
+        out,
+        "rules:      {}{listed}",
+        plural(rules.len(), "rule", "rules")
+    )?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The deployment artifacts under `deploy/`: the Prometheus alert rules and
 //! their unit tests go through `promtool` (`check rules`, `test rules`), and
 //! the alerts and the Grafana dashboard may name only the metrics that
-//! `filter-ctl run` exports (`METRICS`). Mirrors `deploy/prometheus/` and
-//! `deploy/grafana/`.
+//! `filter-ctl run` exports (`METRICS`); the systemd unit goes through
+//! `systemd-analyze verify` and keeps its contract (`--policy`, reload by
+//! SIGHUP, restart on failure). Mirrors `deploy/prometheus/`,
+//! `deploy/grafana/` and `deploy/systemd/`.
 
 use std::{
     collections::BTreeSet,
@@ -74,19 +76,24 @@ fn names(text: &str, word: &str) -> bool {
     })
 }
 
-fn promtool() -> Option<PathBuf> {
+/// `name` on `PATH`; `None` (the test skips) outside CI, a failure in CI.
+fn tool(name: &str, package: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file());
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "promtool is not on PATH in CI: `cargo xtask setup` installs it (Debian's prometheus)"
+            "{name} is not on PATH in CI: `cargo xtask setup` installs it (Debian's {package})"
         );
-        eprintln!("skipped: promtool is not on PATH (`cargo xtask setup` installs it)");
+        eprintln!("skipped: {name} is not on PATH (`cargo xtask setup` installs it)");
     }
     found
+}
+
+fn promtool() -> Option<PathBuf> {
+    tool("promtool", "prometheus")
 }
 
 /// Runs `promtool ARGS` and returns its output, failing with it unless it
@@ -362,4 +369,107 @@ fn the_metric_scanner_finds_names_and_only_names() {
     );
     assert!(names(r#"up{job="filter-ctl"} == 0"#, "up"));
     assert!(!names("group_up(x)", "up"));
+}
+
+/// The shipped unit's path for the binary.
+const UNIT_BINARY: &str = "/usr/sbin/filter-ctl";
+
+/// The values of `key=` lines of the unit, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+        .collect()
+}
+
+#[test]
+fn the_unit_runs_the_policy_reloads_on_hup_and_restarts_on_failure() {
+    let unit = read(&deploy("systemd/filter-ctl.service"));
+    let expect = [
+        (
+            "ExecStart",
+            "/usr/sbin/filter-ctl run --policy /etc/filter-ctl/policy.toml",
+        ),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("StateDirectory", "filter-ctl"),
+        ("StateDirectoryMode", "0700"),
+        ("Before", "network-pre.target"),
+        ("Wants", "network-pre.target"),
+        ("WantedBy", "multi-user.target"),
+    ];
+    for (key, value) in expect {
+        assert_eq!(
+            unit_values(&unit, key),
+            [value],
+            "filter-ctl.service: {key}= should be exactly `{value}`"
+        );
+    }
+    // Loading XDP needs these and nothing broader (CAP_SYS_ADMIN is the new root).
+    let caps = unit_values(&unit, "CapabilityBoundingSet");
+    assert_eq!(caps, ["CAP_BPF CAP_NET_ADMIN CAP_PERFMON"]);
+    // A mount namespace of its own would put the pins on a bpffs that `run`
+    // cannot tell from a private one: it would refuse to start.
+    for key in [
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateMounts",
+        "ReadWritePaths",
+        "ProtectKernelTunables",
+        "ProtectControlGroups",
+    ] {
+        assert!(
+            unit_values(&unit, key).is_empty(),
+            "filter-ctl.service sets {key}=, which gives it a mount namespace of its own"
+        );
+    }
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    let Some(systemd_analyze) = tool("systemd-analyze", "systemd") else {
+        return;
+    };
+    // `verify` checks that the binaries exist: the same unit, with the
+    // filter-ctl of this build in place of /usr/sbin/filter-ctl.
+    let binary = filter_tests::ctl::binary();
+    let unit = read(&deploy("systemd/filter-ctl.service"));
+    assert!(
+        unit.contains(UNIT_BINARY),
+        "the unit does not run {UNIT_BINARY}"
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("systemd");
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let path = dir.join("filter-ctl.service");
+    let local = unit.replace(UNIT_BINARY, binary.to_str().expect("a UTF-8 binary path"));
+    fs::write(&path, local).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    let output = Command::new(&systemd_analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", systemd_analyze.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    print!("{text}");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed ({}):\n{text}",
+        output.status
+    );
+    // It only warns about values it ignores (a misspelt Restart=, an
+    // unknown key): any line about the unit is a failure.
+    let about_unit: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("filter-ctl.service"))
+        .collect();
+    assert!(
+        about_unit.is_empty(),
+        "systemd-analyze verify complained about the unit:\n{}",
+        about_unit.join("\n")
+    );
 }

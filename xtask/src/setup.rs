@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "binutils",
     // `perf`: the benchmarks profile every target they miss.
     "linux-perf",
+    // `systemd-analyze verify` checks the shipped unit (deploy/systemd/).
+    "systemd",
 ];
 
 /// The oldest kernel with everything the XDP program uses (BPF atomics with fetch).

@@ -7,7 +7,7 @@ use filter_ctl::{
     spec::{
         cidr::{Cidr, CidrError},
         duration::parse_duration,
-        rule::{AutoblockSpec, LimitSpec, Target, TargetError},
+        rule::{AutoblockSpec, LimitSpec, RateClock, Target, TargetError},
     },
 };
 
@@ -54,13 +54,6 @@ pub enum Command {
         #[arg(long)]
         ipv6_prefix: Option<u32>,
     },
-}
-
-/// The rate limiter's clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum RateClock {
-    Precise,
-    Coarse,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,15 +130,8 @@ pub fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         }
         Command::Clock { clock } => {
             let filter = ctx.edit()?;
-            let value = match clock {
-                RateClock::Precise => filter_common::CLOCK_PRECISE,
-                RateClock::Coarse => filter_common::CLOCK_COARSE,
-            };
-            rules::set_clock(&filter, value)?;
-            println!(
-                "the rate limiter now uses the {} clock",
-                format!("{clock:?}").to_lowercase()
-            );
+            rules::set_clock(&filter, clock.value())?;
+            println!("the rate limiter now uses the {clock} clock");
         }
         Command::Aggregate {
             ipv4_prefix,

@@ -4,6 +4,7 @@ pub mod detach;
 pub mod docs;
 pub mod limit;
 pub mod lists;
+pub mod policy;
 pub mod run;
 pub mod stats;
 pub mod status;

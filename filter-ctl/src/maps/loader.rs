@@ -1,7 +1,7 @@
 //! Loading the embedded program, attaching it, and pinning the links so that
 //! enforcement outlives the controller.
 
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -43,26 +43,7 @@ impl Default for Capacities {
     }
 }
 
-/// How to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Native (driver) mode, falling back to generic (skb) mode.
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (skb) mode only.
-    Skb,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Native => "native",
-            Self::Skb => "skb",
-        })
-    }
-}
+pub use crate::spec::attach::Mode;
 
 /// Loads the program, reusing maps already pinned under `pins` (so state
 /// survives a controller restart) and pinning the ones that are new.

@@ -29,22 +29,9 @@ use crate::error::Error;
 use lock::DirLock;
 use pins::PinDir;
 
-/// Which address list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListKind {
-    Allow,
-    Block,
-}
+pub use crate::spec::listfile::ListKind;
 
 impl ListKind {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Allow => "allowlist",
-            Self::Block => "blocklist",
-        }
-    }
-
     pub(crate) fn map_names(self) -> (&'static str, &'static str) {
         match self {
             Self::Allow => (maps::ALLOW_V4, maps::ALLOW_V6),

@@ -446,21 +446,12 @@ pub fn set_aggregation(
     ipv4: Option<u32>,
     ipv6: Option<u32>,
 ) -> anyhow::Result<Config> {
+    crate::spec::rule::check_aggregation(ipv4, ipv6)?;
     filter.update_config(|config| {
         if let Some(v4) = ipv4 {
-            if !(1..=32).contains(&v4) {
-                return Err(
-                    Error::BadInput(format!("--ipv4-prefix must be 1-32 (got {v4})")).into(),
-                );
-            }
             config.ipv4_source_prefix = v4;
         }
         if let Some(v6) = ipv6 {
-            if !(1..=128).contains(&v6) {
-                return Err(
-                    Error::BadInput(format!("--ipv6-prefix must be 1-128 (got {v6})")).into(),
-                );
-            }
             config.ipv6_source_prefix = v6;
         }
         Ok(())

@@ -7,6 +7,7 @@
 //! (a FIFO without a writer would block forever).
 
 use std::{
+    fs::{File, Metadata},
     io::{self, BufRead, BufReader, Read as _},
     os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -16,6 +17,23 @@ use crate::{
     error::{Error, excerpt},
     spec::cidr::Cidr,
 };
+
+/// Which address list (a list file feeds one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl ListKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allowlist",
+            Self::Block => "blocklist",
+        }
+    }
+}
 
 /// Longest line accepted, in bytes, without its newline.
 pub const MAX_LINE: usize = 4096;
@@ -63,18 +81,26 @@ pub fn read(path: &Path) -> Result<Vec<Cidr>, ListFileError> {
     if path == Path::new("-") {
         return parse(io::stdin().lock(), path);
     }
+    let (file, _) = open_regular(path)?;
+    parse(BufReader::new(file), path)
+}
+
+/// Opens `path` for reading if it is a regular file, and returns it with
+/// its metadata. Opens without blocking (a FIFO without a writer would),
+/// then looks at what was opened, not at the path: what is checked is what
+/// is read, whatever a rename or a symlink does meanwhile.
+pub fn open_regular(path: &Path) -> Result<(File, Metadata), ListFileError> {
     let io_err = |source| ListFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    // Open without blocking (a FIFO without a writer would), then look at
-    // what was opened, not at the path: no race with a rename.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(io_err)?;
-    let file_type = file.metadata().map_err(io_err)?.file_type();
+    let metadata = file.metadata().map_err(io_err)?;
+    let file_type = metadata.file_type();
     let kind = if file_type.is_dir() {
         Some("a directory")
     } else if file_type.is_fifo() {
@@ -92,7 +118,7 @@ pub fn read(path: &Path) -> Result<Vec<Cidr>, ListFileError> {
             kind,
         });
     }
-    parse(BufReader::new(file), path)
+    Ok((file, metadata))
 }
 
 /// Parses a list from `reader`; `source` names it in errors. Any bad line

@@ -166,6 +166,13 @@ pub struct AutoblockSpec {
     pub block_for: Duration,
 }
 
+/// How long over-limit packets are counted for an automatic block when not
+/// given (`limit set --window`'s default).
+pub const DEFAULT_AUTOBLOCK_WINDOW: Duration = Duration::from_secs(10);
+/// How long an automatic block lasts when not given (`limit set
+/// --block-for`'s default).
+pub const DEFAULT_AUTOBLOCK_FOR: Duration = Duration::from_mins(10);
+
 /// A rule as the user gives it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LimitSpec {
@@ -282,6 +289,54 @@ impl LimitSpec {
         }
         Ok(rule)
     }
+}
+
+/// The rate limiter's clock (`filter-ctl limit clock`, a policy's `rate_clock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateClock {
+    /// `bpf_ktime_get_ns` for every rate-limited packet (the default).
+    Precise,
+    /// The time of the last timer tick: cheaper, up to one tick (1-4 ms)
+    /// of packets above the burst.
+    Coarse,
+}
+
+impl RateClock {
+    /// The value of `Config::rate_clock`.
+    #[must_use]
+    pub fn value(self) -> u32 {
+        match self {
+            Self::Precise => filter_common::CLOCK_PRECISE,
+            Self::Coarse => filter_common::CLOCK_COARSE,
+        }
+    }
+}
+
+impl fmt::Display for RateClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Precise => "precise",
+            Self::Coarse => "coarse",
+        })
+    }
+}
+
+/// Checks the prefix lengths that sources are grouped by for rate limits:
+/// IPv4 1-32, IPv6 1-128.
+pub fn check_aggregation(ipv4: Option<u32>, ipv6: Option<u32>) -> Result<(), Error> {
+    if let Some(v4) = ipv4 {
+        check!(
+            (1..=32).contains(&v4),
+            "--ipv4-prefix must be 1-32 (got {v4})"
+        );
+    }
+    if let Some(v6) = ipv6 {
+        check!(
+            (1..=128).contains(&v6),
+            "--ipv6-prefix must be 1-128 (got {v6})"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
