@@ -24,7 +24,8 @@ use crate::{
     maps::{Filter, ListKind, rules},
     spec::{
         cidr::Cidr,
-        rule::{LimitSpec, Target},
+        policy::Policy,
+        rule::{LimitSpec, RateClock, Target},
     },
 };
 
@@ -389,12 +390,42 @@ fn remove_entries(
     filter.delete_entries(kind, &delete)
 }
 
-/// The kernel rule for a policy rule: validated like the CLI's, marked
-/// shadow if asked.
-pub fn desired_rule(target: Target, spec: LimitSpec, shadow: bool) -> anyhow::Result<DesiredRule> {
-    let mut rule = spec.to_rule(&target)?;
-    if shadow {
-        rule.flags |= RULE_FLAG_SHADOW;
+impl From<&Policy> for Desired {
+    /// What a validated policy asks of the maps. A shadow policy's block
+    /// entries only count, and its allow entries are not installed (they
+    /// would change what is enforced).
+    fn from(policy: &Policy) -> Self {
+        let rules = policy
+            .default_limit
+            .iter()
+            .chain(&policy.port_rules)
+            .map(|r| {
+                let mut rule = r.rule;
+                if r.shadow {
+                    rule.flags |= RULE_FLAG_SHADOW;
+                }
+                (
+                    r.target.to_string(),
+                    DesiredRule {
+                        target: r.target,
+                        spec: r.spec.clone(),
+                        rule,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            block: policy.block.iter().copied().collect(),
+            shadow_blocks: policy.shadow,
+            allow: if policy.shadow {
+                BTreeSet::new()
+            } else {
+                policy.allow.iter().copied().collect()
+            },
+            rules,
+            ipv4_prefix: policy.ipv4_prefix.map(u32::from),
+            ipv6_prefix: policy.ipv6_prefix.map(u32::from),
+            rate_clock: policy.rate_clock.map(RateClock::value),
+        }
     }
-    Ok(DesiredRule { target, spec, rule })
 }
