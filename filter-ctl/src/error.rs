@@ -5,7 +5,7 @@
 //! context with `anyhow` on the way up; the binary finds the kind again with
 //! [`exit_code`], never by reading message text.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 /// What went wrong, by kind. The message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,20 @@ pub enum Error {
     /// A pin, state or runtime directory that another user could tamper with.
     #[error("{0}")]
     Insecure(String),
+    /// A file filter-ctl keeps (in the state directory) cannot be read back.
+    /// It is left as it is for the operator to look at; nothing overwrites
+    /// it until it is moved aside (`--discard-corrupt-state`).
+    #[error(
+        "{}{}: {reason}; the file was left untouched: repair or remove it, or start with --discard-corrupt-state to move it aside and go on without it",
+        path.display(),
+        line.map(|n| format!(" line {n}")).unwrap_or_default()
+    )]
+    Corrupt {
+        path: PathBuf,
+        /// 1-based line of a line-oriented file, if the fault is on one line.
+        line: Option<u64>,
+        reason: String,
+    },
 }
 
 /// Process exit codes, documented in `--help`, the man page and the README.
@@ -50,11 +64,12 @@ pub enum ExitCode {
     Insecure = 7,
     Incompatible = 8,
     NotFound = 9,
+    Corrupt = 10,
 }
 
 impl ExitCode {
     /// Every code with its meaning, for `--help` and the man page.
-    pub const TABLE: [(Self, &'static str); 10] = [
+    pub const TABLE: [(Self, &'static str); 11] = [
         (Self::Success, "success"),
         (Self::Failure, "runtime failure"),
         (Self::BadInput, "bad usage or bad input"),
@@ -67,7 +82,7 @@ impl ExitCode {
         ),
         (
             Self::Insecure,
-            "a pin, state or runtime directory is not owned by root or is writable by others",
+            "a pin, runtime or state directory is not owned by root or is writable by others (state: accessible by others)",
         ),
         (
             Self::Incompatible,
@@ -76,6 +91,10 @@ impl ExitCode {
         (
             Self::NotFound,
             "the entry, rule or interface named does not exist",
+        ),
+        (
+            Self::Corrupt,
+            "a state file is corrupt (left untouched; see --discard-corrupt-state)",
         ),
     ];
 
@@ -103,6 +122,7 @@ impl Error {
             Self::Incompatible(_) => ExitCode::Incompatible,
             Self::LockTimeout(_) => ExitCode::LockTimeout,
             Self::Insecure(_) => ExitCode::Insecure,
+            Self::Corrupt { .. } => ExitCode::Corrupt,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! filter-ctl: the user-space side of the XDP filter, in layers that depend
 //! one way only: the binary's commands → [`control`] (the controller loop)
-//! → [`maps`] (pins, locks, map I/O) → [`spec`] (what users write,
+//! → [`maps`] (pins, locks, map I/O) and [`state`] (the persistent state
+//! directory; uses only `maps::lock`) → [`spec`] (what users write,
 //! validated; pure) → `filter_common`.
 
 pub mod abi;
@@ -9,5 +10,6 @@ pub mod control;
 pub mod error;
 pub mod maps;
 pub mod spec;
+pub mod state;
 
 pub use maps::loader::EBPF_OBJECT;

@@ -12,6 +12,7 @@ use filter_ctl::{
     error::{ExitCode, excerpt, exit_code},
     maps::pins::DEFAULT_PIN_DIR,
     spec::duration::parse_duration,
+    state::DEFAULT_STATE_DIR,
 };
 
 /// Operate the XDP packet filter: strict parsing, allow/block lists, rate
@@ -24,6 +25,12 @@ struct Cli {
     /// Use a different one per independent filter instance.
     #[arg(long, global = true, env = "FILTER_CTL_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+
+    /// Directory of the persistent state: applied policies and their
+    /// history, live edits and automatic blocks, the audit log. Created
+    /// root-only (0700) when missing.
+    #[arg(long, global = true, env = "FILTER_CTL_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 
     /// How long an edit waits for another filter-ctl's lock before it gives
     /// up (exit code 6). Format: 10s, 1m.
@@ -178,6 +185,7 @@ fn refuse_oversized_arguments() {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let ctx = cmd::Context {
         pins: filter_ctl::maps::pins::PinDir::new(&cli.pin_dir),
+        state_dir: cli.state_dir,
         lock_timeout: cli.lock_timeout,
     };
     match cli.command {

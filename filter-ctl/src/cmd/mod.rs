@@ -10,13 +10,19 @@ pub mod stats;
 pub mod status;
 pub mod top;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use filter_ctl::maps::{Filter, pins::PinDir};
 
 /// What every command gets from the global options.
 pub struct Context {
     pub pins: PinDir,
+    /// `--state-dir`: open it with `filter_ctl::state::StateDir`.
+    #[expect(
+        dead_code,
+        reason = "read by the policy and state commands, not wired yet"
+    )]
+    pub state_dir: PathBuf,
     pub lock_timeout: Duration,
 }
 
