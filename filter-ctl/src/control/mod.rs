@@ -7,6 +7,7 @@ pub mod apply;
 mod drops;
 pub mod metrics;
 mod netwatch;
+pub mod policy;
 
 use drops::{Aggregator, SampledDrop};
 

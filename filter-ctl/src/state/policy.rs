@@ -65,6 +65,10 @@ pub struct PolicyVersion {
     pub policy_sha256: String,
     /// Sorted by path.
     pub lists: Vec<ListFile>,
+    /// Where the policy file was read from (not part of the id): relative
+    /// list paths in the stored copy resolve against its directory.
+    #[serde(default)]
+    pub source: PathBuf,
 }
 
 impl PolicyVersion {
@@ -76,6 +80,7 @@ impl PolicyVersion {
             id: sha256_hex(&canonical),
             policy_sha256,
             lists,
+            source: PathBuf::new(),
         })
     }
 
