@@ -1,6 +1,7 @@
 //! Every table and JSON document the commands print, in one place. JSON is
 //! for machines (tests included); the tables are for people and may change.
 
+use filter_ctl::control::apply::Change;
 use std::{
     io::{self, Write as _},
     time::Duration,
@@ -295,5 +296,113 @@ pub fn policy_check(loaded: &LoadedPolicy, json: bool) -> anyhow::Result<()> {
         "rules:      {}{listed}",
         plural(rules.len(), "rule", "rules")
     )?;
+    Ok(())
+}
+
+/// Entries shown one by one in a diff; the rest are counted.
+const DIFF_SHOWN: usize = 20;
+
+pub fn policy_diff(
+    change: &Change,
+    active_sha256: Option<&str>,
+    next_sha256: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let value = serde_json::json!({
+            "active_sha256": active_sha256,
+            "sha256": next_sha256,
+            "changes": change,
+            "empty": change.is_empty(),
+        });
+        return print_json(&value, true);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "from {} to {next_sha256}",
+        active_sha256.unwrap_or("no policy")
+    )?;
+    if change.is_empty() {
+        writeln!(out, "no changes")?;
+        return Ok(());
+    }
+    for (sign, title, items) in [
+        ("+", "block", &change.block_added),
+        ("-", "block", &change.block_removed),
+        ("+", "allow", &change.allow_added),
+        ("-", "allow", &change.allow_removed),
+        ("+", "rule", &change.rules_set),
+        ("-", "rule", &change.rules_removed),
+        ("~", "setting", &change.settings),
+    ] {
+        for item in items.iter().take(DIFF_SHOWN) {
+            writeln!(out, "{sign} {title:<8} {item}")?;
+        }
+        if items.len() > DIFF_SHOWN {
+            writeln!(
+                out,
+                "{sign} {title:<8} ... and {} more",
+                items.len() - DIFF_SHOWN
+            )?;
+        }
+    }
+    writeln!(out, "{}", change.summary())?;
+    Ok(())
+}
+
+/// What `policy show` prints.
+#[derive(Debug, Serialize)]
+pub struct PolicyShow {
+    pub sha256: String,
+    pub version: String,
+    pub source: String,
+    pub applied_at: String,
+    pub applied_at_unix: u64,
+    pub applied_by: String,
+    pub uid: u32,
+    pub action: String,
+    pub shadow: bool,
+    pub pending_confirmation: Option<PendingShow>,
+    /// (path, sha256) of each list file.
+    pub list_files: Vec<(String, String)>,
+    pub policy: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PendingShow {
+    pub sha256: String,
+    pub deadline: String,
+    pub deadline_unix: u64,
+}
+
+pub fn policy_show(show: &PolicyShow, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(show, true);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "active policy: {}", show.source)?;
+    writeln!(out, "sha256:        {}", show.sha256)?;
+    writeln!(
+        out,
+        "applied:       {} by {} (uid {}, {}){}",
+        show.applied_at,
+        show.applied_by,
+        show.uid,
+        show.action,
+        if show.shadow { ", shadow mode" } else { "" }
+    )?;
+    for (path, sha) in &show.list_files {
+        writeln!(out, "list file:     {path} (sha256 {sha})")?;
+    }
+    if let Some(p) = &show.pending_confirmation {
+        writeln!(
+            out,
+            "pending:       unconfirmed; reverts at {} unless `filter-ctl policy confirm`",
+            p.deadline
+        )?;
+    }
+    writeln!(out, "---")?;
+    write!(out, "{}", show.policy)?;
     Ok(())
 }
