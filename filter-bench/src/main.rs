@@ -105,8 +105,19 @@ fn locate_filter_ctl(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The state directory of every filter-ctl this benchmark runs (set for
+/// the whole process tree in `main`), so that it never touches the host's
+/// `/var/lib/filter-ctl`.
+fn bench_state_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/tmp/filter-bench-state-{}", std::process::id()))
+}
+
 fn main() -> ExitCode {
-    match run() {
+    // SAFETY: set before any thread starts; the children inherit it.
+    unsafe { std::env::set_var("FILTER_CTL_STATE_DIR", bench_state_dir()) };
+    let result = run();
+    std::fs::remove_dir_all(bench_state_dir()).ok();
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

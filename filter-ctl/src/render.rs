@@ -110,11 +110,54 @@ pub fn stats(stats: &Stats, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(status: &Status, json: bool) -> anyhow::Result<()> {
+/// The policy part of `status`.
+#[derive(Debug, Serialize)]
+pub struct PolicyStatus {
+    pub state_dir: String,
+    pub active_policy_sha256: Option<String>,
+    pub active_policy_source: Option<String>,
+    pub applied_at: Option<String>,
+    pub shadow: bool,
+    pub pending_confirmation_sha256: Option<String>,
+    pub pending_deadline: Option<String>,
+    pub pending_deadline_unix: Option<u64>,
+}
+
+pub fn status(status: &Status, policy: Option<&PolicyStatus>, json: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(status, true);
+        let mut value = serde_json::to_value(status)?;
+        if let (Some(map), Some(policy)) = (value.as_object_mut(), policy) {
+            map.insert("policy".into(), serde_json::to_value(policy)?);
+            map.insert(
+                "active_policy_sha256".into(),
+                serde_json::to_value(&policy.active_policy_sha256)?,
+            );
+        }
+        return print_json(&value, true);
     }
     let mut out = io::stdout().lock();
+    if let Some(policy) = policy {
+        match &policy.active_policy_sha256 {
+            Some(sha) => writeln!(
+                out,
+                "policy:     {sha} ({}, applied {}{})",
+                policy.active_policy_source.as_deref().unwrap_or("?"),
+                policy.applied_at.as_deref().unwrap_or("?"),
+                if policy.shadow { ", shadow mode" } else { "" }
+            )?,
+            None => writeln!(
+                out,
+                "policy:     none applied (state in {})",
+                policy.state_dir
+            )?,
+        }
+        if let Some(deadline) = &policy.pending_deadline {
+            writeln!(
+                out,
+                "pending:    unconfirmed policy; reverts at {deadline} unless `filter-ctl policy confirm`"
+            )?;
+        }
+    }
     writeln!(
         out,
         "pins:       {} (layout v{})",

@@ -94,19 +94,25 @@ fn build_binary(cargo: PathBuf, profile_dir: &Path) {
 #[derive(Debug)]
 pub struct Ctl {
     pin_dir: PathBuf,
+    /// Its own `--state-dir` (`/tmp/ft-state-<tag>-<pid>-<n>`), removed on drop.
+    state_dir: PathBuf,
 }
 
 impl Ctl {
     #[must_use]
     pub fn new(tag: &str) -> Self {
         let tag: String = tag.chars().take(16).collect();
+        let id = format!("{tag}-{}-{}", std::process::id(), unique_id());
         Self {
-            pin_dir: PathBuf::from(format!(
-                "/sys/fs/bpf/ft-{tag}-{}-{}",
-                std::process::id(),
-                unique_id()
-            )),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/ft-{id}")),
+            state_dir: PathBuf::from(format!("/tmp/ft-state-{id}")),
         }
+    }
+
+    /// The state directory every command of this instance is given.
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     #[must_use]
@@ -118,8 +124,15 @@ impl Ctl {
     #[must_use]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
-        command.arg("--pin-dir").arg(&self.pin_dir).args(args);
-        command.env_remove("FILTER_CTL_PIN_DIR");
+        command
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args);
+        command
+            .env_remove("FILTER_CTL_PIN_DIR")
+            .env_remove("FILTER_CTL_STATE_DIR");
         command
     }
 
@@ -311,7 +324,10 @@ impl Ctl {
             .arg(binary())
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .env_remove("FILTER_CTL_PIN_DIR")
+            .env_remove("FILTER_CTL_STATE_DIR")
             .env("RUST_LOG", "info");
         command
     }
@@ -365,8 +381,11 @@ impl Ctl {
             .arg(nobody_binary())
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(args)
-            .env_remove("FILTER_CTL_PIN_DIR");
+            .env_remove("FILTER_CTL_PIN_DIR")
+            .env_remove("FILTER_CTL_STATE_DIR");
         command
             .output()
             .unwrap_or_else(|e| panic!("running {command:?}: {e}"))
@@ -404,6 +423,7 @@ impl Drop for Ctl {
             }
         }
         std::fs::remove_dir_all(self.runtime_dir()).ok();
+        std::fs::remove_dir_all(&self.state_dir).ok();
     }
 }
 

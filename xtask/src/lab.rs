@@ -65,6 +65,8 @@ struct Names {
     src_if: String,
     dst_if: String,
     pin_dir: PathBuf,
+    /// The lab's own `--state-dir`, never the host's /var/lib/filter-ctl.
+    state_dir: PathBuf,
 }
 
 impl Names {
@@ -77,6 +79,7 @@ impl Names {
             src_if: format!("vsrc-{pid}"),
             dst_if: format!("vdst-{pid}"),
             pin_dir: Path::new(BPFFS).join(format!("filter-ctl-lab-{pid}")),
+            state_dir: PathBuf::from(format!("/run/filter-ctl-lab-state-{pid}")),
         }
     }
 }
@@ -309,16 +312,22 @@ impl Lab {
         println!("\nBelow, `[src] $ X` runs X in {src_ns} ({SRC_V4}, {SRC_V6}), and");
         println!("`[dst] $ filter-ctl X` runs in {dst_ns} ({DST_V4}, {DST_V6}):");
         println!(
-            "    nsenter --net={NETNS_DIR}/{dst_ns} -- {} --pin-dir {} X",
+            "    nsenter --net={NETNS_DIR}/{dst_ns} -- {} --pin-dir {} --state-dir {} X",
             self.ctl.display(),
-            pin_dir.display()
+            pin_dir.display(),
+            self.names.state_dir.display()
         );
     }
 
     /// `filter-ctl --pin-dir <lab pins> ARGS` in the destination namespace.
     fn ctl(&self, args: &[&str]) -> Command {
         let mut command = in_netns(&self.names.dst_ns, &self.ctl);
-        command.arg("--pin-dir").arg(&self.names.pin_dir).args(args);
+        command
+            .arg("--pin-dir")
+            .arg(&self.names.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.names.state_dir)
+            .args(args);
         command
     }
 
@@ -442,6 +451,14 @@ impl Lab {
                 );
             }
         }
+        if self.names.state_dir.exists()
+            && let Err(error) = fs::remove_dir_all(&self.names.state_dir)
+        {
+            eprintln!(
+                "warning: cannot remove {}: {error}",
+                self.names.state_dir.display()
+            );
+        }
         for ns in self.namespaces.drain(..).rev() {
             println!("$ ip netns del {ns}");
             if let Err(error) = ip(&["netns", "del", &ns]) {
@@ -458,9 +475,10 @@ impl Lab {
             ..
         } = &self.names;
         let ctl = format!(
-            "nsenter --net={NETNS_DIR}/{dst_ns} -- {} --pin-dir {}",
+            "nsenter --net={NETNS_DIR}/{dst_ns} -- {} --pin-dir {} --state-dir {}",
             self.ctl.display(),
-            pin_dir.display()
+            pin_dir.display(),
+            self.names.state_dir.display()
         );
         println!("\nKept the lab (--keep). Explore it:");
         println!("    {ctl} list");

@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use filter_ctl::{
+    control::policy,
     error::Error,
     maps::{
         ListKind, journal,
@@ -13,6 +14,7 @@ use filter_ctl::{
         duration::{format_duration, parse_duration},
         listfile,
     },
+    state::Origin,
 };
 
 use super::Context;
@@ -30,6 +32,22 @@ impl Which {
         match self {
             Self::Allow => ListKind::Allow,
             Self::Block => ListKind::Block,
+        }
+    }
+
+    /// The command that adds to the list, for the audit log.
+    fn command_add(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Block => "block",
+        }
+    }
+
+    /// The command that removes from the list, for the audit log.
+    fn command_remove(self) -> &'static str {
+        match self {
+            Self::Allow => "disallow",
+            Self::Block => "unblock",
         }
     }
 
@@ -131,7 +149,14 @@ pub fn add(ctx: &Context, which: Which, args: &AddArgs) -> anyhow::Result<()> {
     };
     let report = filter.list_insert(which.kind(), &cidrs, args.ttl, merge)?;
     print_insert_report(which, &report, args.ttl);
-    Ok(())
+    // Enforced now; recorded so that it outlives a reboot.
+    let recorded: Vec<_> = report
+        .added
+        .iter()
+        .chain(&report.updated)
+        .map(|cidr| policy::cli_entry(which.kind(), *cidr, args.ttl))
+        .collect();
+    record(ctx, which.command_add(), &recorded, &[])
 }
 
 /// Entries listed one by one in a report; the rest are counted.
@@ -184,23 +209,49 @@ fn expiry(ttl: Option<Duration>) -> String {
 pub fn remove(ctx: &Context, which: Which, args: &RemoveArgs) -> anyhow::Result<()> {
     let cidrs = gather(&args.addrs, args.file.as_ref())?;
     let filter = ctx.edit()?;
-    match which {
+    let removed = match which {
         Which::Block => {
             let removed = filter.unblock(&cidrs)?;
             if removed.len() <= 10 {
-                for cidr in removed {
+                for cidr in &removed {
                     println!("unblocked {cidr}");
                 }
             } else {
                 println!("unblocked {} entries", removed.len());
             }
+            removed
         }
         Which::Allow => {
             filter.list_remove(ListKind::Allow, &cidrs)?;
             println!("removed {} from the allowlist", cidrs.len());
+            cidrs
         }
-    }
-    Ok(())
+    };
+    let list = policy::list_name(which.kind());
+    let keys: Vec<_> = removed
+        .iter()
+        .flat_map(|cidr| [(list, *cidr, Origin::Cli), (list, *cidr, Origin::Auto)])
+        .collect();
+    record(ctx, which.command_remove(), &[], &keys)
+}
+
+/// Records a live edit in the state directory and the audit log. The edit
+/// is enforced already: a failure here is reported (the edit would not
+/// survive a reboot), with exit status 1.
+fn record(
+    ctx: &Context,
+    command: &str,
+    added: &[filter_ctl::state::LiveEntry],
+    removed: &[(filter_ctl::state::ListName, Cidr, Origin)],
+) -> anyhow::Result<()> {
+    ctx.state()
+        .and_then(|state| policy::record_cli_edit(&state, command, added, removed))
+        .map_err(|e| {
+            e.context(format!(
+                "the edit is enforced, but recording it in the state directory {} failed: it would not survive a reboot",
+                ctx.state_dir.display()
+            ))
+        })
 }
 
 pub fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {

@@ -10,12 +10,26 @@ use super::Context;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Interface to attach to (repeat for several).
-    #[arg(long, required = true)]
+    /// Interface to attach to (repeat for several). Without it, the
+    /// `interfaces` of the --policy file.
+    #[arg(long)]
     iface: Vec<String>,
-    /// Attach mode: auto tries native (driver) mode, then generic (skb) mode.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
-    mode: Mode,
+    /// Attach mode: auto tries native (driver) mode, then generic (skb)
+    /// mode [default: the policy's `mode`, else auto].
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Apply this policy file at start (owned by root, writable by no one
+    /// else); SIGHUP applies it again. A broken file at start is refused; on
+    /// SIGHUP it leaves the running policy in place and the log says why.
+    ///
+    /// Example: filter-ctl run --policy /etc/filter-ctl/policy.toml
+    #[arg(long)]
+    policy: Option<std::path::PathBuf>,
+    /// Start even if a state file is corrupt: it is moved aside (renamed
+    /// `NAME.corrupt-TIME`, never deleted) and the filter starts without
+    /// what it held. Without this flag `run` refuses (exit code 10).
+    #[arg(long)]
+    discard_corrupt_state: bool,
     /// Entries per allow/block list and address family, fixed when the maps
     /// are first created [default: 1048576]. Given for maps pinned with
     /// another capacity, `run` refuses (exit code 8).
@@ -80,6 +94,9 @@ pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
             sweep_interval: args.sweep_interval,
             sampling: Sampling::with(&args.samples, args.sample_cap),
             drop_log_interval: args.drop_log_interval,
+            state_dir: ctx.state_dir.clone(),
+            policy: args.policy.clone(),
+            discard_corrupt_state: args.discard_corrupt_state,
         },
     )
 }

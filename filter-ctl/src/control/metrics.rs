@@ -65,15 +65,20 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 
 /// Serves `/metrics` on `listener` until the runtime stops. Call inside
 /// the controller's runtime.
-pub fn spawn(listener: std::net::TcpListener, pins: PinDir) -> anyhow::Result<()> {
+pub fn spawn(
+    listener: std::net::TcpListener,
+    pins: PinDir,
+    state_dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(listener).context("registering the metrics socket")?;
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let pins = pins.clone();
+            let state_dir = state_dir.clone();
             async move {
-                match tokio::task::spawn_blocking(move || scrape(&pins)).await {
+                match tokio::task::spawn_blocking(move || scrape(&pins, &state_dir)).await {
                     Ok(Ok(text)) => (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
@@ -105,6 +110,54 @@ pub fn spawn(listener: std::net::TcpListener, pins: PinDir) -> anyhow::Result<()
     Ok(())
 }
 
+/// The active policy (an info metric) and a pending confirmation. A state
+/// directory that cannot be read costs these metrics, never the scrape.
+fn policy_metrics(registry: &Registry, state_dir: &std::path::Path) {
+    let Ok(Some(state)) = crate::state::StateDir::open_existing(state_dir) else {
+        return;
+    };
+    let policies = crate::state::PolicyStore::new(&state);
+    if let Ok(Some(active)) = policies.active() {
+        gauge(
+            registry,
+            "xdp_filter_policy_info",
+            "Always 1; the labels give the active policy's SHA-256 and whether it runs in shadow mode.",
+            &["sha256", "shadow"],
+        )
+        .with_label_values(&[
+            active.version.policy_sha256.as_str(),
+            if active.shadow { "true" } else { "false" },
+        ])
+        .set(1);
+        gauge(
+            registry,
+            "xdp_filter_policy_applied_timestamp_seconds",
+            "When the active policy was applied (Unix time).",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(
+            active
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+    }
+    let deadline = policies.pending().ok().flatten().map(|p| {
+        p.deadline
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    });
+    gauge(
+        registry,
+        "xdp_filter_policy_confirmation_deadline_timestamp_seconds",
+        "When an applied but unconfirmed policy reverts (Unix time); 0 when none waits.",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .set(deadline.unwrap_or(0));
+}
+
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
@@ -126,7 +179,7 @@ fn to_i64(value: u64) -> i64 {
 }
 
 /// One scrape: every metric, read from the pinned maps now.
-pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
+pub fn scrape(pins: &PinDir, state_dir: &std::path::Path) -> anyhow::Result<String> {
     let filter = Filter::open(pins)?;
     let registry = Registry::new();
     let state = ControllerState::read_live(pins).unwrap_or_default();
@@ -295,6 +348,7 @@ pub fn scrape(pins: &PinDir) -> anyhow::Result<String> {
     )
     .with_label_values(&[env!("CARGO_PKG_VERSION"), &LAYOUT_VERSION.to_string()])
     .set(1);
+    policy_metrics(&registry, state_dir);
 
     TextEncoder::new()
         .encode_to_string(&registry.gather())

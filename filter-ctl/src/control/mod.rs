@@ -44,14 +44,17 @@ use crate::{
         status::{ControllerState, InterfaceState, TopSnapshot, TopSource},
     },
     spec::duration::format_duration,
+    state::{LiveEntry, LiveJournal, LiveState, PolicyStore, StateDir},
 };
 use netwatch::LinkEvent;
 
 /// What `run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// Interfaces to attach to; none: the policy's.
     pub ifaces: Vec<String>,
-    pub mode: Mode,
+    /// Attach mode; `None`: the policy's, else auto.
+    pub mode: Option<Mode>,
     /// Capacities for new maps; `None` = the default, or whatever the
     /// pinned maps have. A capacity that differs from pinned maps' is refused.
     pub list_capacity: Option<u32>,
@@ -68,6 +71,12 @@ pub struct RunOptions {
     pub sampling: Sampling,
     /// How often sampled drops are logged, per source.
     pub drop_log_interval: Duration,
+    /// The state directory (policy versions, live edits, audit log).
+    pub state_dir: std::path::PathBuf,
+    /// The policy file to apply at start and on SIGHUP.
+    pub policy: Option<std::path::PathBuf>,
+    /// Move a corrupt state file aside instead of refusing to start.
+    pub discard_corrupt_state: bool,
 }
 
 /// One interface under the controller's care.
@@ -92,6 +101,11 @@ struct Controller {
     drops: Aggregator,
     /// Entries per list as of the last sweep, and when it ran.
     list_entries: Option<(ListCounts, u64)>,
+    state: StateDir,
+    /// Live edits and automatic blocks, as persisted.
+    live: LiveState,
+    /// The policy file SIGHUP reloads.
+    policy: Option<std::path::PathBuf>,
 }
 
 fn now_unix() -> u64 {
@@ -148,6 +162,39 @@ fn preflight(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
 /// Runs the controller until SIGINT/SIGTERM. The filter keeps enforcing
 /// after it returns.
 pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
+    // The state and the policy file are checked before anything changes.
+    let state = StateDir::open(&options.state_dir)?;
+    let live = LiveState::load(&state, options.discard_corrupt_state).map_err(|e| {
+        e.context("reading the live state; pass --discard-corrupt-state to move a corrupt file aside and start without it")
+    })?;
+    let history_ok = policy::active_desired(&PolicyStore::new(&state));
+    if let Err(err) = history_ok {
+        return Err(err.context("reading the active policy from the state directory"));
+    }
+    let loaded = options
+        .policy
+        .as_deref()
+        .map(policy::load_file)
+        .transpose()?;
+    let mut ifaces = options.ifaces.clone();
+    if ifaces.is_empty() {
+        ifaces = loaded
+            .as_ref()
+            .map(|l| l.policy.interfaces.clone())
+            .unwrap_or_default();
+    }
+    if ifaces.is_empty() {
+        return Err(Error::BadInput(
+            "no interface to attach to: give --iface, or list `interfaces` in the --policy file"
+                .into(),
+        )
+        .into());
+    }
+    let mode = options
+        .mode
+        .or_else(|| loaded.as_ref().and_then(|l| l.policy.mode))
+        .unwrap_or(Mode::Auto);
+
     pins::ensure_bpffs_mounted()?;
     // A failed start must change nothing: it detaches what it attached and,
     // if the pin directory was empty before, removes the maps it pinned.
@@ -163,16 +210,19 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
             .unwrap_or(Capacities::default().buckets),
     };
     let started = loader::load(pins, &caps).and_then(|mut ebpf| {
-        let mut ifaces = BTreeMap::new();
-        for iface in &options.ifaces {
+        // The lists, rules and policy go in before the first attach: after
+        // a reboot the filter starts as it was, never empty.
+        prepare_maps(pins, &state, &live, fresh, loaded.as_ref())?;
+        let mut watched = BTreeMap::new();
+        for iface in &ifaces {
             let already = pins.link(iface).exists();
             name_slot(pins, iface);
-            let done = loader::attach(&mut ebpf, pins, iface, options.mode)?;
+            let done = loader::attach(&mut ebpf, pins, iface, mode)?;
             if !already {
                 attached.push(iface.clone());
             }
             println!("filter-ctl: attached to {iface} ({})", done.how);
-            ifaces.insert(
+            watched.insert(
                 iface.clone(),
                 Watched {
                     mode: done.mode.map(str::to_string),
@@ -186,14 +236,17 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
         let metrics = options.metrics_addr.map(metrics::bind).transpose()?;
         Ok(Controller {
             pins: pins.clone(),
-            mode: options.mode,
+            mode,
             ebpf,
-            ifaces,
+            ifaces: watched,
             metrics,
             sweep_interval: options.sweep_interval,
             drop_log_interval: options.drop_log_interval,
             drops: Aggregator::new(),
             list_entries: None,
+            state: state.clone(),
+            live,
+            policy: options.policy.clone(),
         })
     });
     let mut controller = match started {
@@ -234,7 +287,7 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         if let Some(listener) = controller.metrics.take() {
             let addr = listener.local_addr().ok();
-            metrics::spawn(listener, pins.clone())?;
+            metrics::spawn(listener, pins.clone(), options.state_dir.clone())?;
             if let Some(addr) = addr {
                 println!("filter-ctl: metrics on http://{addr}/metrics");
             }
@@ -250,8 +303,126 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills the maps before the first attach: after a reboot (maps created
+/// afresh) the state's policy and live entries; then the `--policy` file.
+/// The first `run` over maps filled by an older filter-ctl (no state yet)
+/// takes their entries into the state.
+fn prepare_maps(
+    pins: &PinDir,
+    state: &StateDir,
+    live: &LiveState,
+    fresh: bool,
+    loaded: Option<&crate::spec::policy::LoadedPolicy>,
+) -> anyhow::Result<()> {
+    let filter = Filter::open_for_edit(pins, Duration::from_secs(10))?;
+    let policies = PolicyStore::new(state);
+    if fresh {
+        policy::restore(&filter, state).context("restoring the state")?;
+    } else if live.is_empty() && policies.history()?.is_empty() {
+        import_pinned_entries(&filter, state)?;
+    }
+    if let Some(loaded) = loaded {
+        let outcome = policy::apply_loaded(&filter, state, loaded, None, "run")
+            .with_context(|| format!("applying {}", loaded.path.display()))?;
+        info!(
+            "policy {} (sha256 {}): {}",
+            loaded.path.display(),
+            loaded.sha256,
+            outcome.change.summary()
+        );
+    }
+    Ok(())
+}
+
+/// Takes the entries of maps that predate the state directory into it
+/// (the upgrade from CLI-only state): live edits and automatic blocks, with
+/// their remaining times.
+fn import_pinned_entries(filter: &Filter, state: &StateDir) -> anyhow::Result<()> {
+    let now_mono = clock::monotonic_ns();
+    let now_wall = SystemTime::now();
+    let mut entries = Vec::new();
+    for kind in [crate::maps::ListKind::Block, crate::maps::ListKind::Allow] {
+        for (cidr, entry) in filter.list_entries_raw(kind)? {
+            if !entry.is_active(now_mono) || entry.origin == filter_common::ORIGIN_POLICY {
+                continue;
+            }
+            entries.push(LiveEntry {
+                list: policy::list_name(kind),
+                cidr,
+                origin: policy::origin_of(&entry),
+                expires_at: clock::remaining(entry.expires_at_ns, now_mono)
+                    .map(|left| now_wall + left),
+                rule: (entry.origin == filter_common::ORIGIN_AUTO).then_some(u16::from(entry.rule)),
+            });
+        }
+    }
+    if !entries.is_empty() {
+        LiveJournal::new(state).add(&entries)?;
+        info!(
+            "took {} entries of the pinned lists into the state directory {}",
+            entries.len(),
+            state.path().display()
+        );
+    }
+    Ok(())
+}
+
 impl Controller {
+    /// SIGHUP: applies the `--policy` file again. A broken file changes
+    /// nothing; the running policy stays and the log says why.
+    fn reload(&mut self) {
+        let Some(path) = self.policy.clone() else {
+            warn!("SIGHUP: no --policy file to reload");
+            return;
+        };
+        let result = policy::load_file(&path).and_then(|loaded| {
+            let filter = Filter::open_for_edit(&self.pins, Duration::from_secs(10))?;
+            let outcome = policy::apply_loaded(&filter, &self.state, &loaded, None, "reload")?;
+            Ok((loaded.sha256, outcome))
+        });
+        match result {
+            Ok((sha, outcome)) => info!(
+                "SIGHUP: reloaded {} (sha256 {sha}): {}",
+                path.display(),
+                outcome.change.summary()
+            ),
+            Err(err) => warn!(
+                "SIGHUP: {} not applied, the running policy stays: {err:#}",
+                path.display()
+            ),
+        }
+    }
+
+    /// Reverts an unconfirmed policy whose deadline has passed.
+    fn revert_if_due(&mut self) {
+        let filter = match Filter::try_open_for_edit(&self.pins) {
+            Ok(Some(filter)) => filter,
+            Ok(None) => return, // an editor holds the lock: next second
+            Err(err) => {
+                warn!("checking for an unconfirmed policy: {err:#}");
+                return;
+            }
+        };
+        match policy::revert_if_due(&filter, &self.state) {
+            Ok(Some(outcome)) => warn!(
+                "policy {} was not confirmed in time: reverted to {} ({})",
+                outcome
+                    .previous
+                    .as_ref()
+                    .map_or("-", |v| v.policy_sha256.as_str()),
+                outcome
+                    .active
+                    .as_ref()
+                    .map_or("no policy", |v| v.policy_sha256.as_str()),
+                outcome.change.summary()
+            ),
+            Ok(None) => {}
+            Err(err) => warn!("reverting an unconfirmed policy failed: {err:#}"),
+        }
+    }
+
     async fn event_loop(&mut self) -> anyhow::Result<()> {
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate =
@@ -275,7 +446,11 @@ impl Controller {
                 _ = drop_log.tick() => {
                     log_drops(&self.drops.flush(), self.drop_log_interval);
                 }
-                _ = top.tick() => self.write_top(),
+                _ = hangup.recv() => self.reload(),
+                _ = top.tick() => {
+                    self.write_top();
+                    self.revert_if_due();
+                }
                 _ = sweep.tick() => {
                     self.sweep();
                     self.resync();
@@ -286,7 +461,8 @@ impl Controller {
                 },
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for events")?;
-                    drain_events(&filter, guard.get_inner_mut(), &mut self.drops);
+                    let blocks = drain_events(&filter, guard.get_inner_mut(), &mut self.drops);
+                    self.persist_autoblocks(&blocks);
                     guard.clear_ready();
                 }
             }
@@ -294,9 +470,37 @@ impl Controller {
         Ok(())
     }
 
+    /// Records automatic blocks in the state, with wall-clock expiry, so
+    /// that they outlive a reboot.
+    fn persist_autoblocks(&mut self, blocks: &[LiveEntry]) {
+        if blocks.is_empty() {
+            return;
+        }
+        if let Err(err) = self.live.add(blocks) {
+            warn!(
+                "recording {} automatic blocks in the state failed (they are enforced, but would not survive a reboot): {err:#}",
+                blocks.len()
+            );
+        }
+    }
+
+    /// Folds the state's journal into a snapshot once it has grown enough.
+    fn compact_state(&mut self) {
+        let result = self
+            .live
+            .refresh()
+            .and_then(|()| self.live.maybe_compact(SystemTime::now()));
+        match result {
+            Ok(true) => info!("compacted the live state ({} entries)", self.live.len()),
+            Ok(false) => {}
+            Err(err) => warn!("compacting the live state failed: {err:#}"),
+        }
+    }
+
     /// Deletes expired entries, unless an editor holds the lock right now
     /// (the next tick will): the controller never waits for a lock.
     fn sweep(&mut self) {
+        self.compact_state();
         match Filter::try_open_for_edit(&self.pins) {
             Ok(Some(filter)) => match filter.sweep_expired() {
                 Ok(sweep) => {
@@ -489,9 +693,15 @@ async fn next_link_event(
     }
 }
 
-/// Reads every waiting event: automatic blocks are logged at once, sampled
-/// drops go to `drops` (logged per source at the end of each interval).
-fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>, drops: &mut Aggregator) {
+/// Reads every waiting event: automatic blocks are logged at once (and
+/// returned, for the state), sampled drops go to `drops` (logged per source
+/// at the end of each interval).
+fn drain_events(
+    filter: &Filter,
+    ring: &mut RingBuf<MapData>,
+    drops: &mut Aggregator,
+) -> Vec<LiveEntry> {
+    let mut blocks = Vec::new();
     let config = filter.config().unwrap_or_default();
     let rules = RuleTable::read(filter).ok();
     let rule_name = |id: u32| {
@@ -504,13 +714,20 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>, drops: &mut Aggreg
             Event::AutoBlock(event) => {
                 let remaining = clock::remaining(event.expires_at_ns, clock::monotonic_ns())
                     .unwrap_or_default();
+                let source = source_cidr(event.source, &config);
                 info!(
-                    "autoblock: {} exceeded rule {} ({} over-limit packets in its window); blocked for {}",
-                    source_cidr(event.source, &config),
+                    "autoblock: {source} exceeded rule {} ({} over-limit packets in its window); blocked for {}",
                     rule_name(event.rule),
                     event.over_limit,
                     format_duration(remaining)
                 );
+                blocks.push(LiveEntry {
+                    list: crate::state::ListName::Block,
+                    cidr: source,
+                    origin: crate::state::Origin::Auto,
+                    expires_at: Some(SystemTime::now() + remaining),
+                    rule: u16::try_from(event.rule).ok(),
+                });
             }
             Event::Drop(event) => {
                 if let Some(drop) = sampled_drop(&event, &rule_name) {
@@ -524,6 +741,7 @@ fn drain_events(filter: &Filter, ring: &mut RingBuf<MapData>, drops: &mut Aggreg
             Event::Short(len) => warn!("short event ({len} bytes) ignored"),
         }
     }
+    blocks
 }
 
 /// A drop event as the aggregator takes it; `None` for a frame without a
