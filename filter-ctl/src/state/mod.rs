@@ -203,15 +203,22 @@ fn check_private(dir: &Path) -> anyhow::Result<()> {
     let meta = fs::metadata(dir).map_err(|e| permission_hint(e, dir))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
+    if euid != 0 && meta.uid() == 0 {
+        return Err(Error::Permission(format!(
+            "the state directory {} belongs to root: run filter-ctl as root",
+            dir.display()
+        ))
+        .into());
+    }
     let (problem, fix) = if !meta.is_dir() {
         (
             "is not a directory".to_string(),
             "choose another --state-dir".to_string(),
         )
-    } else if meta.uid() != euid {
+    } else if meta.uid() != 0 {
         (
-            format!("is owned by uid {}, not uid {euid}", meta.uid()),
-            format!("chown {euid}:{euid} {}", dir.display()),
+            format!("is owned by uid {}, not by root", meta.uid()),
+            format!("chown root:root {}", dir.display()),
         )
     } else if meta.mode() & 0o077 != 0 {
         (
