@@ -765,6 +765,58 @@ mod tests {
         );
     }
 
+    fn auto_block(list: &mut PrefixList<4>, net: [u8; 4], prefix: u32) {
+        list.insert(ListItem {
+            net,
+            prefix,
+            expires_at_ns: 0,
+            origin: ORIGIN_AUTO,
+            flags: 0,
+            rule: 1,
+            over_limit: 1,
+        });
+    }
+
+    #[test]
+    fn block_lookups_look_through_shadow_and_automatic_matches() {
+        let mut list = PrefixList::<4>::default();
+        list.insert_manual([198, 18, 0, 0], 16, 0);
+        list.insert_shadow([198, 18, 1, 0], 24, 0);
+        auto_block(&mut list, [198, 18, 1, 4], 30);
+        list.insert_shadow([198, 18, 1, 4], 32, 0);
+        list.insert_shadow([198, 19, 0, 0], 16, 0);
+        auto_block(&mut list, [198, 19, 1, 0], 30);
+        list.insert_manual([198, 19, 2, 2], 32, 0);
+        let at = |list: &mut PrefixList<4>, addr| block_reason(list, addr, 1);
+        // Shadow, then the operator's block over it.
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 1]),
+            (Some(reason::BLOCKLIST), true)
+        );
+        // Shadow, automatic, shadow, operator: the fourth match decides.
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 4]),
+            (Some(reason::BLOCKLIST), true)
+        );
+        // An operator's block under a shadow entry decides alone.
+        assert_eq!(
+            at(&mut list, [198, 19, 2, 2]),
+            (Some(reason::BLOCKLIST), false)
+        );
+        assert_eq!(
+            at(&mut list, [198, 19, 1, 1]),
+            (Some(reason::AUTOBLOCK), true)
+        );
+        assert_eq!(at(&mut list, [198, 19, 3, 3]), (None, true));
+        assert_eq!(at(&mut list, [198, 20, 0, 1]), (None, false));
+        // A fifth match is not looked at.
+        list.insert_shadow([198, 18, 1, 4], 31, 0);
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 4]),
+            (Some(reason::AUTOBLOCK), true)
+        );
+    }
+
     #[test]
     fn masks() {
         assert_eq!(mask([0xff; 4], 12), [0xff, 0xf0, 0, 0]);
