@@ -1,14 +1,15 @@
 //! Reference model of the XDP program's decision, written from the
 //! specification (not from the kernel code): plain Rust over a byte slice and
 //! a copy of the map contents. The differential test runs every frame through
-//! both and compares verdict and reason.
+//! both and compares verdict, reason and the shadow reason counted beside it.
 
 use std::collections::HashMap;
 
 use filter_common::{
-    Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, PORT_INDEX_ENTRIES,
-    PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_SLOTS, RateRule, RuleCounter,
-    TICKS_PER_NS, reason, xdp_action,
+    Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, LIST_FLAG_SHADOW, MAX_RULES,
+    ORIGIN_AUTO, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM,
+    RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, RuleCounter, TICKS_PER_NS, reason,
+    xdp_action,
 };
 
 /// No header may start beyond this offset.
@@ -23,6 +24,36 @@ pub fn action_of(reason: u32) -> u32 {
         xdp_action::DROP
     } else {
         xdp_action::PASS
+    }
+}
+
+/// The decision on one frame: the reason of its verdict, and the shadow
+/// reason counted besides it when a shadow block entry or a shadow rule
+/// would have dropped the frame (`reason::SHADOW_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: u32,
+    pub shadow: Option<u32>,
+}
+
+impl Decision {
+    /// A decision without a shadow reason.
+    #[must_use]
+    pub const fn plain(reason: u32) -> Self {
+        Self {
+            reason,
+            shadow: None,
+        }
+    }
+
+    /// `pass` or `pass + shadow_ratelimit`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        let name = reason::NAMES[self.reason as usize];
+        match self.shadow {
+            Some(shadow) => format!("{name} + {}", reason::NAMES[shadow as usize]),
+            None => name.to_string(),
+        }
     }
 }
 
@@ -227,8 +258,10 @@ pub struct ListItem<const N: usize> {
     pub prefix: u32,
     /// `CLOCK_MONOTONIC` ns after which the entry no longer matches; 0 = permanent.
     pub expires_at_ns: u64,
-    /// `ORIGIN_CLI` or `ORIGIN_AUTO`.
+    /// `ORIGIN_*`: only automatic blocks decide differently.
     pub origin: u8,
+    /// `LIST_FLAG_*` bits.
+    pub flags: u8,
     /// For automatic blocks: the rule id and over-limit count that triggered it.
     pub rule: u32,
     pub over_limit: u64,
@@ -243,6 +276,7 @@ impl<const N: usize> ListItem<N> {
             prefix: u32::from(prefix),
             expires_at_ns: entry.expires_at_ns,
             origin: entry.origin,
+            flags: entry.flags,
             rule: u32::from(entry.rule),
             over_limit: u64::from(entry.over_limit),
         }
@@ -251,10 +285,20 @@ impl<const N: usize> ListItem<N> {
     fn is_active(&self, now_ns: u64) -> bool {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }
+
+    /// A shadow entry: a would-be block, counted but never enforced.
+    #[must_use]
+    pub fn is_shadow(&self) -> bool {
+        self.flags & LIST_FLAG_SHADOW != 0
+    }
 }
 
 /// Expired longest matches a lookup deletes before it gives up.
 pub const MAX_EXPIRED_SKIPS: usize = 4;
+
+/// Matches a block lookup looks at (shadow entries and automatic blocks go
+/// on to shorter prefixes) before it gives up looking for an enforced block.
+pub const MAX_BLOCK_MATCHES: usize = 4;
 
 /// An allow/block list of one family: longest-prefix match.
 #[derive(Clone, Debug, Default)]
@@ -278,9 +322,32 @@ impl<const N: usize> PrefixList<N> {
             prefix,
             expires_at_ns,
             origin: filter_common::ORIGIN_CLI,
+            flags: 0,
             rule: 0,
             over_limit: 0,
         });
+    }
+
+    /// Adds a shadow block entry, as a policy marked `shadow = true` does.
+    pub fn insert_shadow(&mut self, net: [u8; N], prefix: u32, expires_at_ns: u64) {
+        self.insert(ListItem {
+            net,
+            prefix,
+            expires_at_ns,
+            origin: filter_common::ORIGIN_POLICY,
+            flags: LIST_FLAG_SHADOW,
+            rule: 0,
+            over_limit: 0,
+        });
+    }
+
+    /// Whether an entry, active or expired, is stored for exactly this prefix.
+    #[must_use]
+    pub fn holds(&self, net: [u8; N], prefix: u32) -> bool {
+        let net = mask(net, prefix);
+        self.entries
+            .iter()
+            .any(|e| e.net == net && e.prefix == prefix)
     }
 
     fn longest(&self, addr: [u8; N], max_prefix: u32) -> Option<usize> {
@@ -318,21 +385,37 @@ impl<const N: usize> PrefixList<N> {
     }
 }
 
-/// The reason a blocked source is dropped: `autoblock` only when no
-/// operator entry covers the automatic one.
+/// What the blocklist says about `addr`: the drop reason if an entry blocks
+/// it, and whether a shadow entry matched on the way. An operator's (or a
+/// policy's) block takes precedence over automatic blocks, and shadow
+/// entries never decide: while the longest active match is one of those,
+/// the lookup goes on among shorter prefixes, for at most
+/// [`MAX_BLOCK_MATCHES`] matches. Automatic blocks alone: `autoblock`.
 fn block_reason<const N: usize>(
     list: &mut PrefixList<N>,
     addr: [u8; N],
     now_ns: u64,
-) -> Option<u32> {
-    let found = list.lookup(addr, now_ns)?;
-    if found.origin != filter_common::ORIGIN_AUTO || found.prefix == 0 {
-        return Some(reason::BLOCKLIST);
+) -> (Option<u32>, bool) {
+    let mut max_prefix = u32::MAX;
+    let mut shadow = false;
+    let mut auto = false;
+    for _ in 0..MAX_BLOCK_MATCHES {
+        let Some(found) = list.lookup_within(addr, max_prefix, now_ns) else {
+            break;
+        };
+        if found.is_shadow() {
+            shadow = true;
+        } else if found.origin == ORIGIN_AUTO {
+            auto = true;
+        } else {
+            return (Some(reason::BLOCKLIST), shadow);
+        }
+        if found.prefix == 0 {
+            break;
+        }
+        max_prefix = found.prefix - 1;
     }
-    match list.lookup_within(addr, found.prefix - 1, now_ns) {
-        Some(cover) if cover.origin != filter_common::ORIGIN_AUTO => Some(reason::BLOCKLIST),
-        _ => Some(reason::AUTOBLOCK),
-    }
+    (auto.then_some(reason::AUTOBLOCK), shadow)
 }
 
 /// The map contents the program decides with, and its counters.
@@ -420,35 +503,45 @@ impl Model {
     }
 
     /// Decides one frame at `now_ns` (`CLOCK_MONOTONIC`), updating the state
-    /// and counters like the program does. Returns the reason.
-    pub fn decide(&mut self, frame: &[u8], now_ns: u64) -> u32 {
-        let reason = self.decide_inner(frame, now_ns);
-        add(&mut self.stats[reason as usize], frame.len() as u64);
-        reason
+    /// and counters like the program does: the reason of the verdict, and a
+    /// shadow reason counted besides it.
+    pub fn decide(&mut self, frame: &[u8], now_ns: u64) -> Decision {
+        let decision = self.decide_inner(frame, now_ns);
+        let len = frame.len() as u64;
+        add(&mut self.stats[decision.reason as usize], len);
+        if let Some(shadow) = decision.shadow {
+            add(&mut self.stats[shadow as usize], len);
+        }
+        decision
     }
 
-    fn decide_inner(&mut self, frame: &[u8], now_ns: u64) -> u32 {
+    fn decide_inner(&mut self, frame: &[u8], now_ns: u64) -> Decision {
         let info = match parse(frame) {
-            Parsed::NonIp => return reason::NON_IP,
-            Parsed::Malformed => return reason::MALFORMED,
+            Parsed::NonIp => return Decision::plain(reason::NON_IP),
+            Parsed::Malformed => return Decision::plain(reason::MALFORMED),
             Parsed::Ip(info) => info,
         };
-        let allowed = if info.is_v4 {
-            self.allow_v4.lookup(info.source_v4(), now_ns).is_some()
+        // Both lists are looked up (deleting expired matches) before either decides.
+        let (allowed, (blocked, shadow_blocked)) = if info.is_v4 {
+            (
+                self.allow_v4.lookup(info.source_v4(), now_ns).is_some(),
+                block_reason(&mut self.block_v4, info.source_v4(), now_ns),
+            )
         } else {
-            self.allow_v6.lookup(info.mapped_source, now_ns).is_some()
+            (
+                self.allow_v6.lookup(info.mapped_source, now_ns).is_some(),
+                block_reason(&mut self.block_v6, info.mapped_source, now_ns),
+            )
         };
         if allowed {
-            return reason::ALLOWLIST;
+            return Decision::plain(reason::ALLOWLIST);
         }
-        // An operator's block takes precedence over a more specific automatic one.
-        let blocked = if info.is_v4 {
-            block_reason(&mut self.block_v4, info.source_v4(), now_ns)
-        } else {
-            block_reason(&mut self.block_v6, info.mapped_source, now_ns)
-        };
+        let shadow = shadow_blocked.then_some(reason::SHADOW_BLOCKLIST);
         if let Some(why) = blocked {
-            return why;
+            return Decision {
+                reason: why,
+                shadow,
+            };
         }
         let key = self.source_key(&info);
         let mut slot = self.default_rule_slot;
@@ -465,20 +558,49 @@ impl Model {
         }
         let rule = self.rules[slot as usize];
         if rule.action == 0 {
-            return reason::PASS;
+            return Decision {
+                reason: reason::PASS,
+                shadow,
+            };
         }
         let len = frame.len() as u64;
-        let verdict = self.apply_rule(slot, &rule, &info, key, len, now_ns);
+        let mut verdict = self.apply_rule(slot, &rule, &info, key, len, now_ns);
         let counters = &mut self.rule_stats[(slot % MAX_RULES) as usize];
-        if reason::is_drop(verdict) {
+        if reason::is_drop(verdict.reason) {
             add(&mut counters.dropped, len);
         } else {
             add(&mut counters.passed, len);
         }
+        // A shadow rule's would-be drop is counted instead of a shadow block's.
+        if verdict.shadow.is_none() {
+            verdict.shadow = shadow;
+        }
         verdict
     }
 
+    /// The rule's decision: a shadow rule passes what it would drop, under
+    /// the drop's shadow reason.
     fn apply_rule(
+        &mut self,
+        slot: u32,
+        rule: &RateRule,
+        info: &IpInfo,
+        key: [u8; 16],
+        len: u64,
+        now_ns: u64,
+    ) -> Decision {
+        let why = self.rule_verdict(slot, rule, info, key, len, now_ns);
+        match reason::shadow_of(why) {
+            Some(shadow) if rule.flags & RULE_FLAG_SHADOW != 0 => Decision {
+                reason: reason::PASS,
+                shadow: Some(shadow),
+            },
+            _ => Decision::plain(why),
+        }
+    }
+
+    /// What the rule says, shadow or not.
+    fn rule_verdict(
         &mut self,
         slot: u32,
         rule: &RateRule,
@@ -489,6 +611,9 @@ impl Model {
     ) -> u32 {
         if rule.action == RULE_DROP {
             return reason::PORT_DENIED;
+        }
+        if rule.action != RULE_LIMIT {
+            return reason::PASS;
         }
         if rule.flags & RULE_FLAG_ONLY_FROM != 0
             && !self
@@ -522,8 +647,11 @@ impl Model {
         if conforming {
             return reason::PASS;
         }
-        if rule.autoblock_after != 0 {
-            if now_ns.saturating_sub(bucket.window_start_ns) > rule.autoblock_window_ns {
+        // A shadow rule never blocks: its over-limit packets are not counted either.
+        if rule.autoblock_after != 0 && rule.flags & RULE_FLAG_SHADOW == 0 {
+            if bucket.window_start_ns == 0
+                || now_ns.saturating_sub(bucket.window_start_ns) > rule.autoblock_window_ns
+            {
                 bucket.window_start_ns = now_ns;
                 bucket.over_limit = 1;
             } else {
@@ -541,7 +669,8 @@ impl Model {
     }
 
     /// Puts the source key on the blocklist of its family, as an automatic
-    /// block of the aggregation prefix.
+    /// block of the aggregation prefix, unless an entry (of any origin,
+    /// shadow or expired ones too) holds that prefix already: it is kept.
     fn autoblock(
         &mut self,
         info: &IpInfo,
@@ -555,20 +684,30 @@ impl Model {
         if info.is_v4 {
             let mut net = [0u8; 4];
             net.copy_from_slice(&key[12..]);
+            let prefix = self.ipv4_source_prefix.min(32);
+            if self.block_v4.holds(net, prefix) {
+                return;
+            }
             self.block_v4.insert(ListItem {
                 net,
-                prefix: self.ipv4_source_prefix.min(32),
+                prefix,
                 expires_at_ns,
-                origin: filter_common::ORIGIN_AUTO,
+                origin: ORIGIN_AUTO,
+                flags: 0,
                 rule: id,
                 over_limit,
             });
         } else {
+            let prefix = self.ipv6_source_prefix.min(128);
+            if self.block_v6.holds(key, prefix) {
+                return;
+            }
             self.block_v6.insert(ListItem {
                 net: key,
-                prefix: self.ipv6_source_prefix.min(128),
+                prefix,
                 expires_at_ns,
-                origin: filter_common::ORIGIN_AUTO,
+                origin: ORIGIN_AUTO,
+                flags: 0,
                 rule: id,
                 over_limit,
             });
@@ -623,6 +762,58 @@ mod tests {
             nested
                 .lookup([198, 18, 5, 1], 10)
                 .is_some_and(|e| e.prefix == 16)
+        );
+    }
+
+    fn auto_block(list: &mut PrefixList<4>, net: [u8; 4], prefix: u32) {
+        list.insert(ListItem {
+            net,
+            prefix,
+            expires_at_ns: 0,
+            origin: ORIGIN_AUTO,
+            flags: 0,
+            rule: 1,
+            over_limit: 1,
+        });
+    }
+
+    #[test]
+    fn block_lookups_look_through_shadow_and_automatic_matches() {
+        let mut list = PrefixList::<4>::default();
+        list.insert_manual([198, 18, 0, 0], 16, 0);
+        list.insert_shadow([198, 18, 1, 0], 24, 0);
+        auto_block(&mut list, [198, 18, 1, 4], 30);
+        list.insert_shadow([198, 18, 1, 4], 32, 0);
+        list.insert_shadow([198, 19, 0, 0], 16, 0);
+        auto_block(&mut list, [198, 19, 1, 0], 30);
+        list.insert_manual([198, 19, 2, 2], 32, 0);
+        let at = |list: &mut PrefixList<4>, addr| block_reason(list, addr, 1);
+        // Shadow, then the operator's block over it.
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 1]),
+            (Some(reason::BLOCKLIST), true)
+        );
+        // Shadow, automatic, shadow, operator: the fourth match decides.
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 4]),
+            (Some(reason::BLOCKLIST), true)
+        );
+        // An operator's block under a shadow entry decides alone.
+        assert_eq!(
+            at(&mut list, [198, 19, 2, 2]),
+            (Some(reason::BLOCKLIST), false)
+        );
+        assert_eq!(
+            at(&mut list, [198, 19, 1, 1]),
+            (Some(reason::AUTOBLOCK), true)
+        );
+        assert_eq!(at(&mut list, [198, 19, 3, 3]), (None, true));
+        assert_eq!(at(&mut list, [198, 20, 0, 1]), (None, false));
+        // A fifth match is not looked at.
+        list.insert_shadow([198, 18, 1, 4], 31, 0);
+        assert_eq!(
+            at(&mut list, [198, 18, 1, 4]),
+            (Some(reason::AUTOBLOCK), true)
         );
     }
 

@@ -11,12 +11,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Bucket, BucketKey, Counter, ListEntry, ORIGIN_AUTO, OnlyFromBytes, RateRule, RuleCounter, maps,
-    reason,
+    Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO,
+    ORIGIN_POLICY, OnlyFromBytes, RULE_FLAG_SHADOW, RateRule, RuleCounter, maps, reason,
 };
 use filter_ctl::{
     maps::{
@@ -32,7 +35,7 @@ use filter_ctl::{
     },
 };
 
-use crate::model::{ListItem, Model};
+use crate::model::{Decision, ListItem, Model};
 
 /// Counters of every reason.
 pub type ReasonCounters = [Counter; reason::COUNT as usize];
@@ -107,22 +110,43 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The one reason whose counter moved by exactly one packet of `len`
-    /// bytes while every other stayed put, or a description of what moved.
-    pub fn reason(&self, len: usize) -> Result<u32, String> {
-        let moved: Vec<u32> = (0..reason::COUNT)
-            .filter(|&r| self.delta[r as usize] != Counter::default())
-            .collect();
-        match moved.as_slice() {
-            [r] if self.delta[*r as usize]
-                == (Counter {
-                    packets: 1,
-                    bytes: len as u64,
-                }) =>
-            {
-                Ok(*r)
-            }
+    /// The decision the counters show: one reason that is not a shadow
+    /// reason moved by exactly one packet of `len` bytes, at most one shadow
+    /// reason moved by the same, and every other counter stayed put.
+    /// Otherwise a description of what moved.
+    pub fn decision(&self, len: usize) -> Result<Decision, String> {
+        let one = Counter {
+            packets: 1,
+            bytes: len as u64,
+        };
+        let moved = |shadow: bool| -> Vec<u32> {
+            (0..reason::COUNT)
+                .filter(|&r| {
+                    reason::is_shadow(r) == shadow && self.delta[r as usize] != Counter::default()
+                })
+                .collect()
+        };
+        let by_one = |r: u32| self.delta[r as usize] == one;
+        match (moved(false).as_slice(), moved(true).as_slice()) {
+            ([r], []) if by_one(*r) => Ok(Decision::plain(*r)),
+            ([r], [s]) if by_one(*r) && by_one(*s) => Ok(Decision {
+                reason: *r,
+                shadow: Some(*s),
+            }),
             _ => Err(describe_delta(&self.delta)),
+        }
+    }
+
+    /// The one reason whose counter moved by exactly one packet of `len`
+    /// bytes while every other (shadow reasons too) stayed put, or a
+    /// description of what moved.
+    pub fn reason(&self, len: usize) -> Result<u32, String> {
+        match self.decision(len)? {
+            Decision {
+                reason,
+                shadow: None,
+            } => Ok(reason),
+            Decision { .. } => Err(describe_delta(&self.delta)),
         }
     }
 }
@@ -310,6 +334,59 @@ impl ProgTest {
         self.list_insert(ListKind::Block, cidrs, Some(ttl));
     }
 
+    /// Writes block entries as they are, bypassing `filter-ctl`'s edits
+    /// (which only write its own origin): `origin` and `flags`, `expires_at_ns`
+    /// 0 for permanent. Replaces an entry stored for the same prefix.
+    pub fn block_raw(&self, cidrs: &[&str], origin: u8, flags: u8, expires_at_ns: u64) {
+        let filter = self.filter();
+        let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> =
+            filter.lpm(maps::BLOCK_V4).expect("BLOCK_V4 map");
+        let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> =
+            filter.lpm(maps::BLOCK_V6).expect("BLOCK_V6 map");
+        for text in cidrs {
+            let c = cidr(text);
+            let entry = ListEntry {
+                expires_at_ns,
+                prefix_len: c.prefix(),
+                origin,
+                flags,
+                ..ListEntry::default()
+            };
+            match c {
+                Cidr::V4 { addr, prefix } => {
+                    v4.insert(&Key::new(u32::from(prefix), addr), entry, 0)
+                }
+                Cidr::V6 { addr, prefix } => {
+                    v6.insert(&Key::new(u32::from(prefix), addr), entry, 0)
+                }
+            }
+            .unwrap_or_else(|e| panic!("writing {text} to the blocklist: {e}"));
+        }
+    }
+
+    /// Adds permanent shadow block entries, as a policy marked `shadow = true` does.
+    pub fn block_shadow(&self, cidrs: &[&str]) {
+        self.block_raw(cidrs, ORIGIN_POLICY, LIST_FLAG_SHADOW, 0);
+    }
+
+    /// Adds shadow block entries that expire after `ttl`.
+    pub fn block_shadow_ttl(&self, cidrs: &[&str], ttl: Duration) {
+        let expires_at_ns = filter_ctl::clock::expiry_from_now(Some(ttl));
+        self.block_raw(cidrs, ORIGIN_POLICY, LIST_FLAG_SHADOW, expires_at_ns);
+    }
+
+    /// Makes rule `id` a shadow rule (`shadow = true`) or an enforced one,
+    /// in place (see [`Self::patch_rule`]).
+    pub fn set_shadow(&self, id: u32, shadow: bool) {
+        self.patch_rule(id, |rule| {
+            if shadow {
+                rule.flags |= RULE_FLAG_SHADOW;
+            } else {
+                rule.flags &= !RULE_FLAG_SHADOW;
+            }
+        });
+    }
+
     pub fn allow(&self, cidrs: &[&str]) {
         self.list_insert(ListKind::Allow, cidrs, None);
     }
@@ -476,13 +553,15 @@ impl Drop for ProgTest {
 
 // ---- table tests ------------------------------------------------------------------
 
-/// One row of a table test: a frame and the reason (hence verdict) expected.
+/// One row of a table test: a frame, the reason (hence verdict) expected,
+/// and the shadow reason expected besides it (none unless [`Case::shadow`]).
 #[derive(Clone, Debug)]
 pub struct Case {
     pub what: String,
     pub frame: Vec<u8>,
     pub action: u32,
     pub reason: u32,
+    pub shadow: Option<u32>,
 }
 
 impl Case {
@@ -493,6 +572,21 @@ impl Case {
             frame,
             action: crate::model::action_of(reason),
             reason,
+            shadow: None,
+        }
+    }
+
+    /// Expects `shadow` (`reason::SHADOW_*`) to be counted besides the reason.
+    #[must_use]
+    pub fn shadow(mut self, shadow: u32) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    fn decision(&self) -> Decision {
+        Decision {
+            reason: self.reason,
+            shadow: self.shadow,
         }
     }
 }
@@ -513,8 +607,8 @@ pub fn hex(frame: &[u8]) -> String {
 
 /// Runs every case in order through the program and through a reference
 /// model holding the same map contents; checks the verdict, that exactly the
-/// expected reason's counter moved by one packet and the frame's bytes, and
-/// that the model agrees. Reports every failing case, then panics. Returns
+/// expected reason's counter (and the expected shadow reason's, if any)
+/// moved by one packet and the frame's bytes, and that the model agrees. Reports every failing case, then panics. Returns
 /// the model, for checks of its state and rule counters.
 pub fn run_table(test: &ProgTest, cases: &[Case]) -> Model {
     let mut model = test.model();
@@ -527,9 +621,10 @@ pub fn run_table(test: &ProgTest, cases: &[Case]) -> Model {
 pub fn run_cases(test: &ProgTest, model: &mut Model, cases: &[Case]) {
     let mut failures = Vec::new();
     for case in cases {
-        let model_reason = model.decide(&case.frame, filter_ctl::clock::monotonic_ns());
+        let expected = case.decision();
+        let model_decision = model.decide(&case.frame, filter_ctl::clock::monotonic_ns());
         let outcome = test.run_counted(&case.frame);
-        let kernel_reason = outcome.reason(case.frame.len());
+        let kernel_decision = outcome.decision(case.frame.len());
         let mut problems = Vec::new();
         if outcome.action != case.action {
             problems.push(format!(
@@ -538,26 +633,23 @@ pub fn run_cases(test: &ProgTest, model: &mut Model, cases: &[Case]) {
                 action_name(case.action)
             ));
         }
-        if kernel_reason != Ok(case.reason) {
+        if kernel_decision != Ok(expected) {
             problems.push(format!(
-                "counters moved: {} (expected {}: 1 pkt/{} bytes)",
+                "counters moved: {} (expected {}: 1 pkt/{} bytes each)",
                 describe_delta(&outcome.delta),
-                reason::NAMES[case.reason as usize],
+                expected.name(),
                 case.frame.len()
             ));
         }
-        if model_reason != case.reason {
-            problems.push(format!(
-                "the model says {}",
-                reason::NAMES[model_reason as usize]
-            ));
+        if model_decision != expected {
+            problems.push(format!("the model says {}", model_decision.name()));
         }
         if !problems.is_empty() {
             failures.push(format!(
                 "{} (expected {} / {}): {}\n{}",
                 case.what,
                 action_name(case.action),
-                reason::NAMES[case.reason as usize],
+                expected.name(),
                 problems.join("; "),
                 hex(&case.frame)
             ));

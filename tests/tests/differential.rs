@@ -1,9 +1,15 @@
 //! Differential test: well over 100,000 frames — random bytes, valid frames of
 //! every shape, mutated frames and systematic truncations — run in the same
 //! order through the XDP program (`BPF_PROG_TEST_RUN`) and through the
-//! reference model holding the same map contents. Verdict and reason (the
-//! `STATS` counter that moved) must agree for every frame; rule counters and
-//! automatic blocks must agree at the end.
+//! reference model holding the same map contents. Verdict, reason and shadow
+//! reason (the `STATS` counters that moved) must agree for every frame; rule
+//! counters, automatic blocks and the blocklists must agree at the end.
+//!
+//! Shadow entries and rules are in the mix: shadow block entries alone,
+//! nested under and over operator blocks and automatic blocks, more deeply
+//! than one lookup follows; shadow port rules; and the default rule and a
+//! rule that blocks automatically switch between shadow and enforced while
+//! the frames run.
 //!
 //! Fixed seed by default. `FILTER_DIFF_SEED=<n>` replays a seed,
 //! `FILTER_DIFF_SEED=random` draws one (printed); `FILTER_DIFF_FRAMES=<n>`
@@ -14,18 +20,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use filter_common::{Counter, MAX_RULES, ORIGIN_AUTO, RateRule, TICKS_PER_SEC, reason, table_stat};
+use filter_common::{
+    Counter, MAX_RULES, ORIGIN_AUTO, RULE_FLAG_SHADOW, RateRule, TICKS_PER_SEC, reason, table_stat,
+};
 use filter_ctl::{
     maps::ListKind,
     maps::loader::Capacities,
-    spec::rule::{AutoblockSpec, LimitSpec},
+    spec::{
+        cidr::Cidr,
+        rule::{AutoblockSpec, LimitSpec},
+    },
 };
 use filter_tests::{
     frames::{
         DST4, DST6, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ext, Frame, Icmp, Ipv4, Ipv6, L4, Layout, Net,
         TPID_8021AD, TPID_8021Q, Tcp, Udp, arp, lldp, proto,
     },
-    model::{self, Model},
+    model::{self, Decision, Model},
     progtest::{Outcome, ProgTest, action_name, hex, skip_unless_root},
 };
 
@@ -88,8 +99,22 @@ impl Rng {
 
 // ---- map contents ------------------------------------------------------------------
 
+/// The rules `configure` set.
+struct Rules {
+    /// Every rule id, to compare counters.
+    ids: Vec<u32>,
+    /// The default rule and the rule that blocks automatically: they switch
+    /// between shadow and enforced during the run.
+    default: u32,
+    game: u32,
+}
+
+/// Operator blocks added halfway through the run, over shadow entries and
+/// automatic blocks of the flood pool (more nesting than a lookup follows).
+const LATE_BLOCKS: [&str; 2] = ["198.18.22.0/23", "2001:db8:22::/48"];
+
 /// Sets up lists and rules that every branch of the decision meets.
-fn configure(test: &ProgTest) -> Vec<u32> {
+fn configure(test: &ProgTest) -> Rules {
     let hour = Duration::from_hours(1);
     test.set_aggregation(30, 56);
     test.allow(&["198.18.100.0/24", "198.18.101.7", "2001:db8:a11::/48"]);
@@ -116,6 +141,9 @@ fn configure(test: &ProgTest) -> Vec<u32> {
         gone,
     );
     test.allow_ttl(&["198.18.101.8", "2001:db8:bad::8"], gone);
+    // Expired blocks of allowed sources: the block lookup runs (and deletes
+    // them) whether or not the allowlist decides.
+    test.block_ttl(&["198.18.100.1", "198.18.101.7", "2001:db8:a11::1"], gone);
     // More nested expired entries than one lookup skips.
     let mut nested: Vec<String> = (24..=32).map(|p| format!("198.18.6.0/{p}")).collect();
     nested.extend(
@@ -128,6 +156,7 @@ fn configure(test: &ProgTest) -> Vec<u32> {
     // Expiring long after the run.
     test.block_ttl(&["198.18.5.0/24", "2001:db8:5::/64"], hour);
     test.allow_ttl(&["198.18.2.9"], hour);
+    configure_shadow_entries(test);
     std::thread::sleep(Duration::from_millis(50));
 
     let freeze = |id: u32, burst: u64| {
@@ -217,13 +246,142 @@ fn configure(test: &ProgTest) -> Vec<u32> {
         rule.byte_interval = SLOW / 1000;
         rule.byte_tolerance = 600 * (SLOW / 1000);
     });
+    // Shadow port rules: a closed port, an only-from set, and a limit that
+    // would block automatically.
+    let shadow_closed = drop("tcp/8080");
+    test.set_shadow(shadow_closed, true);
+    let shadow_ntp = test.limit(
+        "udp/123",
+        &LimitSpec {
+            only_from: vec![
+                "198.18.7.0/24".parse().expect("cidr"),
+                "2001:db8:7::/48".parse().expect("cidr"),
+            ],
+            rate: Some(1),
+            burst: Some(2),
+            ..Default::default()
+        },
+    );
+    freeze(shadow_ntp, 2);
+    test.set_shadow(shadow_ntp, true);
+    let shadow_flood = test.limit(
+        "udp/4999",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(2),
+            autoblock: Some(AutoblockSpec {
+                after: 2,
+                window: hour,
+                block_for: hour,
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(shadow_flood, 2);
+    test.set_shadow(shadow_flood, true);
     assert_eq!(
         test.live_slot(default),
         MAX_RULES,
         "the default's second slot"
     );
     assert_eq!(test.live_slot(ssh), ssh + MAX_RULES, "tcp/22's second slot");
-    vec![default, telnet, zero, top, ssh, dns, game, web]
+    Rules {
+        ids: vec![
+            default,
+            telnet,
+            zero,
+            top,
+            ssh,
+            dns,
+            game,
+            web,
+            shadow_closed,
+            shadow_ntp,
+            shadow_flood,
+        ],
+        default,
+        game,
+    }
+}
+
+/// Shadow block entries (a policy's, marked `shadow = true`): alone, nested
+/// under and over operator blocks, allow entries and the flood pool's
+/// automatic blocks, one at an automatic block's own prefix, expired ones,
+/// and four deep over an operator block.
+fn configure_shadow_entries(test: &ProgTest) {
+    test.block_shadow(&[
+        // Alone.
+        "198.18.8.0/24",
+        "2001:db8:8::/48",
+        // Under operator blocks (more specific).
+        "198.18.2.0/26",
+        "198.18.101.0/28",
+        "2001:db8:bad::/64",
+        // Over operator blocks (covering them).
+        "198.18.1.0/24",
+        "2001:db8:1::/48",
+        // Under an allow entry.
+        "198.18.100.0/25",
+        // Over the flood pool's automatic blocks (/30 and /56 aggregates).
+        "198.18.21.0/24",
+        "2001:db8:21::/48",
+        // Under and over them, with an operator block over all from
+        // halfway through (`LATE_BLOCKS`): up to five matches deep.
+        "198.18.22.4/32",
+        "198.18.22.4/31",
+        "198.18.22.0/24",
+        "2001:db8:22::/64",
+        "2001:db8:22::/60",
+        "2001:db8:22::/52",
+        // At an automatic block's own prefix.
+        "198.18.23.0/30",
+        "2001:db8:23::/56",
+        // Four deep over an operator block: one lookup follows no further.
+        "198.18.9.0/26",
+        "198.18.9.0/28",
+        "198.18.9.0/30",
+        "198.18.9.0/32",
+        "2001:db8:9::/64",
+        "2001:db8:9::/112",
+        "2001:db8:9::/120",
+        "2001:db8:9::1/128",
+    ]);
+    test.block(&["198.18.9.0/24", "2001:db8:9::/48"]);
+    // Expired before the run: alone, and nested under operator blocks and shadow entries.
+    test.block_shadow_ttl(
+        &[
+            "198.18.4.0/24",
+            "198.18.3.4/32",
+            "198.18.8.8/32",
+            "2001:db8:8::8/128",
+        ],
+        Duration::from_millis(1),
+    );
+    // Expiring long after the run, inside an expiring operator block.
+    test.block_shadow_ttl(&["198.18.5.0/28"], Duration::from_hours(1));
+}
+
+/// Switches rule `id` between shadow and enforced, in the program and the model.
+fn toggle_shadow(test: &ProgTest, model: &mut Model, id: u32) {
+    let slot = test.live_slot(id);
+    let rule = &mut model.rules[slot as usize];
+    rule.flags ^= RULE_FLAG_SHADOW;
+    test.set_shadow(id, rule.flags & RULE_FLAG_SHADOW != 0);
+}
+
+/// Adds `LATE_BLOCKS` to the program's blocklist and the model's.
+fn add_late_blocks(test: &ProgTest, model: &mut Model) {
+    test.block(&LATE_BLOCKS);
+    for text in LATE_BLOCKS {
+        match text.parse().expect("cidr") {
+            Cidr::V4 { addr, prefix } => {
+                model.block_v4.insert_manual(addr, u32::from(prefix), 0);
+            }
+            Cidr::V6 { addr, prefix } => {
+                model.block_v6.insert_manual(addr, u32::from(prefix), 0);
+            }
+        }
+    }
 }
 
 // ---- generators ------------------------------------------------------------------
@@ -241,7 +399,17 @@ fn port(rng: &mut Rng) -> u16 {
 }
 
 fn src4(rng: &mut Rng) -> [u8; 4] {
-    const SPECIAL: [[u8; 4]; 18] = [
+    const SPECIAL: [[u8; 4]; 28] = [
+        [198, 18, 8, 8],
+        [198, 18, 8, 9],
+        [198, 18, 9, 0],
+        [198, 18, 9, 1],
+        [198, 18, 9, 5],
+        [198, 18, 2, 10],
+        [198, 18, 100, 200],
+        [198, 18, 22, 4],
+        [198, 18, 22, 5],
+        [198, 18, 4, 5],
         [198, 18, 6, 0],
         [198, 18, 6, 1],
         [198, 18, 1, 1],
@@ -276,7 +444,8 @@ fn src6(rng: &mut Rng) -> [u8; 16] {
     match rng.below(10) {
         0..=2 => {
             let net = rng.pick(&[
-                0x0001u16, 0x0003, 0x0004, 0x0005, 0x0007, 0x0a11, 0x0bad, 0x0020,
+                0x0001u16, 0x0003, 0x0004, 0x0005, 0x0007, 0x0a11, 0x0bad, 0x0020, 0x0008, 0x0009,
+                0x0022,
             ]);
             a[4..6].copy_from_slice(&net.to_be_bytes());
             a[15] = rng.pick(&[1, 2, 3, 4, 8, 9]);
@@ -722,7 +891,10 @@ struct Run {
     model: Model,
     before: [Counter; reason::COUNT as usize],
     mismatches: Vec<String>,
+    /// Frames by the reason of their verdict.
     by_reason: BTreeMap<&'static str, u64>,
+    /// Frames by shadow reason counted besides the verdict, and verdict.
+    by_shadow: BTreeMap<(&'static str, &'static str), u64>,
     by_kind: BTreeMap<(&'static str, &'static str), u64>,
     frames: u64,
 }
@@ -730,7 +902,7 @@ struct Run {
 impl Run {
     fn check(&mut self, test: &ProgTest, kind: &'static str, frame: &[u8]) {
         self.frames += 1;
-        let expected = self.model.decide(frame, filter_ctl::clock::monotonic_ns());
+        let expected: Decision = self.model.decide(frame, filter_ctl::clock::monotonic_ns());
         let action = test.run(frame);
         let after = test.stats();
         let mut delta = [Counter::default(); reason::COUNT as usize];
@@ -740,19 +912,25 @@ impl Run {
         }
         self.before = after;
         let outcome = Outcome { action, delta };
-        let got = outcome.reason(frame.len());
-        let name = reason::NAMES[expected as usize];
+        let got = outcome.decision(frame.len());
+        let name = reason::NAMES[expected.reason as usize];
         *self.by_reason.entry(name).or_default() += 1;
         *self.by_kind.entry((kind, name)).or_default() += 1;
-        if got != Ok(expected) || action != model::action_of(expected) {
+        if let Some(shadow) = expected.shadow {
+            *self
+                .by_shadow
+                .entry((reason::NAMES[shadow as usize], name))
+                .or_default() += 1;
+        }
+        if got != Ok(expected) || action != model::action_of(expected.reason) {
             self.mismatches.push(format!(
                 "frame #{} ({kind}, {} bytes): kernel {} / {}, model {} / {} (parse: {:?})\n{}",
                 self.frames,
                 frame.len(),
                 action_name(action),
-                got.map_or_else(|moved| moved, |r| reason::NAMES[r as usize].to_string()),
-                action_name(model::action_of(expected)),
-                name,
+                got.map_or_else(|moved| moved, |d| d.name()),
+                action_name(model::action_of(expected.reason)),
+                expected.name(),
                 model::parse(frame),
                 hex(frame)
             ));
@@ -779,13 +957,14 @@ fn kernel_and_model_agree_on_every_frame() {
         list: 65_536,
         buckets: 262_144,
     });
-    let ids = configure(&test);
+    let rules = configure(&test);
     let mut run = Run {
         seed,
         model: test.model(),
         before: test.stats(),
         mismatches: Vec::new(),
         by_reason: BTreeMap::new(),
+        by_shadow: BTreeMap::new(),
         by_kind: BTreeMap::new(),
         frames: 0,
     };
@@ -795,9 +974,24 @@ fn kernel_and_model_agree_on_every_frame() {
         run.check(&test, "systematic", &frame);
     }
     let mut rng = Rng(seed);
-    for _ in 0..count {
+    // The default rule switches between shadow and enforced every `period`
+    // frames, the automatic-blocking rule half a period later.
+    let period = (count / 8).max(2);
+    let mut toggles = 0;
+    for i in 0..count {
         if run.done() {
             break;
+        }
+        if i > 0 && i % period == 0 {
+            toggle_shadow(&test, &mut run.model, rules.default);
+            toggles += 1;
+        }
+        if i % period == period / 2 {
+            toggle_shadow(&test, &mut run.model, rules.game);
+            toggles += 1;
+        }
+        if i == count / 2 {
+            add_late_blocks(&test, &mut run.model);
         }
         match rng.below(10) {
             0 | 1 => {
@@ -829,10 +1023,11 @@ fn kernel_and_model_agree_on_every_frame() {
         run.mismatches.join("\n\n")
     );
 
-    // Totals, rule counters and automatic blocks agree too.
+    // Totals (shadow reasons too), rule counters, automatic blocks and the
+    // blocklists agree too.
     let totals = test.stats();
     assert_eq!(totals, run.model.stats, "per-reason totals (seed {seed})");
-    for &id in &ids {
+    for &id in &rules.ids {
         assert_eq!(
             test.rule_counters(id),
             run.model.rule_stats[id as usize],
@@ -863,6 +1058,11 @@ fn kernel_and_model_agree_on_every_frame() {
         .collect();
     model_auto.sort();
     assert_eq!(kernel_auto, model_auto, "automatic blocks (seed {seed})");
+    assert_eq!(
+        kernel_blocklist(&test),
+        model_blocklist(&run.model),
+        "blocklist entries left, expired ones included (seed {seed})"
+    );
     let failed = test
         .reader()
         .table_stat(table_stat::AUTOBLOCKS_FAILED)
@@ -879,7 +1079,10 @@ fn kernel_and_model_agree_on_every_frame() {
         run.frames, elapsed, setup
     );
     for (name, n) in &run.by_reason {
-        println!("  {name:>12}: {n}");
+        println!("  {name:>18}: {n}");
+    }
+    for ((shadow, verdict), n) in &run.by_shadow {
+        println!("  {shadow:>18}: {n} besides {verdict}");
     }
     let kinds: Vec<String> = run
         .by_kind
@@ -888,13 +1091,89 @@ fn kernel_and_model_agree_on_every_frame() {
         .collect();
     println!("  by generator: {}", kinds.join(" "));
     println!(
-        "  automatic blocks: {}, blocklist entries at the end: {manual_left}",
+        "  automatic blocks: {}, blocklist entries at the end: {manual_left}, shadow switches: {toggles}",
         kernel_auto.len()
     );
-    for name in reason::NAMES {
+    // Shadow reasons are never a frame's verdict: they are counted besides it.
+    for (r, name) in (0..).zip(reason::NAMES) {
+        if reason::is_shadow(r) {
+            assert!(!run.by_reason.contains_key(name), "a frame ended as {name}");
+            assert!(
+                run.by_shadow.keys().any(|(shadow, _)| *shadow == name),
+                "no frame counted {name}: the generator lost coverage"
+            );
+        } else {
+            assert!(
+                run.by_reason.get(name).copied().unwrap_or(0) > 0,
+                "no frame ended as {name}: the generator lost coverage"
+            );
+        }
+    }
+    // A shadow block entry matters whatever decides: nothing, a rule, a
+    // shadow rule (which takes its place), an operator's or automatic block.
+    for (shadow, verdict) in [
+        (reason::SHADOW_BLOCKLIST, reason::PASS),
+        (reason::SHADOW_BLOCKLIST, reason::BLOCKLIST),
+        (reason::SHADOW_BLOCKLIST, reason::AUTOBLOCK),
+        (reason::SHADOW_BLOCKLIST, reason::RATELIMIT),
+        (reason::SHADOW_BLOCKLIST, reason::PORT_DENIED),
+        (reason::SHADOW_RATELIMIT, reason::PASS),
+        (reason::SHADOW_PORT_DENIED, reason::PASS),
+    ] {
+        let key = (
+            reason::NAMES[shadow as usize],
+            reason::NAMES[verdict as usize],
+        );
         assert!(
-            run.by_reason.get(name).copied().unwrap_or(0) > 0,
-            "no frame ended as {name}: the generator lost coverage"
+            run.by_shadow.contains_key(&key),
+            "no frame counted {} besides {}: the generator lost coverage",
+            key.0,
+            key.1
         );
     }
+}
+
+/// Every blocklist entry the program holds, expired ones included: prefix,
+/// origin, flags, and for automatic blocks rule and count.
+fn kernel_blocklist(test: &ProgTest) -> Vec<String> {
+    let mut out: Vec<String> = test
+        .reader()
+        .list_entries_raw(ListKind::Block)
+        .expect("blocklist")
+        .iter()
+        .map(|(c, e)| {
+            describe_entry(
+                &c.to_string(),
+                e.origin,
+                e.flags,
+                u32::from(e.rule),
+                u64::from(e.over_limit),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// [`kernel_blocklist`] of the model.
+fn model_blocklist(model: &Model) -> Vec<String> {
+    let mut out: Vec<String> = model
+        .block_v4
+        .entries
+        .iter()
+        .map(|e| {
+            let cidr = format!("{}/{}", std::net::Ipv4Addr::from(e.net), e.prefix);
+            describe_entry(&cidr, e.origin, e.flags, e.rule, e.over_limit)
+        })
+        .chain(model.block_v6.entries.iter().map(|e| {
+            let cidr = format!("{}/{}", std::net::Ipv6Addr::from(e.net), e.prefix);
+            describe_entry(&cidr, e.origin, e.flags, e.rule, e.over_limit)
+        }))
+        .collect();
+    out.sort();
+    out
+}
+
+fn describe_entry(cidr: &str, origin: u8, flags: u8, rule: u32, over_limit: u64) -> String {
+    format!("{cidr} origin {origin} flags {flags} rule {rule} over {over_limit}")
 }
