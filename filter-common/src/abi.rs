@@ -21,7 +21,8 @@ use crate::{
 /// `Config::default_rule_slot`; buckets, rule counters, automatic blocks and
 /// events name rule ids.
 /// 8: shadow reasons (`STATS` grows), `ListEntry::rule` is a `u8` beside
-/// `ListEntry::flags`, origins `policy` and `crowdsec`, `RULE_FLAG_SHADOW`.
+/// `ListEntry::flags`, origins `policy` and `crowdsec`, `RULE_FLAG_SHADOW`,
+/// `SHADOW_BLOCK_V4`/`V6` and their counts in `Config`.
 pub const LAYOUT_VERSION: u32 = 8;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
@@ -119,6 +120,8 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const BLOCK_V4: &str = "BLOCK_V4";
     pub const BLOCK_V6: &str = "BLOCK_V6";
+    pub const SHADOW_BLOCK_V4: &str = "SHADOW_BLOCK_V4";
+    pub const SHADOW_BLOCK_V6: &str = "SHADOW_BLOCK_V6";
     pub const CONFIG: &str = "CONFIG";
     pub const RULES: &str = "RULES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -144,12 +147,14 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 16] = [
+pub const MAPS: [MapDef; 18] = [
     per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::BLOCK_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::BLOCK_V6),
+    lpm_trie::<Ipv4Bytes, ListEntry>(maps::SHADOW_BLOCK_V4),
+    lpm_trie::<Ipv6Bytes, ListEntry>(maps::SHADOW_BLOCK_V6),
     array::<Config>(maps::CONFIG, 1),
     // Two slots per rule id (see `ratelimit`).
     array::<RateRule>(maps::RULES, RULE_SLOTS),

@@ -26,6 +26,11 @@ pub struct Config {
     /// switches this field (see `ratelimit`); the two values differ in one
     /// bit, so no copy, however it is split, shows a third value.
     pub default_rule_slot: u32,
+    /// Entries in `SHADOW_BLOCK_V4` / `SHADOW_BLOCK_V6` (a shadow policy's
+    /// blocks), kept by user space like the allowlist counts: while 0 the
+    /// program skips the shadow lookup.
+    pub shadow_v4_entries: u32,
+    pub shadow_v6_entries: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -41,10 +46,12 @@ pub const CLOCK_PRECISE: u32 = 0;
 /// worth of packets above its burst, never more on average.
 pub const CLOCK_COARSE: u32 = 1;
 
-const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<Config>() == 32);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
 const _: () = assert!(offset_of!(Config, allow_v6_entries) == 12);
 const _: () = assert!(offset_of!(Config, rate_clock) == 16);
 const _: () = assert!(offset_of!(Config, default_rule_slot) == 20);
+const _: () = assert!(offset_of!(Config, shadow_v4_entries) == 24);
+const _: () = assert!(offset_of!(Config, shadow_v6_entries) == 28);

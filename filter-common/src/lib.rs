@@ -32,8 +32,7 @@ pub use config::{
 };
 pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
 pub use lists::{
-    Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC,
-    ORIGIN_POLICY,
+    Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY,
 };
 pub use ratelimit::{
     Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,

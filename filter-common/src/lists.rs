@@ -1,5 +1,7 @@
-//! Allow and block lists (`ALLOW_V4`, `ALLOW_V6`, `BLOCK_V4`, `BLOCK_V6`):
-//! LPM tries keyed by network-order addresses.
+//! Allow and block lists (`ALLOW_V4`, `ALLOW_V6`, `BLOCK_V4`, `BLOCK_V6`)
+//! and a shadow policy's blocks (`SHADOW_BLOCK_V4`, `SHADOW_BLOCK_V6`, in
+//! tries of their own so that they never change what is enforced): LPM
+//! tries keyed by network-order addresses.
 
 use core::mem::{offset_of, size_of};
 
@@ -27,7 +29,7 @@ pub struct ListEntry {
     pub origin: u8,
     /// For automatic blocks: the id of the rule whose limit was exceeded.
     pub rule: u8,
-    /// `LIST_FLAG_*` bits.
+    /// Reserved (0).
     pub flags: u8,
     /// For automatic blocks: over-limit packets in the window that triggered it.
     pub over_limit: u32,
@@ -41,11 +43,6 @@ pub const ORIGIN_AUTO: u8 = 1;
 pub const ORIGIN_POLICY: u8 = 2;
 /// Entry from a `CrowdSec` decision.
 pub const ORIGIN_CROWDSEC: u8 = 3;
-
-/// Flag: a shadow entry (from a policy marked `shadow = true`). It never
-/// decides a verdict: a match is counted (`reason::SHADOW_BLOCKLIST`) and
-/// the lookup goes on with shorter prefixes.
-pub const LIST_FLAG_SHADOW: u8 = 1;
 
 impl ListEntry {
     /// Whether the entry still applies at `now_ns`.

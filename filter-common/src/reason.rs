@@ -16,9 +16,9 @@ pub const RATELIMIT: u32 = 5;
 pub const PORT_DENIED: u32 = 6;
 /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
 pub const NON_IP: u32 = 7;
-/// A shadow block entry (a policy marked `shadow = true`) matched: the
-/// packet would have been dropped. Counted besides the packet's real
-/// verdict, never enforced.
+/// A shadow block entry (of a policy marked `shadow = true`) matched a
+/// source that no allow entry passes: it would have been dropped. Counted
+/// besides the packet's real verdict, never enforced.
 pub const SHADOW_BLOCKLIST: u32 = 8;
 /// A shadow rule's limit would have dropped the packet (counted besides its real verdict).
 pub const SHADOW_RATELIMIT: u32 = 9;

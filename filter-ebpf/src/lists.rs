@@ -1,7 +1,7 @@
 //! Allow and block list lookups, with expiry.
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
-use filter_common::{LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, reason};
+use filter_common::{ListEntry, ORIGIN_AUTO, reason};
 
 use crate::clock::CoarseClock;
 
@@ -10,7 +10,8 @@ use crate::clock::CoarseClock;
 const MAX_EXPIRED_SKIPS: usize = 4;
 
 /// Matches a block lookup looks through before it gives up on finding an
-/// operator's block: shadow entries and automatic blocks nested over one address.
+/// operator's block under automatic blocks nested over one address (an
+/// automatic block is at most one prefix per rule's aggregation).
 const MAX_BLOCK_MATCHES: usize = 4;
 
 /// The active longest-prefix match for `addr` among prefixes of at most
@@ -33,10 +34,10 @@ pub fn list_match<'a, K: Copy>(
     None
 }
 
-/// Whether `addr` is allowed: shadow allow entries are never installed, so
-/// the longest match decides.
+/// Whether an active entry of `map` covers `addr` (allowlists and the
+/// shadow blocklists: the longest match decides).
 #[inline(always)]
-pub fn allowed<K: Copy>(
+pub fn listed<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
@@ -45,37 +46,30 @@ pub fn allowed<K: Copy>(
     list_match(map, bits, addr, clock).is_some()
 }
 
-/// What the blocklist says about `addr`: the drop reason if an entry blocks
-/// it, and whether a shadow entry matched (a would-be block, counted only).
-///
-/// An operator's or the policy's block takes precedence over an automatic
-/// block, and shadow entries never decide: while the longest match is one of
-/// those, the lookup goes on with shorter prefixes.
+/// Why a blocked source is dropped, if it is. An operator's or the policy's
+/// block takes precedence over an automatic block: while the longest match
+/// is an automatic block, the lookup goes on with shorter prefixes.
 #[inline(always)]
 pub fn block_reason<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut CoarseClock,
-) -> (Option<u32>, bool) {
+) -> Option<u32> {
     let mut bits = bits;
-    let mut shadow = false;
     let mut auto = false;
     for _ in 0..MAX_BLOCK_MATCHES {
         let Some(entry) = list_match(map, bits, addr, clock) else {
             break;
         };
-        if entry.flags & LIST_FLAG_SHADOW != 0 {
-            shadow = true;
-        } else if entry.origin == ORIGIN_AUTO {
-            auto = true;
-        } else {
-            return (Some(reason::BLOCKLIST), shadow);
+        if entry.origin != ORIGIN_AUTO {
+            return Some(reason::BLOCKLIST);
         }
+        auto = true;
         if entry.prefix_len == 0 {
             break;
         }
         bits = u32::from(entry.prefix_len) - 1;
     }
-    (auto.then_some(reason::AUTOBLOCK), shadow)
+    auto.then_some(reason::AUTOBLOCK)
 }

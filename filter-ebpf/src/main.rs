@@ -33,8 +33,8 @@ use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
-    lists::{allowed, block_reason},
-    maps::{ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, CONFIG},
+    lists::{block_reason, listed},
+    maps::{ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, CONFIG, SHADOW_BLOCK_V4, SHADOW_BLOCK_V6},
     parse::{Packet, Parsed},
     ratelimit::{apply_rule, rule_for},
     stats::{count, count_rule},
@@ -84,23 +84,32 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
-    let (allowed, (blocked, shadow_blocked)) = if packet.is_v6 {
+    let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
-            allow && allowed(&ALLOW_V6, 128, packet.source, &mut clock),
+            allow && listed(&ALLOW_V6, 128, packet.source, &mut clock),
             block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
         )
     } else {
         let v4 = packet.source_v4();
         let allow = config.is_none_or(|c| c.allow_v4_entries != 0);
         (
-            allow && allowed(&ALLOW_V4, 32, v4, &mut clock),
+            allow && listed(&ALLOW_V4, 32, v4, &mut clock),
             block_reason(&BLOCK_V4, 32, v4, &mut clock),
         )
     };
     if allowed {
         return (reason::ALLOWLIST, NO_RULE, reason::PASS);
     }
+    // A shadow policy's blocks, in tries of their own: looked up only while
+    // there are some, and never part of the verdict.
+    let shadow_blocked = if packet.is_v6 {
+        config.is_some_and(|c| c.shadow_v6_entries != 0)
+            && listed(&SHADOW_BLOCK_V6, 128, packet.source, &mut clock)
+    } else {
+        config.is_some_and(|c| c.shadow_v4_entries != 0)
+            && listed(&SHADOW_BLOCK_V4, 32, packet.source_v4(), &mut clock)
+    };
     let shadow = if shadow_blocked {
         reason::SHADOW_BLOCKLIST
     } else {

@@ -36,6 +36,13 @@ pub static ALLOW_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::L
 pub static BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
 pub static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+/// A shadow policy's blocks: matches are counted, never enforced.
+#[map]
+pub static SHADOW_BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> =
+    LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+#[map]
+pub static SHADOW_BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> =
+    LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 
 #[map]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);

@@ -14,14 +14,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context as _;
 use filter_common::{
-    CLOCK_COARSE, CLOCK_PRECISE, LIST_FLAG_SHADOW, ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW,
-    RateRule,
+    CLOCK_COARSE, CLOCK_PRECISE, ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW, RateRule,
 };
 use serde::Serialize;
 
 use crate::{
     clock,
-    maps::{Filter, ListKind, rules},
+    maps::{Filter, Tries, rules},
     spec::{
         cidr::Cidr,
         policy::Policy,
@@ -54,19 +53,19 @@ pub struct Desired {
     pub rate_clock: Option<u32>,
 }
 
-impl Desired {
-    fn entries(&self, kind: ListKind) -> &BTreeSet<Cidr> {
-        match kind {
-            ListKind::Block => &self.block,
-            ListKind::Allow => &self.allow,
-        }
-    }
+/// Every pair of tries a policy writes, in the order entries go in.
+const ALL_TRIES: [Tries; 3] = [Tries::Block, Tries::ShadowBlock, Tries::Allow];
 
-    fn flags(&self, kind: ListKind) -> u8 {
-        if kind == ListKind::Block && self.shadow_blocks {
-            LIST_FLAG_SHADOW
-        } else {
-            0
+impl Desired {
+    /// The entries this policy puts in `tries`: its blocks go to the shadow
+    /// tries when it is a shadow policy.
+    fn entries(&self, tries: Tries) -> &BTreeSet<Cidr> {
+        static NONE: BTreeSet<Cidr> = BTreeSet::new();
+        match tries {
+            Tries::Block if !self.shadow_blocks => &self.block,
+            Tries::ShadowBlock if self.shadow_blocks => &self.block,
+            Tries::Allow => &self.allow,
+            Tries::Block | Tries::ShadowBlock => &NONE,
         }
     }
 }
@@ -75,7 +74,8 @@ impl Desired {
 /// policy leaves behind falls back to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldEntry {
-    pub kind: ListKind,
+    /// `Tries::Allow` or `Tries::Block`.
+    pub kind: Tries,
     pub cidr: Cidr,
     /// `ORIGIN_CLI`, `ORIGIN_AUTO` or `ORIGIN_CROWDSEC`.
     pub origin: u8,
@@ -91,6 +91,9 @@ pub struct HeldEntry {
 pub struct Change {
     pub block_added: Vec<String>,
     pub block_removed: Vec<String>,
+    /// Blocks of a shadow policy: counted, never enforced.
+    pub shadow_block_added: Vec<String>,
+    pub shadow_block_removed: Vec<String>,
     pub allow_added: Vec<String>,
     pub allow_removed: Vec<String>,
     /// Rules created or changed (`tcp/25`, `default`).
@@ -110,9 +113,11 @@ impl Change {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "block +{} -{}, allow +{} -{}, rules set {} removed {}, settings {}",
+            "block +{} -{}, shadow block +{} -{}, allow +{} -{}, rules set {} removed {}, settings {}",
             self.block_added.len(),
             self.block_removed.len(),
+            self.shadow_block_added.len(),
+            self.shadow_block_removed.len(),
             self.allow_added.len(),
             self.allow_removed.len(),
             self.rules_set.len(),
@@ -137,18 +142,16 @@ pub fn plan(current: Option<&Desired>, next: &Desired, config: &filter_common::C
     let empty = Desired::default();
     let current = current.unwrap_or(&empty);
     let mut change = Change::default();
-    for kind in [ListKind::Block, ListKind::Allow] {
-        let (old, new) = (current.entries(kind), next.entries(kind));
-        let flags_changed = current.flags(kind) != next.flags(kind);
-        let added: Vec<String> = new
-            .iter()
-            .filter(|c| flags_changed || !old.contains(c))
-            .map(ToString::to_string)
-            .collect();
+    for tries in ALL_TRIES {
+        let (old, new) = (current.entries(tries), next.entries(tries));
+        let added: Vec<String> = new.difference(old).map(ToString::to_string).collect();
         let removed: Vec<String> = old.difference(new).map(ToString::to_string).collect();
-        match kind {
-            ListKind::Block => (change.block_added, change.block_removed) = (added, removed),
-            ListKind::Allow => (change.allow_added, change.allow_removed) = (added, removed),
+        match tries {
+            Tries::Block => (change.block_added, change.block_removed) = (added, removed),
+            Tries::ShadowBlock => {
+                (change.shadow_block_added, change.shadow_block_removed) = (added, removed);
+            }
+            Tries::Allow => (change.allow_added, change.allow_removed) = (added, removed),
         }
     }
     change.rules_set = next
@@ -200,10 +203,10 @@ pub fn apply(
     let change = plan(Some(current), next, &filter.config()?);
 
     // (1) Add, remembering what each write replaced.
-    let mut undo: Vec<(ListKind, Replaced)> = Vec::new();
-    for kind in [ListKind::Block, ListKind::Allow] {
-        match add_entries(filter, kind, current, next) {
-            Ok(replaced) => undo.push((kind, replaced)),
+    let mut undo: Vec<(Tries, Replaced)> = Vec::new();
+    for tries in ALL_TRIES {
+        match add_entries(filter, tries, current, next) {
+            Ok(replaced) => undo.push((tries, replaced)),
             Err(error) => {
                 for (kind, replaced) in &undo {
                     let _ = restore(filter, *kind, replaced);
@@ -253,8 +256,8 @@ pub fn apply(
     }
 
     // (4) Entries only the old version had.
-    for kind in [ListKind::Block, ListKind::Allow] {
-        remove_entries(filter, kind, current, next, held).map_err(after_entries)?;
+    for tries in ALL_TRIES {
+        remove_entries(filter, tries, current, next, held).map_err(after_entries)?;
     }
     Ok(change)
 }
@@ -276,50 +279,34 @@ fn remove_rule(filter: &Filter, target: Target) -> anyhow::Result<()> {
 /// Entries a write replaced: each prefix with what it held before.
 type Replaced = Vec<(Cidr, Option<ListEntry>)>;
 
-/// The kernel value of a policy entry for `cidr`.
-fn policy_entry(cidr: &Cidr, flags: u8) -> ListEntry {
+/// The kernel value of a policy entry for `cidr`: permanent.
+fn policy_entry(cidr: &Cidr) -> ListEntry {
     ListEntry {
         expires_at_ns: 0,
         prefix_len: cidr.prefix(),
         origin: ORIGIN_POLICY,
-        flags,
         ..ListEntry::default()
     }
 }
 
-/// Writes `next`'s entries that `current` lacks (or has with other flags).
-/// A shadow entry never replaces an enforced live entry. Returns what each
-/// write replaced.
+/// Writes `next`'s entries of `tries` that `current` lacks. Returns what
+/// each write replaced.
 fn add_entries(
     filter: &Filter,
-    kind: ListKind,
+    tries: Tries,
     current: &Desired,
     next: &Desired,
 ) -> anyhow::Result<Replaced> {
-    let flags = next.flags(kind);
-    let flags_changed = current.flags(kind) != flags;
     let wanted: Vec<Cidr> = next
-        .entries(kind)
-        .iter()
-        .filter(|c| flags_changed || !current.entries(kind).contains(c))
+        .entries(tries)
+        .difference(current.entries(tries))
         .copied()
         .collect();
-    let existing = filter.lookup_entries(kind, &wanted)?;
-    let now = clock::monotonic_ns();
-    let mut writes = Vec::with_capacity(wanted.len());
-    let mut replaced = Vec::with_capacity(wanted.len());
-    for (cidr, old) in wanted.iter().zip(existing) {
-        let live_enforced = old.is_some_and(|o| {
-            o.origin != ORIGIN_POLICY && o.flags & LIST_FLAG_SHADOW == 0 && o.is_active(now)
-        });
-        if flags & LIST_FLAG_SHADOW != 0 && live_enforced {
-            continue;
-        }
-        writes.push((*cidr, policy_entry(cidr, flags)));
-        replaced.push((*cidr, old));
-    }
-    if let Err(error) = filter.write_entries(kind, &writes) {
-        let _ = restore(filter, kind, &replaced);
+    let existing = filter.lookup_entries(tries, &wanted)?;
+    let writes: Vec<(Cidr, ListEntry)> = wanted.iter().map(|c| (*c, policy_entry(c))).collect();
+    let replaced: Replaced = wanted.iter().copied().zip(existing).collect();
+    if let Err(error) = filter.write_entries(tries, &writes) {
+        let _ = restore(filter, tries, &replaced);
         return Err(error);
     }
     Ok(replaced)
@@ -328,7 +315,7 @@ fn add_entries(
 /// Puts back what [`add_entries`] replaced.
 fn restore(
     filter: &Filter,
-    kind: ListKind,
+    kind: Tries,
     replaced: &[(Cidr, Option<ListEntry>)],
 ) -> anyhow::Result<()> {
     let (rewrite, delete): (Vec<_>, Vec<_>) = replaced.iter().partition(|(_, old)| old.is_some());
@@ -346,7 +333,7 @@ fn restore(
 /// written back instead.
 fn remove_entries(
     filter: &Filter,
-    kind: ListKind,
+    kind: Tries,
     current: &Desired,
     next: &Desired,
     held: &[HeldEntry],

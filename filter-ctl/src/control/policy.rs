@@ -20,7 +20,7 @@ use super::apply::{self, Change, Desired, HeldEntry};
 use crate::{
     clock,
     error::Error,
-    maps::{Filter, ListKind},
+    maps::{Filter, ListKind, Tries},
     spec::{
         cidr::Cidr,
         policy::{self, FileError, LoadedPolicy, Ownership},
@@ -98,7 +98,7 @@ pub fn held_entries(live: &[LiveEntry]) -> Vec<HeldEntry> {
                 }
             };
             Some(HeldEntry {
-                kind: list_kind(e.list),
+                kind: list_kind(e.list).into(),
                 cidr: e.cidr,
                 origin: kernel_origin(e.origin),
                 expires_at_ns,
@@ -339,9 +339,10 @@ pub fn restore(filter: &Filter, state: &StateDir) -> anyhow::Result<String> {
     // where the policy has nothing.
     let held = held_entries(&live);
     for kind in [ListKind::Block, ListKind::Allow] {
-        let mine: Vec<&HeldEntry> = held.iter().filter(|h| h.kind == kind).collect();
+        let tries = Tries::from(kind);
+        let mine: Vec<&HeldEntry> = held.iter().filter(|h| h.kind == tries).collect();
         let cidrs: Vec<Cidr> = mine.iter().map(|h| h.cidr).collect();
-        let existing = filter.lookup_entries(kind, &cidrs)?;
+        let existing = filter.lookup_entries(tries, &cidrs)?;
         let writes: Vec<(Cidr, ListEntry)> = mine
             .iter()
             .zip(existing)
@@ -360,7 +361,7 @@ pub fn restore(filter: &Filter, state: &StateDir) -> anyhow::Result<String> {
             })
             .collect();
         filter
-            .write_entries(kind, &writes)
+            .write_entries(tries, &writes)
             .with_context(|| format!("restoring the {}", kind.name()))?;
     }
     let summary = format!(

@@ -17,13 +17,12 @@ use aya::{
     },
 };
 use filter_common::{
-    Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC,
-    ORIGIN_POLICY, maps,
+    Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY,
 };
 use serde::Serialize;
 
 use super::{
-    Filter, ListKind, batch,
+    Filter, ListKind, Tries, batch,
     journal::{Journal, Record},
     rules::RuleTable,
 };
@@ -349,26 +348,53 @@ impl Filter {
     }
 
     fn write_allow_counts(&self, v4: u32, v6: u32) -> anyhow::Result<()> {
+        self.write_counts(Tries::Allow, v4, v6)
+    }
+
+    /// Writes the program's entry counts of `tries` (allowlist, shadow
+    /// blocklist: 0 lets it skip the lookup); the blocklist has none.
+    fn write_counts(&self, tries: Tries, v4: u32, v6: u32) -> anyhow::Result<()> {
+        if tries == Tries::Block {
+            return Ok(());
+        }
         self.update_config(|config| {
-            config.allow_v4_entries = v4;
-            config.allow_v6_entries = v6;
+            if tries == Tries::Allow {
+                (config.allow_v4_entries, config.allow_v6_entries) = (v4, v6);
+            } else {
+                (config.shadow_v4_entries, config.shadow_v6_entries) = (v4, v6);
+            }
             Ok(())
         })
         .map(drop)
     }
 
-    /// Tells the program how many allowlist entries there are (0 lets it
-    /// skip the lookup). Called after every allowlist edit, under the edit lock.
+    /// Tells the program how many allowlist entries there are.
     fn sync_allow_counts(&self) -> anyhow::Result<()> {
-        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(maps::ALLOW_V4)?;
-        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(maps::ALLOW_V6)?;
+        self.sync_counts(Tries::Allow)
+    }
+
+    /// Tells the program how many entries `tries` hold (see
+    /// [`Self::write_counts`]). Called after every edit of them, under the
+    /// edit lock.
+    fn sync_counts(&self, tries: Tries) -> anyhow::Result<()> {
+        if tries == Tries::Block {
+            return Ok(());
+        }
+        let (v4_name, v6_name) = tries.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        self.write_allow_counts(count(v4.keys().count()), count(v6.keys().count()))
+        self.write_counts(tries, count(v4.keys().count()), count(v6.keys().count()))
     }
 
     /// Every entry, expired ones included, as stored.
     pub fn list_entries_raw(&self, kind: ListKind) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
-        let (v4_name, v6_name) = kind.map_names();
+        self.entries_raw(kind.into())
+    }
+
+    /// Every entry of `tries`, expired ones included, as stored.
+    pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        let (v4_name, v6_name) = tries.map_names();
         let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let mut out = Vec::new();
@@ -386,17 +412,29 @@ impl Filter {
         Ok(out)
     }
 
-    /// Active entries with their remaining time.
+    /// Active entries with their remaining time (for the blocklist, the
+    /// shadow policy's blocks too, marked `shadow`).
     pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<ListedEntry>> {
         let now = clock::monotonic_ns();
-        Ok(self
+        let mut entries: Vec<(Cidr, ListEntry, bool)> = self
             .list_entries_raw(kind)?
             .into_iter()
-            .filter(|(_, e)| e.origin != ORIGIN_AUTO && e.is_active(now))
-            .map(|(cidr, e)| ListedEntry {
+            .map(|(c, e)| (c, e, false))
+            .collect();
+        if kind == ListKind::Block {
+            entries.extend(
+                self.entries_raw(Tries::ShadowBlock)?
+                    .into_iter()
+                    .map(|(c, e)| (c, e, true)),
+            );
+        }
+        Ok(entries
+            .into_iter()
+            .filter(|(_, e, _)| e.origin != ORIGIN_AUTO && e.is_active(now))
+            .map(|(cidr, e, shadow)| ListedEntry {
                 cidr: cidr.to_string(),
                 origin: origin_name(e.origin),
-                shadow: e.flags & LIST_FLAG_SHADOW != 0,
+                shadow,
                 expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
             })
             .collect())
@@ -539,26 +577,26 @@ impl Filter {
     /// Writes these entries exactly as given (a policy apply, a restore),
     /// in batches, without reading the lists. Not journaled: the caller
     /// knows what it replaced and undoes it on failure.
-    pub fn write_entries(
-        &self,
-        kind: ListKind,
-        entries: &[(Cidr, ListEntry)],
-    ) -> anyhow::Result<()> {
+    pub fn write_entries(&self, tries: Tries, entries: &[(Cidr, ListEntry)]) -> anyhow::Result<()> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         if entries.is_empty() {
             return Ok(());
         }
-        let (v4_name, v6_name) = kind.map_names();
+        let (v4_name, v6_name) = tries.map_names();
         let (v4, v6) = split_families(entries);
-        if kind == ListKind::Allow {
-            // Raise the counts first: the program must not skip a non-empty allowlist.
-            let (v4_count, v6_count) = self.allow_counts()?;
-            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            self.write_allow_counts(
-                v4_count.saturating_add(count(v4.keys.len())),
-                v6_count.saturating_add(count(v6.keys.len())),
-            )?;
-        }
+        // Raise the counts first: the program must not skip non-empty tries.
+        let config = self.config()?;
+        let (v4_count, v6_count) = match tries {
+            Tries::Allow => (config.allow_v4_entries, config.allow_v6_entries),
+            Tries::ShadowBlock => (config.shadow_v4_entries, config.shadow_v6_entries),
+            Tries::Block => (0, 0),
+        };
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.write_counts(
+            tries,
+            v4_count.saturating_add(count(v4.keys.len())),
+            v6_count.saturating_add(count(v6.keys.len())),
+        )?;
         let result = self
             .write_family(
                 v4_name,
@@ -576,20 +614,18 @@ impl Filter {
                     },
                 )
             });
-        if kind == ListKind::Allow {
-            self.sync_allow_counts()?;
-        }
+        self.sync_counts(tries)?;
         result
     }
 
     /// Deletes these prefixes where present (absent ones are skipped), in
     /// batches, without reading the lists.
-    pub fn delete_entries(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
+    pub fn delete_entries(&self, tries: Tries, cidrs: &[Cidr]) -> anyhow::Result<()> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         if cidrs.is_empty() {
             return Ok(());
         }
-        let (v4_name, v6_name) = kind.map_names();
+        let (v4_name, v6_name) = tries.map_names();
         let pairs: Vec<(Cidr, ListEntry)> =
             cidrs.iter().map(|c| (*c, ListEntry::default())).collect();
         let (v4, v6) = split_families(&pairs);
@@ -597,20 +633,17 @@ impl Filter {
             .with_context(|| format!("deleting from {v4_name}"))?;
         batch::delete(&self.map_data(v6_name)?, &v6.keys)
             .with_context(|| format!("deleting from {v6_name}"))?;
-        if kind == ListKind::Allow {
-            self.sync_allow_counts()?;
-        }
-        Ok(())
+        self.sync_counts(tries)
     }
 
     /// The stored entry at each exact prefix (not the longest match), by
     /// point lookups: never a walk of the list.
     pub fn lookup_entries(
         &self,
-        kind: ListKind,
+        tries: Tries,
         cidrs: &[Cidr],
     ) -> anyhow::Result<Vec<Option<ListEntry>>> {
-        let (v4_name, v6_name) = kind.map_names();
+        let (v4_name, v6_name) = tries.map_names();
         let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         cidrs
@@ -656,7 +689,7 @@ pub const fn origin_name(origin: u8) -> &'static str {
 /// Whether `new` keeps a source listed at least as long as `old` does and
 /// would change something (a permanent entry re-added permanently does not).
 fn lasts_longer(new: &ListEntry, old: &ListEntry) -> bool {
-    if old.origin == ORIGIN_POLICY && old.flags & LIST_FLAG_SHADOW == 0 {
+    if old.origin == ORIGIN_POLICY {
         // The policy's entries are permanent and stay the policy's: a live
         // edit of the same prefix is kept in the state, and takes over if a
         // later policy drops the prefix.

@@ -60,6 +60,8 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::ALLOW_V6, caps.list)
         .map_max_entries(maps::BLOCK_V4, caps.list)
         .map_max_entries(maps::BLOCK_V6, caps.list)
+        .map_max_entries(maps::SHADOW_BLOCK_V4, caps.list)
+        .map_max_entries(maps::SHADOW_BLOCK_V6, caps.list)
         .map_max_entries(maps::BUCKETS, caps.buckets)
         .load(EBPF_OBJECT)
         .map_err(|e| load_hint(e, &maps_dir))?;
@@ -299,6 +301,8 @@ pub fn capacity_mismatches(
         (maps::ALLOW_V6, list),
         (maps::BLOCK_V4, list),
         (maps::BLOCK_V6, list),
+        (maps::SHADOW_BLOCK_V4, list),
+        (maps::SHADOW_BLOCK_V6, list),
         (maps::BUCKETS, buckets),
     ];
     for (name, asked) in wanted {

@@ -33,9 +33,43 @@ pub use crate::spec::listfile::ListKind;
 
 impl ListKind {
     pub(crate) fn map_names(self) -> (&'static str, &'static str) {
+        Tries::from(self).map_names()
+    }
+}
+
+/// The pair of tries (IPv4, IPv6) list entries live in: the two lists, and
+/// the blocks of a shadow policy, which the program counts and never enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tries {
+    Allow,
+    Block,
+    ShadowBlock,
+}
+
+impl Tries {
+    pub(crate) fn map_names(self) -> (&'static str, &'static str) {
         match self {
             Self::Allow => (maps::ALLOW_V4, maps::ALLOW_V6),
             Self::Block => (maps::BLOCK_V4, maps::BLOCK_V6),
+            Self::ShadowBlock => (maps::SHADOW_BLOCK_V4, maps::SHADOW_BLOCK_V6),
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allowlist",
+            Self::Block => "blocklist",
+            Self::ShadowBlock => "shadow blocklist",
+        }
+    }
+}
+
+impl From<ListKind> for Tries {
+    fn from(kind: ListKind) -> Self {
+        match kind {
+            ListKind::Allow => Self::Allow,
+            ListKind::Block => Self::Block,
         }
     }
 }
