@@ -71,7 +71,11 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .try_into()
         .context("program is not XDP")?;
     program.load().map_err(|e| {
-        if is_permission(os_errno(&e)) {
+        // As root, EACCES is the verifier's refusal (its log says why), not
+        // a missing privilege.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if is_permission(os_errno(&e)) && !root {
             return anyhow::Error::new(Error::Permission(
                 "loading the XDP program was not permitted: filter-ctl needs root (CAP_BPF, CAP_NET_ADMIN)".into(),
             ));
