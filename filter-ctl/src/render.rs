@@ -99,9 +99,9 @@ pub fn stats(stats: &Stats, json: bool) -> anyhow::Result<()> {
         return print_json(stats, false);
     }
     let mut out = io::stdout().lock();
-    writeln!(out, "{:<12} {:>14} {:>16}", "reason", "packets", "bytes")?;
+    writeln!(out, "{:<18} {:>14} {:>16}", "reason", "packets", "bytes")?;
     for (name, c) in &stats.reasons {
-        writeln!(out, "{name:<12} {:>14} {:>16}", c.packets, c.bytes)?;
+        writeln!(out, "{name:<18} {:>14} {:>16}", c.packets, c.bytes)?;
     }
     writeln!(out)?;
     for (name, value) in &stats.tables {
@@ -373,6 +373,8 @@ pub fn policy_diff(
     for (sign, title, items) in [
         ("+", "block", &change.block_added),
         ("-", "block", &change.block_removed),
+        ("+", "shadow block", &change.shadow_block_added),
+        ("-", "shadow block", &change.shadow_block_removed),
         ("+", "allow", &change.allow_added),
         ("-", "allow", &change.allow_removed),
         ("+", "rule", &change.rules_set),
@@ -380,12 +382,12 @@ pub fn policy_diff(
         ("~", "setting", &change.settings),
     ] {
         for item in items.iter().take(DIFF_SHOWN) {
-            writeln!(out, "{sign} {title:<8} {item}")?;
+            writeln!(out, "{sign} {title:<12} {item}")?;
         }
         if items.len() > DIFF_SHOWN {
             writeln!(
                 out,
-                "{sign} {title:<8} ... and {} more",
+                "{sign} {title:<12} ... and {} more",
                 items.len() - DIFF_SHOWN
             )?;
         }

@@ -167,20 +167,26 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     let live = LiveState::load(&state, options.discard_corrupt_state).map_err(|e| {
         e.context("reading the live state; pass --discard-corrupt-state to move a corrupt file aside and start without it")
     })?;
-    let history_ok = policy::active_desired(&PolicyStore::new(&state));
-    if let Err(err) = history_ok {
-        return Err(err.context("reading the active policy from the state directory"));
+    let policies = PolicyStore::new(&state);
+    let active = match policies.active() {
+        Ok(Some(entry)) => Some(policy::load_version(&policies, &entry.version)),
+        Ok(None) => None,
+        Err(err) => Some(Err(err)),
     }
+    .transpose()
+    .context("reading the active policy from the state directory")?;
     let loaded = options
         .policy
         .as_deref()
         .map(policy::load_file)
         .transpose()?;
+    // Interfaces and mode: the options', else the --policy file's, else the
+    // active policy's (a `run` after a reboot comes back as it was).
+    let from_policy = loaded.as_ref().or(active.as_ref()).map(|l| &l.policy);
     let mut ifaces = options.ifaces.clone();
     if ifaces.is_empty() {
-        ifaces = loaded
-            .as_ref()
-            .map(|l| l.policy.interfaces.clone())
+        ifaces = from_policy
+            .map(|p| p.interfaces.clone())
             .unwrap_or_default();
     }
     if ifaces.is_empty() {
@@ -192,7 +198,7 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
     }
     let mode = options
         .mode
-        .or_else(|| loaded.as_ref().and_then(|l| l.policy.mode))
+        .or_else(|| from_policy.and_then(|p| p.mode))
         .unwrap_or(Mode::Auto);
 
     pins::ensure_bpffs_mounted()?;

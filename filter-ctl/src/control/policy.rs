@@ -364,6 +364,9 @@ pub fn restore(filter: &Filter, state: &StateDir) -> anyhow::Result<String> {
             .write_entries(tries, &writes)
             .with_context(|| format!("restoring the {}", kind.name()))?;
     }
+    if held.is_empty() && restored_policy.is_none() {
+        return Ok("nothing to restore".into());
+    }
     let summary = format!(
         "restored {} live entries and {}",
         held.len(),
