@@ -202,17 +202,23 @@ pub fn apply(
     let current = current.unwrap_or(&empty);
     let change = plan(Some(current), next, &filter.config()?);
 
-    // (1) Add, remembering what each write replaced.
-    let mut undo: Vec<(Tries, Replaced)> = Vec::new();
+    // (1) Add. Without reading the maps: what a policy entry can replace
+    // is a live entry, and the state holds those (`held`).
+    let mut added: Vec<(Tries, Vec<Cidr>)> = Vec::new();
     for tries in ALL_TRIES {
-        match add_entries(filter, tries, current, next) {
-            Ok(replaced) => undo.push((tries, replaced)),
-            Err(error) => {
-                for (kind, replaced) in &undo {
-                    let _ = restore(filter, *kind, replaced);
-                }
-                return Err(error.context("adding the policy's entries; nothing was changed"));
+        let wanted: Vec<Cidr> = next
+            .entries(tries)
+            .difference(current.entries(tries))
+            .copied()
+            .collect();
+        let writes: Vec<(Cidr, ListEntry)> = wanted.iter().map(|c| (*c, policy_entry(c))).collect();
+        let result = filter.write_entries(tries, &writes);
+        added.push((tries, wanted));
+        if let Err(error) = result {
+            for (tries, cidrs) in &added {
+                let _ = fall_back(filter, *tries, cidrs, held);
             }
+            return Err(error.context("adding the policy's entries; nothing was changed"));
         }
     }
 
@@ -257,7 +263,12 @@ pub fn apply(
 
     // (4) Entries only the old version had.
     for tries in ALL_TRIES {
-        remove_entries(filter, tries, current, next, held).map_err(after_entries)?;
+        let gone: Vec<Cidr> = current
+            .entries(tries)
+            .difference(next.entries(tries))
+            .copied()
+            .collect();
+        fall_back(filter, tries, &gone, held).map_err(after_entries)?;
     }
     Ok(change)
 }
@@ -276,9 +287,6 @@ fn remove_rule(filter: &Filter, target: Target) -> anyhow::Result<()> {
     }
 }
 
-/// Entries a write replaced: each prefix with what it held before.
-type Replaced = Vec<(Cidr, Option<ListEntry>)>;
-
 /// The kernel value of a policy entry for `cidr`: permanent.
 fn policy_entry(cidr: &Cidr) -> ListEntry {
     ListEntry {
@@ -289,76 +297,29 @@ fn policy_entry(cidr: &Cidr) -> ListEntry {
     }
 }
 
-/// Writes `next`'s entries of `tries` that `current` lacks. Returns what
-/// each write replaced.
-fn add_entries(
+/// Gives each of `cidrs` back to the live entry held for it (a CLI edit, an
+/// automatic block, a `CrowdSec` decision still in force), or deletes it.
+/// Never reads the maps: while a policy holds a prefix, the kernel entry is
+/// the policy's (a live edit never takes over a policy entry, and automatic
+/// blocks never replace an entry).
+fn fall_back(
     filter: &Filter,
     tries: Tries,
-    current: &Desired,
-    next: &Desired,
-) -> anyhow::Result<Replaced> {
-    let wanted: Vec<Cidr> = next
-        .entries(tries)
-        .difference(current.entries(tries))
-        .copied()
-        .collect();
-    let existing = filter.lookup_entries(tries, &wanted)?;
-    let writes: Vec<(Cidr, ListEntry)> = wanted.iter().map(|c| (*c, policy_entry(c))).collect();
-    let replaced: Replaced = wanted.iter().copied().zip(existing).collect();
-    if let Err(error) = filter.write_entries(tries, &writes) {
-        let _ = restore(filter, tries, &replaced);
-        return Err(error);
-    }
-    Ok(replaced)
-}
-
-/// Puts back what [`add_entries`] replaced.
-fn restore(
-    filter: &Filter,
-    kind: Tries,
-    replaced: &[(Cidr, Option<ListEntry>)],
-) -> anyhow::Result<()> {
-    let (rewrite, delete): (Vec<_>, Vec<_>) = replaced.iter().partition(|(_, old)| old.is_some());
-    let rewrite: Vec<(Cidr, ListEntry)> = rewrite
-        .into_iter()
-        .filter_map(|&(c, old)| old.map(|o| (c, o)))
-        .collect();
-    let delete: Vec<Cidr> = delete.into_iter().map(|&(c, _)| c).collect();
-    filter.write_entries(kind, &rewrite)?;
-    filter.delete_entries(kind, &delete)
-}
-
-/// Takes out `current`'s entries that `next` lacks, where the kernel still
-/// holds them as policy entries: a held live entry for the prefix is
-/// written back instead.
-fn remove_entries(
-    filter: &Filter,
-    kind: Tries,
-    current: &Desired,
-    next: &Desired,
+    cidrs: &[Cidr],
     held: &[HeldEntry],
 ) -> anyhow::Result<()> {
-    let gone: Vec<Cidr> = current
-        .entries(kind)
-        .difference(next.entries(kind))
-        .copied()
-        .collect();
-    if gone.is_empty() {
+    if cidrs.is_empty() {
         return Ok(());
     }
     let held: HashMap<Cidr, &HeldEntry> = held
         .iter()
-        .filter(|h| h.kind == kind)
+        .filter(|h| h.kind == tries)
         .map(|h| (h.cidr, h))
         .collect();
-    let existing = filter.lookup_entries(kind, &gone)?;
     let now = clock::monotonic_ns();
     let mut rewrite = Vec::new();
     let mut delete = Vec::new();
-    for (cidr, old) in gone.iter().zip(existing) {
-        if old.is_none_or(|o| o.origin != ORIGIN_POLICY) {
-            continue;
-        }
+    for cidr in cidrs {
         match held.get(cidr) {
             Some(h) if h.expires_at_ns == 0 || h.expires_at_ns > now => rewrite.push((
                 *cidr,
@@ -373,8 +334,8 @@ fn remove_entries(
             _ => delete.push(*cidr),
         }
     }
-    filter.write_entries(kind, &rewrite)?;
-    filter.delete_entries(kind, &delete)
+    filter.write_entries(tries, &rewrite)?;
+    filter.delete_entries(tries, &delete)
 }
 
 impl From<&Policy> for Desired {
