@@ -63,13 +63,13 @@ pub struct ListCounts {
     pub block_v6: u64,
 }
 
-/// What a sweep did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a sweep's walk found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sweep {
-    /// Expired entries deleted.
-    pub removed: usize,
-    /// Active entries left.
+    /// Active entries per list.
     pub counts: ListCounts,
+    /// Expired entries per list, for [`Filter::remove_expired`].
+    pub expired: Vec<(ListKind, Vec<Cidr>)>,
 }
 
 /// One allow/block entry as listed.
@@ -128,29 +128,22 @@ impl Filter {
     ) -> anyhow::Result<InsertReport> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         let (v4_name, v6_name) = kind.map_names();
-        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
-        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let now = clock::monotonic_ns();
         let expires_at_ns = clock::expiry_from_now(ttl);
         let mut sorted = cidrs.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let existing4 = existing(&v4, v4_name)?;
-        let existing6 = existing(&v6, v6_name)?;
+        let before = self.stored_at(kind, &sorted)?;
         let mut report = InsertReport::default();
         let mut writes4 = FamilyWrites::default();
         let mut writes6 = FamilyWrites::default();
         let mut records = Vec::new();
-        for cidr in &sorted {
+        for (cidr, previous) in sorted.iter().zip(before) {
             let new = ListEntry {
                 expires_at_ns,
                 prefix_len: cidr.prefix(),
                 origin: ORIGIN_CLI,
                 ..ListEntry::default()
-            };
-            let previous = match *cidr {
-                Cidr::V4 { addr, prefix } => existing4.get(&(u32::from(prefix), addr)).copied(),
-                Cidr::V6 { addr, prefix } => existing6.get(&(u32::from(prefix), addr)).copied(),
             };
             let active = previous.filter(|p| p.is_active(now));
             match active {
@@ -178,21 +171,6 @@ impl Filter {
                 }
             }
         }
-        for (name, family, existing, count) in [
-            (v4_name, "IPv4", existing4.len(), count_new(&records, 4)),
-            (v6_name, "IPv6", existing6.len(), count_new(&records, 6)),
-        ] {
-            let capacity = self.map_data(name)?.info().context("reading map info")?;
-            let capacity = capacity.max_entries() as usize;
-            if existing + count > capacity {
-                return Err(Error::MapFull(format!(
-                    "the {} has room for {} more {family} entries, not {count}; nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
-                    kind.name(),
-                    capacity.saturating_sub(existing)
-                ))
-                .into());
-            }
-        }
         if records.is_empty() {
             return Ok(report);
         }
@@ -210,6 +188,21 @@ impl Filter {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
             journal.finish()?;
+            if error
+                .downcast_ref::<Error>()
+                .is_some_and(|e| matches!(e, Error::MapFull(_)))
+            {
+                // The kernel refuses a new entry once the trie is full: the
+                // capacity is known without counting the entries.
+                return Err(Error::MapFull(format!(
+                    "the {} has no room for {} new IPv4 and {} new IPv6 entries (capacity {} per family); nothing from this command was applied. Remove entries, or recreate the filter with a larger --list-capacity",
+                    kind.name(),
+                    count_new(&records, 4),
+                    count_new(&records, 6),
+                    self.map_data(v4_name)?.info().map_or(0, |i| i.max_entries()),
+                ))
+                .into());
+            }
             return Err(error.context(format!(
                 "adding entries to the {}; nothing from this command was applied",
                 kind.name()
@@ -284,10 +277,15 @@ impl Filter {
     /// absent. Journaled like inserts.
     pub fn list_remove(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<()> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
-        let present: HashMap<Cidr, ListEntry> = self.list_entries_raw(kind)?.into_iter().collect();
         let mut sorted = cidrs.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
+        let present: HashMap<Cidr, ListEntry> = sorted
+            .iter()
+            .copied()
+            .zip(self.stored_at(kind, &sorted)?)
+            .filter_map(|(c, e)| e.map(|e| (c, e)))
+            .collect();
         if let Some(missing) = sorted.iter().find(|c| !present.contains_key(c)) {
             return Err(Error::NotFound(format!(
                 "{missing} is not on the {}; nothing was removed",
@@ -440,12 +438,13 @@ impl Filter {
             .collect())
     }
 
-    /// Deletes expired list entries (the kernel already ignores them).
-    /// Returns how many, and how many entries each list holds afterwards
-    /// (the walk is done anyway: the counts come free with it).
-    pub fn sweep_expired(&self) -> anyhow::Result<Sweep> {
+    /// Walks the lists without the edit lock: how many active entries each
+    /// holds, and the expired ones (the kernel already ignores them), for
+    /// [`Self::remove_expired`].
+    pub fn sweep_scan(&self) -> anyhow::Result<Sweep> {
         let now = clock::monotonic_ns();
-        let mut sweep = Sweep::default();
+        let mut counts = ListCounts::default();
+        let mut expired_by_kind = Vec::new();
         for kind in [ListKind::Allow, ListKind::Block] {
             let (expired, active): (Entries, Entries) = self
                 .list_entries_raw(kind)?
@@ -457,16 +456,36 @@ impl Filter {
                 .count() as u64;
             let v6 = active.len() as u64 - v4;
             match kind {
-                ListKind::Allow => (sweep.counts.allow_v4, sweep.counts.allow_v6) = (v4, v6),
-                ListKind::Block => (sweep.counts.block_v4, sweep.counts.block_v6) = (v4, v6),
+                ListKind::Allow => (counts.allow_v4, counts.allow_v6) = (v4, v6),
+                ListKind::Block => (counts.block_v4, counts.block_v6) = (v4, v6),
             }
             if !expired.is_empty() {
-                sweep.removed += expired.len();
-                let expired: Vec<Cidr> = expired.into_iter().map(|(c, _)| c).collect();
-                self.list_remove(kind, &expired)?;
+                expired_by_kind.push((kind, expired.into_iter().map(|(c, _)| c).collect()));
             }
         }
-        Ok(sweep)
+        Ok(Sweep {
+            counts,
+            expired: expired_by_kind,
+        })
+    }
+
+    /// Deletes those of `cidrs` that are still expired (an edit since the
+    /// scan may have listed one again). Needs the edit lock; reads only the
+    /// named entries. Returns how many it deleted.
+    pub fn remove_expired(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<usize> {
+        debug_assert!(self.is_editing(), "list edits need the edit lock");
+        let now = clock::monotonic_ns();
+        let still: Vec<Cidr> = cidrs
+            .iter()
+            .copied()
+            .zip(self.lookup_entries(kind.into(), cidrs)?)
+            .filter(|(_, e)| e.is_some_and(|e| !e.is_active(now)))
+            .map(|(c, _)| c)
+            .collect();
+        if !still.is_empty() {
+            self.list_remove(kind, &still)?;
+        }
+        Ok(still.len())
     }
 
     /// Active automatic blocks (blocklist entries added by the program).
@@ -492,36 +511,35 @@ impl Filter {
     /// token is neither listed nor automatically blocked. Returns the entries
     /// removed.
     pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Vec<Cidr>> {
-        let entries = self.list_entries_raw(ListKind::Block)?;
-        let listed: HashSet<Cidr> = entries.iter().map(|(c, _)| *c).collect();
-        let auto_blocked: HashSet<Cidr> = {
-            let now = clock::monotonic_ns();
-            entries
-                .iter()
-                .filter(|(_, e)| e.origin == ORIGIN_AUTO && e.is_active(now))
-                .map(|(c, _)| *c)
-                .collect()
-        };
-        let from_policy: HashSet<Cidr> = entries
+        // Point lookups of the named prefixes and of their automatic-block
+        // prefixes: an edit never reads the whole list.
+        let config = self.config()?;
+        let autos: Vec<Cidr> = cidrs.iter().map(|c| autoblock_prefix(c, &config)).collect();
+        let listed = self.lookup_entries(Tries::Block, cidrs)?;
+        let auto_entries = self.lookup_entries(Tries::Block, &autos)?;
+        let now = clock::monotonic_ns();
+        if let Some((cidr, _)) = cidrs
             .iter()
-            .filter(|(_, e)| e.origin == ORIGIN_POLICY)
-            .map(|(c, _)| *c)
-            .collect();
-        if let Some(cidr) = cidrs.iter().find(|c| from_policy.contains(c)) {
+            .zip(&listed)
+            .find(|(_, e)| e.is_some_and(|e| e.origin == ORIGIN_POLICY))
+        {
             return Err(Error::BadInput(format!(
                 "{cidr} is on the blocklist because the applied policy lists it; nothing was changed. Remove it from the policy file and run `filter-ctl policy apply FILE` (see `filter-ctl policy show`)"
             ))
             .into());
         }
-        let config = self.config()?;
         let mut remove: Vec<Cidr> = Vec::new();
         let mut seen = HashSet::new();
-        for cidr in cidrs {
-            let auto = autoblock_prefix(cidr, &config);
-            let auto_active = auto_blocked.contains(&auto);
+        for ((cidr, entry), (auto, auto_entry)) in cidrs
+            .iter()
+            .zip(&listed)
+            .zip(autos.iter().zip(&auto_entries))
+        {
+            let auto_active =
+                auto_entry.is_some_and(|e| e.origin == ORIGIN_AUTO && e.is_active(now));
             let hits = [
-                listed.contains(cidr).then_some(*cidr),
-                auto_active.then_some(auto),
+                entry.is_some().then_some(*cidr),
+                auto_active.then_some(*auto),
             ];
             if hits.iter().all(Option::is_none) {
                 return Err(Error::NotFound(format!(
@@ -636,6 +654,18 @@ impl Filter {
         self.sync_counts(tries)
     }
 
+    /// What is stored at each of `cidrs` (sorted): point lookups for a few,
+    /// one walk of the list for many (a walk costs the list's size, lookups
+    /// the number asked for).
+    fn stored_at(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<Vec<Option<ListEntry>>> {
+        const LOOKUPS_UP_TO: usize = 4096;
+        if cidrs.len() <= LOOKUPS_UP_TO {
+            return self.lookup_entries(kind.into(), cidrs);
+        }
+        let all: HashMap<Cidr, ListEntry> = self.list_entries_raw(kind)?.into_iter().collect();
+        Ok(cidrs.iter().map(|c| all.get(c).copied()).collect())
+    }
+
     /// The stored entry at each exact prefix (not the longest match), by
     /// point lookups: never a walk of the list.
     pub fn lookup_entries(
@@ -707,19 +737,6 @@ fn lasts_longer(new: &ListEntry, old: &ListEntry) -> bool {
         (_, 0) => false,
         (new, old) => new > old,
     }
-}
-
-/// Every stored entry of one family, keyed by (prefix length, address).
-fn existing<K: Pod + Eq + std::hash::Hash>(
-    trie: &LpmTrie<MapData, K, ListEntry>,
-    name: &str,
-) -> anyhow::Result<HashMap<(u32, K), ListEntry>> {
-    let mut out = HashMap::new();
-    for item in trie {
-        let (key, value) = item.with_context(|| format!("reading {name}"))?;
-        out.insert((key.prefix_len(), key.data()), value);
-    }
-    Ok(out)
 }
 
 fn count_new(records: &[Record], family: u8) -> usize {
