@@ -273,6 +273,31 @@ pub fn apply(
     Ok(change)
 }
 
+/// Takes out what an interrupted apply of `partial` may have left in the
+/// maps (entries and rules `next` does not have): run after [`apply`] when
+/// an apply was killed midway, before it recorded its version.
+pub fn clean_up_interrupted(
+    filter: &Filter,
+    partial: &Desired,
+    next: &Desired,
+    held: &[HeldEntry],
+) -> anyhow::Result<()> {
+    for tries in ALL_TRIES {
+        let gone: Vec<Cidr> = partial
+            .entries(tries)
+            .difference(next.entries(tries))
+            .copied()
+            .collect();
+        fall_back(filter, tries, &gone, held)?;
+    }
+    for (name, rule) in &partial.rules {
+        if !next.rules.contains_key(name) {
+            remove_rule(filter, rule.target)?;
+        }
+    }
+    Ok(())
+}
+
 fn remove_rule(filter: &Filter, target: Target) -> anyhow::Result<()> {
     match rules::remove(filter, &target) {
         Err(e)

@@ -31,6 +31,51 @@ use crate::{
     },
 };
 
+/// The record of an apply under way, in the runtime directory (it goes
+/// with the pins: a reboot clears both): written before the first map
+/// write, removed once the version is recorded. A kill in between leaves
+/// it, and the next operation takes out what the interrupted one added.
+const APPLYING: &str = "policy-applying.json";
+
+fn applying_path(filter: &Filter) -> PathBuf {
+    filter.pins().runtime_dir().join(APPLYING)
+}
+
+/// Runs `apply` for `next` over `current`, guarded by the marker: first
+/// cleans up after an apply that was killed midway (its version is in the
+/// marker), then records this one in the marker for the same reason.
+fn guarded_apply(
+    filter: &Filter,
+    store: &PolicyStore,
+    current: Option<&Desired>,
+    version: &PolicyVersion,
+    next: &Desired,
+    held: &[HeldEntry],
+) -> anyhow::Result<Change> {
+    let path = applying_path(filter);
+    let interrupted: Option<PolicyVersion> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    crate::state::write_atomically(&path, &serde_json::to_vec(version)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let change = apply::apply(filter, current, next, held)?;
+    if let Some(partial) = interrupted.filter(|p| p.id != version.id) {
+        let loaded = load_version(store, &partial)?;
+        apply::clean_up_interrupted(filter, &Desired::from(&loaded.policy), next, held)
+            .context("taking out what an interrupted policy apply had added")?;
+        log::warn!(
+            "an earlier apply of policy {} was interrupted; what it had added is taken out",
+            partial.policy_sha256
+        );
+    }
+    Ok(change)
+}
+
+/// Marks the apply under way as recorded.
+fn finish_apply(filter: &Filter) {
+    std::fs::remove_file(applying_path(filter)).ok();
+}
+
 /// What an operation did, for the command to print.
 #[derive(Debug)]
 pub struct Outcome {
@@ -205,11 +250,19 @@ pub fn apply_loaded(
     let next = Desired::from(&loaded.policy);
     let held = held_entries(&live_entries(state)?);
     let previous = current.as_ref().map(|(e, _)| e.version.clone());
-    let change = apply::apply(filter, current.as_ref().map(|(_, d)| d), &next, &held)?;
+    let change = guarded_apply(
+        filter,
+        &policies,
+        current.as_ref().map(|(_, d)| d),
+        &version,
+        &next,
+        &held,
+    )?;
     let same = previous.as_ref().is_some_and(|p| p.id == version.id);
     if !same {
         policies.record_version(&version, Action::Apply, loaded.policy.shadow)?;
     }
+    finish_apply(filter);
     // A new apply confirms one that was waiting (as a router's commit does).
     policies.clear_pending()?;
     if let Some(wait) = confirm {
@@ -256,8 +309,16 @@ fn switch_to(
     let loaded = load_version(&policies, &version)?;
     let next = Desired::from(&loaded.policy);
     let held = held_entries(&live_entries(state)?);
-    let change = apply::apply(filter, current.as_ref().map(|(_, d)| d), &next, &held)?;
+    let change = guarded_apply(
+        filter,
+        &policies,
+        current.as_ref().map(|(_, d)| d),
+        &version,
+        &next,
+        &held,
+    )?;
     policies.record_version(&version, action, loaded.policy.shadow)?;
+    finish_apply(filter);
     policies.clear_pending()?;
     audit(
         state,
@@ -331,6 +392,8 @@ pub fn restore(filter: &Filter, state: &StateDir) -> anyhow::Result<String> {
     let live = live_entries(state)?;
     let mut restored_policy = None;
     if let Some((entry, desired)) = active_desired(&policies)? {
+        // After a reboot the maps are new: nothing to take out.
+        finish_apply(filter);
         apply::apply(filter, None, &desired, &[])?;
         restored_policy = Some(entry.version.policy_sha256);
     }
