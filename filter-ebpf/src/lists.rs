@@ -46,30 +46,36 @@ pub fn listed<K: Copy>(
     list_match(map, bits, addr, clock).is_some()
 }
 
-/// Why a blocked source is dropped, if it is. An operator's or the policy's
-/// block takes precedence over an automatic block: while the longest match
-/// is an automatic block, the lookup goes on with shorter prefixes.
+/// Why a blocked source is dropped (`reason::BLOCKLIST` or
+/// `reason::AUTOBLOCK`), or `reason::PASS` if it is not. An operator's or
+/// the policy's block takes precedence over an automatic block: while the
+/// longest match is an automatic block, the lookup goes on with shorter
+/// prefixes.
+///
+/// A plain `u32`, not an `Option<u32>`: LLVM stored the undefined payload
+/// of a `None` from whatever register it liked (one a helper call had just
+/// clobbered), and the verifier refused the program ("R2 !read_ok").
 #[inline(always)]
 pub fn block_reason<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut CoarseClock,
-) -> Option<u32> {
+) -> u32 {
     let mut bits = bits;
-    let mut auto = false;
+    let mut why = reason::PASS;
     for _ in 0..MAX_BLOCK_MATCHES {
         let Some(entry) = list_match(map, bits, addr, clock) else {
             break;
         };
         if entry.origin != ORIGIN_AUTO {
-            return Some(reason::BLOCKLIST);
+            return reason::BLOCKLIST;
         }
-        auto = true;
+        why = reason::AUTOBLOCK;
         if entry.prefix_len == 0 {
             break;
         }
         bits = u32::from(entry.prefix_len) - 1;
     }
-    auto.then_some(reason::AUTOBLOCK)
+    why
 }
