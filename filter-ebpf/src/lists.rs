@@ -9,6 +9,11 @@ use crate::clock::CoarseClock;
 /// deletes); deeper nesting is cleared by the controller's periodic sweep.
 const MAX_EXPIRED_SKIPS: usize = 4;
 
+/// Matches a block lookup looks through before it gives up on finding an
+/// operator's block under automatic blocks nested over one address (an
+/// automatic block is at most one prefix per rule's aggregation).
+const MAX_BLOCK_MATCHES: usize = 4;
+
 /// The active longest-prefix match for `addr` among prefixes of at most
 /// `bits` bits. An expired match is deleted (it would hide shorter prefixes)
 /// and the lookup repeated.
@@ -41,24 +46,36 @@ pub fn listed<K: Copy>(
     list_match(map, bits, addr, clock).is_some()
 }
 
-/// Why a blocked source is dropped, if it is. An operator's or the policy's
-/// block takes precedence over an automatic block: when the longest match
-/// is an automatic block, one more lookup looks for a block above it.
-/// (Automatic blocks all have the aggregation prefix length, so they do
-/// not nest unless the aggregation changed while some were active.)
+/// Why a blocked source is dropped (`reason::BLOCKLIST` or
+/// `reason::AUTOBLOCK`), or `reason::PASS` if it is not. An operator's or
+/// the policy's block takes precedence over an automatic block: while the
+/// longest match is an automatic block, the lookup goes on with shorter
+/// prefixes.
+///
+/// A plain `u32`, not an `Option<u32>`: LLVM stored the undefined payload
+/// of a `None` from whatever register it liked (one a helper call had just
+/// clobbered), and the verifier refused the program ("R2 !read_ok").
 #[inline(always)]
 pub fn block_reason<K: Copy>(
     map: &LpmTrie<K, ListEntry>,
     bits: u32,
     addr: K,
     clock: &mut CoarseClock,
-) -> Option<u32> {
-    let entry = list_match(map, bits, addr, clock)?;
-    if entry.origin != ORIGIN_AUTO || entry.prefix_len == 0 {
-        return Some(reason::BLOCKLIST);
+) -> u32 {
+    let mut bits = bits;
+    let mut why = reason::PASS;
+    for _ in 0..MAX_BLOCK_MATCHES {
+        let Some(entry) = list_match(map, bits, addr, clock) else {
+            break;
+        };
+        if entry.origin != ORIGIN_AUTO {
+            return reason::BLOCKLIST;
+        }
+        why = reason::AUTOBLOCK;
+        if entry.prefix_len == 0 {
+            break;
+        }
+        bits = u32::from(entry.prefix_len) - 1;
     }
-    match list_match(map, u32::from(entry.prefix_len) - 1, addr, clock) {
-        Some(cover) if cover.origin != ORIGIN_AUTO => Some(reason::BLOCKLIST),
-        _ => Some(reason::AUTOBLOCK),
-    }
+    why
 }

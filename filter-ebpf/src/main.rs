@@ -115,8 +115,8 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     } else {
         reason::PASS
     };
-    if let Some(why) = blocked {
-        return (why, NO_RULE, shadow);
+    if blocked != reason::PASS {
+        return (blocked, NO_RULE, shadow);
     }
 
     let (slot, rule) = rule_for(packet, config);

@@ -2,14 +2,25 @@
 //! specification (not from the kernel code): plain Rust over a byte slice and
 //! a copy of the map contents. The differential test runs every frame through
 //! both and compares verdict, reason and the shadow reason counted beside it.
+//!
+//! The decision, in order: a malformed or non-IP frame is decided by the
+//! parser. Otherwise the allowlist (looked up only while `Config` counts
+//! entries in it) and the blocklist are looked up; an allowed source passes
+//! (`allowlist`, nothing else counted). Then, only for a source not allowed
+//! and only while `Config` counts entries in them, the shadow blocklist (a
+//! shadow policy's blocks, in tries of their own) is looked up: a match is
+//! counted as `shadow_blocklist` besides whatever the real verdict is, and
+//! never changes it. The blocklist decides next (an operator's or policy's
+//! block before automatic ones), then the port's rule or the default rule;
+//! a shadow rule's would-be drop is counted instead of `shadow_blocklist`.
+//! Every list lookup deletes the expired longest matches it meets.
 
 use std::collections::HashMap;
 
 use filter_common::{
-    Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, LIST_FLAG_SHADOW, MAX_RULES,
-    ORIGIN_AUTO, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM,
-    RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, RuleCounter, TICKS_PER_NS, reason,
-    xdp_action,
+    Bucket, Counter, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ORIGIN_AUTO,
+    PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW,
+    RULE_LIMIT, RULE_SLOTS, RateRule, RuleCounter, TICKS_PER_NS, reason, xdp_action,
 };
 
 /// No header may start beyond this offset.
@@ -251,7 +262,8 @@ pub fn mask<const N: usize>(mut bytes: [u8; N], prefix: u32) -> [u8; N] {
     bytes
 }
 
-/// One allow/block list entry (automatic blocks are blocklist entries too).
+/// One allow/block/shadow block list entry (automatic blocks are blocklist
+/// entries too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListItem<const N: usize> {
     pub net: [u8; N],
@@ -260,7 +272,7 @@ pub struct ListItem<const N: usize> {
     pub expires_at_ns: u64,
     /// `ORIGIN_*`: only automatic blocks decide differently.
     pub origin: u8,
-    /// `LIST_FLAG_*` bits.
+    /// Reserved (0); kept to compare the lists as stored.
     pub flags: u8,
     /// For automatic blocks: the rule id and over-limit count that triggered it.
     pub rule: u32,
@@ -285,22 +297,16 @@ impl<const N: usize> ListItem<N> {
     fn is_active(&self, now_ns: u64) -> bool {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }
-
-    /// A shadow entry: a would-be block, counted but never enforced.
-    #[must_use]
-    pub fn is_shadow(&self) -> bool {
-        self.flags & LIST_FLAG_SHADOW != 0
-    }
 }
 
 /// Expired longest matches a lookup deletes before it gives up.
 pub const MAX_EXPIRED_SKIPS: usize = 4;
 
-/// Matches a block lookup looks at (shadow entries and automatic blocks go
-/// on to shorter prefixes) before it gives up looking for an enforced block.
+/// Matches a block lookup looks at (automatic blocks go on to shorter
+/// prefixes) before it gives up looking for an operator's block.
 pub const MAX_BLOCK_MATCHES: usize = 4;
 
-/// An allow/block list of one family: longest-prefix match.
+/// An allow/block/shadow block list of one family: longest-prefix match.
 #[derive(Clone, Debug, Default)]
 pub struct PrefixList<const N: usize> {
     pub entries: Vec<ListItem<N>>,
@@ -328,14 +334,15 @@ impl<const N: usize> PrefixList<N> {
         });
     }
 
-    /// Adds a shadow block entry, as a policy marked `shadow = true` does.
-    pub fn insert_shadow(&mut self, net: [u8; N], prefix: u32, expires_at_ns: u64) {
+    /// Adds a permanent or expiring entry of a policy (a shadow policy's
+    /// blocks go to the shadow blocklist).
+    pub fn insert_policy(&mut self, net: [u8; N], prefix: u32, expires_at_ns: u64) {
         self.insert(ListItem {
             net,
             prefix,
             expires_at_ns,
             origin: filter_common::ORIGIN_POLICY,
-            flags: LIST_FLAG_SHADOW,
+            flags: 0,
             rule: 0,
             over_limit: 0,
         });
@@ -383,39 +390,41 @@ impl<const N: usize> PrefixList<N> {
         }
         None
     }
+
+    /// Whether [`Self::lookup`] would find a match now, without deleting
+    /// anything (for tests' bookkeeping, never for a decision).
+    #[must_use]
+    pub fn would_match(&self, addr: [u8; N], now_ns: u64) -> bool {
+        self.clone().lookup(addr, now_ns).is_some()
+    }
 }
 
-/// What the blocklist says about `addr`: the drop reason if an entry blocks
-/// it, and whether a shadow entry matched on the way. An operator's (or a
-/// policy's) block takes precedence over automatic blocks, and shadow
-/// entries never decide: while the longest active match is one of those,
-/// the lookup goes on among shorter prefixes, for at most
-/// [`MAX_BLOCK_MATCHES`] matches. Automatic blocks alone: `autoblock`.
+/// Why the blocklist drops `addr`, if it does. An operator's (or a
+/// policy's) block takes precedence over automatic blocks: while the longest
+/// active match is an automatic block, the lookup goes on among shorter
+/// prefixes, for at most [`MAX_BLOCK_MATCHES`] matches. Automatic blocks
+/// alone: `autoblock`.
 fn block_reason<const N: usize>(
     list: &mut PrefixList<N>,
     addr: [u8; N],
     now_ns: u64,
-) -> (Option<u32>, bool) {
+) -> Option<u32> {
     let mut max_prefix = u32::MAX;
-    let mut shadow = false;
     let mut auto = false;
     for _ in 0..MAX_BLOCK_MATCHES {
         let Some(found) = list.lookup_within(addr, max_prefix, now_ns) else {
             break;
         };
-        if found.is_shadow() {
-            shadow = true;
-        } else if found.origin == ORIGIN_AUTO {
-            auto = true;
-        } else {
-            return (Some(reason::BLOCKLIST), shadow);
+        if found.origin != ORIGIN_AUTO {
+            return Some(reason::BLOCKLIST);
         }
+        auto = true;
         if found.prefix == 0 {
             break;
         }
         max_prefix = found.prefix - 1;
     }
-    (auto.then_some(reason::AUTOBLOCK), shadow)
+    auto.then_some(reason::AUTOBLOCK)
 }
 
 /// The map contents the program decides with, and its counters.
@@ -425,6 +434,15 @@ pub struct Model {
     pub allow_v6: PrefixList<16>,
     pub block_v4: PrefixList<4>,
     pub block_v6: PrefixList<16>,
+    /// A shadow policy's blocks (`SHADOW_BLOCK_V4`/`V6`): counted, never enforced.
+    pub shadow_block_v4: PrefixList<4>,
+    pub shadow_block_v6: PrefixList<16>,
+    /// `Config`'s entry counts: while one is 0, the program skips that
+    /// lookup (whatever the list holds).
+    pub allow_v4_entries: u32,
+    pub allow_v6_entries: u32,
+    pub shadow_v4_entries: u32,
+    pub shadow_v6_entries: u32,
     /// Aggregation prefix lengths for the rate-limit/autoblock key.
     pub ipv4_source_prefix: u32,
     pub ipv6_source_prefix: u32,
@@ -453,6 +471,12 @@ impl Default for Model {
             allow_v6: PrefixList::default(),
             block_v4: PrefixList::default(),
             block_v6: PrefixList::default(),
+            shadow_block_v4: PrefixList::default(),
+            shadow_block_v6: PrefixList::default(),
+            allow_v4_entries: 0,
+            allow_v6_entries: 0,
+            shadow_v4_entries: 0,
+            shadow_v6_entries: 0,
             ipv4_source_prefix: filter_common::DEFAULT_IPV4_SOURCE_PREFIX,
             ipv6_source_prefix: filter_common::DEFAULT_IPV6_SOURCE_PREFIX,
             rules: vec![RateRule::default(); RULE_SLOTS as usize],
@@ -521,21 +545,40 @@ impl Model {
             Parsed::Malformed => return Decision::plain(reason::MALFORMED),
             Parsed::Ip(info) => info,
         };
-        // Both lists are looked up (deleting expired matches) before either decides.
-        let (allowed, (blocked, shadow_blocked)) = if info.is_v4 {
+        // Both lists are looked up (deleting expired matches) before either
+        // decides; the allowlist only while it counts entries.
+        let (allowed, blocked) = if info.is_v4 {
             (
-                self.allow_v4.lookup(info.source_v4(), now_ns).is_some(),
+                self.allow_v4_entries != 0
+                    && self.allow_v4.lookup(info.source_v4(), now_ns).is_some(),
                 block_reason(&mut self.block_v4, info.source_v4(), now_ns),
             )
         } else {
             (
-                self.allow_v6.lookup(info.mapped_source, now_ns).is_some(),
+                self.allow_v6_entries != 0
+                    && self.allow_v6.lookup(info.mapped_source, now_ns).is_some(),
                 block_reason(&mut self.block_v6, info.mapped_source, now_ns),
             )
         };
         if allowed {
             return Decision::plain(reason::ALLOWLIST);
         }
+        // The shadow blocklist: only for a source not allowed, only while it
+        // counts entries; a match is counted whatever the verdict, and is
+        // never part of it.
+        let shadow_blocked = if info.is_v4 {
+            self.shadow_v4_entries != 0
+                && self
+                    .shadow_block_v4
+                    .lookup(info.source_v4(), now_ns)
+                    .is_some()
+        } else {
+            self.shadow_v6_entries != 0
+                && self
+                    .shadow_block_v6
+                    .lookup(info.mapped_source, now_ns)
+                    .is_some()
+        };
         let shadow = shadow_blocked.then_some(reason::SHADOW_BLOCKLIST);
         if let Some(why) = blocked {
             return Decision {
@@ -669,8 +712,9 @@ impl Model {
     }
 
     /// Puts the source key on the blocklist of its family, as an automatic
-    /// block of the aggregation prefix, unless an entry (of any origin,
-    /// shadow or expired ones too) holds that prefix already: it is kept.
+    /// block of the aggregation prefix, unless a blocklist entry (of any
+    /// origin, expired ones too) holds that prefix already: it is kept. The
+    /// shadow blocklist is not looked at.
     fn autoblock(
         &mut self,
         info: &IpInfo,
@@ -778,42 +822,77 @@ mod tests {
     }
 
     #[test]
-    fn block_lookups_look_through_shadow_and_automatic_matches() {
+    fn block_lookups_look_through_automatic_matches() {
         let mut list = PrefixList::<4>::default();
         list.insert_manual([198, 18, 0, 0], 16, 0);
-        list.insert_shadow([198, 18, 1, 0], 24, 0);
-        auto_block(&mut list, [198, 18, 1, 4], 30);
-        list.insert_shadow([198, 18, 1, 4], 32, 0);
-        list.insert_shadow([198, 19, 0, 0], 16, 0);
+        for prefix in [29, 30, 31, 32] {
+            auto_block(&mut list, [198, 18, 1, 4], prefix);
+        }
+        auto_block(&mut list, [198, 18, 2, 4], 30);
         auto_block(&mut list, [198, 19, 1, 0], 30);
         list.insert_manual([198, 19, 2, 2], 32, 0);
         let at = |list: &mut PrefixList<4>, addr| block_reason(list, addr, 1);
-        // Shadow, then the operator's block over it.
+        // Automatic blocks, then the operator's block under them.
+        assert_eq!(at(&mut list, [198, 18, 1, 5]), Some(reason::BLOCKLIST));
+        assert_eq!(at(&mut list, [198, 18, 2, 5]), Some(reason::BLOCKLIST));
+        // Four automatic blocks deep: the operator's block is not reached.
+        assert_eq!(at(&mut list, [198, 18, 1, 4]), Some(reason::AUTOBLOCK));
+        assert_eq!(at(&mut list, [198, 19, 1, 1]), Some(reason::AUTOBLOCK));
+        assert_eq!(at(&mut list, [198, 19, 2, 2]), Some(reason::BLOCKLIST));
+        assert_eq!(at(&mut list, [198, 20, 0, 1]), None);
+    }
+
+    fn udp(src: &str) -> Vec<u8> {
+        Frame::ipv4(frames::udp4(frames::ip4(src), 53)).build()
+    }
+
+    fn udp6(src: &str) -> Vec<u8> {
+        Frame::ipv6(frames::udp6(frames::ip6(src), 53)).build()
+    }
+
+    #[test]
+    fn shadow_entries_are_counted_besides_the_verdict_and_never_change_it() {
+        let mut model = Model::default();
+        model.block_v4.insert_manual([198, 18, 1, 0], 24, 0);
+        model.shadow_block_v4.insert_policy([198, 18, 0, 0], 16, 0);
+        model.shadow_block_v4.insert_policy([198, 18, 1, 1], 32, 0);
+        model.shadow_block_v4.insert_policy([198, 18, 9, 0], 24, 5);
+        model
+            .shadow_block_v6
+            .insert_policy(frames::ip6("2001:db8::"), 32, 0);
+        model.allow_v4.insert_manual([198, 18, 2, 0], 24, 0);
+        (model.allow_v4_entries, model.shadow_v4_entries) = (1, 3);
+        model.shadow_v6_entries = 1;
+        let shadow = |why| Decision {
+            reason: why,
+            shadow: Some(reason::SHADOW_BLOCKLIST),
+        };
+        let mut at = |src: &str| model.decide(&udp(src), 10);
+        // Over and under the operator's block: it decides, the match is counted.
+        assert_eq!(at("198.18.1.1"), shadow(reason::BLOCKLIST));
+        assert_eq!(at("198.18.1.2"), shadow(reason::BLOCKLIST));
+        assert_eq!(at("198.18.3.1"), shadow(reason::PASS));
+        // Allowed: nothing else is looked at.
+        assert_eq!(at("198.18.2.1"), Decision::plain(reason::ALLOWLIST));
+        assert_eq!(at("198.19.0.1"), Decision::plain(reason::PASS));
+        // An expired match is deleted; the covering /16 matches.
+        assert_eq!(at("198.18.9.1"), shadow(reason::PASS));
+        assert_eq!(model.shadow_block_v4.entries.len(), 2);
+        assert_eq!(model.decide(&udp6("2001:db8::1"), 10), shadow(reason::PASS));
+        // While its count is 0, a shadow blocklist is not looked up.
+        model.shadow_v4_entries = 0;
+        model.shadow_block_v4.insert_policy([198, 18, 9, 0], 24, 5);
         assert_eq!(
-            at(&mut list, [198, 18, 1, 1]),
-            (Some(reason::BLOCKLIST), true)
+            model.decide(&udp("198.18.9.1"), 10),
+            Decision::plain(reason::PASS)
         );
-        // Shadow, automatic, shadow, operator: the fourth match decides.
+        assert_eq!(model.shadow_block_v4.entries.len(), 3, "nothing deleted");
+        assert_eq!(model.decide(&udp6("2001:db8::1"), 10), shadow(reason::PASS));
+        // Nor an allowlist.
+        model.allow_v4_entries = 0;
         assert_eq!(
-            at(&mut list, [198, 18, 1, 4]),
-            (Some(reason::BLOCKLIST), true)
-        );
-        // An operator's block under a shadow entry decides alone.
-        assert_eq!(
-            at(&mut list, [198, 19, 2, 2]),
-            (Some(reason::BLOCKLIST), false)
-        );
-        assert_eq!(
-            at(&mut list, [198, 19, 1, 1]),
-            (Some(reason::AUTOBLOCK), true)
-        );
-        assert_eq!(at(&mut list, [198, 19, 3, 3]), (None, true));
-        assert_eq!(at(&mut list, [198, 20, 0, 1]), (None, false));
-        // A fifth match is not looked at.
-        list.insert_shadow([198, 18, 1, 4], 31, 0);
-        assert_eq!(
-            at(&mut list, [198, 18, 1, 4]),
-            (Some(reason::AUTOBLOCK), true)
+            model.decide(&udp("198.18.2.1"), 10),
+            Decision::plain(reason::PASS)
         );
     }
 

@@ -18,12 +18,12 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use filter_common::{
-    Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, LIST_FLAG_SHADOW, ListEntry, ORIGIN_AUTO,
-    ORIGIN_POLICY, OnlyFromBytes, RULE_FLAG_SHADOW, RateRule, RuleCounter, maps, reason,
+    Bucket, BucketKey, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_POLICY,
+    OnlyFromBytes, RULE_FLAG_SHADOW, RateRule, RuleCounter, maps, reason,
 };
 use filter_ctl::{
     maps::{
-        Filter, ListKind,
+        Filter, ListKind, Tries,
         lists::Merge,
         loader::{self, Capacities, PROGRAM},
         pins::PinDir,
@@ -335,9 +335,9 @@ impl ProgTest {
     }
 
     /// Writes block entries as they are, bypassing `filter-ctl`'s edits
-    /// (which only write its own origin): `origin` and `flags`, `expires_at_ns`
-    /// 0 for permanent. Replaces an entry stored for the same prefix.
-    pub fn block_raw(&self, cidrs: &[&str], origin: u8, flags: u8, expires_at_ns: u64) {
+    /// (which only write its own origin): `origin`, `expires_at_ns` 0 for
+    /// permanent. Replaces an entry stored for the same prefix.
+    pub fn block_raw(&self, cidrs: &[&str], origin: u8, expires_at_ns: u64) {
         let filter = self.filter();
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> =
             filter.lpm(maps::BLOCK_V4).expect("BLOCK_V4 map");
@@ -349,7 +349,6 @@ impl ProgTest {
                 expires_at_ns,
                 prefix_len: c.prefix(),
                 origin,
-                flags,
                 ..ListEntry::default()
             };
             match c {
@@ -364,15 +363,62 @@ impl ProgTest {
         }
     }
 
-    /// Adds permanent shadow block entries, as a policy marked `shadow = true` does.
+    /// Adds permanent shadow block entries to `SHADOW_BLOCK_V4`/`V6`, as a
+    /// policy marked `shadow = true` does (through the same write, which
+    /// keeps `Config`'s shadow counts).
     pub fn block_shadow(&self, cidrs: &[&str]) {
-        self.block_raw(cidrs, ORIGIN_POLICY, LIST_FLAG_SHADOW, 0);
+        self.write_shadow(cidrs, 0);
     }
 
-    /// Adds shadow block entries that expire after `ttl`.
+    /// Adds shadow block entries that expire after `ttl` (a policy's never
+    /// do: this tests the program's expiry in the shadow tries).
     pub fn block_shadow_ttl(&self, cidrs: &[&str], ttl: Duration) {
-        let expires_at_ns = filter_ctl::clock::expiry_from_now(Some(ttl));
-        self.block_raw(cidrs, ORIGIN_POLICY, LIST_FLAG_SHADOW, expires_at_ns);
+        self.write_shadow(cidrs, filter_ctl::clock::expiry_from_now(Some(ttl)));
+    }
+
+    fn write_shadow(&self, cidrs: &[&str], expires_at_ns: u64) {
+        let entries: Vec<(Cidr, ListEntry)> = cidrs
+            .iter()
+            .map(|text| {
+                let c = cidr(text);
+                let entry = ListEntry {
+                    expires_at_ns,
+                    prefix_len: c.prefix(),
+                    origin: ORIGIN_POLICY,
+                    ..ListEntry::default()
+                };
+                (c, entry)
+            })
+            .collect();
+        self.filter()
+            .write_entries(Tries::ShadowBlock, &entries)
+            .unwrap_or_else(|e| panic!("adding {cidrs:?} to the shadow blocklist: {e:#}"));
+    }
+
+    /// `Config`'s counts of shadow block entries (IPv4, IPv6).
+    #[must_use]
+    pub fn shadow_counts(&self) -> (u32, u32) {
+        let config = self.reader().config().expect("reading CONFIG");
+        (config.shadow_v4_entries, config.shadow_v6_entries)
+    }
+
+    /// Overwrites `Config`'s counts of shadow block entries, whatever the
+    /// tries hold: with a 0 the program must skip that family's entries.
+    pub fn set_shadow_counts(&self, v4: u32, v6: u32) {
+        self.filter()
+            .update_config(|config| {
+                (config.shadow_v4_entries, config.shadow_v6_entries) = (v4, v6);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("writing the shadow counts: {e:#}"));
+    }
+
+    /// The shadow block entries as stored (expired ones included).
+    #[must_use]
+    pub fn shadow_entries(&self) -> Vec<(Cidr, ListEntry)> {
+        self.reader()
+            .entries_raw(Tries::ShadowBlock)
+            .expect("reading the shadow blocklist")
     }
 
     /// Makes rule `id` a shadow rule (`shadow = true`) or an enforced one,
@@ -476,17 +522,22 @@ impl ProgTest {
     }
 
     /// A reference model holding exactly what the maps hold now (lists with
-    /// their expiry times and automatic blocks, configuration, rules, port
-    /// index, only-from prefixes, rate-limit buckets). Counters start at zero.
+    /// their expiry times and automatic blocks, shadow block entries,
+    /// configuration with its entry counts, rules, port index, only-from
+    /// prefixes, rate-limit buckets). Counters start at zero.
     #[must_use]
     pub fn model(&self) -> Model {
         let filter = self.reader();
         let mut model = Model::default();
-        for (kind, (v4, v6)) in [
-            (ListKind::Allow, (&mut model.allow_v4, &mut model.allow_v6)),
-            (ListKind::Block, (&mut model.block_v4, &mut model.block_v6)),
+        for (tries, (v4, v6)) in [
+            (Tries::Allow, (&mut model.allow_v4, &mut model.allow_v6)),
+            (Tries::Block, (&mut model.block_v4, &mut model.block_v6)),
+            (
+                Tries::ShadowBlock,
+                (&mut model.shadow_block_v4, &mut model.shadow_block_v6),
+            ),
         ] {
-            for (c, e) in filter.list_entries_raw(kind).expect("reading the lists") {
+            for (c, e) in filter.entries_raw(tries).expect("reading the lists") {
                 match c {
                     Cidr::V4 { addr, prefix } => v4.insert(ListItem::from_entry(addr, prefix, &e)),
                     Cidr::V6 { addr, prefix } => v6.insert(ListItem::from_entry(addr, prefix, &e)),
@@ -497,6 +548,10 @@ impl ProgTest {
         model.ipv4_source_prefix = config.ipv4_source_prefix;
         model.ipv6_source_prefix = config.ipv6_source_prefix;
         model.default_rule_slot = config.default_rule_slot;
+        model.allow_v4_entries = config.allow_v4_entries;
+        model.allow_v6_entries = config.allow_v6_entries;
+        model.shadow_v4_entries = config.shadow_v4_entries;
+        model.shadow_v6_entries = config.shadow_v6_entries;
         let rules: Array<MapData, RateRule> =
             Array::try_from(filter.map(maps::RULES).expect("RULES map")).expect("RULES array");
         for (slot, rule) in model.rules.iter_mut().enumerate() {

@@ -3,13 +3,19 @@
 //! order through the XDP program (`BPF_PROG_TEST_RUN`) and through the
 //! reference model holding the same map contents. Verdict, reason and shadow
 //! reason (the `STATS` counters that moved) must agree for every frame; rule
-//! counters, automatic blocks and the blocklists must agree at the end.
+//! counters, automatic blocks and the lists (allow, block, shadow block)
+//! must agree at the end.
 //!
-//! Shadow entries and rules are in the mix: shadow block entries alone,
-//! nested under and over operator blocks and automatic blocks, more deeply
-//! than one lookup follows; shadow port rules; and the default rule and a
-//! rule that blocks automatically switch between shadow and enforced while
-//! the frames run.
+//! Shadow entries and rules are in the mix: shadow block entries (in tries
+//! of their own) alone, nested under, over and at the prefixes of operator
+//! blocks, automatic blocks and allow entries, some expired (more deeply
+//! nested than one lookup skips); `Config`'s shadow counts switch to 0 and
+//! back while the frames run, for one family or both (the program must then
+//! skip the entries); shadow port rules; and the default rule and a rule
+//! that blocks automatically switch between shadow and enforced. A second
+//! model without any shadow entry runs every frame too: shadow entries must
+//! never change a verdict, a counter other than `shadow_blocklist`, or any
+//! state.
 //!
 //! Fixed seed by default. `FILTER_DIFF_SEED=<n>` replays a seed,
 //! `FILTER_DIFF_SEED=random` draws one (printed); `FILTER_DIFF_FRAMES=<n>`
@@ -24,8 +30,8 @@ use filter_common::{
     Counter, MAX_RULES, ORIGIN_AUTO, RULE_FLAG_SHADOW, RateRule, TICKS_PER_SEC, reason, table_stat,
 };
 use filter_ctl::{
-    maps::ListKind,
     maps::loader::Capacities,
+    maps::{ListKind, Tries},
     spec::{
         cidr::Cidr,
         rule::{AutoblockSpec, LimitSpec},
@@ -36,7 +42,7 @@ use filter_tests::{
         DST4, DST6, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ext, Frame, Icmp, Ipv4, Ipv6, L4, Layout, Net,
         TPID_8021AD, TPID_8021Q, Tcp, Udp, arp, lldp, proto,
     },
-    model::{self, Decision, Model},
+    model::{self, Decision, ListItem, Model, PrefixList},
     progtest::{Outcome, ProgTest, action_name, hex, skip_unless_root},
 };
 
@@ -109,8 +115,8 @@ struct Rules {
     game: u32,
 }
 
-/// Operator blocks added halfway through the run, over shadow entries and
-/// automatic blocks of the flood pool (more nesting than a lookup follows).
+/// Operator blocks added halfway through the run, over automatic blocks of
+/// the flood pool, and over and under shadow entries.
 const LATE_BLOCKS: [&str; 2] = ["198.18.22.0/23", "2001:db8:22::/48"];
 
 /// Sets up lists and rules that every branch of the decision meets.
@@ -305,9 +311,10 @@ fn configure(test: &ProgTest) -> Rules {
 }
 
 /// Shadow block entries (a policy's, marked `shadow = true`): alone, nested
-/// under and over operator blocks, allow entries and the flood pool's
-/// automatic blocks, one at an automatic block's own prefix, expired ones,
-/// and four deep over an operator block.
+/// under, over and at the prefixes of operator blocks, allow entries and
+/// the flood pool's automatic blocks, four deep over an operator block,
+/// expired ones (alone, nested, and more deeply than one lookup skips), and
+/// one expiring long after the run.
 fn configure_shadow_entries(test: &ProgTest) {
     test.block_shadow(&[
         // Alone.
@@ -320,23 +327,31 @@ fn configure_shadow_entries(test: &ProgTest) {
         // Over operator blocks (covering them).
         "198.18.1.0/24",
         "2001:db8:1::/48",
-        // Under an allow entry.
+        // At operator blocks' and an allow entry's own prefixes.
+        "198.18.3.0/24",
+        "2001:db8:3::/48",
+        "198.18.101.7/32",
+        // Under and over allow entries.
         "198.18.100.0/25",
+        "2001:db8:a11::/64",
+        "2001:db8:a00::/40",
         // Over the flood pool's automatic blocks (/30 and /56 aggregates).
         "198.18.21.0/24",
         "2001:db8:21::/48",
-        // Under and over them, with an operator block over all from
-        // halfway through (`LATE_BLOCKS`): up to five matches deep.
+        // Under and over them, and under the operator blocks of
+        // `LATE_BLOCKS` from halfway through.
         "198.18.22.4/32",
         "198.18.22.4/31",
         "198.18.22.0/24",
         "2001:db8:22::/64",
         "2001:db8:22::/60",
         "2001:db8:22::/52",
-        // At an automatic block's own prefix.
+        // At automatic blocks' own prefixes: the sources are blocked all the same.
         "198.18.23.0/30",
         "2001:db8:23::/56",
-        // Four deep over an operator block: one lookup follows no further.
+        // Four deep over an operator block (under all four, the old
+        // design's block lookup, with shadow entries in the blocklist,
+        // gave up before it).
         "198.18.9.0/26",
         "198.18.9.0/28",
         "198.18.9.0/30",
@@ -347,13 +362,25 @@ fn configure_shadow_entries(test: &ProgTest) {
         "2001:db8:9::1/128",
     ]);
     test.block(&["198.18.9.0/24", "2001:db8:9::/48"]);
-    // Expired before the run: alone, and nested under operator blocks and shadow entries.
+    // Expired before the run: alone, and nested under operator blocks and
+    // shadow entries; five deep over a shadow entry (one lookup skips four,
+    // deletes the fifth and matches nothing).
     test.block_shadow_ttl(
         &[
             "198.18.4.0/24",
             "198.18.3.4/32",
             "198.18.8.8/32",
             "2001:db8:8::8/128",
+            "198.18.8.16/28",
+            "198.18.8.16/29",
+            "198.18.8.16/30",
+            "198.18.8.16/31",
+            "198.18.8.16/32",
+            "2001:db8:8::10/124",
+            "2001:db8:8::10/125",
+            "2001:db8:8::10/126",
+            "2001:db8:8::10/127",
+            "2001:db8:8::10/128",
         ],
         Duration::from_millis(1),
     );
@@ -361,27 +388,43 @@ fn configure_shadow_entries(test: &ProgTest) {
     test.block_shadow_ttl(&["198.18.5.0/28"], Duration::from_hours(1));
 }
 
-/// Switches rule `id` between shadow and enforced, in the program and the model.
-fn toggle_shadow(test: &ProgTest, model: &mut Model, id: u32) {
-    let slot = test.live_slot(id);
-    let rule = &mut model.rules[slot as usize];
-    rule.flags ^= RULE_FLAG_SHADOW;
-    test.set_shadow(id, rule.flags & RULE_FLAG_SHADOW != 0);
+/// Switches rule `id` between shadow and enforced, in the program and both models.
+fn toggle_shadow(test: &ProgTest, run: &mut Run, id: u32) {
+    let slot = test.live_slot(id) as usize;
+    run.model.rules[slot].flags ^= RULE_FLAG_SHADOW;
+    run.twin.rules[slot].flags ^= RULE_FLAG_SHADOW;
+    test.set_shadow(id, run.model.rules[slot].flags & RULE_FLAG_SHADOW != 0);
 }
 
-/// Adds `LATE_BLOCKS` to the program's blocklist and the model's.
-fn add_late_blocks(test: &ProgTest, model: &mut Model) {
+/// Adds `LATE_BLOCKS` to the program's blocklist and both models'.
+fn add_late_blocks(test: &ProgTest, run: &mut Run) {
     test.block(&LATE_BLOCKS);
-    for text in LATE_BLOCKS {
-        match text.parse().expect("cidr") {
-            Cidr::V4 { addr, prefix } => {
-                model.block_v4.insert_manual(addr, u32::from(prefix), 0);
-            }
-            Cidr::V6 { addr, prefix } => {
-                model.block_v6.insert_manual(addr, u32::from(prefix), 0);
+    for model in [&mut run.model, &mut run.twin] {
+        for text in LATE_BLOCKS {
+            match text.parse().expect("cidr") {
+                Cidr::V4 { addr, prefix } => {
+                    model.block_v4.insert_manual(addr, u32::from(prefix), 0);
+                }
+                Cidr::V6 { addr, prefix } => {
+                    model.block_v6.insert_manual(addr, u32::from(prefix), 0);
+                }
             }
         }
     }
+}
+
+/// Which families' shadow counts are left as they are (`true`) or set to 0,
+/// in turn while the frames run.
+const SHADOW_GATES: [(bool, bool); 4] =
+    [(true, true), (false, true), (true, false), (false, false)];
+
+/// Sets `Config`'s shadow counts in the program and the model: as they were
+/// after `configure`, or 0 (the entries stay in the tries).
+fn set_shadow_gates(test: &ProgTest, run: &mut Run, (v4, v6): (bool, bool)) {
+    let v4 = if v4 { run.shadow_counts.0 } else { 0 };
+    let v6 = if v6 { run.shadow_counts.1 } else { 0 };
+    test.set_shadow_counts(v4, v6);
+    (run.model.shadow_v4_entries, run.model.shadow_v6_entries) = (v4, v6);
 }
 
 // ---- generators ------------------------------------------------------------------
@@ -401,7 +444,7 @@ fn port(rng: &mut Rng) -> u16 {
 fn src4(rng: &mut Rng) -> [u8; 4] {
     const SPECIAL: [[u8; 4]; 28] = [
         [198, 18, 8, 8],
-        [198, 18, 8, 9],
+        [198, 18, 8, 16],
         [198, 18, 9, 0],
         [198, 18, 9, 1],
         [198, 18, 9, 5],
@@ -448,7 +491,7 @@ fn src6(rng: &mut Rng) -> [u8; 16] {
                 0x0022,
             ]);
             a[4..6].copy_from_slice(&net.to_be_bytes());
-            a[15] = rng.pick(&[1, 2, 3, 4, 8, 9]);
+            a[15] = rng.pick(&[1, 2, 3, 4, 8, 9, 16]);
         }
         3 | 4 => {
             a[5] = 0x20 + rng.byte() % 4;
@@ -889,6 +932,10 @@ fn frames_from_env() -> usize {
 struct Run {
     seed: u64,
     model: Model,
+    /// The same run without any shadow entry (empty shadow tries, counts 0).
+    twin: Model,
+    /// `Config`'s shadow counts after `configure`.
+    shadow_counts: (u32, u32),
     before: [Counter; reason::COUNT as usize],
     mismatches: Vec<String>,
     /// Frames by the reason of their verdict.
@@ -896,13 +943,58 @@ struct Run {
     /// Frames by shadow reason counted besides the verdict, and verdict.
     by_shadow: BTreeMap<(&'static str, &'static str), u64>,
     by_kind: BTreeMap<(&'static str, &'static str), u64>,
+    /// Frames from a source an active shadow entry covers, by family,
+    /// whether the family's shadow count let the program look, and verdict.
+    covered: BTreeMap<(&'static str, &'static str, &'static str), u64>,
     frames: u64,
 }
 
 impl Run {
+    fn new(test: &ProgTest, seed: u64) -> Self {
+        let model = test.model();
+        let mut twin = model.clone();
+        twin.shadow_block_v4.entries.clear();
+        twin.shadow_block_v6.entries.clear();
+        (twin.shadow_v4_entries, twin.shadow_v6_entries) = (0, 0);
+        Self {
+            seed,
+            shadow_counts: (model.shadow_v4_entries, model.shadow_v6_entries),
+            model,
+            twin,
+            before: test.stats(),
+            mismatches: Vec::new(),
+            by_reason: BTreeMap::new(),
+            by_shadow: BTreeMap::new(),
+            by_kind: BTreeMap::new(),
+            covered: BTreeMap::new(),
+            frames: 0,
+        }
+    }
+
+    /// For an IP frame whose source an active shadow entry covers now: its
+    /// family, and whether the program may look (the family's count is not 0).
+    fn shadow_cover(&self, frame: &[u8], now_ns: u64) -> Option<(&'static str, bool)> {
+        let model::Parsed::Ip(info) = model::parse(frame) else {
+            return None;
+        };
+        let m = &self.model;
+        if info.is_v4 {
+            m.shadow_block_v4
+                .would_match(info.source_v4(), now_ns)
+                .then_some(("IPv4", m.shadow_v4_entries != 0))
+        } else {
+            m.shadow_block_v6
+                .would_match(info.mapped_source, now_ns)
+                .then_some(("IPv6", m.shadow_v6_entries != 0))
+        }
+    }
+
     fn check(&mut self, test: &ProgTest, kind: &'static str, frame: &[u8]) {
         self.frames += 1;
-        let expected: Decision = self.model.decide(frame, filter_ctl::clock::monotonic_ns());
+        let now_ns = filter_ctl::clock::monotonic_ns();
+        let cover = self.shadow_cover(frame, now_ns);
+        let expected: Decision = self.model.decide(frame, now_ns);
+        let without = self.twin.decide(frame, now_ns);
         let action = test.run(frame);
         let after = test.stats();
         let mut delta = [Counter::default(); reason::COUNT as usize];
@@ -922,6 +1014,10 @@ impl Run {
                 .entry((reason::NAMES[shadow as usize], name))
                 .or_default() += 1;
         }
+        if let Some((family, open)) = cover {
+            let gate = if open { "looked up" } else { "count 0" };
+            *self.covered.entry((family, gate, name)).or_default() += 1;
+        }
         if got != Ok(expected) || action != model::action_of(expected.reason) {
             self.mismatches.push(format!(
                 "frame #{} ({kind}, {} bytes): kernel {} / {}, model {} / {} (parse: {:?})\n{}",
@@ -932,6 +1028,23 @@ impl Run {
                 action_name(model::action_of(expected.reason)),
                 expected.name(),
                 model::parse(frame),
+                hex(frame)
+            ));
+        }
+        // Shadow entries add `shadow_blocklist` at most, never anything else.
+        let unshadowed = Decision {
+            reason: expected.reason,
+            shadow: expected
+                .shadow
+                .filter(|&shadow| shadow != reason::SHADOW_BLOCKLIST),
+        };
+        if without != unshadowed {
+            self.mismatches.push(format!(
+                "frame #{} ({kind}, {} bytes): the model says {} with the shadow entries, {} without them\n{}",
+                self.frames,
+                frame.len(),
+                expected.name(),
+                without.name(),
                 hex(frame)
             ));
         }
@@ -958,16 +1071,12 @@ fn kernel_and_model_agree_on_every_frame() {
         buckets: 262_144,
     });
     let rules = configure(&test);
-    let mut run = Run {
-        seed,
-        model: test.model(),
-        before: test.stats(),
-        mismatches: Vec::new(),
-        by_reason: BTreeMap::new(),
-        by_shadow: BTreeMap::new(),
-        by_kind: BTreeMap::new(),
-        frames: 0,
-    };
+    let mut run = Run::new(&test, seed);
+    assert!(
+        run.shadow_counts.0 != 0 && run.shadow_counts.1 != 0,
+        "shadow counts after configure: {:?}",
+        run.shadow_counts
+    );
     let setup = start.elapsed();
 
     for frame in systematic() {
@@ -975,23 +1084,29 @@ fn kernel_and_model_agree_on_every_frame() {
     }
     let mut rng = Rng(seed);
     // The default rule switches between shadow and enforced every `period`
-    // frames, the automatic-blocking rule half a period later.
-    let period = (count / 8).max(2);
+    // frames, the automatic-blocking rule half a period later; the shadow
+    // counts go through `SHADOW_GATES` every quarter period.
+    let period = (count / 8).max(4);
     let mut toggles = 0;
+    let mut gates = 0;
     for i in 0..count {
         if run.done() {
             break;
         }
         if i > 0 && i % period == 0 {
-            toggle_shadow(&test, &mut run.model, rules.default);
+            toggle_shadow(&test, &mut run, rules.default);
             toggles += 1;
         }
         if i % period == period / 2 {
-            toggle_shadow(&test, &mut run.model, rules.game);
+            toggle_shadow(&test, &mut run, rules.game);
             toggles += 1;
         }
+        if i > 0 && i % (period / 4) == 0 {
+            gates += 1;
+            set_shadow_gates(&test, &mut run, SHADOW_GATES[gates % SHADOW_GATES.len()]);
+        }
         if i == count / 2 {
-            add_late_blocks(&test, &mut run.model);
+            add_late_blocks(&test, &mut run);
         }
         match rng.below(10) {
             0 | 1 => {
@@ -1024,7 +1139,7 @@ fn kernel_and_model_agree_on_every_frame() {
     );
 
     // Totals (shadow reasons too), rule counters, automatic blocks and the
-    // blocklists agree too.
+    // lists agree too.
     let totals = test.stats();
     assert_eq!(totals, run.model.stats, "per-reason totals (seed {seed})");
     for &id in &rules.ids {
@@ -1058,11 +1173,23 @@ fn kernel_and_model_agree_on_every_frame() {
         .collect();
     model_auto.sort();
     assert_eq!(kernel_auto, model_auto, "automatic blocks (seed {seed})");
-    assert_eq!(
-        kernel_blocklist(&test),
-        model_blocklist(&run.model),
-        "blocklist entries left, expired ones included (seed {seed})"
-    );
+    let m = &run.model;
+    for (tries, model_entries) in [
+        (Tries::Allow, model_list(&m.allow_v4, &m.allow_v6)),
+        (Tries::Block, model_list(&m.block_v4, &m.block_v6)),
+        (
+            Tries::ShadowBlock,
+            model_list(&m.shadow_block_v4, &m.shadow_block_v6),
+        ),
+    ] {
+        assert_eq!(
+            kernel_list(&test, tries),
+            model_entries,
+            "{} entries left, expired ones included (seed {seed})",
+            tries.name()
+        );
+    }
+    assert_shadow_changed_nothing(&run);
     let failed = test
         .reader()
         .table_stat(table_stat::AUTOBLOCKS_FAILED)
@@ -1084,6 +1211,9 @@ fn kernel_and_model_agree_on_every_frame() {
     for ((shadow, verdict), n) in &run.by_shadow {
         println!("  {shadow:>18}: {n} besides {verdict}");
     }
+    for ((family, gate, verdict), n) in &run.covered {
+        println!("  under shadow entries: {family}, {gate}, {verdict}: {n}");
+    }
     let kinds: Vec<String> = run
         .by_kind
         .iter()
@@ -1091,7 +1221,7 @@ fn kernel_and_model_agree_on_every_frame() {
         .collect();
     println!("  by generator: {}", kinds.join(" "));
     println!(
-        "  automatic blocks: {}, blocklist entries at the end: {manual_left}, shadow switches: {toggles}",
+        "  automatic blocks: {}, blocklist entries at the end: {manual_left}, shadow switches: {toggles}, shadow count switches: {gates}",
         kernel_auto.len()
     );
     // Shadow reasons are never a frame's verdict: they are counted besides it.
@@ -1109,6 +1239,15 @@ fn kernel_and_model_agree_on_every_frame() {
             );
         }
     }
+    // Nothing is counted besides an allowed source.
+    let allowlist = reason::NAMES[reason::ALLOWLIST as usize];
+    assert!(
+        !run.by_shadow
+            .keys()
+            .any(|(_, verdict)| *verdict == allowlist),
+        "a shadow reason counted besides allowlist: {:?}",
+        run.by_shadow
+    );
     // A shadow block entry matters whatever decides: nothing, a rule, a
     // shadow rule (which takes its place), an operator's or automatic block.
     for (shadow, verdict) in [
@@ -1131,49 +1270,101 @@ fn kernel_and_model_agree_on_every_frame() {
             key.1
         );
     }
+    // Sources under shadow entries were met allowed, and while their
+    // family's count was 0 (not counted then: the frames agreed).
+    for family in ["IPv4", "IPv6"] {
+        for (gate, verdict) in [("looked up", allowlist), ("count 0", "pass")] {
+            assert!(
+                run.covered.contains_key(&(family, gate, verdict)),
+                "no {family} frame under a shadow entry ended as {verdict} with the shadow lookup {gate}: the generator lost coverage"
+            );
+        }
+    }
 }
 
-/// Every blocklist entry the program holds, expired ones included: prefix,
+/// The run without shadow entries ended in the same state: lists, automatic
+/// blocks, buckets, rule counters, and every counter but `shadow_blocklist`.
+fn assert_shadow_changed_nothing(run: &Run) {
+    let (m, t) = (&run.model, &run.twin);
+    let seed = run.seed;
+    assert_eq!(
+        model_list(&t.block_v4, &t.block_v6),
+        model_list(&m.block_v4, &m.block_v6),
+        "blocklists with and without shadow entries (seed {seed})"
+    );
+    assert_eq!(
+        model_list(&t.allow_v4, &t.allow_v6),
+        model_list(&m.allow_v4, &m.allow_v6),
+        "allowlists with and without shadow entries (seed {seed})"
+    );
+    assert_eq!(
+        t.autoblock_log, m.autoblock_log,
+        "automatic blocks with and without shadow entries (seed {seed})"
+    );
+    assert_eq!(
+        t.buckets, m.buckets,
+        "buckets with and without shadow entries (seed {seed})"
+    );
+    assert_eq!(
+        t.rule_stats, m.rule_stats,
+        "rule counters with and without shadow entries (seed {seed})"
+    );
+    let mut stats = m.stats;
+    stats[reason::SHADOW_BLOCKLIST as usize] = Counter::default();
+    assert_eq!(
+        t.stats, stats,
+        "counters with and without shadow entries, shadow_blocklist aside (seed {seed})"
+    );
+}
+
+/// Every entry of `tries` the program holds, expired ones included: prefix,
+/// expiry (set by user space: automatic blocks' follow the program's clock),
 /// origin, flags, and for automatic blocks rule and count.
-fn kernel_blocklist(test: &ProgTest) -> Vec<String> {
+fn kernel_list(test: &ProgTest, tries: Tries) -> Vec<String> {
     let mut out: Vec<String> = test
         .reader()
-        .list_entries_raw(ListKind::Block)
-        .expect("blocklist")
+        .entries_raw(tries)
+        .expect("reading the lists")
         .iter()
-        .map(|(c, e)| {
-            describe_entry(
-                &c.to_string(),
-                e.origin,
-                e.flags,
-                u32::from(e.rule),
-                u64::from(e.over_limit),
-            )
+        .map(|(c, e)| match *c {
+            Cidr::V4 { addr, prefix } => {
+                describe_entry(&c.to_string(), &ListItem::from_entry(addr, prefix, e))
+            }
+            Cidr::V6 { addr, prefix } => {
+                describe_entry(&c.to_string(), &ListItem::from_entry(addr, prefix, e))
+            }
         })
         .collect();
     out.sort();
     out
 }
 
-/// [`kernel_blocklist`] of the model.
-fn model_blocklist(model: &Model) -> Vec<String> {
-    let mut out: Vec<String> = model
-        .block_v4
+/// [`kernel_list`] of a model's list pair.
+fn model_list(v4: &PrefixList<4>, v6: &PrefixList<16>) -> Vec<String> {
+    let mut out: Vec<String> = v4
         .entries
         .iter()
         .map(|e| {
             let cidr = format!("{}/{}", std::net::Ipv4Addr::from(e.net), e.prefix);
-            describe_entry(&cidr, e.origin, e.flags, e.rule, e.over_limit)
+            describe_entry(&cidr, e)
         })
-        .chain(model.block_v6.entries.iter().map(|e| {
+        .chain(v6.entries.iter().map(|e| {
             let cidr = format!("{}/{}", std::net::Ipv6Addr::from(e.net), e.prefix);
-            describe_entry(&cidr, e.origin, e.flags, e.rule, e.over_limit)
+            describe_entry(&cidr, e)
         }))
         .collect();
     out.sort();
     out
 }
 
-fn describe_entry(cidr: &str, origin: u8, flags: u8, rule: u32, over_limit: u64) -> String {
-    format!("{cidr} origin {origin} flags {flags} rule {rule} over {over_limit}")
+fn describe_entry<const N: usize>(cidr: &str, e: &ListItem<N>) -> String {
+    let expires = if e.origin == ORIGIN_AUTO {
+        "(the program's)".to_string()
+    } else {
+        e.expires_at_ns.to_string()
+    };
+    format!(
+        "{cidr} expires {expires} origin {} flags {} rule {} over {}",
+        e.origin, e.flags, e.rule, e.over_limit
+    )
 }

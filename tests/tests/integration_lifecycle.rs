@@ -81,7 +81,10 @@ fn sigkill_keeps_enforcement_and_a_new_run_adopts_the_pinned_link() {
     let listed = ctl.list_json();
     assert_eq!(
         listed["blocklist"],
-        serde_json::json!([{ "cidr": format!("{bad}/32") }, { "cidr": format!("{bad2}/32") }]),
+        serde_json::json!([
+            { "cidr": format!("{bad}/32"), "origin": "cli" },
+            { "cidr": format!("{bad2}/32"), "origin": "cli" }
+        ]),
         "{listed}"
     );
     assert_eq!(

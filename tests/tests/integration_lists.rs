@@ -122,7 +122,7 @@ fn blocked_ipv4_source_loses_udp_tcp_and_icmp_while_another_passes() {
     ctl.ok(&["block", &bad_text]);
     assert_eq!(
         ctl.list_json()["blocklist"],
-        serde_json::json!([{ "cidr": format!("{bad}/32") }])
+        serde_json::json!([{ "cidr": format!("{bad}/32"), "origin": "cli" }])
     );
     let before = ctl.packets("blocklist");
     assert_eq!(before, 0, "nothing was blocked yet");
@@ -394,7 +394,7 @@ fn expired_nested_entries_never_unblock_a_covering_prefix() {
     assert_eq!(ctl.packets("blocklist"), 3);
     assert_eq!(
         ctl.list_json()["blocklist"],
-        serde_json::json!([{ "cidr": lab.v4_net() }])
+        serde_json::json!([{ "cidr": lab.v4_net(), "origin": "cli" }])
     );
 
     controller.terminate();

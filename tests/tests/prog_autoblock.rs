@@ -228,3 +228,65 @@ fn autoblock_expires() {
         "the expired automatic block is gone and exactly one new one is stored: {blocks:?}"
     );
 }
+
+/// A block lookup looks through at most four automatic blocks nested over
+/// one source for an operator's block under them (`MAX_BLOCK_MATCHES`):
+/// under four it is not reached (the automatic block drops), under three it
+/// is. Expired entries the lookup skips (and deletes) are not matches.
+#[test]
+fn a_block_lookup_follows_four_automatic_matches() {
+    if skip_unless_root("a_block_lookup_follows_four_automatic_matches") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.block(&["198.18.76.0/24", "198.18.77.0/24", "2001:db8:76::/48"]);
+    test.block_raw(
+        &[
+            "198.18.76.0/29",
+            "198.18.76.0/30",
+            "198.18.76.0/31",
+            "198.18.76.0/32",
+            "198.18.77.0/28",
+            "198.18.77.0/29",
+            "198.18.77.0/30",
+            "2001:db8:76::/64",
+            "2001:db8:76::/96",
+            "2001:db8:76::/120",
+            "2001:db8:76::/128",
+        ],
+        ORIGIN_AUTO,
+        0,
+    );
+    let gone = filter_ctl::clock::expiry_from_now(Some(Duration::from_millis(1)));
+    test.block_raw(&["198.18.77.0/32", "198.18.77.0/31"], ORIGIN_AUTO, gone);
+    std::thread::sleep(Duration::from_millis(50));
+    let cases = vec![
+        Case::new(
+            "four automatic blocks over the operator's: not reached",
+            udp4("198.18.76.0", 53),
+            AUTOBLOCK,
+        ),
+        Case::new(
+            "three automatic blocks, then the operator's",
+            udp4("198.18.76.1", 53),
+            BLOCKLIST,
+        ),
+        Case::new("the operator's alone", udp4("198.18.76.9", 53), BLOCKLIST),
+        Case::new(
+            "IPv6: four automatic blocks over the operator's",
+            udp6("2001:db8:76::", 53),
+            AUTOBLOCK,
+        ),
+        Case::new(
+            "IPv6: three automatic blocks, then the operator's",
+            udp6("2001:db8:76::1", 53),
+            BLOCKLIST,
+        ),
+        Case::new(
+            "two expired automatic blocks skipped, three active, then the operator's",
+            udp4("198.18.77.0", 53),
+            BLOCKLIST,
+        ),
+    ];
+    run_table(&test, &cases);
+}

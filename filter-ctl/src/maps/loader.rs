@@ -71,11 +71,14 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .try_into()
         .context("program is not XDP")?;
     program.load().map_err(|e| {
-        // As root, EACCES is the verifier's refusal (its log says why), not
-        // a missing privilege.
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        if is_permission(os_errno(&e)) && !root {
+        // The verifier refuses a program with EACCES too: a refusal comes
+        // with its log, a missing privilege without one.
+        let refused = matches!(
+            &e,
+            aya::programs::ProgramError::LoadError { verifier_log, .. }
+                if !verifier_log.to_string().trim().is_empty()
+        );
+        if !refused && is_permission(os_errno(&e)) {
             return anyhow::Error::new(Error::Permission(
                 "loading the XDP program was not permitted: filter-ctl needs root (CAP_BPF, CAP_NET_ADMIN)".into(),
             ));
