@@ -568,6 +568,11 @@ impl Controller {
             .is_none()
     }
 
+    /// How it exited, if it did (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for filter-ctl")
+    }
+
     /// Sends `signal` and waits (bounded) for the exit.
     pub fn signal(&mut self, signal: libc::c_int) -> ExitStatus {
         if self.is_running() {
