@@ -89,13 +89,17 @@ fn build_binary(cargo: PathBuf, profile_dir: &Path) {
 /// One filter instance under its own pin directory
 /// (`/sys/fs/bpf/ft-<tag>-<pid>-<n>`). On drop it runs `detach` (which
 /// removes the pins) if the pin directory still exists, and removes the
-/// runtime directory that `run` and editors keep in `/run/filter-ctl`. Checking
+/// runtime directory that `run` and editors keep in `/run/filter-ctl`, its
+/// state directory and its policy directory. Checking
 /// that nothing is left is the test's job: see [`Ctl::detach_and_check`].
 #[derive(Debug)]
 pub struct Ctl {
     pin_dir: PathBuf,
     /// Its own `--state-dir` (`/tmp/ft-state-<tag>-<pid>-<n>`), removed on drop.
     state_dir: PathBuf,
+    /// Where [`Ctl::write_policy`] puts policy and list files
+    /// (`/tmp/ft-policy-<tag>-<pid>-<n>`), removed on drop.
+    policy_files: PathBuf,
 }
 
 impl Ctl {
@@ -106,6 +110,7 @@ impl Ctl {
         Self {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/ft-{id}")),
             state_dir: PathBuf::from(format!("/tmp/ft-state-{id}")),
+            policy_files: PathBuf::from(format!("/tmp/ft-policy-{id}")),
         }
     }
 
@@ -118,6 +123,58 @@ impl Ctl {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Writes `text` to `name` (a relative path, subdirectories allowed)
+    /// in this instance's policy directory and returns its path. The file
+    /// is owned by root (the tests run as root) with mode 0644, its
+    /// directories 0755, as `policy apply` and `run --policy` require; an
+    /// existing file is rewritten in place (same inode, same mode).
+    pub fn write_policy(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.policy_files.join(name);
+        let parent = path.parent().expect("a file has a directory");
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+        for dir in parent
+            .ancestors()
+            .take_while(|d| d.starts_with(&self.policy_files))
+        {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("chmod 755 {}: {e}", dir.display()));
+        }
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("chmod 644 {}: {e}", path.display()));
+        path
+    }
+
+    /// The records of the audit log (`<state dir>/audit.jsonl`), oldest
+    /// first; none if there is no log yet.
+    #[must_use]
+    pub fn audit_records(&self) -> Vec<Value> {
+        let path = self.state_dir.join("audit.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("reading {}: {e}", path.display()),
+        };
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("{}: bad audit record ({e}): {line}", path.display())
+                })
+            })
+            .collect()
+    }
+
+    /// How many audit records have `command`.
+    #[must_use]
+    pub fn audit_count(&self, command: &str) -> usize {
+        self.audit_records()
+            .iter()
+            .filter(|r| r["command"] == command)
+            .count()
     }
 
     /// `filter-ctl --pin-dir P` with `args`, ready to run in the host namespace.
@@ -219,8 +276,23 @@ impl Ctl {
     #[must_use]
     pub fn run_background_with(&self, ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> Controller {
         let mut command = self.run_command(ns, ifaces);
+        command.args(extra);
+        self.spawn_controller(command, ifaces)
+    }
+
+    /// Starts `run --policy POLICY` (no `--iface`: it attaches to the
+    /// policy's `interfaces`) inside `ns` and waits (at most
+    /// [`ATTACH_TIMEOUT`]) until `status` shows it running with every one
+    /// of `ifaces` attached.
+    #[must_use]
+    pub fn run_policy_background(&self, ns: &NetNs, policy: &Path, ifaces: &[&str]) -> Controller {
+        let mut command = self.run_command(ns, &[]);
+        command.arg("--policy").arg(policy);
+        self.spawn_controller(command, ifaces)
+    }
+
+    fn spawn_controller(&self, mut command: Command, ifaces: &[&str]) -> Controller {
         command
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -424,6 +496,7 @@ impl Drop for Ctl {
         }
         std::fs::remove_dir_all(self.runtime_dir()).ok();
         std::fs::remove_dir_all(&self.state_dir).ok();
+        std::fs::remove_dir_all(&self.policy_files).ok();
     }
 }
 
@@ -495,6 +568,11 @@ impl Controller {
             .is_none()
     }
 
+    /// How it exited, if it did (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for filter-ctl")
+    }
+
     /// Sends `signal` and waits (bounded) for the exit.
     pub fn signal(&mut self, signal: libc::c_int) -> ExitStatus {
         if self.is_running() {
@@ -504,6 +582,24 @@ impl Controller {
         }
         self.wait_exit(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("filter-ctl ignored signal {signal}:\n{}", self.output()))
+    }
+
+    /// Sends `signal` without waiting for anything (SIGHUP: reload).
+    pub fn send_signal(&mut self, signal: libc::c_int) {
+        assert!(
+            self.is_running(),
+            "filter-ctl exited before signal {signal}:\n{}",
+            self.output()
+        );
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL: the controller dies without any cleanup.

@@ -25,6 +25,7 @@ use std::{
 
 use filter_common::xdp_action;
 
+pub use crate::netns::pin_thread_to_cpu;
 use crate::netns::{NetNs, in_netns};
 
 /// The kernel's largest live-frame batch (`TEST_XDP_MAX_BATCH`).
@@ -684,23 +685,6 @@ pub fn enable_veth_napi(ns: &NetNs, iface: &str) -> io::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Pins the calling thread to `cpu`.
-pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (checked below).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::other(format!("no CPU {cpu}")));
-    }
-    // SAFETY: cpu is below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; the set is valid.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The sending side of a flood: a generator program and the frame it sends

@@ -687,6 +687,25 @@ fn is_retryable(e: &std::io::Error) -> bool {
     )
 }
 
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (checked below).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::other(format!("no CPU {cpu}")));
+    }
+    // SAFETY: cpu is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the set is valid.
+    let rc = unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A thread sending one UDP datagram every `interval` from `src` to `dst`
 /// until stopped (or for at most `max`). Datagram `n` carries sequence number `n`.
 #[derive(Debug)]
@@ -719,12 +738,42 @@ impl UdpStream {
         interval: Duration,
         max: Duration,
     ) -> Self {
+        Self::spawn(ns, src, dst, interval, max, None)
+    }
+
+    /// [`UdpStream::start`] with the sending thread pinned to `cpu`: a
+    /// veth runs the peer's XDP program on the sender's CPU, so streams
+    /// pinned to different CPUs exercise the filter on each of them.
+    #[must_use]
+    pub fn start_on_cpu(
+        ns: &NetNs,
+        src: IpAddr,
+        dst: SocketAddr,
+        interval: Duration,
+        max: Duration,
+        cpu: usize,
+    ) -> Self {
+        Self::spawn(ns, src, dst, interval, max, Some(cpu))
+    }
+
+    fn spawn(
+        ns: &NetNs,
+        src: IpAddr,
+        dst: SocketAddr,
+        interval: Duration,
+        max: Duration,
+        cpu: Option<usize>,
+    ) -> Self {
         let sock = udp_socket(ns, SocketAddr::new(src, 0));
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let handle = {
             let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
             thread::spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_thread_to_cpu(cpu)
+                        .unwrap_or_else(|e| panic!("pinning a UDP stream to CPU {cpu}: {e}"));
+                }
                 let start = Instant::now();
                 let mut report = StreamReport::default();
                 while !stop.load(Ordering::Relaxed) && start.elapsed() < max {

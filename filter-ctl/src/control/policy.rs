@@ -269,7 +269,7 @@ pub fn apply_loaded(
         policies.set_pending(&Pending {
             version: version.clone(),
             previous: previous.clone(),
-            deadline: SystemTime::now() + wait,
+            deadline: confirm_deadline(SystemTime::now(), wait),
         })?;
     }
     if !same || !change.is_empty() {
@@ -286,6 +286,17 @@ pub fn apply_loaded(
         active: Some(version),
         previous,
     })
+}
+
+/// The deadline of an apply with `--confirm wait` made at `now`, rounded up
+/// to a whole second: the state keeps whole seconds, and a deadline
+/// rounded down would take up to a second off the time to confirm.
+fn confirm_deadline(now: SystemTime, wait: Duration) -> SystemTime {
+    let at = (now + wait)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = at.as_secs() + u64::from(at.subsec_nanos() > 0);
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// Makes a stored `version` (or no policy) active again, recorded as `action`.
@@ -505,5 +516,21 @@ pub fn origin_of(entry: &ListEntry) -> Origin {
         ORIGIN_CROWDSEC => Origin::Crowdsec,
         filter_common::ORIGIN_POLICY => Origin::Policy,
         _ => Origin::Cli,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    #[test]
+    fn a_confirm_deadline_is_never_earlier_than_asked() {
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let wait = Duration::from_secs(3);
+        assert_eq!(confirm_deadline(at(10_000), wait), at(13_000));
+        assert_eq!(confirm_deadline(at(10_001), wait), at(14_000));
+        assert_eq!(confirm_deadline(at(10_999), wait), at(14_000));
     }
 }

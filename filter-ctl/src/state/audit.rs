@@ -30,8 +30,9 @@ pub struct AuditRecord {
     pub user: String,
     /// What was done: `apply`, `confirm`, `revert`, `rollback`, `block`, …
     pub command: String,
-    /// Id of the active policy version before and after
-    /// ([`super::PolicyVersion::id`]), if any.
+    /// SHA-256 of the active policy file before and after
+    /// ([`super::PolicyVersion::policy_sha256`], what `policy show` and
+    /// `sha256sum` print), if any.
     pub policy_before: Option<String>,
     pub policy_after: Option<String>,
     /// What changed, as the command describes it (counts, entries, …).
