@@ -342,6 +342,8 @@ fn check_diff_apply_show_and_rollback_round_trip() {
         json!({
             "block_added": [host(b_only)],
             "block_removed": [host(a_only)],
+            "shadow_block_added": [],
+            "shadow_block_removed": [],
             "allow_added": [host(allow_b.into())],
             "allow_removed": [host(allow_a.into())],
             "rules_set": ["default", "tcp/22", "udp/7001"],

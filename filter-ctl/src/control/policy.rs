@@ -37,8 +37,8 @@ use crate::{
 /// it, and the next operation takes out what the interrupted one added.
 const APPLYING: &str = "policy-applying.json";
 
-fn applying_path(filter: &Filter) -> PathBuf {
-    filter.pins().runtime_dir().join(APPLYING)
+fn applying_path(filter: &Filter) -> anyhow::Result<PathBuf> {
+    Ok(filter.pins().create_runtime_dir()?.join(APPLYING))
 }
 
 /// Runs `apply` for `next` over `current`, guarded by the marker: first
@@ -52,7 +52,7 @@ fn guarded_apply(
     next: &Desired,
     held: &[HeldEntry],
 ) -> anyhow::Result<Change> {
-    let path = applying_path(filter);
+    let path = applying_path(filter)?;
     let interrupted: Option<PolicyVersion> = std::fs::read(&path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -73,7 +73,7 @@ fn guarded_apply(
 
 /// Marks the apply under way as recorded.
 fn finish_apply(filter: &Filter) {
-    std::fs::remove_file(applying_path(filter)).ok();
+    std::fs::remove_file(filter.pins().runtime_dir().join(APPLYING)).ok();
 }
 
 /// What an operation did, for the command to print.
