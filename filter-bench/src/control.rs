@@ -597,8 +597,8 @@ fn policy_and_state(env: &Env, entries: usize, section: &mut Section) -> Result<
          journal compacted into a snapshot, as a long-running state is): reading them all (what \
          `run` does at start) {:.0} ms; one edit appended and fsynced by a CLI edit {:.2} ms, by \
          the controller through its loaded state {:.2} ms. A whole `filter-ctl block ADDR` with the \
-         {entries} policy entries in the maps: **{} ms** (the kernel side of an edit still reads \
-         the list it edits: issue 18).\n",
+         {entries} policy entries in the maps: **{} ms** (an edit looks up only the entries it \
+         names, never the whole list).\n",
         persisted.entries,
         persisted.load.as_secs_f64() * 1000.0,
         persisted.edit_unloaded.as_secs_f64() * 1000.0,
