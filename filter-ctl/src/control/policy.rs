@@ -245,26 +245,17 @@ pub fn apply_loaded(
     command: &str,
 ) -> anyhow::Result<Outcome> {
     let policies = PolicyStore::new(state);
-    let current = active_desired(&policies)?;
     let version = store(&policies, loaded)?;
-    let next = Desired::from(&loaded.policy);
-    let held = held_entries(&live_entries(state)?);
-    let previous = current.as_ref().map(|(e, _)| e.version.clone());
-    let change = guarded_apply(
+    // A new apply confirms one that was waiting (as a router's commit does).
+    let (change, previous) = make_active(
         filter,
+        state,
         &policies,
-        current.as_ref().map(|(_, d)| d),
         &version,
-        &next,
-        &held,
+        &loaded.policy,
+        Action::Apply,
     )?;
     let same = previous.as_ref().is_some_and(|p| p.id == version.id);
-    if !same {
-        policies.record_version(&version, Action::Apply, loaded.policy.shadow)?;
-    }
-    finish_apply(filter);
-    // A new apply confirms one that was waiting (as a router's commit does).
-    policies.clear_pending()?;
     if let Some(wait) = confirm {
         policies.set_pending(&Pending {
             version: version.clone(),
@@ -299,6 +290,38 @@ fn confirm_deadline(now: SystemTime, wait: Duration) -> SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// Applies `policy` (stored as `version`) over the active policy, records
+/// it as `action` (an apply of the active version again records nothing),
+/// and ends any wait for a confirmation. Returns the change and the version
+/// that was active before.
+fn make_active(
+    filter: &Filter,
+    state: &StateDir,
+    policies: &PolicyStore,
+    version: &PolicyVersion,
+    policy: &crate::spec::policy::Policy,
+    action: Action,
+) -> anyhow::Result<(Change, Option<PolicyVersion>)> {
+    let current = active_desired(policies)?;
+    let previous = current.as_ref().map(|(e, _)| e.version.clone());
+    let held = held_entries(&live_entries(state)?);
+    let change = guarded_apply(
+        filter,
+        policies,
+        current.as_ref().map(|(_, d)| d),
+        version,
+        &Desired::from(policy),
+        &held,
+    )?;
+    let same = previous.as_ref().is_some_and(|p| p.id == version.id);
+    if !same || action != Action::Apply {
+        policies.record_version(version, action, policy.shadow)?;
+    }
+    finish_apply(filter);
+    policies.clear_pending()?;
+    Ok((change, previous))
+}
+
 /// Makes a stored `version` (or no policy) active again, recorded as `action`.
 fn switch_to(
     filter: &Filter,
@@ -308,8 +331,6 @@ fn switch_to(
     command: &str,
 ) -> anyhow::Result<Outcome> {
     let policies = PolicyStore::new(state);
-    let current = active_desired(&policies)?;
-    let previous = current.as_ref().map(|(e, _)| e.version.clone());
     let version = if let Some(v) = target {
         v.clone()
     } else {
@@ -318,19 +339,8 @@ fn switch_to(
         empty
     };
     let loaded = load_version(&policies, &version)?;
-    let next = Desired::from(&loaded.policy);
-    let held = held_entries(&live_entries(state)?);
-    let change = guarded_apply(
-        filter,
-        &policies,
-        current.as_ref().map(|(_, d)| d),
-        &version,
-        &next,
-        &held,
-    )?;
-    policies.record_version(&version, action, loaded.policy.shadow)?;
-    finish_apply(filter);
-    policies.clear_pending()?;
+    let (change, previous) =
+        make_active(filter, state, &policies, &version, &loaded.policy, action)?;
     audit(
         state,
         command,
