@@ -10,7 +10,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use filter_common::xdp_action;
+use filter_common::{reason, xdp_action};
+use filter_ctl::maps::{
+    Filter,
+    sampling::{DEFAULT_CAP_PER_CPU, Sampling},
+};
 use filter_devtools::check_interrupted;
 use filter_tests::{
     flood::{
@@ -204,6 +208,21 @@ fn listen(lab: &Lab, port: u16) -> UdpReceiver {
 /// The blocked-source flood into ours with drop sampling off (compared with
 /// "ours, source blocked", sampling at its defaults).
 const SAMPLING_OFF_FLOOD: &str = "ours, source blocked, drop sampling off";
+
+/// Drop sampling of the running filter: off, or `run`'s defaults.
+fn set_sampling(ctl: &Controller, off: bool) -> Result<()> {
+    let sampling = if off {
+        Sampling {
+            one_in: [0; reason::COUNT as usize],
+            cap_per_cpu: DEFAULT_CAP_PER_CPU,
+        }
+    } else {
+        Sampling::default()
+    };
+    Filter::open(&ctl.pins)?
+        .set_sampling(&sampling)
+        .context("switching drop sampling")
+}
 
 /// A lab with ours under `filter-ctl run` on its receiving veth, with the
 /// rules of every flood into ours (and `limit clock coarse` if `coarse`).
@@ -402,6 +421,18 @@ pub fn flood(env: &Env) -> Result<Section> {
             passes: false,
             coarse_of: None,
         });
+        // The same blocked-source flood into the same lab with drop sampling
+        // switched off before each of its floods (and back to the defaults
+        // before every other flood): what sampled drop events cost, without
+        // the lab-to-lab noise of comparing two namespace pairs.
+        configs.push(Config {
+            name: SAMPLING_OFF_FLOOD,
+            lab: index,
+            flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
+            port: OPEN_PORT,
+            passes: false,
+            coarse_of: None,
+        });
         configs.push(Config {
             name: PORT_LIMIT_FLOOD,
             lab: index,
@@ -448,38 +479,6 @@ pub fn flood(env: &Env) -> Result<Section> {
         });
     }
 
-    // Ours with drop sampling off: what the sampled drop events (on by
-    // default) cost a flood of a blocked source.
-    {
-        let off = [
-            "--sample",
-            "blocklist=0",
-            "--sample",
-            "ratelimit=0",
-            "--sample",
-            "autoblock=0",
-            "--sample",
-            "port_denied=0",
-            "--sample",
-            "malformed=0",
-        ];
-        let (lab, ctl) = start_ours(env, "fbs", "fs", false, &off)?;
-        configs.push(Config {
-            name: SAMPLING_OFF_FLOOD,
-            lab: labs.len(),
-            flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
-            port: OPEN_PORT,
-            passes: false,
-            coarse_of: None,
-        });
-        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
-        labs.push(LabState {
-            lab,
-            dropper: Dropper::Ours(ctl),
-            receivers,
-        });
-    }
-
     let n = configs.len();
     let mut mpps: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut sent_mpps: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -498,6 +497,9 @@ pub fn flood(env: &Env) -> Result<Section> {
             );
             if let Some(r) = state.receivers.get(&config.port) {
                 let _ = r.drain(Duration::from_millis(5), Duration::from_millis(200));
+            }
+            if let Dropper::Ours(ctl) = &state.dropper {
+                set_sampling(ctl, config.name == SAMPLING_OFF_FLOOD)?;
             }
             let before = state.counts(env, config, source)?;
             let run = config

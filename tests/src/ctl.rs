@@ -286,8 +286,20 @@ impl Ctl {
     /// of `ifaces` attached.
     #[must_use]
     pub fn run_policy_background(&self, ns: &NetNs, policy: &Path, ifaces: &[&str]) -> Controller {
+        self.run_policy_background_with(ns, policy, ifaces, &[])
+    }
+
+    /// [`Ctl::run_policy_background`] with `extra` arguments to `run`.
+    #[must_use]
+    pub fn run_policy_background_with(
+        &self,
+        ns: &NetNs,
+        policy: &Path,
+        ifaces: &[&str],
+        extra: &[&str],
+    ) -> Controller {
         let mut command = self.run_command(ns, &[]);
-        command.arg("--policy").arg(policy);
+        command.arg("--policy").arg(policy).args(extra);
         self.spawn_controller(command, ifaces)
     }
 

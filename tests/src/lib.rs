@@ -5,6 +5,7 @@
 pub mod ctl;
 pub mod flood;
 pub mod frames;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod progtest;

@@ -1,7 +1,8 @@
 //! The deployment artifacts under `deploy/`: the Prometheus alert rules and
 //! their unit tests go through `promtool` (`check rules`, `test rules`), and
 //! the alerts and the Grafana dashboard may name only the metrics that
-//! `filter-ctl run` exports (`METRICS`); the systemd unit goes through
+//! `filter-ctl run` exports (`filter_tests::metrics`, which a real scrape
+//! is checked against in `integration_metrics`); the systemd unit goes through
 //! `systemd-analyze verify` and keeps its contract (`--policy`, reload by
 //! SIGHUP, restart on failure). Mirrors `deploy/prometheus/`,
 //! `deploy/grafana/` and `deploy/systemd/`.
@@ -14,28 +15,8 @@ use std::{
     process::Command,
 };
 
+use filter_tests::metrics;
 use serde_json::Value;
-
-/// The metric families of filter-ctl's `/metrics` endpoint (`filter-ctl run
-/// --metrics-addr`). This list must match what filter-ctl exports: it is the
-/// contract the alerts and the dashboard are checked against.
-const METRICS: &[&str] = &[
-    "xdp_filter_packets_total",
-    "xdp_filter_bytes_total",
-    "xdp_filter_rule_packets_total",
-    "xdp_filter_rule_bytes_total",
-    "xdp_filter_autoblocks_total",
-    "xdp_filter_autoblocks_failed_total",
-    "xdp_filter_tracking_inserts_total",
-    "xdp_filter_tracking_evictions_total",
-    "xdp_filter_events_lost_total",
-    "xdp_filter_list_entries",
-    "xdp_filter_list_capacity",
-    "xdp_filter_tracking_entries",
-    "xdp_filter_tracking_capacity",
-    "xdp_filter_interface_attached",
-    "xdp_filter_build_info",
-];
 
 /// Series Prometheus makes itself for the scrape job (`job="filter-ctl"`).
 const SCRAPE_METRICS: &[&str] = &["up"];
@@ -207,7 +188,7 @@ fn the_alerts_name_only_exported_metrics() {
     for (file, text) in [("alerts.yml", &rules), ("alerts_test.yml", &tests)] {
         for metric in project_metrics(text) {
             assert!(
-                METRICS.contains(&metric),
+                metrics::names().any(|m| m == metric),
                 "{file} names {metric}, which filter-ctl does not export"
             );
         }
@@ -311,7 +292,7 @@ fn the_dashboard_queries_name_only_exported_metrics() {
         let project = project_metrics(expr);
         for metric in &project {
             assert!(
-                METRICS.contains(metric),
+                metrics::names().any(|m| m == *metric),
                 "panel {title:?} queries {metric}, which filter-ctl does not export: {expr}"
             );
         }
@@ -323,7 +304,7 @@ fn the_dashboard_queries_name_only_exported_metrics() {
     // The variables query the contract's metrics too.
     for metric in project_metrics(&dashboard["templating"].to_string()) {
         assert!(
-            METRICS.contains(&metric),
+            metrics::names().any(|m| m == metric),
             "a dashboard variable names {metric}, which filter-ctl does not export"
         );
     }

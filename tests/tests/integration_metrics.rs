@@ -16,6 +16,7 @@ use std::{
 
 use filter_tests::{
     ctl::{Ctl, packets},
+    metrics,
     netns::{Lab, NetNs, in_netns, skip_unless_root, udp_send, unique_id},
 };
 use serde_json::Value;
@@ -23,24 +24,6 @@ use serde_json::Value;
 const UDP_PORT: u16 = 5000;
 const PROMTOOL: &str = "/usr/bin/promtool";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// Every metric of the contract, with its type.
-const METRICS: &[(&str, &str)] = &[
-    ("xdp_filter_packets_total", "counter"),
-    ("xdp_filter_bytes_total", "counter"),
-    ("xdp_filter_rule_packets_total", "counter"),
-    ("xdp_filter_rule_bytes_total", "counter"),
-    ("xdp_filter_autoblocks_total", "counter"),
-    ("xdp_filter_autoblocks_failed_total", "counter"),
-    ("xdp_filter_tracking_inserts_total", "counter"),
-    ("xdp_filter_tracking_evictions_total", "counter"),
-    ("xdp_filter_events_lost_total", "counter"),
-    ("xdp_filter_list_capacity", "gauge"),
-    ("xdp_filter_tracking_entries", "gauge"),
-    ("xdp_filter_tracking_capacity", "gauge"),
-    ("xdp_filter_interface_attached", "gauge"),
-    ("xdp_filter_build_info", "gauge"),
-];
 
 /// A loopback port free in `ns` right now.
 fn free_port(ns: &NetNs) -> u16 {
@@ -168,17 +151,11 @@ fn metrics_agree_with_stats_and_pass_promtool() {
             series(reason)
         );
     }
-    for (name, kind) in METRICS {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with(&format!("# HELP {name} "))),
-            "no HELP for {name}:\n{text}"
-        );
-        assert!(
-            text.lines().any(|l| l == format!("# TYPE {name} {kind}")),
-            "no TYPE {kind} for {name}:\n{text}"
-        );
-    }
+    let missing = metrics::missing_from(&text, metrics::ALWAYS);
+    assert!(
+        missing.is_empty(),
+        "the scrape lacks {missing:?} of the contract:\n{text}"
+    );
     assert!(
         sample(
             &text,
@@ -515,6 +492,80 @@ fn list_entries_follow_the_lists_after_a_sweep() {
         );
         thread::sleep(Duration::from_millis(200));
     }
+    controller.terminate();
+    ctl.detach_and_check(&lab.dst, &lab.dst_if);
+}
+
+/// Under `run --policy`, every family of the contract is in a real scrape
+/// (the alerts and the dashboard are checked against the same list), and
+/// the info metric names the active policy by the same hash as `policy
+/// show`.
+#[test]
+fn a_policy_run_exports_the_whole_contract() {
+    if skip_unless_root("a_policy_run_exports_the_whole_contract") {
+        return;
+    }
+    let lab = Lab::new("mpo");
+    let ctl = Ctl::new("metricspolicy");
+    let port = free_port(&lab.dst);
+    let addr = format!("127.0.0.1:{port}");
+    let policy = ctl.write_policy(
+        "policy.toml",
+        &format!(
+            "interfaces = [\"{}\"]\n[block]\nentries = [\"198.18.210.0/24\"]\n\
+             [[limits.port]]\nport = \"udp/{UDP_PORT}\"\nrate = 10\n",
+            lab.dst_if
+        ),
+    );
+    let ifaces = [lab.dst_if.as_str()];
+    let mut controller =
+        ctl.run_policy_background_with(&lab.dst, &policy, &ifaces, &["--metrics-addr", &addr]);
+    let shown = ctl.ok(&["policy", "show", "--json"]);
+    let shown: Value = serde_json::from_str(&shown).expect("policy show --json is JSON");
+    let sha = shown["sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sha256 in {shown}"))
+        .to_string();
+
+    let text = scrape(&lab.dst, port);
+    let all: Vec<(&str, &str)> = metrics::ALWAYS
+        .iter()
+        .chain(metrics::WITH_POLICY)
+        .copied()
+        .collect();
+    let missing = metrics::missing_from(&text, &all);
+    assert!(
+        missing.is_empty(),
+        "the scrape lacks {missing:?} of the contract:\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("xdp_filter_policy_info{{sha256=\"{sha}\",shadow=\"false\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "xdp_filter_policy_applied_timestamp_seconds").is_some_and(|t| t > 1.0e9),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "xdp_filter_policy_confirmation_deadline_timestamp_seconds"
+        ),
+        Some(0.0),
+        "no confirmation waits after a plain run --policy:\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "xdp_filter_rule_packets_total{rule=\"udp/5000\",verdict=\"passed\"}"
+        )
+        .is_some(),
+        "the policy's port rule is labelled by its name:\n{text}"
+    );
     controller.terminate();
     ctl.detach_and_check(&lab.dst, &lab.dst_if);
 }
