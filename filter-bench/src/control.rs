@@ -144,6 +144,7 @@ pub fn control(env: &Env) -> Result<Section> {
     let latencies = edit_latency(env)?;
 
     let mut section = Section::new("4. Control plane");
+    crate::crowdsec::bench(env, &mut section)?;
     let median_load = Summary::of(&load_secs).map_or(f64::NAN, |s| s.median);
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let per_sec: Vec<f64> = load_secs.iter().map(|s| entries as f64 / s).collect();

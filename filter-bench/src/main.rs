@@ -17,6 +17,7 @@
 
 mod common;
 mod control;
+mod crowdsec;
 mod frames;
 mod profile;
 mod prog;

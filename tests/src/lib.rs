@@ -2,6 +2,7 @@
 //! for the real `filter-ctl` binary, frame builders, a `BPF_PROG_TEST_RUN`
 //! harness, and an independent reference model of the filter's decisions.
 
+pub mod crowdsec;
 pub mod ctl;
 pub mod flood;
 pub mod frames;

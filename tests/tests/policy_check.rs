@@ -244,8 +244,12 @@ fn an_unknown_key_is_located() {
         &format!("{}:6:1:", path.display()),
         "autoblock_afer",
     );
-    let (_dir, path, stderr) = refused("interfaces = []\n[crowdsec]\nenabled = true\n", &[]);
-    names(&stderr, &format!("{}:2:2:", path.display()), "crowdsec");
+    // Within a section too: `[crowdsec]` has url, api_key_file, poll_interval.
+    let (_dir, path, stderr) = refused(
+        "interfaces = []\n[crowdsec]\nurl = \"http://127.0.0.1:8080\"\napi_key_file = \"k\"\nenabled = true\n",
+        &[],
+    );
+    names(&stderr, &format!("{}:5:1:", path.display()), "enabled");
 }
 
 #[test]

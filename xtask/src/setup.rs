@@ -34,11 +34,15 @@ const PACKAGES: &[&str] = &[
 const MIN_KERNEL: (u32, u32) = (5, 12);
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_LINKER_VERSION: &str = "^0.13";
+/// Where the `CrowdSec` binaries are unpacked (`usr/bin/crowdsec`,
+/// `usr/bin/cscli` below it). The tests look here too (`tests/src/crowdsec.rs`).
+const CROWDSEC_DIR: &str = "/opt/filter-ctl-deps/crowdsec";
 
 pub fn run() -> Result<()> {
     println!("==> setup");
     kernel()?;
     packages()?;
+    crowdsec()?;
     bpffs()?;
     let nightly = nightly()?;
     rust_src(&nightly)?;
@@ -127,6 +131,66 @@ fn packages() -> Result<()> {
         );
         report(&Status::Installed, &format!("package {package}"));
     }
+    Ok(())
+}
+
+/// `CrowdSec`'s `crowdsec` (the LAPI) and `cscli`, for the bouncer tests.
+/// Unpacked, not installed: Debian's package registers with `CrowdSec`'s
+/// central service in its post-install script, which fails offline and
+/// leaves the package half-configured. `apt-get download` + `dpkg-deb -x`
+/// gives the same binaries without running any script.
+fn crowdsec() -> Result<()> {
+    let dir = Path::new(CROWDSEC_DIR);
+    let binaries = [dir.join("usr/bin/crowdsec"), dir.join("usr/bin/cscli")];
+    if binaries.iter().all(|b| b.is_file()) {
+        report(
+            &Status::Ok,
+            &format!("crowdsec and cscli in {CROWDSEC_DIR}"),
+        );
+        return Ok(());
+    }
+    if !sys::is_root() {
+        bail!("CrowdSec is not unpacked in {CROWDSEC_DIR}; run `cargo xtask setup` as root");
+    }
+    let parent = dir
+        .parent()
+        .context("the CrowdSec directory has a parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // Download and unpack beside the final place, then rename: a failed
+    // run leaves no half-unpacked directory that would look installed.
+    let work = parent.join(".crowdsec.partial");
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["download", "-q", "crowdsec"])
+            .current_dir(&work),
+    )
+    .context("apt-get download crowdsec failed; check the network and /etc/apt/sources.list* (run apt-get update)")?;
+    let deb = fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download crowdsec left no .deb")?;
+    let root = work.join("root");
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+        .with_context(|| format!("unpacking {}", deb.display()))?;
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::rename(&root, dir)
+        .with_context(|| format!("moving the unpacked CrowdSec to {CROWDSEC_DIR}"))?;
+    fs::remove_dir_all(&work).ok();
+    ensure!(
+        binaries.iter().all(|b| b.is_file()),
+        "unpacked CrowdSec, but {} or cscli is missing",
+        binaries[0].display()
+    );
+    report(
+        &Status::Installed,
+        &format!("crowdsec and cscli in {CROWDSEC_DIR}"),
+    );
     Ok(())
 }
 

@@ -70,6 +70,27 @@ pub struct Args {
     /// heaviest first, counts scaled up by the sampling rate). Format: 10s, 1m.
     #[arg(long, value_parser = parse_interval, default_value = "10s")]
     drop_log_interval: std::time::Duration,
+    /// `CrowdSec` bouncer mode: pull ban decisions from this LAPI and block
+    /// them (origin `crowdsec`). Overrides the policy's `[crowdsec] url`;
+    /// without a `[crowdsec]` section, give --crowdsec-key-file too.
+    ///
+    /// Example: --crowdsec-url `http://127.0.0.1:8080`
+    #[arg(long, value_name = "URL")]
+    crowdsec_url: Option<String>,
+    /// The bouncer key file (`cscli bouncers add NAME -o raw`), owned by
+    /// root and readable by root alone (mode 0600), else refused. Overrides
+    /// the policy's `[crowdsec] api_key_file`.
+    #[arg(long, value_name = "FILE")]
+    crowdsec_key_file: Option<std::path::PathBuf>,
+    /// Time between pulls of the decision stream [default: the policy's
+    /// `[crowdsec] poll_interval`, else 10s]. Format: 1s to 1h, e.g. 10s.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_poll)]
+    crowdsec_poll_interval: Option<std::time::Duration>,
+}
+
+/// A `CrowdSec` poll interval: 1s to 1h.
+fn parse_poll(text: &str) -> Result<std::time::Duration, String> {
+    filter_ctl::spec::policy::check_crowdsec_poll(text)
 }
 
 /// A sweep interval: at least one second.
@@ -97,6 +118,11 @@ pub fn run(ctx: &Context, args: &Args) -> anyhow::Result<()> {
             state_dir: ctx.state_dir.clone(),
             policy: args.policy.clone(),
             discard_corrupt_state: args.discard_corrupt_state,
+            crowdsec: control::crowdsec::Flags {
+                url: args.crowdsec_url.clone(),
+                key_file: args.crowdsec_key_file.clone(),
+                poll_interval: args.crowdsec_poll_interval,
+            },
         },
     )
 }

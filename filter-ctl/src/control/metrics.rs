@@ -158,6 +158,88 @@ fn policy_metrics(registry: &Registry, state_dir: &std::path::Path) {
     .set(deadline.unwrap_or(0));
 }
 
+/// Live entries per (list, origin), as of the controller's last sweep.
+type OriginCounts = Vec<(&'static str, &'static str, u64)>;
+static ORIGIN_COUNTS: std::sync::Mutex<Option<OriginCounts>> = std::sync::Mutex::new(None);
+
+/// Counts the live state's unexpired entries by list and origin (in
+/// memory: the lists are not walked) for `xdp_filter_list_entries_by_origin`.
+pub fn publish_origin_counts(live: &crate::state::LiveState) {
+    use crate::state::{ListName, Origin};
+    let list_label = |list: ListName| match list {
+        ListName::Block => "blocklist",
+        ListName::Allow => "allowlist",
+    };
+    let mut counts: OriginCounts = Vec::new();
+    for list in [ListName::Block, ListName::Allow] {
+        for origin in [Origin::Cli, Origin::Auto, Origin::Crowdsec] {
+            counts.push((list_label(list), origin.name(), 0));
+        }
+    }
+    for entry in live.entries(std::time::SystemTime::now()) {
+        let list = list_label(entry.list);
+        if let Some(slot) = counts
+            .iter_mut()
+            .find(|(l, o, _)| *l == list && *o == entry.origin.name())
+        {
+            slot.2 += 1;
+        }
+    }
+    if let Ok(mut guard) = ORIGIN_COUNTS.lock() {
+        *guard = Some(counts);
+    }
+}
+
+/// `CrowdSec` bouncer metrics, when bouncer mode is on in this process.
+fn crowdsec_metrics(registry: &Registry) {
+    let Some(status) = super::crowdsec::status() else {
+        return;
+    };
+    gauge(
+        registry,
+        "xdp_filter_crowdsec_up",
+        "1 if the last pull from the CrowdSec LAPI succeeded, 0 if it failed (the known decisions stay enforced).",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .set(i64::from(status.up));
+    gauge(
+        registry,
+        "xdp_filter_crowdsec_last_pull_success_timestamp_seconds",
+        "When a pull from the CrowdSec LAPI last succeeded (Unix time); 0 if none has.",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .set(to_i64(status.last_success_unix.unwrap_or(0)));
+    counter(
+        registry,
+        "xdp_filter_crowdsec_decisions_applied_total",
+        "CrowdSec ban decisions written to the blocklist (new, or with a new expiry).",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .inc_by(status.applied);
+    counter(
+        registry,
+        "xdp_filter_crowdsec_decisions_removed_total",
+        "crowdsec blocklist entries removed: deleted decisions, and after an outage those no longer in the LAPI's set.",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .inc_by(status.removed);
+    let skipped = counter(
+        registry,
+        "xdp_filter_crowdsec_decisions_skipped_total",
+        "CrowdSec decisions not applied, by reason: type (not ban), scope (not Ip/Range), malformed, duration, expired, held_by_other_origin.",
+        &["reason"],
+    );
+    for reason in super::crowdsec::skip_reasons() {
+        skipped
+            .with_label_values(&[reason])
+            .inc_by(status.skipped.get(reason).copied().unwrap_or(0));
+    }
+}
+
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
@@ -291,6 +373,18 @@ pub fn scrape(pins: &PinDir, state_dir: &std::path::Path) -> anyhow::Result<Stri
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+    if let Some(counts) = ORIGIN_COUNTS.lock().ok().and_then(|g| g.clone()) {
+        let by_origin = gauge(
+            &registry,
+            "xdp_filter_list_entries_by_origin",
+            "Live entries per list and origin (cli, auto, crowdsec), from the controller's state at its last sweep; the policy's own entries are the policy file's.",
+            &["list", "origin"],
+        );
+        for (list, origin, n) in counts {
+            by_origin.with_label_values(&[list, origin]).set(to_i64(n));
+        }
+    }
+    crowdsec_metrics(&registry);
     let list_capacity = gauge(
         &registry,
         "xdp_filter_list_capacity",

@@ -4,6 +4,7 @@
 //! an interface of that name comes back it is filtered again at once.
 
 pub mod apply;
+pub mod crowdsec;
 mod drops;
 pub mod metrics;
 mod netwatch;
@@ -77,6 +78,8 @@ pub struct RunOptions {
     pub policy: Option<std::path::PathBuf>,
     /// Move a corrupt state file aside instead of refusing to start.
     pub discard_corrupt_state: bool,
+    /// `--crowdsec-*` flags (each overrides the policy's `[crowdsec]`).
+    pub crowdsec: crowdsec::Flags,
 }
 
 /// One interface under the controller's care.
@@ -106,6 +109,9 @@ struct Controller {
     live: LiveState,
     /// The policy file SIGHUP reloads.
     policy: Option<std::path::PathBuf>,
+    /// Bouncer mode: the LAPI to pull from, and what was applied.
+    crowdsec: Option<crowdsec::Source>,
+    applier: crowdsec::Applier,
 }
 
 fn now_unix() -> u64 {
@@ -200,6 +206,12 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
         .mode
         .or_else(|| from_policy.and_then(|p| p.mode))
         .unwrap_or(Mode::Auto);
+    // Bouncer mode: a bad URL or an unsafe key file is refused before
+    // anything changes.
+    let crowdsec_source = crowdsec::resolve(
+        &options.crowdsec,
+        from_policy.and_then(|p| p.crowdsec.as_ref()),
+    )?;
 
     pins::ensure_bpffs_mounted()?;
     // A failed start must change nothing: it detaches what it attached and,
@@ -251,8 +263,10 @@ pub fn run(pins: &PinDir, options: &RunOptions) -> anyhow::Result<()> {
             drops: Aggregator::new(),
             list_entries: None,
             state: state.clone(),
+            applier: crowdsec::Applier::new(&live),
             live,
             policy: options.policy.clone(),
+            crowdsec: crowdsec_source.clone(),
         })
     });
     let mut controller = match started {
@@ -445,6 +459,15 @@ impl Controller {
         let mut drop_log = tokio::time::interval(self.drop_log_interval);
         drop_log.tick().await; // the first tick is immediate: skip it
         let mut top = tokio::time::interval(Duration::from_secs(1));
+        let resync = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut decisions = match self.crowdsec.clone() {
+            Some(source) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                crowdsec::spawn_puller(source, tx, resync.clone())?;
+                Some(rx)
+            }
+            None => None,
+        };
         loop {
             tokio::select! {
                 _ = interrupt.recv() => break,
@@ -465,6 +488,9 @@ impl Controller {
                     warn!("the rtnetlink watch ended; interfaces are checked every {}s instead", self.sweep_interval.as_secs());
                     links = None;
                 },
+                pulled = next_pull(&mut decisions) => if let Some(pulled) = pulled {
+                    self.apply_decisions(&pulled, &resync);
+                },
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for events")?;
                     let blocks = drain_events(&filter, guard.get_inner_mut(), &mut self.drops);
@@ -474,6 +500,48 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Applies one pull of `CrowdSec` decisions. A failure leaves what is
+    /// enforced in place and asks the puller for the full set next time.
+    fn apply_decisions(
+        &mut self,
+        pulled: &crowdsec::Pulled,
+        resync: &std::sync::atomic::AtomicBool,
+    ) {
+        let started = std::time::Instant::now();
+        let result = Filter::open_for_edit(&self.pins, Duration::from_secs(10))
+            .and_then(|filter| self.applier.apply(&filter, Some(&mut self.live), pulled));
+        match result {
+            Ok(applied) => {
+                let skipped = pulled.pull.skipped_total();
+                if applied != crowdsec::Applied::default() || skipped > 0 {
+                    info!(
+                        "crowdsec: {} bans applied, {} lifted, {} skipped{} in {} ms ({} crowdsec entries)",
+                        applied.added,
+                        applied.removed,
+                        skipped,
+                        if applied.held > 0 {
+                            format!(
+                                ", {} left to the operator's or the policy's entry on the same prefix",
+                                applied.held
+                            )
+                        } else {
+                            String::new()
+                        },
+                        started.elapsed().as_millis(),
+                        self.applier.known()
+                    );
+                }
+            }
+            Err(err) => {
+                warn!(
+                    "crowdsec: applying {} decisions failed, the enforced entries stay as they were; the next pull fetches the full set: {err:#}",
+                    pulled.pull.bans.len() + pulled.pull.lifted.len()
+                );
+                resync.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Records automatic blocks in the state, with wall-clock expiry, so
@@ -509,6 +577,7 @@ impl Controller {
     /// it right now (the next tick will): the controller never waits.
     fn sweep(&mut self) {
         self.compact_state();
+        metrics::publish_origin_counts(&self.live);
         let scanned = Filter::open(&self.pins).and_then(|f| f.sweep_scan());
         let crate::maps::lists::Sweep { counts, expired } = match scanned {
             Ok(scan) => scan,
@@ -703,6 +772,16 @@ fn name_slot(pins: &PinDir, iface: &str) {
     };
     if let Err(err) = Filter::open(pins).and_then(|f| f.name_interface(index, iface)) {
         warn!("naming the counters of {iface}: {err:#}");
+    }
+}
+
+/// The next pull of `CrowdSec` decisions; never resolves without bouncer mode.
+async fn next_pull(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<crowdsec::Pulled>>,
+) -> Option<crowdsec::Pulled> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -528,6 +528,24 @@ impl Filter {
             ))
             .into());
         }
+        // A CrowdSec ban is the LAPI's to lift: removed here it would come
+        // back with the next full pull, and stay on every other host.
+        if let Some((cidr, _)) = cidrs
+            .iter()
+            .zip(&listed)
+            .find(|(_, e)| e.is_some_and(|e| e.origin == ORIGIN_CROWDSEC && e.is_active(now)))
+        {
+            let (flag, value) = match *cidr {
+                Cidr::V4 { prefix: 32, .. } | Cidr::V6 { prefix: 128, .. } => {
+                    ("--ip", cidr.ip().to_string())
+                }
+                _ => ("--range", cidr.to_string()),
+            };
+            return Err(Error::BadInput(format!(
+                "{cidr} is on the blocklist because of a CrowdSec decision; nothing was changed. Removed here, the next full pull from the LAPI would bring it back (and every other host keeps it): lift it in CrowdSec with `cscli decisions delete {flag} {value}`, and the next pull removes it here"
+            ))
+            .into());
+        }
         let mut remove: Vec<Cidr> = Vec::new();
         let mut seen = HashSet::new();
         for ((cidr, entry), (auto, auto_entry)) in cidrs

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod cidr;
+pub mod crowdsec;
 pub mod duration;
 pub mod listfile;
 pub mod policy;

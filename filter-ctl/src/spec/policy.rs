@@ -118,6 +118,53 @@ pub struct Policy {
     /// Inline entries and list files' entries, deduplicated, sorted.
     pub block: Vec<Cidr>,
     pub allow: Vec<Cidr>,
+    /// `[crowdsec]`: pull ban decisions from a `CrowdSec` LAPI (`run`).
+    pub crowdsec: Option<CrowdsecConfig>,
+}
+
+/// Where `run` pulls `CrowdSec` decisions from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrowdsecConfig {
+    /// The LAPI's base URL, `http://` or `https://` (e.g. `http://127.0.0.1:8080`).
+    pub url: String,
+    /// The bouncer key file (`cscli bouncers add NAME -o raw`); relative
+    /// paths are resolved against the policy file's directory. Read by
+    /// `run` only, refused unless owned by root and readable by root alone.
+    pub api_key_file: PathBuf,
+    /// Time between incremental pulls.
+    pub poll_interval: Duration,
+}
+
+/// `poll_interval` when not given.
+pub const DEFAULT_CROWDSEC_POLL: Duration = Duration::from_secs(10);
+/// Bounds of `poll_interval`: a pull per second at most, one an hour at least.
+pub const CROWDSEC_POLL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_hours(1));
+
+/// Checks a LAPI URL: absolute, `http` or `https`, with a host.
+pub fn check_crowdsec_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("'{}' is not a URL: {e}", excerpt(url, 80)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "'{}' is not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8080)",
+            excerpt(url, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a poll interval against [`CROWDSEC_POLL_RANGE`].
+pub fn check_crowdsec_poll(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text).map_err(|e| e.to_string())?;
+    let (min, max) = CROWDSEC_POLL_RANGE;
+    if interval < min || interval > max {
+        return Err(format!(
+            "poll_interval {} is out of range (1s to 1h)",
+            excerpt(text, 40)
+        ));
+    }
+    Ok(interval)
 }
 
 /// One rule of a policy.
@@ -422,6 +469,15 @@ struct RawList {
     files: Vec<Spanned<String>>,
 }
 
+/// `[crowdsec]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrowdsec {
+    url: Option<Spanned<String>>,
+    api_key_file: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+}
+
 /// `[aggregation]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,6 +514,7 @@ const TOP_KEYS: &[&str] = &[
     "block",
     "allow",
     "limits",
+    "crowdsec",
 ];
 const LIMITS_KEYS: &[&str] = &["default", "port"];
 
@@ -472,6 +529,7 @@ struct RawPolicy {
     allow: RawList,
     default_rule: Option<Spanned<RawRule>>,
     port_rules: Vec<Spanned<RawRule>>,
+    crowdsec: Option<Spanned<RawCrowdsec>>,
 }
 
 impl RawPolicy {
@@ -488,6 +546,7 @@ impl RawPolicy {
                 "block" => raw.block = report.value(value).unwrap_or_default(),
                 "allow" => raw.allow = report.value(value).unwrap_or_default(),
                 "limits" => raw.read_limits(value, report),
+                "crowdsec" => raw.crowdsec = report.value(value),
                 _ => report.unknown_key(&key, "", TOP_KEYS),
             }
         }
@@ -653,8 +712,64 @@ impl RawPolicy {
             ports.push(checked);
         }
         policy.port_rules = ports.into_iter().filter_map(|c| c.rule).collect();
+        if let Some(raw) = self.crowdsec {
+            policy.crowdsec = crowdsec(raw, report);
+        }
         (policy, list_files)
     }
+}
+
+/// Checks `[crowdsec]`; the key file is only named here (`run` reads it).
+fn crowdsec(raw: Spanned<RawCrowdsec>, report: &mut Report) -> Option<CrowdsecConfig> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut ok = true;
+    let url = if let Some(url) = raw.url {
+        if let Err(e) = check_crowdsec_url(url.get_ref()) {
+            report.at(&url.span(), e);
+            ok = false;
+        }
+        url.into_inner()
+    } else {
+        report.at(
+            &span,
+            "[crowdsec] needs url, the LAPI's address (e.g. url = \"http://127.0.0.1:8080\")",
+        );
+        ok = false;
+        String::new()
+    };
+    let api_key_file = match raw.api_key_file {
+        Some(file) if file.get_ref().is_empty() => {
+            report.at(&file.span(), "api_key_file cannot be empty");
+            ok = false;
+            PathBuf::new()
+        }
+        Some(file) => resolve(report.path, file.get_ref()),
+        None => {
+            report.at(
+                &span,
+                "[crowdsec] needs api_key_file, the file holding the bouncer key (`cscli bouncers add NAME -o raw`)",
+            );
+            ok = false;
+            PathBuf::new()
+        }
+    };
+    let poll_interval = match raw.poll_interval {
+        Some(text) => match check_crowdsec_poll(text.get_ref()) {
+            Ok(interval) => interval,
+            Err(e) => {
+                report.at(&text.span(), e);
+                ok = false;
+                DEFAULT_CROWDSEC_POLL
+            }
+        },
+        None => DEFAULT_CROWDSEC_POLL,
+    };
+    ok.then_some(CrowdsecConfig {
+        url,
+        api_key_file,
+        poll_interval,
+    })
 }
 
 /// A policy's path for a list file: relative ones from the policy's directory.
@@ -966,6 +1081,46 @@ mod tests {
         problems.iter().any(|p| p.contains(needle))
     }
 
+    #[test]
+    fn crowdsec_section_is_read_and_checked() {
+        let loaded = parse_with(
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\napi_key_file = \"crowdsec.key\"\npoll_interval = \"2s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.policy.crowdsec,
+            Some(CrowdsecConfig {
+                url: "http://127.0.0.1:8080".into(),
+                api_key_file: PathBuf::from("/etc/filter-ctl/crowdsec.key"),
+                poll_interval: Duration::from_secs(2),
+            })
+        );
+        let defaults = parse_with(
+            "[crowdsec]\nurl = \"https://lapi.example:8080/\"\napi_key_file = \"/k\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            defaults.policy.crowdsec.unwrap().poll_interval,
+            DEFAULT_CROWDSEC_POLL
+        );
+        let found = problems(
+            "[crowdsec]\nurl = \"ftp://x\"\npoll_interval = \"0s\"\nkey = 1\n",
+            &[],
+        );
+        assert!(has(&found, "unknown field `key`"), "{found:?}");
+        let found = problems(
+            "[crowdsec]\nurl = \"ftp://x\"\npoll_interval = \"0s\"\n",
+            &[],
+        );
+        assert!(has(&found, ":2:7: 'ftp://x' is not an http"), "{found:?}");
+        assert!(has(&found, "poll_interval 0s is out of range"), "{found:?}");
+        assert!(has(&found, "needs api_key_file"), "{found:?}");
+        let found = problems("[crowdsec]\napi_key_file = \"k\"\n", &[]);
+        assert!(has(&found, "needs url"), "{found:?}");
+    }
+
     const P: &str = "/etc/filter-ctl/policy.toml";
 
     const MINIMAL: &str = r#"interfaces = ["eth1"]          # run attaches to these when --iface is not given
@@ -1084,6 +1239,7 @@ rate = -5
 port = "udp/53"
 rate = 5
 [crowdsec]
+url = "http://127.0.0.1:8080"
 "#;
         let found = problems(text, &[]);
         assert_eq!(found.len(), 6, "{found:#?}");
@@ -1108,7 +1264,7 @@ rate = 5
             "{found:#?}"
         );
         assert!(
-            found[5].starts_with(&format!("{P}:18:2: unknown key 'crowdsec'")),
+            found[5].starts_with(&format!("{P}:18:1: [crowdsec] needs api_key_file")),
             "{found:#?}"
         );
     }
