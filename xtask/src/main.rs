@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Check the prerequisites and install only what is missing: kernel, bpffs,
-    /// Debian packages, nightly toolchain with rust-src, bpf-linker, cargo-fuzz.
+    /// Debian packages, nightly toolchain with rust-src, bpf-linker, cargo-fuzz,
+    /// cargo-deb.
     /// Safe to re-run.
     ///
     /// Example: cargo xtask setup
