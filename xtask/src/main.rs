@@ -8,6 +8,7 @@ mod build;
 mod cmd;
 mod fuzz;
 mod lab;
+mod package;
 mod setup;
 mod sys;
 mod test;
@@ -25,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Check the prerequisites and install only what is missing: kernel, bpffs,
-    /// Debian packages, nightly toolchain with rust-src, bpf-linker, cargo-fuzz.
+    /// Debian packages, nightly toolchain with rust-src, bpf-linker, cargo-fuzz,
+    /// cargo-deb.
     /// Safe to re-run.
     ///
     /// Example: cargo xtask setup
@@ -54,6 +56,12 @@ enum Task {
     ///
     /// Example: cargo xtask fuzz --seconds 60 cidr
     Fuzz(fuzz::Options),
+    /// Build the Debian package (cargo-deb): the release binary, the
+    /// systemd unit, an example policy, the man page and shell completions.
+    /// Prints the path of the .deb.
+    ///
+    /// Does not run setup. Example: cargo xtask package
+    Package,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +72,6 @@ fn main() -> anyhow::Result<()> {
         Task::Lab(options) => lab::run(&options),
         Task::Bench(options) => bench::run(&options),
         Task::Fuzz(options) => fuzz::run(&options),
+        Task::Package => package::run().map(drop),
     }
 }

@@ -48,6 +48,7 @@ pub fn run() -> Result<()> {
     rust_src(&nightly)?;
     bpf_linker(&nightly)?;
     cargo_fuzz()?;
+    cargo_deb()?;
     Ok(())
 }
 
@@ -500,5 +501,43 @@ fn cargo_fuzz() -> Result<()> {
     };
     let version = cmd::stdout(Command::new("cargo-fuzz").arg("--version"))?;
     report(&status, version.trim());
+    Ok(())
+}
+
+/// The cargo-deb version `cargo xtask package` uses: 3.8.0 builds with Rust
+/// 1.95 (its MSRV is 1.85); pinned so every machine makes the same package.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// `cargo deb` (cargo-deb), which `cargo xtask package` runs: installed at
+/// [`CARGO_DEB_VERSION`] from the versions its lock file names, replaced
+/// when another version is on `PATH`.
+fn cargo_deb() -> Result<()> {
+    let installed = || -> Result<Option<String>> {
+        if cmd::find_on_path("cargo-deb").is_none() {
+            return Ok(None);
+        }
+        let version = cmd::stdout(Command::new("cargo-deb").arg("--version"))?;
+        Ok(Some(version.trim().to_owned()))
+    };
+    let wanted = |version: &str| version.split_whitespace().any(|w| w == CARGO_DEB_VERSION);
+    let status = if installed()?.is_some_and(|v| wanted(&v)) {
+        Status::Ok
+    } else {
+        cmd::run(cmd::cargo().args([
+            "install",
+            "--locked",
+            "--force",
+            "--version",
+            CARGO_DEB_VERSION,
+            "cargo-deb",
+        ]))
+        .context("installing cargo-deb failed (`cargo xtask package` needs it)")?;
+        ensure!(
+            installed()?.is_some_and(|v| wanted(&v)),
+            "cargo-deb {CARGO_DEB_VERSION} was installed but is not the one on PATH; is ~/.cargo/bin on PATH? (`source ~/.cargo/env`)"
+        );
+        Status::Installed
+    };
+    report(&status, &format!("cargo-deb {CARGO_DEB_VERSION}"));
     Ok(())
 }
