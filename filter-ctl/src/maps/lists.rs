@@ -186,9 +186,20 @@ impl Filter {
             )?;
         }
         let journal = Journal::begin(self, kind, &records)?;
-        let result = self
-            .write_family(v4_name, &writes4)
-            .and_then(|()| self.write_family(v6_name, &writes6));
+        // The two families are two tries with a lock each: written side by
+        // side, the kernel's inserts (most of a large load) overlap.
+        let result = std::thread::scope(|scope| {
+            let v6 = (!writes6.keys.is_empty() && !writes4.keys.is_empty())
+                .then(|| scope.spawn(|| self.write_family(v6_name, &writes6)));
+            let r4 = self.write_family(v4_name, &writes4);
+            let r6 = match v6 {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
+                None => self.write_family(v6_name, &writes6),
+            };
+            r4.and(r6)
+        });
         if let Err(error) = result {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
