@@ -54,6 +54,130 @@ fn scrape_times(env: &Env, filter: &LoadedFilter) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Edits of one entry timed per command.
+const EDIT_TIMES: usize = 5;
+/// `list --json` runs timed.
+const LIST_TIMES: usize = 3;
+
+/// Whole-command times (ms) of one-entry edits with the list loaded.
+#[derive(Default)]
+struct EditTimes {
+    block: Vec<f64>,
+    unblock: Vec<f64>,
+    allow: Vec<f64>,
+    disallow: Vec<f64>,
+}
+
+/// Times `block`/`unblock` and `allow`/`disallow` of one address,
+/// `EDIT_TIMES` pairs each, with `filter`'s list loaded; each edit must
+/// show in the maps.
+fn edit_times(env: &Env, filter: &LoadedFilter) -> Result<EditTimes> {
+    let mut out = EditTimes::default();
+    let addr = "198.18.9.9";
+    let cidr: filter_ctl::spec::cidr::Cidr = addr.parse().map_err(|e| anyhow!("{e}"))?;
+    let maps = Filter::open(&filter.pins)?;
+    let listed = |tries| -> Result<bool> {
+        Ok(maps
+            .lookup_entries(tries, &[cidr])?
+            .first()
+            .copied()
+            .flatten()
+            .is_some())
+    };
+    for _ in 0..EDIT_TIMES {
+        check_interrupted()?;
+        for (add, remove, tries, add_ms, remove_ms) in [
+            (
+                "block",
+                "unblock",
+                filter_ctl::maps::Tries::Block,
+                &mut out.block,
+                &mut out.unblock,
+            ),
+            (
+                "allow",
+                "disallow",
+                filter_ctl::maps::Tries::Allow,
+                &mut out.allow,
+                &mut out.disallow,
+            ),
+        ] {
+            add_ms.push(timed(env, &mut env.ctl(&filter.pins, &[add, addr]))? * 1000.0);
+            if !listed(tries)? {
+                env.fail(format!("part 4: `{add} {addr}` left no entry"));
+            }
+            remove_ms.push(timed(env, &mut env.ctl(&filter.pins, &[remove, addr]))? * 1000.0);
+            if listed(tries)? {
+                env.fail(format!("part 4: `{remove} {addr}` left the entry"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Times `list --json` (s) with `filter`'s list of `entries` loaded; the
+/// document must parse and hold every entry.
+fn list_times(env: &Env, filter: &LoadedFilter, entries: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..LIST_TIMES {
+        check_interrupted()?;
+        let start = Instant::now();
+        let text = env.run(&mut env.ctl(&filter.pins, &["list", "--json"]))?;
+        out.push(start.elapsed().as_secs_f64());
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).context("parsing `list --json`")?;
+        let listed = doc["blocklist"].as_array().map_or(0, Vec::len);
+        if listed != entries {
+            env.fail(format!(
+                "part 4: `list --json` shows {listed} blocklist entries, {entries} loaded"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn edits_text(
+    edits: &EditTimes,
+    listing: &[f64],
+    entries: usize,
+    quick: bool,
+    section: &mut Section,
+) {
+    let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+    let _ = writeln!(
+        section.text,
+        "**Edits and listing with the list loaded.** With the {entries} entries above in the \
+         blocklist, whole commands (start, lock, look up, write, record in the state, exit), \
+         {EDIT_TIMES} times each, ms: `block ADDR` **{}**, `unblock ADDR` **{}**, `allow ADDR` \
+         **{}**, `disallow ADDR` **{}**. `list --json` (every entry, parsed and counted \
+         afterwards), {LIST_TIMES} times, s: **{}**.\n",
+        show(&edits.block, 1),
+        show(&edits.unblock, 1),
+        show(&edits.allow, 1),
+        show(&edits.disallow, 1),
+        show(listing, 2),
+    );
+    if quick {
+        return;
+    }
+    let slowest = [&edits.block, &edits.unblock, &edits.allow, &edits.disallow]
+        .iter()
+        .map(|v| median(v))
+        .fold(f64::NAN, f64::max);
+    section.targets.push(Target {
+        what: format!("block, unblock, allow, disallow of one entry under 20 ms with {entries} entries (slowest median)"),
+        holds: slowest < 20.0,
+        detail: format!("{slowest:.1} ms"),
+        coarse_of: None,
+    });
+    section.targets.push(Target {
+        what: format!("`list --json` under 1 s with {entries} entries"),
+        holds: median(listing) < 1.0,
+        detail: format!("{:.2} s", median(listing)),
+        coarse_of: None,
+    });
+}
+
 /// Part 4.
 pub fn control(env: &Env) -> Result<Section> {
     println!("==> part 4: control plane");
@@ -82,6 +206,8 @@ pub fn control(env: &Env) -> Result<Section> {
     )?;
     let mut scrape_small = Vec::new();
     let mut scrape_large = Vec::new();
+    let mut edits = EditTimes::default();
+    let mut listing = Vec::new();
     for round in 0..env.rounds {
         check_interrupted()?;
         let filter = LoadedFilter::load("cp", &Capacities::default())?;
@@ -104,6 +230,8 @@ pub fn control(env: &Env) -> Result<Section> {
         load_secs.push(start.elapsed().as_secs_f64());
         if round == 0 {
             scrape_large = scrape_times(env, &filter)?;
+            edits = edit_times(env, &filter)?;
+            listing = list_times(env, &filter, entries)?;
         }
         if round == 0 {
             let loaded = map_memory(env, &filter)?;
@@ -166,12 +294,12 @@ pub fn control(env: &Env) -> Result<Section> {
         show(&xdpf_per_sec, 0),
     );
     section.targets.push(Target {
-        what: format!("{entries} entries loaded in under 2 s"),
-        holds: median_load < 2.0,
+        what: format!("{entries} entries loaded in under 1 s"),
+        holds: median_load < 1.0,
         detail: format!("{median_load:.2} s"),
         coarse_of: None,
     });
-    if median_load >= 2.0 && !env.quick {
+    if median_load >= 1.0 && !env.quick {
         let filter = LoadedFilter::load("cp", &Capacities::default())?;
         let list = env.work.join("list-profile.txt");
         fs::write(
@@ -219,6 +347,8 @@ pub fn control(env: &Env) -> Result<Section> {
             coarse_of: None,
         });
     }
+
+    edits_text(&edits, &listing, entries, env.quick, &mut section);
 
     let from_start: Vec<f64> = latencies.iter().map(|l| l.from_start_ms).collect();
     let from_return: Vec<f64> = latencies.iter().map(|l| l.from_return_ms).collect();

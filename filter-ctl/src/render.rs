@@ -21,14 +21,21 @@ use filter_ctl::{
 };
 use serde::Serialize;
 
+/// Standard output through a buffer: the lock alone flushes at every
+/// newline, one `write` per line (millions for a large list).
+fn buffered_stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::with_capacity(1 << 16, io::stdout().lock())
+}
+
 fn print_json(value: &impl Serialize, pretty: bool) -> anyhow::Result<()> {
-    let mut out = io::stdout().lock();
+    let mut out = buffered_stdout();
     if pretty {
         serde_json::to_writer_pretty(&mut out, value)?;
     } else {
         serde_json::to_writer(&mut out, value)?;
     }
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -57,7 +64,7 @@ pub fn list(listing: &Listing, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(listing, true);
     }
-    let mut out = io::stdout().lock();
+    let mut out = buffered_stdout();
     if let Some(header) = &listing.interrupted {
         writeln!(out, "{}", interrupted_line(header))?;
     }
@@ -91,6 +98,7 @@ pub fn list(listing: &Listing, json: bool) -> anyhow::Result<()> {
             format_duration(Duration::from_secs(a.expires_in_secs))
         )?;
     }
+    out.flush()?;
     Ok(())
 }
 

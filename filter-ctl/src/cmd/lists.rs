@@ -260,10 +260,12 @@ pub fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {
     // (a change that starts meanwhile writes its journal before any entry);
     // if there is one, a repair may finish before the entries are read.
     let interrupted = journal::interrupted(filter.pins());
+    let allow = filter.list_entries(ListKind::Allow)?;
+    let (block, auto) = filter.block_and_autoblocks()?;
     let listing = render::Listing {
-        allow: filter.list_entries(ListKind::Allow)?,
-        block: filter.list_entries(ListKind::Block)?,
-        auto: filter.autoblocks()?,
+        allow,
+        block,
+        auto,
         interrupted,
     };
     render::list(&listing, json)

@@ -175,15 +175,31 @@ impl Filter {
             return Ok(report);
         }
         if kind == ListKind::Allow {
-            // Raise the counts first: the program must not skip a non-empty allowlist.
+            // Raise the counts first, by the keys that are new: the program
+            // must not skip a non-empty allowlist. Counting the keys instead
+            // would walk the whole list on every edit.
             let (v4_count, v6_count) = self.allow_counts()?;
-            let add = u32::try_from(records.len()).unwrap_or(u32::MAX);
-            self.write_allow_counts(v4_count.saturating_add(add), v6_count.saturating_add(add))?;
+            let new = |family| u32::try_from(count_new(&records, family)).unwrap_or(u32::MAX);
+            self.write_allow_counts(
+                v4_count.saturating_add(new(4)),
+                v6_count.saturating_add(new(6)),
+            )?;
         }
         let journal = Journal::begin(self, kind, &records)?;
-        let result = self
-            .write_family(v4_name, &writes4)
-            .and_then(|()| self.write_family(v6_name, &writes6));
+        // The two families are two tries with a lock each: written side by
+        // side, the kernel's inserts (most of a large load) overlap.
+        let result = std::thread::scope(|scope| {
+            let v6 = (!writes6.keys.is_empty() && !writes4.keys.is_empty())
+                .then(|| scope.spawn(|| self.write_family(v6_name, &writes6)));
+            let r4 = self.write_family(v4_name, &writes4);
+            let r6 = match v6 {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
+                None => self.write_family(v6_name, &writes6),
+            };
+            r4.and(r6)
+        });
         if let Err(error) = result {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
@@ -209,9 +225,6 @@ impl Filter {
             )));
         }
         journal.finish()?;
-        if kind == ListKind::Allow {
-            self.sync_allow_counts()?;
-        }
         Ok(report)
     }
 
@@ -311,19 +324,26 @@ impl Filter {
         let (v4_name, v6_name) = kind.map_names();
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        // Keys this command deleted, per family (for the allowlist counts).
+        let (mut gone4, mut gone6) = (0_u32, 0_u32);
         let result = sorted.iter().try_for_each(|cidr| {
-            match *cidr {
-                Cidr::V4 { addr, prefix } => v4.remove(&Key::new(u32::from(prefix), addr)),
-                Cidr::V6 { addr, prefix } => v6.remove(&Key::new(u32::from(prefix), addr)),
-            }
-            .or_else(|e| {
-                // The program deletes expired entries itself: gone is gone.
-                if super::errno(&e) == Some(libc::ENOENT) {
-                    Ok(())
-                } else {
-                    Err(e)
+            let (removed, gone) = match *cidr {
+                Cidr::V4 { addr, prefix } => {
+                    (v4.remove(&Key::new(u32::from(prefix), addr)), &mut gone4)
                 }
-            })
+                Cidr::V6 { addr, prefix } => {
+                    (v6.remove(&Key::new(u32::from(prefix), addr)), &mut gone6)
+                }
+            };
+            match removed {
+                Ok(()) => {
+                    *gone = gone.saturating_add(1);
+                    Ok(())
+                }
+                // The program deletes expired entries itself: gone is gone.
+                Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err(e),
+            }
             .with_context(|| format!("removing {cidr} from the {}", kind.name()))
         });
         if let Err(error) = result {
@@ -334,9 +354,32 @@ impl Filter {
         }
         journal.finish()?;
         if kind == ListKind::Allow {
-            self.sync_allow_counts()?;
+            self.lower_allow_counts(gone4, gone6)?;
         }
         Ok(())
+    }
+
+    /// Lowers the allowlist counts by the keys an edit deleted, without
+    /// walking the list. The counts never fall below the keys present: they
+    /// were raised by every key added, and the program's own deletions of
+    /// expired entries leave them high (one needless lookup, never a skipped
+    /// allowlist); a family found empty (one step of the trie) is set to 0.
+    fn lower_allow_counts(&self, gone4: u32, gone6: u32) -> anyhow::Result<()> {
+        let (v4_name, v6_name) = ListKind::Allow.map_names();
+        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
+        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        let (v4_count, v6_count) = self.allow_counts()?;
+        let lowered = |count: u32, gone: u32, empty: bool| {
+            if empty {
+                0
+            } else {
+                count.saturating_sub(gone).max(1)
+            }
+        };
+        self.write_allow_counts(
+            lowered(v4_count, gone4, v4.keys().next().is_none()),
+            lowered(v6_count, gone6, v6.keys().next().is_none()),
+        )
     }
 
     /// Entries in the IPv4 and IPv6 allowlists, as the program was last told.
@@ -393,32 +436,63 @@ impl Filter {
     /// Every entry of `tries`, expired ones included, as stored.
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let (v4_name, v6_name) = tries.map_names();
-        let v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
-        let v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         let mut out = Vec::new();
-        for item in &v4 {
-            let (key, value) = item.with_context(|| format!("reading {v4_name}"))?;
+        self.read_family::<Ipv4Bytes>(v4_name, &mut |key, value| {
             let ip = IpAddr::V4(Ipv4Addr::from(key.data()));
             out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
-        }
-        for item in &v6 {
-            let (key, value) = item.with_context(|| format!("reading {v6_name}"))?;
+        })?;
+        self.read_family::<Ipv6Bytes>(v6_name, &mut |key, value| {
             let ip = IpAddr::V6(Ipv6Addr::from(key.data()));
             out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
-        }
-        out.sort_by_key(|(cidr, _)| *cidr);
+        })?;
+        out.sort_unstable_by_key(|(cidr, _)| *cidr);
         Ok(out)
+    }
+
+    /// Every entry of one trie: by `BPF_MAP_LOOKUP_BATCH` (one syscall per
+    /// few thousand entries) where the kernel has it for LPM tries, else by
+    /// walking the keys (two syscalls per entry).
+    fn read_family<K: Pod>(
+        &self,
+        name: &str,
+        each: &mut dyn FnMut(Key<K>, ListEntry),
+    ) -> anyhow::Result<()> {
+        // Opened typed first: it checks the key and value sizes the batch relies on.
+        let trie: LpmTrie<MapData, K, ListEntry> = self.lpm(name)?;
+        let batched = batch::lookup_all::<Key<K>, ListEntry>(&self.map_data(name)?, &mut |k, v| {
+            each(k, v);
+            Ok(())
+        })
+        .with_context(|| format!("reading {name}"))?;
+        if !batched {
+            for item in &trie {
+                let (key, value) = item.with_context(|| format!("reading {name}"))?;
+                each(key, value);
+            }
+        }
+        Ok(())
     }
 
     /// Active entries with their remaining time (for the blocklist, the
     /// shadow policy's blocks too, marked `shadow`).
     pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<ListedEntry>> {
+        self.listed(kind, self.list_entries_raw(kind)?)
+    }
+
+    /// The blocklist as [`Self::list_entries`] and the automatic blocks as
+    /// [`Self::autoblocks`], from one walk of the blocklist (a walk costs a
+    /// few µs per entry in the kernel: seconds at a million).
+    pub fn block_and_autoblocks(&self) -> anyhow::Result<(Vec<ListedEntry>, Vec<ListedAutoBlock>)> {
+        let raw = self.list_entries_raw(ListKind::Block)?;
+        let auto = self.autoblocks_of(&raw)?;
+        Ok((self.listed(ListKind::Block, raw)?, auto))
+    }
+
+    /// `raw` (the entries of `kind`'s list) as listed.
+    fn listed(&self, kind: ListKind, raw: Entries) -> anyhow::Result<Vec<ListedEntry>> {
         let now = clock::monotonic_ns();
-        let mut entries: Vec<(Cidr, ListEntry, bool)> = self
-            .list_entries_raw(kind)?
-            .into_iter()
-            .map(|(c, e)| (c, e, false))
-            .collect();
+        let mut entries: Vec<(Cidr, ListEntry, bool)> =
+            raw.into_iter().map(|(c, e)| (c, e, false)).collect();
         if kind == ListKind::Block {
             entries.extend(
                 self.entries_raw(Tries::ShadowBlock)?
@@ -490,11 +564,16 @@ impl Filter {
 
     /// Active automatic blocks (blocklist entries added by the program).
     pub fn autoblocks(&self) -> anyhow::Result<Vec<ListedAutoBlock>> {
+        self.autoblocks_of(&self.list_entries_raw(ListKind::Block)?)
+    }
+
+    /// The automatic blocks among `raw` (the blocklist's entries).
+    fn autoblocks_of(&self, raw: &[(Cidr, ListEntry)]) -> anyhow::Result<Vec<ListedAutoBlock>> {
         let rules = RuleTable::read(self)?;
         let now = clock::monotonic_ns();
-        Ok(self
-            .list_entries_raw(ListKind::Block)?
-            .into_iter()
+        Ok(raw
+            .iter()
+            .copied()
             .filter(|(_, e)| e.origin == ORIGIN_AUTO && e.is_active(now))
             .map(|(cidr, e)| ListedAutoBlock {
                 source: cidr.to_string(),
