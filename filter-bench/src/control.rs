@@ -413,6 +413,7 @@ pub fn control(env: &Env) -> Result<Section> {
         bytes(total_empty),
         bytes(total_loaded)
     );
+    crate::stats_cost::stats_json(env, &mut section)?;
     Ok(section)
 }
 

@@ -22,6 +22,7 @@ mod frames;
 mod profile;
 mod prog;
 mod report;
+mod stats_cost;
 mod throughput;
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};

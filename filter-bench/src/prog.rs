@@ -617,7 +617,7 @@ fn profile_run(env: &Env, id: u32, frame: &std::path::Path) -> String {
 }
 
 /// Writes `count` distinct live buckets for the default rule.
-fn fill_buckets(filter: &LoadedFilter, count: usize) -> Result<()> {
+pub fn fill_buckets(filter: &LoadedFilter, count: usize) -> Result<()> {
     let mut buckets = buckets(filter)?;
     for i in 0..count {
         let n = u32::try_from(i).expect("fewer than 2^32 sources");

@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
-use filter_common::{
-    Bucket, BucketKey, Counter, RuleCounter, iface, maps, reason, stats_index, table_stat,
-};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use filter_common::{Counter, RuleCounter, iface, maps, reason, stats_index, table_stat};
 use serde::Serialize;
 
 use super::Filter;
@@ -22,8 +20,9 @@ pub struct Stats {
     /// of 64 or more is counted under `other`, and a slot without a name as
     /// `ifindex_N` (e.g. `BPF_PROG_TEST_RUN`, which reports ifindex 1).
     pub interfaces: BTreeMap<String, BTreeMap<String, CounterJson>>,
-    /// The program's own tables: `buckets_live`, `bucket_inserts`,
-    /// `bucket_evictions` (inserts - live: buckets are only ever evicted),
+    /// The program's own tables: `buckets_live` (estimated without a walk:
+    /// min(inserts, capacity), as `/metrics` reports it), `bucket_inserts`,
+    /// `bucket_evictions` (inserts - live),
     /// `autoblocks`, `autoblocks_failed`, `events_lost`.
     pub tables: BTreeMap<String, u64>,
 }
@@ -168,11 +167,10 @@ impl Filter {
         for (name, counter) in reason::NAMES.iter().zip(totals) {
             out.reasons.insert((*name).to_string(), counter.into());
         }
-        let buckets: HashMap<MapData, BucketKey, Bucket> =
-            HashMap::try_from(self.map(maps::BUCKETS)?)
-                .context("BUCKETS is not the expected hash map")?;
-        let live = buckets.keys().flatten().count() as u64;
+        // Estimated, as `/metrics` does, from the kernel's insert counter and
+        // the table's capacity: walking a million-entry table took seconds.
         let inserts = self.table_stat(table_stat::BUCKET_INSERTS)?;
+        let live = inserts.min(u64::from(self.capacity(maps::BUCKETS)?));
         for (name, value) in [
             ("buckets_live", live),
             ("bucket_inserts", inserts),
