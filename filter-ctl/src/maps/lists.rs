@@ -562,11 +562,6 @@ impl Filter {
         Ok(still.len())
     }
 
-    /// Active automatic blocks (blocklist entries added by the program).
-    pub fn autoblocks(&self) -> anyhow::Result<Vec<ListedAutoBlock>> {
-        self.autoblocks_of(&self.list_entries_raw(ListKind::Block)?)
-    }
-
     /// The automatic blocks among `raw` (the blocklist's entries).
     fn autoblocks_of(&self, raw: &[(Cidr, ListEntry)]) -> anyhow::Result<Vec<ListedAutoBlock>> {
         let rules = RuleTable::read(self)?;
