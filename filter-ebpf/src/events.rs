@@ -1,8 +1,13 @@
 //! Records for user space in the `EVENTS` ring buffer, each behind an
 //! `EventHeader` (`filter_common::events`).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use filter_common::{AutoBlockEvent, DropEvent, Ipv6Bytes, events::sampling, table_stat};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_coarse_ns,
+};
+use filter_common::{
+    AutoBlockEvent, DropEvent, Ipv6Bytes, abi::capacity, events::sampling, table_stat,
+};
 
 use crate::{
     maps::{EVENTS, SAMPLE_STATE, SAMPLING},
@@ -91,7 +96,20 @@ fn emit_drop(ifindex: u32, why: u32, rule: u16, packet: Option<&Packet>, len: u6
             }
         }
     }
-    entry.submit(0);
+    entry.submit(drop_submit_flags());
+}
+
+/// Drop events do not wake the controller, which reads the ring on a short
+/// timer: a wake-up per event (an `irq_work` and a scheduled reader on the
+/// flooded CPUs) cost floods more than the sampling itself. Once the ring is
+/// half full, the event wakes the reader early so that none is lost.
+#[inline(always)]
+fn drop_submit_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(capacity::EVENTS_BYTES / 2) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Counts one event against this CPU's per-second cap; false once it is reached.

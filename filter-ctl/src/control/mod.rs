@@ -459,6 +459,10 @@ impl Controller {
         let mut drop_log = tokio::time::interval(self.drop_log_interval);
         drop_log.tick().await; // the first tick is immediate: skip it
         let mut top = tokio::time::interval(Duration::from_secs(1));
+        // Sampled drops are submitted without a wake-up (filter-ebpf's
+        // events.rs): they are read here, and on a wake-up for the others.
+        let mut ring_poll = tokio::time::interval(EVENTS_POLL_INTERVAL);
+        ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let resync = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut decisions = match self.crowdsec.clone() {
             Some(source) => {
@@ -491,6 +495,10 @@ impl Controller {
                 pulled = next_pull(&mut decisions) => if let Some(pulled) = pulled {
                     self.apply_decisions(&pulled, &resync);
                 },
+                _ = ring_poll.tick() => {
+                    let blocks = drain_events(&filter, ring.get_mut(), &mut self.drops);
+                    self.persist_autoblocks(&blocks);
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("waiting for events")?;
                     let blocks = drain_events(&filter, guard.get_inner_mut(), &mut self.drops);
@@ -868,6 +876,10 @@ fn sampled_drop(event: &DropEvent, rule_name: &impl Fn(u32) -> String) -> Option
         weight: u64::from(event.weight),
     })
 }
+
+/// How often the event ring buffer is read without a wake-up: drop events
+/// arrive at most this late (a half-full ring wakes the reader at once).
+const EVENTS_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Logs an interval's sampled drops: one line per source, heaviest first.
 fn log_drops(summary: &drops::Summary, interval: Duration) {
