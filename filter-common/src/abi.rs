@@ -23,7 +23,9 @@ use crate::{
 /// 8: shadow reasons (`STATS` grows), `ListEntry::rule` is a `u8` beside
 /// `ListEntry::flags`, origins `policy` and `crowdsec`, `RULE_FLAG_SHADOW`,
 /// `SHADOW_BLOCK_V4`/`V6` and their counts in `Config`.
-pub const LAYOUT_VERSION: u32 = 8;
+/// 9: `Config` grows to 48 bytes (`tick_ns`, `jiffies_at_zero`) and
+/// `Config::rate_clock` 0 is the per-rule automatic choice.
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

@@ -18,7 +18,8 @@ pub struct Config {
     /// Raised before entries are added, lowered after they are removed.
     pub allow_v4_entries: u32,
     pub allow_v6_entries: u32,
-    /// Clock of the rate limiter: [`CLOCK_PRECISE`] (default) or [`CLOCK_COARSE`].
+    /// Clock of the rate limiter: [`CLOCK_AUTO`] (default), [`CLOCK_COARSE`]
+    /// or [`CLOCK_PRECISE`].
     pub rate_clock: u32,
     /// Slot of `RULES` holding the default rule: [`DEFAULT_RULE`] or
     /// [`DEFAULT_RULE`]` + `[`MAX_RULES`], the two slots of rule id 0. User
@@ -31,6 +32,14 @@ pub struct Config {
     /// program skips the shadow lookup.
     pub shadow_v4_entries: u32,
     pub shadow_v6_entries: u32,
+    /// Length of one timer tick (ns): the resolution of `jiffies`, set by
+    /// user space from `clock_getres(CLOCK_MONOTONIC_COARSE)`. 0 (not set):
+    /// the rate limiter reads the precise clock only.
+    pub tick_ns: u64,
+    /// `jiffies` when `CLOCK_MONOTONIC` was 0, set by user space with
+    /// `tick_ns`: `(jiffies - jiffies_at_zero) * tick_ns` is the monotonic
+    /// time of the last tick, the time the coarse clock reads.
+    pub jiffies_at_zero: u64,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -39,14 +48,38 @@ pub const DEFAULT_IPV4_SOURCE_PREFIX: u32 = 32;
 /// (one /64 is what a single host or subscriber gets).
 pub const DEFAULT_IPV6_SOURCE_PREFIX: u32 = 64;
 
-/// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond.
-pub const CLOCK_PRECISE: u32 = 0;
-/// Rate limiter clock: `bpf_ktime_get_coarse_ns`, the time of the last timer
-/// tick (1-4 ms old): much cheaper to read; a source may get up to one tick's
-/// worth of packets above its burst, never more on average.
+/// Rate limiter clock, the default: per rule, the coarse clock when the
+/// rule's burst covers one tick of its rate (then the tick's resolution
+/// changes nothing a source can see), else the precise one. See
+/// [`coarse_clock_suffices`].
+pub const CLOCK_AUTO: u32 = 0;
+/// Rate limiter clock: the time of the last timer tick (1-4 ms old), from
+/// `jiffies` (which the verifier inlines: no helper call). A source gets at
+/// most its burst per tick: a rule whose burst is less than one tick's worth
+/// of its rate is cut to `burst` packets per tick.
 pub const CLOCK_COARSE: u32 = 1;
+/// Rate limiter clock: `bpf_ktime_get_ns`, exact to the nanosecond, for
+/// every rule.
+pub const CLOCK_PRECISE: u32 = 2;
 
-const _: () = assert!(size_of::<Config>() == 32);
+/// Whether the coarse clock enforces a rule exactly as the precise one does,
+/// on average: its packet burst (tolerance plus one interval) and its byte
+/// tolerance each cover one tick (`tick_ticks`, in rate ticks), so the whole
+/// tick's allowance fits in the bucket when the clock jumps by a tick.
+#[inline(always)]
+#[must_use]
+pub const fn coarse_clock_suffices(
+    packet_interval: u64,
+    packet_tolerance: u64,
+    byte_interval: u64,
+    byte_tolerance: u64,
+    tick_ticks: u64,
+) -> bool {
+    (packet_interval == 0 || packet_tolerance.saturating_add(packet_interval) >= tick_ticks)
+        && (byte_interval == 0 || byte_tolerance >= tick_ticks)
+}
+
+const _: () = assert!(size_of::<Config>() == 48);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
@@ -55,3 +88,5 @@ const _: () = assert!(offset_of!(Config, rate_clock) == 16);
 const _: () = assert!(offset_of!(Config, default_rule_slot) == 20);
 const _: () = assert!(offset_of!(Config, shadow_v4_entries) == 24);
 const _: () = assert!(offset_of!(Config, shadow_v6_entries) == 28);
+const _: () = assert!(offset_of!(Config, tick_ns) == 32);
+const _: () = assert!(offset_of!(Config, jiffies_at_zero) == 40);

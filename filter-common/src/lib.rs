@@ -28,7 +28,8 @@ pub mod stats;
 
 pub use abi::{LAYOUT_VERSION, capacity, maps};
 pub use config::{
-    CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX,
+    CLOCK_AUTO, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
+    DEFAULT_IPV6_SOURCE_PREFIX, coarse_clock_suffices,
 };
 pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
 pub use lists::{

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use filter_common::{CLOCK_COARSE, Config};
+use filter_common::Config;
 use filter_ctl::{
     maps::{
         ListKind,
@@ -17,7 +17,7 @@ use filter_ctl::{
         rules::ListedRule,
         status::Status,
     },
-    spec::{duration::format_duration, policy::LoadedPolicy},
+    spec::{duration::format_duration, policy::LoadedPolicy, rule::RateClock},
 };
 use serde::Serialize;
 
@@ -201,11 +201,7 @@ pub fn status(status: &Status, policy: Option<&PolicyStatus>, json: bool) -> any
 }
 
 pub fn rules(rules: &[ListedRule], config: &Config, json: bool) -> anyhow::Result<()> {
-    let clock = if config.rate_clock == CLOCK_COARSE {
-        "coarse"
-    } else {
-        "precise"
-    };
+    let clock = RateClock::of_value(config.rate_clock).to_string();
     if json {
         let value = serde_json::json!({
             "rules": rules,

@@ -9,6 +9,7 @@ use filter_common::{
 
 use crate::{
     atomic::BucketWords,
+    clock::CoarseClock,
     events,
     maps::{BLOCK_V4, BLOCK_V6},
     parse::Packet,
@@ -20,6 +21,9 @@ const EEXIST: i32 = -17;
 
 /// Count an over-limit packet in the rule's window; the packet that reaches
 /// the threshold puts the source's prefix on the blocklist as an automatic block.
+/// `now` is the rate limiter's time (the window); the block's own times are
+/// the coarse clock's, which user space reads as `CLOCK_MONOTONIC`.
+#[expect(clippy::too_many_arguments, reason = "inlined into its one caller")]
 #[inline(always)]
 pub fn note_over_limit(
     bucket: &BucketWords,
@@ -29,6 +33,7 @@ pub fn note_over_limit(
     config: Option<&Config>,
     source: &Ipv6Bytes,
     now: u64,
+    clock: &mut CoarseClock,
 ) {
     let start = bucket.window_start_ns.load();
     if start == 0 || now.wrapping_sub(start) > rule.autoblock_window_ns {
@@ -46,8 +51,9 @@ pub fn note_over_limit(
     // `autoblock_after` over-limit packets to be blocked again.
     bucket.window_start_ns.store(now);
     bucket.over_limit.store(0);
+    let blocked_at = clock.now();
     let mut entry = ListEntry {
-        expires_at_ns: now + rule.autoblock_for_ns,
+        expires_at_ns: blocked_at + rule.autoblock_for_ns,
         prefix_len: 0,
         origin: ORIGIN_AUTO,
         // Fits: MAX_RULES <= 256 is asserted in filter-common.
@@ -76,5 +82,11 @@ pub fn note_over_limit(
         }
     }
     bump_table_stat(table_stat::AUTOBLOCKS);
-    events::autoblocked(source, id, rule.autoblock_after, now, entry.expires_at_ns);
+    events::autoblocked(
+        source,
+        id,
+        rule.autoblock_after,
+        blocked_at,
+        entry.expires_at_ns,
+    );
 }

@@ -3,16 +3,16 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
-    Bucket, BucketKey, CLOCK_COARSE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
+    Bucket, BucketKey, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
     RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    only_from_key_data, reason, rule_id, table_stat,
+    coarse_clock_suffices, only_from_key_data, reason, rule_id, table_stat,
 };
 
 use crate::{
     atomic::{BucketWords, CAS_ATTEMPTS, SharedWord},
     autoblock,
-    clock::CoarseClock,
+    clock::{self, CoarseClock},
     maps::{BUCKETS, ONLY_FROM, PORT_RULE_INDEX, RULES},
     parse::{self, Packet},
     stats::bump_table_stat,
@@ -95,17 +95,43 @@ fn rule_verdict(
         return reason::PASS;
     }
     let source = aggregated_source(packet, config);
-    // The rate limiter's clock: bpf_ktime_get_ns unless `limit clock coarse`.
-    let now_ns = match config {
-        Some(c) if c.rate_clock == CLOCK_COARSE => clock.now(),
-        // SAFETY: a BPF helper without arguments or preconditions.
-        _ => unsafe { bpf_ktime_get_ns() },
-    };
-    if within_limit(rule_id(slot), rule, packet, config, &source, len, now_ns) {
+    let now_ns = rate_clock_ns(rule, config);
+    if within_limit(
+        rule_id(slot),
+        rule,
+        packet,
+        config,
+        &source,
+        len,
+        now_ns,
+        clock,
+    ) {
         reason::PASS
     } else {
         reason::RATELIMIT
     }
+}
+
+/// The rate limiter's time for this rule (ns): the tick clock (`jiffies`,
+/// inlined, no helper call) when `limit clock coarse` says so, or by default
+/// when the rule's burst covers a tick; else `bpf_ktime_get_ns`.
+#[inline(always)]
+fn rate_clock_ns(rule: &RateRule, config: Option<&Config>) -> u64 {
+    if let Some(c) = config.filter(|c| c.tick_ns != 0 && c.rate_clock != CLOCK_PRECISE) {
+        let coarse = c.rate_clock == CLOCK_COARSE
+            || coarse_clock_suffices(
+                rule.packet_interval,
+                rule.packet_tolerance,
+                rule.byte_interval,
+                rule.byte_tolerance,
+                c.tick_ns.wrapping_mul(TICKS_PER_NS),
+            );
+        if coarse {
+            return clock::tick_ns(c);
+        }
+    }
+    // SAFETY: a BPF helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
@@ -185,6 +211,7 @@ fn mask128(hi: u64, lo: u64, prefix: u32) -> (u64, u64) {
 }
 
 /// GCRA check of one (rule id, source); over-limit packets feed the automatic block.
+#[expect(clippy::too_many_arguments, reason = "inlined into its one caller")]
 #[inline(always)]
 fn within_limit(
     id: u32,
@@ -194,6 +221,7 @@ fn within_limit(
     source: &Ipv6Bytes,
     len: u64,
     now_ns: u64,
+    clock: &mut CoarseClock,
 ) -> bool {
     let key = BucketKey {
         rule: id,
@@ -220,7 +248,7 @@ fn within_limit(
         && (rule.byte_interval == 0 || gcra(words.byte_tat, now, byte_cost, rule.byte_tolerance));
     // A shadow rule never blocks, automatically or otherwise.
     if !ok && rule.autoblock_after != 0 && rule.flags & RULE_FLAG_SHADOW == 0 {
-        autoblock::note_over_limit(&words, id, rule, packet, config, source, now_ns);
+        autoblock::note_over_limit(&words, id, rule, packet, config, source, now_ns, clock);
     }
     ok
 }

@@ -362,7 +362,7 @@ fn coarse_clock_limits_the_same() {
     assert_eq!(test.run(&frame), XDP_PASS_ACTION, "refilled after 200 ms");
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: what `bpf_ktime_get_coarse_ns` reads.
+/// `CLOCK_MONOTONIC_COARSE` in ns: the time of the last tick.
 fn coarse_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -374,8 +374,8 @@ fn coarse_now_ns() -> u64 {
 }
 
 /// The time the program charged a first packet at, from its bucket: a fresh
-/// bucket's arrival time is `now + interval`, in ticks.
-fn charged_at(test: &ProgTest, id: u32, src: &str, port: u16) -> u64 {
+/// bucket's arrival time is `now + interval`, in ticks of `TICKS_PER_NS`.
+fn charged_at(test: &ProgTest, id: u32, src: &str, port: u16, interval: u64) -> u64 {
     assert_eq!(
         test.run(&udp4(src, port)),
         XDP_PASS_ACTION,
@@ -386,11 +386,27 @@ fn charged_at(test: &ProgTest, id: u32, src: &str, port: u16) -> u64 {
     key[11] = 0xff;
     key[12..].copy_from_slice(&ip4(src));
     let bucket = test.bucket(id, key).expect("the program made a bucket");
-    (bucket.packet_tat - SLOW) / filter_common::TICKS_PER_NS
+    (bucket.packet_tat - interval) / filter_common::TICKS_PER_NS
+}
+
+/// Whether a rule charged by the tick clock: a multiple of the tick (ticks
+/// sit on multiples of it in `CLOCK_MONOTONIC`), within a tick of the coarse
+/// clock read around the packet.
+fn charged_by_the_tick(test: &ProgTest, id: u32, src: &str, port: u16, interval: u64) -> bool {
+    let tick = filter_ctl::clock::tick_ns().expect("a tick length");
+    let before = coarse_now_ns();
+    let charged = charged_at(test, id, src, port, interval);
+    let after = coarse_now_ns();
+    assert!(
+        charged + tick > before && charged <= after + tick,
+        "charged at {charged}, coarse clock {before}..{after}, tick {tick}"
+    );
+    charged.is_multiple_of(tick)
 }
 
 /// Which clock the limiter reads is visible in a fresh bucket: the precise
-/// clock is past the last tick, the coarse one is the last tick itself.
+/// clock is past the test's own earlier reading, the tick clock sits on a
+/// multiple of the tick, next to the coarse clock.
 #[test]
 fn limit_clock_selects_the_clock_read() {
     if skip_unless_root("limit_clock_selects_the_clock_read") {
@@ -407,25 +423,67 @@ fn limit_clock_selects_the_clock_read() {
     );
     freeze(&test, id, 1);
     // Precise: read after the test's own precise clock reading.
+    filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_PRECISE)
+        .expect("setting the precise clock");
     let before = filter_ctl::clock::monotonic_ns();
-    let precise = charged_at(&test, id, "198.18.74.1", 7005);
+    let precise = charged_at(&test, id, "198.18.74.1", 7005, SLOW);
     assert!(precise >= before, "precise clock {precise} before {before}");
-    // Coarse: within the coarse readings around the run (ticks happen, so
-    // retry a few times for a run that no tick interrupts).
+    let tick = filter_ctl::clock::tick_ns().expect("a tick length");
+    assert!(!precise.is_multiple_of(tick), "the precise clock is not on a tick");
+    // Coarse: the tick.
     filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
         .expect("setting the coarse clock");
-    let mut within = false;
-    for i in 0..5u8 {
-        let coarse_before = coarse_now_ns();
-        let charged = charged_at(&test, id, &format!("198.18.74.{}", 10 + i), 7005);
-        let coarse_after = coarse_now_ns();
-        if coarse_before == coarse_after {
-            assert_eq!(charged, coarse_before, "the coarse clock is the last tick");
-            within = true;
-            break;
-        }
+    assert!(
+        charged_by_the_tick(&test, id, "198.18.74.10", 7005, SLOW),
+        "the coarse clock reads the tick"
+    );
+}
+
+/// By default each rule gets the tick clock only when its burst covers one
+/// tick of its rate (where the tick changes nothing a source can see), and
+/// the precise clock otherwise; the limits hold either way.
+#[test]
+fn the_default_clock_is_chosen_per_rule() {
+    if skip_unless_root("the_default_clock_is_chosen_per_rule") {
+        return;
     }
-    assert!(within, "five runs were each interrupted by a tick");
+    let test = ProgTest::new();
+    // 1 packet a second, burst 5: a tick's worth (4 ms at most) fits the burst.
+    let slow = test.limit(
+        "udp/7006",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(5),
+            ..Default::default()
+        },
+    );
+    // 1,000,000 packets a second, burst 1: a tick would cut it to one packet a tick.
+    let fast = test.limit(
+        "udp/7007",
+        &LimitSpec {
+            rate: Some(1_000_000),
+            burst: Some(1),
+            ..Default::default()
+        },
+    );
+    let second = filter_common::TICKS_PER_SEC;
+    assert!(
+        charged_by_the_tick(&test, slow, "198.18.75.1", 7006, second),
+        "a rule whose burst covers a tick reads the tick"
+    );
+    let before = filter_ctl::clock::monotonic_ns();
+    let interval = second / 1_000_000;
+    let charged = charged_at(&test, fast, "198.18.75.2", 7007, interval);
+    assert!(
+        charged >= before,
+        "a fast rule with a small burst reads the precise clock ({charged} before {before})"
+    );
+    // And the slow rule limits as before: 4 more pass, the 6th is over.
+    let frame = udp4("198.18.75.1", 7006);
+    for i in 2..=5 {
+        assert_eq!(test.run(&frame), XDP_PASS_ACTION, "packet {i} of the burst");
+    }
+    assert_eq!(test.run(&frame), XDP_DROP_ACTION, "over the burst");
 }
 
 /// More sources than the tracking table holds: the LRU evicts, and `stats`

@@ -35,11 +35,14 @@ pub enum Command {
     },
     /// Show the rules with their counters.
     List(JsonArg),
-    /// Choose the rate limiter's clock. `precise` (the default) reads
-    /// `bpf_ktime_get_ns` for every rate-limited packet; `coarse` reads the
-    /// time of the last timer tick, which costs less (about 15 ns a
-    /// packet on the benchmark machine) but lets a source send up to one tick
-    /// (1-4 ms) worth of packets above its burst; the average rate holds.
+    /// Choose the rate limiter's clock. `auto` (the default) reads the time
+    /// of the last timer tick (`jiffies`, no helper call) for each rule whose
+    /// burst covers one tick of its rate, where it limits exactly as the
+    /// precise clock does, and `bpf_ktime_get_ns` for the others; `coarse`
+    /// reads the tick for every rule (a rule whose burst is below one tick of
+    /// its rate is then cut to its burst per tick, 1-4 ms); `precise` reads
+    /// `bpf_ktime_get_ns` for every rate-limited packet (10-25 ns more a
+    /// packet on the benchmark machine).
     ///
     /// Example: filter-ctl limit clock coarse
     Clock {

@@ -13,9 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context as _;
-use filter_common::{
-    CLOCK_COARSE, CLOCK_PRECISE, ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW, RateRule,
-};
+use filter_common::{ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW, RateRule};
 use serde::Serialize;
 
 use crate::{
@@ -49,7 +47,7 @@ pub struct Desired {
     pub rules: BTreeMap<String, DesiredRule>,
     pub ipv4_prefix: Option<u32>,
     pub ipv6_prefix: Option<u32>,
-    /// `CLOCK_PRECISE` or `CLOCK_COARSE`.
+    /// `CLOCK_AUTO`, `CLOCK_COARSE` or `CLOCK_PRECISE`.
     pub rate_clock: Option<u32>,
 }
 
@@ -127,14 +125,6 @@ impl Change {
     }
 }
 
-fn clock_name(clock: u32) -> &'static str {
-    if clock == CLOCK_COARSE {
-        "coarse"
-    } else {
-        "precise"
-    }
-}
-
 /// What going from `current` (the active policy, if any) to `next` changes.
 /// Pure; `config` is the kernel's, for settings.
 #[must_use]
@@ -181,8 +171,8 @@ pub fn plan(current: Option<&Desired>, next: &Desired, config: &filter_common::C
     if let Some(clock) = next.rate_clock.filter(|c| *c != config.rate_clock) {
         change.settings.push(format!(
             "rate_clock: {} -> {}",
-            clock_name(config.rate_clock),
-            clock_name(clock)
+            RateClock::of_value(config.rate_clock),
+            RateClock::of_value(clock)
         ));
     }
     change
@@ -257,7 +247,6 @@ pub fn apply(
             .map_err(after_entries)?;
     }
     if let Some(clock) = next.rate_clock {
-        debug_assert!(clock == CLOCK_PRECISE || clock == CLOCK_COARSE);
         rules::set_clock(filter, clock).map_err(after_entries)?;
     }
 

@@ -164,7 +164,9 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the default aggregation prefixes on a fresh CONFIG map (all zero).
+/// Writes the default aggregation prefixes on a fresh CONFIG map (all zero),
+/// and the tick clock's scale (`tick_ns`, `jiffies_at_zero`) on a map that
+/// lacks it.
 fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     let data =
         MapData::from_pin(pins.map(maps::CONFIG)).context("opening the pinned CONFIG map")?;
@@ -184,6 +186,15 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
             ..Config::default()
         };
         config.set(0, defaults, 0).context("writing CONFIG")?;
+    }
+    let mut current = config.get(&0, 0).context("reading CONFIG")?;
+    if current.tick_ns == 0
+        && let Some(tick_ns) = crate::clock::tick_ns()
+    {
+        // Without it the rate limiter keeps to the precise clock.
+        current.tick_ns = tick_ns;
+        current.jiffies_at_zero = crate::clock::jiffies_at_zero(tick_ns);
+        config.set(0, current, 0).context("writing CONFIG")?;
     }
     Ok(())
 }

@@ -430,7 +430,8 @@ pub fn list(filter: &Filter) -> anyhow::Result<Vec<ListedRule>> {
     Ok(out)
 }
 
-/// Chooses the rate limiter's clock (`filter_common::CLOCK_PRECISE` or `CLOCK_COARSE`).
+/// Chooses the rate limiter's clock (`filter_common::CLOCK_AUTO`,
+/// `CLOCK_COARSE` or `CLOCK_PRECISE`).
 pub fn set_clock(filter: &Filter, clock: u32) -> anyhow::Result<()> {
     filter
         .update_config(|config| {

@@ -1336,7 +1336,7 @@ rate = 5
             "1:23: interface eth1 is listed twice",
             "1:31: 'a/b' is not an interface name",
             "2:8: mode 'turbo' is not one of: auto, native, skb",
-            "3:14: rate_clock 'slow' is not one of: precise, coarse",
+            "3:14: rate_clock 'slow' is not one of: auto, coarse, precise",
             "5:15: ipv4_prefix must be 1-32 (got 33)",
             "6:15: ipv6_prefix must be 1-128 (got 0)",
             "8:31: '203.0.113.300' is not an IPv4 or IPv6 address",

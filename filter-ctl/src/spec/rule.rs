@@ -294,11 +294,16 @@ impl LimitSpec {
 /// The rate limiter's clock (`filter-ctl limit clock`, a policy's `rate_clock`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RateClock {
-    /// `bpf_ktime_get_ns` for every rate-limited packet (the default).
-    Precise,
-    /// The time of the last timer tick: cheaper, up to one tick (1-4 ms)
-    /// of packets above the burst.
+    /// The default: per rule, the tick clock when the rule's burst covers
+    /// one tick of its rate (it then limits exactly as the precise clock
+    /// does), else `bpf_ktime_get_ns`.
+    Auto,
+    /// The time of the last timer tick (`jiffies`) for every rule: cheapest;
+    /// a rule whose burst is below one tick of its rate is cut to its burst
+    /// per tick (1-4 ms).
     Coarse,
+    /// `bpf_ktime_get_ns` for every rate-limited packet.
+    Precise,
 }
 
 impl RateClock {
@@ -306,8 +311,20 @@ impl RateClock {
     #[must_use]
     pub fn value(self) -> u32 {
         match self {
-            Self::Precise => filter_common::CLOCK_PRECISE,
+            Self::Auto => filter_common::CLOCK_AUTO,
             Self::Coarse => filter_common::CLOCK_COARSE,
+            Self::Precise => filter_common::CLOCK_PRECISE,
+        }
+    }
+
+    /// The clock `Config::rate_clock` names; an unknown value reads as the
+    /// kernel treats it (automatic).
+    #[must_use]
+    pub fn of_value(value: u32) -> Self {
+        match value {
+            filter_common::CLOCK_COARSE => Self::Coarse,
+            filter_common::CLOCK_PRECISE => Self::Precise,
+            _ => Self::Auto,
         }
     }
 }
@@ -315,8 +332,9 @@ impl RateClock {
 impl fmt::Display for RateClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Precise => "precise",
+            Self::Auto => "auto",
             Self::Coarse => "coarse",
+            Self::Precise => "precise",
         })
     }
 }
