@@ -436,15 +436,28 @@ impl Filter {
     /// Every entry of `tries`, expired ones included, as stored.
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let (v4_name, v6_name) = tries.map_names();
-        let mut out = Vec::new();
-        self.read_family::<Ipv4Bytes>(v4_name, &mut |key, value| {
-            let ip = IpAddr::V4(Ipv4Addr::from(key.data()));
-            out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
-        })?;
-        self.read_family::<Ipv6Bytes>(v6_name, &mut |key, value| {
-            let ip = IpAddr::V6(Ipv6Addr::from(key.data()));
-            out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
-        })?;
+        // The two tries on two threads: the kernel's walk of an LPM trie
+        // (`trie_get_next_key`) is most of a large list's cost.
+        let (v4, v6) = std::thread::scope(|scope| {
+            let v6 = scope.spawn(|| {
+                let mut out = Vec::new();
+                self.read_family::<Ipv6Bytes>(v6_name, &mut |key, value| {
+                    let ip = IpAddr::V6(Ipv6Addr::from(key.data()));
+                    out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
+                })
+                .map(|()| out)
+            });
+            let mut out = Vec::new();
+            let v4 = self
+                .read_family::<Ipv4Bytes>(v4_name, &mut |key, value| {
+                    let ip = IpAddr::V4(Ipv4Addr::from(key.data()));
+                    out.push((Cidr::new(ip, prefix_u8(key.prefix_len())), value));
+                })
+                .map(|()| out);
+            (v4, v6.join())
+        });
+        let mut out = v4?;
+        out.extend(v6.map_err(|_| anyhow::anyhow!("reading {v6_name}: the reader panicked"))??);
         out.sort_unstable_by_key(|(cidr, _)| *cidr);
         Ok(out)
     }
