@@ -239,6 +239,7 @@ fn nft_meter_set() -> String {
     )
 }
 
+/// The meter: over 1/s, a source's packets are dropped.
 fn nft_meter_rule() -> String {
     "update @sources { ip saddr limit rate over 1/second burst 1 packets } counter drop".into()
 }
@@ -253,13 +254,14 @@ fn hashlimit_rule() -> String {
     )
 }
 
-/// What the limiters let through, counted by a rule of its own.
-fn limiter_pass_rule(nft: bool) -> String {
-    if nft {
-        format!("udp dport {SPREAD_PORT} counter accept")
-    } else {
-        format!("-p udp --dport {SPREAD_PORT} -j ACCEPT")
-    }
+/// What the meter lets through, counted by a rule of its own after it.
+fn nft_meter_pass_rule() -> String {
+    format!("udp dport {SPREAD_PORT} counter accept")
+}
+
+/// What hashlimit lets through, counted by a rule of its own after it.
+fn hashlimit_pass_rule() -> String {
+    format!("-p udp --dport {SPREAD_PORT} -j ACCEPT")
 }
 
 fn new_lab(tag: &str, napi: bool) -> Result<Lab> {
@@ -526,12 +528,12 @@ pub fn flood(env: &Env) -> Result<Section> {
             &lab,
             "nftables-meter.conf",
             &[nft_meter_set()],
-            &[nft_meter_rule(), limiter_pass_rule(true)],
+            &[nft_meter_rule(), nft_meter_pass_rule()],
         )?;
         push_limiter(&mut labs, &mut configs, NFT_METER, lab, Dropper::Nftables)?;
         let lab = new_lab("fbh", true)?;
         iptables_raw(env, &lab, &hashlimit_rule())?;
-        iptables_raw(env, &lab, &limiter_pass_rule(false))?;
+        iptables_raw(env, &lab, &hashlimit_pass_rule())?;
         push_limiter(&mut labs, &mut configs, HASHLIMIT, lab, Dropper::Iptables)?;
     }
     // Ours: four floods into one lab.
@@ -738,9 +740,9 @@ pub fn flood(env: &Env) -> Result<Section> {
          the rule after the limiter; drops by the limiter rule's own counter.\n",
         nft_meter_rule(),
         nft_meter_set(),
-        limiter_pass_rule(true),
+        nft_meter_pass_rule(),
         hashlimit_rule(),
-        limiter_pass_rule(false),
+        hashlimit_pass_rule(),
     );
     section.text.push_str(
         "| configuration | dropped Mpps | sent Mpps | frames arrived (all rounds) | lost at the veth ring | passed | received by the socket |\n\
