@@ -737,7 +737,9 @@ pub fn flood(env: &Env) -> Result<Section> {
          tracking), `{}` (a table of {LIMITER_ENTRIES} buckets and at most {LIMITER_ENTRIES} \
          entries: room for all 100,000 sources), then `{}`. Like ours they let each source's \
          first packet and then one a second through: those passes are legitimate, counted by \
-         the rule after the limiter; drops by the limiter rule's own counter.\n",
+         the rule after the limiter; drops by the limiter rule's own counter. The three \
+         limiters' passed counts should be close (more when a flood takes longer); every \
+         passed packet goes up the stack to the socket, which costs all three alike.\n",
         nft_meter_rule(),
         nft_meter_set(),
         nft_meter_pass_rule(),
