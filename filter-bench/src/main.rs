@@ -5,7 +5,8 @@
 //!    Debian's xdp-filter, with program sizes;
 //! 2. cost against block-list and tracking-table size;
 //! 3. flood throughput through a veth into a namespace, against iptables,
-//!    nftables, xdp-filter and a bare `XDP_DROP`;
+//!    nftables, xdp-filter and a bare `XDP_DROP`, and for the spoofed flood
+//!    against the per-source limiters (nftables meter, iptables hashlimit);
 //! 4. control plane: loading a large list, edit-to-drop latency, map memory.
 //!
 //! Every measurement is repeated in interleaved rounds and reported as
