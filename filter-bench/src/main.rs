@@ -14,8 +14,10 @@
 //! Timings are reported, never asserted.
 //!
 //! Usage: `filter-bench [--quick] [--rounds N] [--output FILE] [--filter-ctl PATH]`.
-//! Without `--output` the report goes to standard output.
+//! Without `--output` the report goes to standard output. The charts (SVG)
+//! go to `docs/bench/` beside the `--output` file, which links them.
 
+mod charts;
 mod common;
 mod control;
 mod crowdsec;
@@ -177,6 +179,20 @@ fn run() -> Result<bool> {
             }
         }
         None => println!("{text}"),
+    }
+    // The charts go beside the report (in `charts::DIR`, which it links);
+    // without a report file to keep, into the run's scratch directory
+    // (removed at exit), so that a smoke run still renders them.
+    let kept = options
+        .output
+        .as_ref()
+        .filter(|_| context.failures.is_empty());
+    let beside = kept.map_or_else(|| env.work.join("BENCHMARKS.md"), Clone::clone);
+    let charts = charts::write_beside(sections.iter().flat_map(|s| &s.charts), &beside)?;
+    if kept.is_some() {
+        for chart in &charts {
+            println!("wrote {}", chart.display());
+        }
     }
     for failure in &context.failures {
         eprintln!("FAILED: {failure}");

@@ -23,9 +23,10 @@ use filter_devtools::check_interrupted;
 use filter_tests::{flood::XdpProgram, netns::Lab};
 
 use crate::{
+    charts::{Chart, Kind as ChartKind, Series},
     common::{
-        Env, LoadedFilter, ProgramSize, XdpFilter, action_name, bpftool_run, program_size, ratios,
-        show,
+        Env, LoadedFilter, ProgramSize, Summary, XdpFilter, action_name, bpftool_run, program_size,
+        ratios, show,
     },
     frames::{block_list, ipv4_udp, ipv6_udp},
     profile::profile_command,
@@ -505,6 +506,9 @@ pub fn scaling(env: &Env) -> Result<Section> {
             cell(3)
         );
     }
+    let chart = list_size_chart(sizes, &list_kinds.each_ref().map(|(name, _, _)| *name), &ns);
+    let _ = writeln!(section.text, "\n{}", chart.link());
+    section.charts.push(chart);
     let last = sizes.len() - 1;
     section
         .text
@@ -591,6 +595,36 @@ pub fn scaling(env: &Env) -> Result<Section> {
          (part 3 has those).\n",
     );
     Ok(section)
+}
+
+/// Part 2's first table as a chart: ns per packet against list size, one
+/// line per kind of packet (`ns[size * 4 + kind]` holds the rounds).
+fn list_size_chart(sizes: &[usize], kinds: &[&str; 4], ns: &[Vec<f64>]) -> Chart {
+    let series = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, name)| Series {
+            label: (*name).to_string(),
+            points: sizes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &size)| {
+                    #[expect(clippy::cast_precision_loss, reason = "list sizes below 2^52")]
+                    let x = size as f64;
+                    Summary::of(&ns[i * 4 + k]).map(|s| (x, s))
+                })
+                .collect(),
+        })
+        .collect();
+    Chart {
+        file: "list-size.svg",
+        title: "Part 2: ns per packet against block-list size".into(),
+        kind: ChartKind::Lines {
+            x_desc: "block-list entries per family (log scale)".into(),
+            y_desc: "ns per packet (median; whiskers: min–max)".into(),
+            series,
+        },
+    }
 }
 
 fn buckets(filter: &LoadedFilter) -> Result<HashMap<MapData, BucketKey, Bucket>> {

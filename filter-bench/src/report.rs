@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, fs};
 
-use crate::throughput::version_line;
+use crate::{charts::Chart, throughput::version_line};
 
 /// One target of the issue and whether this run met it.
 #[derive(Clone, Debug)]
@@ -23,6 +23,9 @@ pub struct Section {
     pub title: String,
     pub text: String,
     pub targets: Vec<Target>,
+    /// Charts of the part's numbers, written beside the report; `text`
+    /// links them.
+    pub charts: Vec<Chart>,
 }
 
 impl Section {
@@ -32,6 +35,7 @@ impl Section {
             title: title.to_string(),
             text: String::new(),
             targets: Vec::new(),
+            charts: Vec::new(),
         }
     }
 }

@@ -25,6 +25,7 @@ use filter_tests::{
 };
 
 use crate::{
+    charts::{Bar, BarKind, Chart, Kind as ChartKind, Reference},
     common::{Controller, Env, Summary, XdpFilter, nsenter, ratios, show},
     profile::profile_system,
     report::{Section, Target},
@@ -771,6 +772,9 @@ pub fn flood(env: &Env) -> Result<Section> {
             }
         );
     }
+    let chart = mpps_chart(&configs, &mpps, bare, bare_spread);
+    let _ = writeln!(section.text, "\n{}", chart.link());
+    section.charts.push(chart);
     section.text.push_str("\nOurs against each peer (median of per-round ratios of dropped pps, min–max):\n\n| configuration |");
     for (name, _) in peers.iter().chain(&limiters) {
         let _ = write!(section.text, " ÷ {name} |");
@@ -894,6 +898,49 @@ pub fn flood(env: &Env) -> Result<Section> {
     }
     drop(labs);
     Ok(section)
+}
+
+/// The first table as a chart: dropped Mpps per configuration, with the
+/// two bare `XDP_DROP` ceilings as reference lines.
+fn mpps_chart(configs: &[Config], mpps: &[Vec<f64>], bare: usize, bare_spread: usize) -> Chart {
+    let per_config = configs
+        .iter()
+        .zip(mpps)
+        .filter_map(|(config, rounds)| {
+            let kind = if config.name.starts_with("ours") {
+                BarKind::Ours
+            } else if config.name.starts_with("bare") {
+                BarKind::Ceiling
+            } else {
+                BarKind::Peer
+            };
+            Summary::of(rounds).map(|value| Bar {
+                label: config.name.to_string(),
+                value,
+                kind,
+            })
+        })
+        .collect();
+    let references = [
+        (bare, "ceiling: bare XDP_DROP, one source"),
+        (bare_spread, "ceiling: bare XDP_DROP, 100,000 sources"),
+    ]
+    .into_iter()
+    .map(|(i, label)| Reference {
+        label: format!("{label} ({:.2} Mpps)", median(&mpps[i])),
+        value: median(&mpps[i]),
+    })
+    .filter(|r| r.value.is_finite())
+    .collect();
+    Chart {
+        file: "flood-mpps.svg",
+        title: "Part 3: dropped Mpps per configuration".into(),
+        kind: ChartKind::Bars {
+            x_desc: "dropped Mpps (median; whiskers: min–max over rounds)".into(),
+            bars: per_config,
+            references,
+        },
+    }
 }
 
 fn median(samples: &[f64]) -> f64 {
