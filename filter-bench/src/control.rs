@@ -168,13 +168,13 @@ fn edits_text(
         what: format!("block, unblock, allow, disallow of one entry under 20 ms with {entries} entries (slowest median)"),
         holds: slowest < 20.0,
         detail: format!("{slowest:.1} ms"),
-        coarse_of: None,
+        precise_of: None,
     });
     section.targets.push(Target {
         what: format!("`list --json` under 1 s with {entries} entries"),
         holds: median(listing) < 1.0,
         detail: format!("{:.2} s", median(listing)),
-        coarse_of: None,
+        precise_of: None,
     });
 }
 
@@ -297,7 +297,7 @@ pub fn control(env: &Env) -> Result<Section> {
         what: format!("{entries} entries loaded in under 1 s"),
         holds: median_load < 1.0,
         detail: format!("{median_load:.2} s"),
-        coarse_of: None,
+        precise_of: None,
     });
     if median_load >= 1.0 && !env.quick {
         let filter = LoadedFilter::load("cp", &Capacities::default())?;
@@ -344,7 +344,7 @@ pub fn control(env: &Env) -> Result<Section> {
             ),
             holds: large < 2.0 * small,
             detail: format!("{large:.2} ms vs {small:.2} ms"),
-            coarse_of: None,
+            precise_of: None,
         });
     }
 
@@ -377,7 +377,7 @@ pub fn control(env: &Env) -> Result<Section> {
         what: "an edit enforced within 100 ms (from the command's start, worst round)".into(),
         holds: worst <= 100.0,
         detail: format!("{worst:.1} ms"),
-        coarse_of: None,
+        precise_of: None,
     });
 
     policy_and_state(env, entries, &mut section)?;
@@ -721,7 +721,7 @@ fn policy_and_state(env: &Env, entries: usize, section: &mut Section) -> Result<
         what: format!("a policy with a {entries}-entry list file applied in under 2 s"),
         holds: median(&first) < 2.0,
         detail: format!("{:.2} s", median(&first)),
-        coarse_of: None,
+        precise_of: None,
     });
     let _ = writeln!(
         section.text,
@@ -744,7 +744,7 @@ fn policy_and_state(env: &Env, entries: usize, section: &mut Section) -> Result<
         ),
         holds: persisted.edit_unloaded < Duration::from_millis(20),
         detail: format!("{:.2} ms", persisted.edit_unloaded.as_secs_f64() * 1000.0),
-        coarse_of: None,
+        precise_of: None,
     });
     Ok(())
 }

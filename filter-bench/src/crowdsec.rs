@@ -120,7 +120,7 @@ pub fn bench(env: &Env, section: &mut Section) -> Result<()> {
         what: format!("{decisions} CrowdSec decisions applied in under 2 s"),
         holds: median < 2.0,
         detail: format!("{median:.3} s"),
-        coarse_of: None,
+        precise_of: None,
     });
     Ok(())
 }

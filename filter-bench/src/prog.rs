@@ -49,7 +49,7 @@ fn v6(text: &str) -> Ipv6Addr {
 
 /// The programs of part 1, in the order of `names`, `ids` and `Kind::expect`.
 const OURS: usize = 0;
-const OURS_COARSE: usize = 1;
+const OURS_PRECISE: usize = 1;
 const XDP_FILTER: usize = 2;
 const BARE: usize = 3;
 const PROGRAMS: usize = 4;
@@ -58,7 +58,7 @@ const PROGRAMS: usize = 4;
 struct Kind {
     name: &'static str,
     frame: Vec<u8>,
-    /// Expected action: ours, ours with the coarse clock (the same as ours:
+    /// Expected action: ours, ours with the precise clock (the same as ours:
     /// the clock changes no verdict of part 1), xdp-filter (its own
     /// semantics), bare `XDP_PASS`.
     expect: [u32; PROGRAMS],
@@ -73,7 +73,7 @@ fn kinds() -> Vec<Kind> {
     truncated.truncate(14 + 16);
     let mut bad_ihl = ipv4_udp(allowed, dst, ALLOWED_PORT, &[], None, 0);
     bad_ihl[14] = 0x44;
-    // `[ours, xdp-filter, bare]`: ours with the coarse clock expects what ours does.
+    // `[ours, xdp-filter, bare]`: ours with the precise clock expects what ours does.
     let kind = |name, frame, [ours, xdpf, bare]: [u32; 3], strict_target| Kind {
         name,
         frame,
@@ -183,9 +183,9 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     println!("==> part 1: per-packet cost (BPF_PROG_TEST_RUN)");
     let ours = LoadedFilter::load("pp", &Capacities::default())?;
     configure(env, &ours, true)?;
-    let coarse = LoadedFilter::load("ppc", &Capacities::default())?;
-    configure(env, &coarse, true)?;
-    env.run(&mut env.ctl(&coarse.pins, &["limit", "clock", "coarse"]))?;
+    let precise = LoadedFilter::load("ppc", &Capacities::default())?;
+    configure(env, &precise, true)?;
+    env.run(&mut env.ctl(&precise.pins, &["limit", "clock", "precise"]))?;
     let bare = XdpProgram::returning(PASS)?;
     let lab = Lab::new("fbpp");
     let xdpf = XdpFilter::load(env, &lab.dst, &lab.dst_if, "skb")?;
@@ -196,8 +196,8 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     ] {
         env.run(&mut xdpf.command(args))?;
     }
-    let names: [&str; PROGRAMS] = ["ours", "ours, coarse clock", "xdp-filter", "bare XDP_PASS"];
-    let ids: [u32; PROGRAMS] = [ours.id, coarse.id, xdpf.program_id(env)?, bare.id()?];
+    let names: [&str; PROGRAMS] = ["ours", "ours, precise clock", "xdp-filter", "bare XDP_PASS"];
+    let ids: [u32; PROGRAMS] = [ours.id, precise.id, xdpf.program_id(env)?, bare.id()?];
     let kinds = kinds();
     let files: Vec<PathBuf> = kinds
         .iter()
@@ -246,10 +246,11 @@ pub fn per_packet(env: &Env) -> Result<Section> {
         "- **ours**: `filter-ctl`'s program at default capacities, rules `block 198.18.1.0/24 \
          2001:db8:1::/48`, `limit set default --rate {HUGE} --burst {HUGE}` (every allowed \
          packet pays for its rate-limit bucket), `limit set udp/{LIMITED_PORT} --rate 1 --burst 1`; \
-         the default (precise) clock: the rate limiter reads `bpf_ktime_get_ns`.\n\
-         - **ours, coarse clock**: a second instance of the same program with the same rules, \
-         plus `limit clock coarse` (the rate limiter reads `bpf_ktime_get_coarse_ns`, the time \
-         of the last timer tick).\n\
+         the default clock (`limit clock auto`): both rules' bursts cover a tick, so their rate \
+         limiter reads the tick clock (`jiffies`).\n\
+         - **ours, precise clock**: a second instance of the same program with the same rules, \
+         plus `limit clock precise` (the rate limiter reads `bpf_ktime_get_ns` for every rule): \
+         what exact timing costs.\n\
          - **xdp-filter**: Debian's xdp-tools, `xdp-filter load IF -m {}`, `xdp-filter ip \
          198.18.1.1 -m src`, `xdp-filter ip 2001:db8:1::1 -m src`, `xdp-filter port {LIMITED_PORT} \
          -p udp -m dst` (exact addresses and a closed port: its nearest equivalents).\n\
@@ -257,7 +258,7 @@ pub fn per_packet(env: &Env) -> Result<Section> {
         xdpf.mode
     );
     section.text.push_str(
-        "| packet | bytes | ours ns | ours coarse ns | xdp-filter ns | bare ns | ours / xdp-filter | ours coarse / xdp-filter | ours − ours coarse ns | ours − bare ns | verdict ours / ours coarse / xdp-filter |\n\
+        "| packet | bytes | ours ns | ours precise ns | xdp-filter ns | bare ns | ours / xdp-filter | ours precise / xdp-filter | ours precise − ours ns | ours − bare ns | verdict ours / ours precise / xdp-filter |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     let difference =
@@ -265,12 +266,12 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     let verdict = |k: usize, p: usize| seen[k][p].map_or("–", action_name);
     // (program, kind) pairs that miss their target.
     let mut missed = Vec::new();
-    let mut coarse_targets = Vec::new();
+    let mut precise_targets = Vec::new();
     for (k, kind) in kinds.iter().enumerate() {
         let row = &ns[k];
-        let (o, c, x, b) = (&row[OURS], &row[OURS_COARSE], &row[XDP_FILTER], &row[BARE]);
+        let (o, c, x, b) = (&row[OURS], &row[OURS_PRECISE], &row[XDP_FILTER], &row[BARE]);
         let ratio = ratios(o, x);
-        let coarse_ratio = ratios(c, x);
+        let precise_ratio = ratios(c, x);
         let _ = writeln!(
             section.text,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
@@ -281,16 +282,16 @@ pub fn per_packet(env: &Env) -> Result<Section> {
             show(x, 0),
             show(b, 0),
             show(&ratio, 2),
-            show(&coarse_ratio, 2),
-            show(&difference(o, c), 0),
+            show(&precise_ratio, 2),
+            show(&difference(c, o), 0),
             show(&difference(o, b), 0),
             verdict(k, OURS),
-            verdict(k, OURS_COARSE),
+            verdict(k, OURS_PRECISE),
             verdict(k, XDP_FILTER),
         );
         let limit = if kind.strict_target { 0.8 } else { 1.0 };
         let what = format!("per packet, {}: ours ≤ {limit}× xdp-filter", kind.name);
-        for (p, ratio) in [(OURS, &ratio), (OURS_COARSE, &coarse_ratio)] {
+        for (p, ratio) in [(OURS, &ratio), (OURS_PRECISE, &precise_ratio)] {
             let median = crate::common::Summary::of(ratio).map_or(f64::NAN, |s| s.median);
             if median > limit {
                 missed.push((p, k));
@@ -300,23 +301,23 @@ pub fn per_packet(env: &Env) -> Result<Section> {
                     what.clone()
                 } else {
                     format!(
-                        "per packet, {}, coarse clock: ours ≤ {limit}× xdp-filter",
+                        "per packet, {}, precise clock: ours ≤ {limit}× xdp-filter",
                         kind.name
                     )
                 },
                 holds: median <= limit,
                 detail: format!("{median:.2}×"),
-                coarse_of: (p == OURS_COARSE).then(|| what.clone()),
+                precise_of: (p == OURS_PRECISE).then(|| what.clone()),
             };
-            // The rows of the default clock first, then those of the coarse one.
+            // The rows as shipped first, then those of the precise clock.
             if p == OURS {
                 section.targets.push(target);
             } else {
-                coarse_targets.push(target);
+                precise_targets.push(target);
             }
         }
     }
-    section.targets.append(&mut coarse_targets);
+    section.targets.append(&mut precise_targets);
     section.text.push_str(
         "\nThe two instances of ours run the same program; only the clock their rate limiter \
          reads differs, so the packets that never reach the rate limiter (blocked, truncated, \
@@ -529,7 +530,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
             ),
             holds: median <= 1.10,
             detail: format!("{median:.2}×"),
-            coarse_of: None,
+            precise_of: None,
         });
         if median > 1.10 && !env.quick {
             let id = lists[last].id;
@@ -573,7 +574,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
             ),
             holds: median <= 1.10,
             detail: format!("{median:.2}×"),
-            coarse_of: None,
+            precise_of: None,
         });
         if median > 1.10 && !env.quick {
             let id = tables[last].id;

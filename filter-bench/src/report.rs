@@ -12,9 +12,9 @@ pub struct Target {
     pub holds: bool,
     /// The measured value the verdict rests on.
     pub detail: String,
-    /// For a target measured on ours with `limit clock coarse`: the `what` of
-    /// the same target measured with the default (precise) clock.
-    pub coarse_of: Option<String>,
+    /// For a target measured on ours with `limit clock precise`: the `what`
+    /// of the same target measured as ours ships (`limit clock auto`).
+    pub precise_of: Option<String>,
 }
 
 /// A part's results.
@@ -209,60 +209,61 @@ fn workspace_dir() -> std::path::PathBuf {
         .map_or_else(|| ".".into(), std::path::Path::to_path_buf)
 }
 
-/// Notes under the targets table: which targets miss with the default
-/// (precise) clock, and what the same targets gave with `limit clock coarse`.
+/// Notes under the targets table: which targets miss as ours ships (the
+/// default clock), and what the same targets gave with `limit clock precise`.
 fn clock_notes(targets: &[&Target]) -> String {
     let mut out = String::new();
-    let coarse_result = |what: &str| {
+    let precise_result = |what: &str| {
         targets
             .iter()
-            .find(|t| t.coarse_of.as_deref() == Some(what))
+            .find(|t| t.precise_of.as_deref() == Some(what))
     };
     let missed: Vec<&&Target> = targets
         .iter()
-        .filter(|t| !t.holds && t.coarse_of.is_none())
+        .filter(|t| !t.holds && t.precise_of.is_none())
         .collect();
     out.push_str("Notes:\n\n");
     out.push_str(
-        "- Every row without \"coarse clock\" in its name is measured on ours as it ships: \
-         the rate limiter reads the precise clock (`bpf_ktime_get_ns`). The rows with \"coarse \
-         clock\" are the same measurement on a second instance with `limit clock coarse`, \
-         interleaved with the first. Blocked, truncated and malformed packets are dropped \
-         before the rate limiter and never read its clock, so `limit clock coarse` cannot \
-         change the targets on them (part 1 shows them at the same cost in both instances); \
-         \"not measured with the coarse clock\" below means no coarse-clock run of that \
-         measurement was made.\n",
+        "- Every row without \"precise clock\" in its name is measured on ours as it ships \
+         (`limit clock auto`: a rule whose burst covers one timer tick of its rate, as every \
+         rule here does, has its rate limiter read the tick, `jiffies`). The rows with \"precise \
+         clock\" are the same measurement on a second instance with `limit clock precise` \
+         (`bpf_ktime_get_ns` for every rule), interleaved with the first: what exact timing \
+         costs. Blocked, truncated and malformed packets are dropped before the rate limiter \
+         and never read its clock, so the clock cannot change the targets on them (part 1 \
+         shows them at the same cost in both instances); \"not measured with the precise \
+         clock\" below means no precise-clock run of that measurement was made.\n",
     );
     if missed.is_empty() {
-        out.push_str("- With the default (precise) clock, every target holds.\n");
+        out.push_str("- As ours ships, every target holds.\n");
     } else {
         let _ = writeln!(
             out,
-            "- With the default (precise) clock, {} of {} targets miss. With `limit clock coarse`:",
+            "- As ours ships, {} of {} targets miss. With `limit clock precise`:",
             missed.len(),
-            targets.iter().filter(|t| t.coarse_of.is_none()).count()
+            targets.iter().filter(|t| t.precise_of.is_none()).count()
         );
         for t in &missed {
-            let coarse = match coarse_result(&t.what) {
-                Some(c) if c.holds => format!("**holds** with `limit clock coarse` ({})", c.detail),
-                Some(c) => format!("still misses with `limit clock coarse` ({})", c.detail),
-                None => "not measured with the coarse clock".to_string(),
+            let precise = match precise_result(&t.what) {
+                Some(c) if c.holds => format!("holds with `limit clock precise` ({})", c.detail),
+                Some(c) => format!("also misses with `limit clock precise` ({})", c.detail),
+                None => "not measured with the precise clock".to_string(),
             };
-            let _ = writeln!(out, "  - {} ({}): {coarse}", t.what, t.detail);
+            let _ = writeln!(out, "  - {} ({}): {precise}", t.what, t.detail);
         }
     }
-    let coarse_only: Vec<&&Target> = targets
+    let precise_only: Vec<&&Target> = targets
         .iter()
         .filter(|t| {
-            t.coarse_of
+            t.precise_of
                 .as_ref()
                 .is_some_and(|base| !t.holds && targets.iter().any(|b| &b.what == base && b.holds))
         })
         .collect();
-    for t in coarse_only {
+    for t in precise_only {
         let _ = writeln!(
             out,
-            "- {} misses ({}) although the same target holds with the precise clock.",
+            "- {} misses ({}): exact timing for every rule costs that much; as shipped it holds.",
             t.what, t.detail
         );
     }

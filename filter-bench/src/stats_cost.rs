@@ -46,7 +46,7 @@ pub fn stats_json(env: &Env, section: &mut Section) -> Result<()> {
             what: format!("`stats --json` with {sources} tracked sources under 50 ms"),
             holds: median < 50.0,
             detail: format!("{median:.1} ms"),
-            coarse_of: None,
+            precise_of: None,
         });
     }
     Ok(())

@@ -79,9 +79,9 @@ struct Config {
     port: u16,
     /// Whether some packets may legitimately pass (rate limits).
     passes: bool,
-    /// For ours with `limit clock coarse`: the name of the same flood into
+    /// For ours with `limit clock precise`: the name of the same flood into
     /// ours with the default clock.
-    coarse_of: Option<&'static str>,
+    precise_of: Option<&'static str>,
 }
 
 /// Fields drop in order: the dropper (xdp-filter unload, controller stop)
@@ -325,7 +325,7 @@ fn push_limiter(
         flood: spread_flood(&lab, SPREAD_PORT)?,
         port: SPREAD_PORT,
         passes: true,
-        coarse_of: None,
+        precise_of: None,
     });
     let receivers = BTreeMap::from([(SPREAD_PORT, listen(&lab, SPREAD_PORT))]);
     labs.push(LabState {
@@ -356,12 +356,12 @@ fn set_sampling(ctl: &Controller, off: bool) -> Result<()> {
 }
 
 /// A lab with ours under `filter-ctl run` on its receiving veth, with the
-/// rules of every flood into ours (and `limit clock coarse` if `coarse`).
+/// rules of every flood into ours (and `limit clock precise` if `precise`).
 fn start_ours(
     env: &Env,
     lab_tag: &str,
     pin_tag: &str,
-    coarse: bool,
+    precise: bool,
     run_options: &[&str],
 ) -> Result<(Lab, Controller)> {
     let lab = new_lab(lab_tag, false)?;
@@ -383,8 +383,8 @@ fn start_ours(
         &ctl.pins,
         &["limit", "set", "default", "--rate", "1", "--burst", "1"],
     ))?;
-    if coarse {
-        env.run(&mut env.ctl(&ctl.pins, &["limit", "clock", "coarse"]))?;
+    if precise {
+        env.run(&mut env.ctl(&ctl.pins, &["limit", "clock", "precise"]))?;
     }
     Ok((lab, ctl))
 }
@@ -417,7 +417,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: f,
             port: CLOSED_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         labs.push(LabState {
             lab,
@@ -436,7 +436,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: f,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
@@ -457,7 +457,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: f,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
@@ -478,7 +478,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: f,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
@@ -501,7 +501,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: f,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         configs.push(Config {
             name: "bare XDP_DROP, 100,000 sources (ceiling of the spread flood)",
@@ -509,7 +509,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: spread_flood(&lab, OPEN_PORT)?,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
@@ -549,7 +549,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         // The same blocked-source flood into the same lab with drop sampling
         // switched off before each of its floods (and back to the defaults
@@ -561,7 +561,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
             port: OPEN_PORT,
             passes: false,
-            coarse_of: None,
+            precise_of: None,
         });
         configs.push(Config {
             name: PORT_LIMIT_FLOOD,
@@ -569,7 +569,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
             port: LIMITED_PORT,
             passes: true,
-            coarse_of: None,
+            precise_of: None,
         });
         configs.push(Config {
             name: SPREAD_FLOOD,
@@ -577,7 +577,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             flood: spread_flood(&lab, SPREAD_PORT)?,
             port: SPREAD_PORT,
             passes: true,
-            coarse_of: None,
+            precise_of: None,
         });
         let receivers = [OPEN_PORT, LIMITED_PORT, SPREAD_PORT]
             .into_iter()
@@ -589,16 +589,16 @@ pub fn flood(env: &Env) -> Result<Section> {
             receivers,
         });
     }
-    // Ours with `limit clock coarse`, same rules, its own lab: the port-limit flood.
+    // Ours with `limit clock precise`, same rules, its own lab: the port-limit flood.
     {
         let (lab, ctl) = start_ours(env, "fbq", "fq", true, &[])?;
         configs.push(Config {
-            name: "ours, coarse clock, one source over a port limit",
+            name: "ours, precise clock, one source over a port limit",
             lab: labs.len(),
             flood: Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
             port: LIMITED_PORT,
             passes: true,
-            coarse_of: Some(PORT_LIMIT_FLOOD),
+            precise_of: Some(PORT_LIMIT_FLOOD),
         });
         let receivers = BTreeMap::from([(LIMITED_PORT, listen(&lab, LIMITED_PORT))]);
         labs.push(LabState {
@@ -721,8 +721,9 @@ pub fn flood(env: &Env) -> Result<Section> {
         section.text,
         "Ours runs under `filter-ctl run` ({ours_mode}) with `block SRC`, `limit set \
          udp/{LIMITED_PORT} --rate {LIMITED_RATE} --burst {LIMITED_RATE}` and `limit set default \
-         --rate 1 --burst 1` (the coarse-clock configuration: a second lab with the same rules \
-         plus `limit clock coarse`); xdp-filter with `load IF -m native` and `ip SRC -m src`; iptables \
+         --rate 1 --burst 1`, as shipped: `limit clock auto`, so both rules read the tick \
+         clock (the precise-clock configuration: a second lab with the same rules plus \
+         `limit clock precise`); xdp-filter with `load IF -m native` and `ip SRC -m src`; iptables \
          with `-t raw -A PREROUTING -s SRC -j DROP` ({}); nftables with a netdev ingress chain \
          (`ip saddr SRC counter drop`). A UDP socket listens on each flooded port (except the \
          closed one) and must receive nothing that was to be dropped.\n",
@@ -815,7 +816,7 @@ pub fn flood(env: &Env) -> Result<Section> {
             what: what(config.name),
             holds,
             detail,
-            coarse_of: config.coarse_of.map(what),
+            precise_of: config.precise_of.map(what),
         };
         let mut targets = vec![
             target(
@@ -865,7 +866,7 @@ pub fn flood(env: &Env) -> Result<Section> {
         what: "flood, source blocked: drop sampling at its defaults loses at most 2% against sampling off".into(),
         holds: sampled >= 0.98,
         detail: format!("{:.1}%", sampled * 100.0),
-        coarse_of: None,
+        precise_of: None,
     });
     section.text.push_str(
         "\nxdp-filter has no rate limiter: the blocked-source flood is the like-for-like \
