@@ -310,5 +310,32 @@ so they compare with part 1 but come from other runs and other versions of the p
   `BUCKETS` table (`lookup_nulls_elem_raw` ~54% of the samples): a smaller \
   `--bucket-capacity` is faster, but the issue requires at least 1,000,000 by default, so \
   the default stays.
+- **Drop sampling** (issue 15: at defaults, at most 2% of a flood lost against sampling \
+  off; `filter-bench --rounds 5 --part 3`, the blocked-source flood with sampling at its \
+  defaults and off). A 64-bit modulo per drop: 90.0% kept; a counter that wraps at the \
+  rate: 93.7% (two labs); the same in one lab, `SAMPLING` switched before each flood: \
+  95.2% (the sampling check itself costs 2 ns of 59 per blocked packet). The rest was the \
+  wake-up per event (an `irq_work` on the flooded CPU and the controller scheduled on the \
+  other, up to 1,000 times per CPU per second): events are now submitted with \
+  `BPF_RB_NO_WAKEUP` (a half-full ring forces one) and the controller reads the ring every \
+  100 ms: 108.3% and 99.5% kept in two runs. Kept.
+- **`stats --json` without walking `BUCKETS`** (issue 18, target 5): counting the live \
+  buckets by iterating the table's keys took one syscall per key (seconds at 1,000,000 \
+  sources); the count now comes from kernel counters, as `/metrics` has it: 3.9 ms with \
+  1,000,000 sources tracked. Kept.
+- **The rate limiter's clock** (issue 18, target 1). `bpf_ktime_get_ns` cost 10–25 ns per \
+  rate-limited packet (`read_tsc` 15–24% of the profile) and kept every allowed packet kind \
+  at 1.07–1.16× xdp-filter; `bpf_ktime_get_coarse_ns` (the previous `limit clock coarse`) \
+  is still a helper call (0.93–1.07×). `bpf_jiffies64`, which the verifier inlines into a \
+  load on x86-64, scaled to ns by user space (`tick_ns` from \
+  `clock_getres(CLOCK_MONOTONIC_COARSE)`, the jiffies offset from `/proc/timer_list`): \
+  0.76–0.80× on every allowed kind in one run (`filter-bench --rounds 3 --part 1`, \
+  2026-12-03). A tick clock cuts a rule whose burst is below one tick of its rate to its \
+  burst per tick, so the default (`limit clock auto`) reads it only for rules whose burst \
+  covers a tick and keeps `bpf_ktime_get_ns` for the others; `limit clock precise` forces \
+  the precise clock (the \"precise clock\" rows). Kept as the default.
+- **`list` on two threads** (issue 18, target 5): 80% of `list --json`'s CPU at 1,000,000 \
+  entries is the kernel's `trie_get_next_key` (per trie, even with \
+  `BPF_MAP_LOOKUP_BATCH`); the IPv4 and IPv6 tries are now read at once. Kept.
 
 ";
