@@ -31,6 +31,15 @@ pub struct Config {
     /// program skips the shadow lookup.
     pub shadow_v4_entries: u32,
     pub shadow_v6_entries: u32,
+    /// Seed of the `BUCKETS` slot hash ([`bucket_set`](crate::bucket_set)),
+    /// random, chosen by user space when it creates the maps, so that a
+    /// sender cannot aim sources at one set of slots. Never changed while
+    /// the maps live (buckets would move).
+    pub bucket_seed: u64,
+    /// `BUCKETS` capacity - 1 (the capacity is a power of two), written with
+    /// the seed. While 0 every source shares the first two slots.
+    pub bucket_mask: u32,
+    pub _pad: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -46,7 +55,7 @@ pub const CLOCK_PRECISE: u32 = 0;
 /// worth of packets above its burst, never more on average.
 pub const CLOCK_COARSE: u32 = 1;
 
-const _: () = assert!(size_of::<Config>() == 32);
+const _: () = assert!(size_of::<Config>() == 48);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
@@ -55,3 +64,6 @@ const _: () = assert!(offset_of!(Config, rate_clock) == 16);
 const _: () = assert!(offset_of!(Config, default_rule_slot) == 20);
 const _: () = assert!(offset_of!(Config, shadow_v4_entries) == 24);
 const _: () = assert!(offset_of!(Config, shadow_v6_entries) == 28);
+const _: () = assert!(offset_of!(Config, bucket_seed) == 32);
+const _: () = assert!(offset_of!(Config, bucket_mask) == 40);
+const _: () = assert!(offset_of!(Config, _pad) == 44);

@@ -51,6 +51,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
     crate::abi::check_object().context(
         "the embedded XDP program does not match this build's ABI table (a build error)",
     )?;
+    super::buckets::check_capacity(caps.buckets).map_err(Error::BadInput)?;
     pins.create()?;
     check_pinned_layout(pins)?;
     let maps_dir = pins.maps_dir();
@@ -164,26 +165,37 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the default aggregation prefixes on a fresh CONFIG map (all zero).
+/// Writes the default aggregation prefixes on a fresh CONFIG map (all
+/// zero), and the `BUCKETS` hash seed and mask where they are not set yet
+/// (a seed is chosen once, when the maps are created: a new one would move
+/// every tracked source to another slot).
 fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     let data =
         MapData::from_pin(pins.map(maps::CONFIG)).context("opening the pinned CONFIG map")?;
     let mut config: Array<MapData, Config> =
         Array::try_from(aya::maps::Map::Array(data)).context("CONFIG is not an array")?;
-    if config
-        .get(&0, 0)
-        .context("reading CONFIG")?
-        .ipv4_source_prefix
-        == 0
-    {
+    let current = config.get(&0, 0).context("reading CONFIG")?;
+    let mut next = current;
+    if current.ipv4_source_prefix == 0 {
         // The default rule starts in its first slot (empty: no default limit).
-        let defaults = Config {
+        next = Config {
             ipv4_source_prefix: filter_common::DEFAULT_IPV4_SOURCE_PREFIX,
             ipv6_source_prefix: filter_common::DEFAULT_IPV6_SOURCE_PREFIX,
             default_rule_slot: filter_common::DEFAULT_RULE,
             ..Config::default()
         };
-        config.set(0, defaults, 0).context("writing CONFIG")?;
+    }
+    let buckets = MapData::from_pin(pins.map(maps::BUCKETS))
+        .context("opening the pinned BUCKETS map")?
+        .info()
+        .context("reading BUCKETS")?
+        .max_entries();
+    if next.bucket_seed == 0 || next.bucket_mask != buckets - 1 {
+        next.bucket_seed = super::buckets::random_seed()?;
+        next.bucket_mask = buckets - 1;
+    }
+    if next != current {
+        config.set(0, next, 0).context("writing CONFIG")?;
     }
     Ok(())
 }
