@@ -164,3 +164,32 @@ pub fn forget(filter: &Filter, id: u32) -> anyhow::Result<()> {
         .context("writing TABLE_STATS")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_is_a_power_of_two_of_at_least_two() {
+        for ok in [2, 4, 131_072, 1_048_576, 1 << 31] {
+            assert_eq!(check_capacity(ok), Ok(()), "{ok}");
+        }
+        for bad in [0, 1, 3, 1000, 1_000_000] {
+            let err = check_capacity(bad).expect_err("refused");
+            assert!(err.contains("power of two"), "{err}");
+        }
+    }
+
+    #[test]
+    fn set_of_follows_seed_and_mask() {
+        let config = Config {
+            bucket_seed: 7,
+            bucket_mask: 15,
+            ..Config::default()
+        };
+        let source = [1u8; 16];
+        let set = set_of(&config, 3, &source);
+        assert!(set < 16 && set % 2 == 0);
+        assert_eq!(set, bucket_set(7, 15, 3, &source_words(&source)));
+    }
+}
