@@ -13,12 +13,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData};
 use filter_common::{
-    Bucket, BucketKey, DEFAULT_RULE, maps,
+    Bucket, BucketKey, DEFAULT_RULE,
     xdp_action::{ABORTED, DROP, PASS},
 };
-use filter_ctl::maps::{Filter, loader::Capacities};
+use filter_ctl::maps::{Filter, buckets::Buckets, loader::Capacities};
 use filter_devtools::check_interrupted;
 use filter_tests::{flood::XdpProgram, netns::Lab};
 
@@ -588,8 +587,10 @@ pub fn scaling(env: &Env) -> Result<Section> {
         }
     }
     section.text.push_str(
-        "\nThe tracking table (`BUCKETS`, an LRU hash at its default capacity) was filled by \
-         writing (default rule, source /64 in 2001:db8::/32) keys directly; the measured \
+        "\nThe tracking table (`BUCKETS`, a 2-way set-associative array at its default \
+         capacity) was filled by writing (default rule, source /64 in 2001:db8::/32) keys \
+         directly into their sets (sources whose set was full overwrote one: hence fewer \
+         entries present than sources); the measured \
          sources' own buckets are created by their first packet. A test run repeats one frame, \
          so the lookup path stays in the CPU caches: these numbers show the algorithmic cost \
          (how many lookups, how deep), not the cache misses of a flood from many sources \
@@ -628,14 +629,14 @@ fn list_size_chart(sizes: &[usize], kinds: &[&str; 4], ns: &[Vec<f64>]) -> Chart
     }
 }
 
-fn buckets(filter: &LoadedFilter) -> Result<HashMap<MapData, BucketKey, Bucket>> {
-    let handle = Filter::open(&filter.pins)?;
-    HashMap::try_from(handle.map(maps::BUCKETS)?).context("BUCKETS is not a hash map")
+fn buckets(filter: &LoadedFilter) -> Result<Buckets> {
+    Buckets::open(&Filter::open(&filter.pins)?)
 }
 
-/// Entries in the tracking table (an LRU may have evicted some early).
+/// Used slots of the tracking table (sources that share a full set
+/// overwrote one another while it was filled).
 fn count_buckets(filter: &LoadedFilter) -> Result<usize> {
-    Ok(buckets(filter)?.keys().flatten().count())
+    Ok(buckets(filter)?.used()?.len())
 }
 
 /// A profile of `bpftool prog run id ID data_in FRAME repeat 10000000`.
@@ -651,9 +652,10 @@ fn profile_run(env: &Env, id: u32, frame: &std::path::Path) -> String {
     )
 }
 
-/// Writes `count` distinct live buckets for the default rule.
+/// Writes `count` distinct buckets for the default rule into their sets
+/// (a set already full keeps one of them: see `Buckets::fill`).
 pub fn fill_buckets(filter: &LoadedFilter, count: usize) -> Result<()> {
-    let mut buckets = buckets(filter)?;
+    let mut entries = Vec::with_capacity(count);
     for i in 0..count {
         let n = u32::try_from(i).expect("fewer than 2^32 sources");
         let mut source = [0u8; 16];
@@ -663,12 +665,11 @@ pub fn fill_buckets(filter: &LoadedFilter, count: usize) -> Result<()> {
             rule: DEFAULT_RULE,
             source,
         };
-        buckets
-            .insert(key, Bucket::default(), 0)
-            .with_context(|| format!("writing bucket {i}"))?;
+        entries.push((key, Bucket::default()));
         if i % 65_536 == 0 {
             check_interrupted()?;
         }
     }
+    buckets(filter)?.fill(&entries)?;
     Ok(())
 }

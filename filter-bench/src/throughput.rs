@@ -51,6 +51,10 @@ const HASHLIMIT: &str = "iptables hashlimit, 100,000 sources over 1/s";
 const LIMITER_ENTRIES: u32 = 131_072;
 /// How long an idle source stays in the limiters' tables.
 const LIMITER_TIMEOUT_SECS: u32 = 10;
+/// The smaller tracking table the spread flood is measured at too.
+const SMALL_BUCKETS: u32 = 131_072;
+const SMALL_SPREAD_FLOOD: &str =
+    "ours, --bucket-capacity 131072, 100,000 sources over the default limit";
 
 /// What is dropping the flood in one lab.
 enum Dropper {
@@ -589,6 +593,34 @@ pub fn flood(env: &Env) -> Result<Section> {
             receivers,
         });
     }
+    // Ours with a tracking table an eighth of the default, same rules, its
+    // own lab: the spread flood (does its cost grow with the capacity?).
+    let mut memory = Vec::new();
+    {
+        let small = SMALL_BUCKETS.to_string();
+        let (lab, ctl) = start_ours(env, "fbs", "fs", false, &["--bucket-capacity", &small])?;
+        let base = Ipv4Addr::new(198, 18, 0, 0);
+        configs.push(Config {
+            name: SMALL_SPREAD_FLOOD,
+            lab: labs.len(),
+            flood: Flood::spread(frame(&lab, base, SPREAD_PORT)?, base, SPREAD_SOURCES)?,
+            port: SPREAD_PORT,
+            passes: true,
+            precise_of: None,
+        });
+        for state in &labs {
+            if let Dropper::Ours(ours) = &state.dropper {
+                memory.push(bucket_memory(env, ours)?);
+            }
+        }
+        memory.push(bucket_memory(env, &ctl)?);
+        let receivers = BTreeMap::from([(SPREAD_PORT, listen(&lab, SPREAD_PORT))]);
+        labs.push(LabState {
+            lab,
+            dropper: Dropper::Ours(ctl),
+            receivers,
+        });
+    }
     // Ours with `limit clock precise`, same rules, its own lab: the port-limit flood.
     {
         let (lab, ctl) = start_ours(env, "fbq", "fq", true, &[])?;
@@ -850,6 +882,44 @@ pub fn flood(env: &Env) -> Result<Section> {
         }
         section.targets.extend(targets);
     }
+    // The spread flood at two capacities of the tracking table.
+    let by_capacity = median(&ratios(
+        &mpps[index(SPREAD_FLOOD)],
+        &mpps[index(SMALL_SPREAD_FLOOD)],
+    ));
+    let _ = writeln!(
+        section.text,
+        "\nThe spread flood with the default tracking table keeps {:.1}% of its rate with a \
+         table of {SMALL_BUCKETS} slots (median of per-round ratios). Kernel memory of \
+         `BUCKETS` (`bpftool map show`, memlock): {}.",
+        by_capacity * 100.0,
+        memory
+            .iter()
+            .map(|(bytes, entries)| {
+                #[expect(clippy::cast_precision_loss, reason = "a few hundred MB")]
+                let per = *bytes as f64 / f64::from(*entries);
+                format!("{bytes} B for {entries} slots, {per:.1} B per tracked source")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    section.targets.push(Target {
+        what: format!(
+            "flood, 100,000 sources: the default table keeps ≥ 90% of the rate at {SMALL_BUCKETS} slots"
+        ),
+        holds: by_capacity >= 0.9,
+        detail: format!("{:.1}%", by_capacity * 100.0),
+        precise_of: None,
+    });
+    if let Some((bytes, entries)) = memory.first() {
+        let per = bytes / u64::from(*entries).max(1);
+        section.targets.push(Target {
+            what: "tracking table: at most 64 B of kernel memory per tracked source (default capacity)".into(),
+            holds: per <= 64,
+            detail: format!("{per} B"),
+            precise_of: None,
+        });
+    }
     // What sampled drop events cost: the same blocked-source flood with
     // sampling at its defaults and with it off.
     let sampled = median(&ratios(
@@ -942,6 +1012,27 @@ fn mpps_chart(configs: &[Config], mpps: &[Vec<f64>], bare: usize, bare_spread: u
             references,
         },
     }
+}
+
+/// Kernel memory of a controller's `BUCKETS` (`bpftool map show`'s
+/// `bytes_memlock`) and its slots.
+fn bucket_memory(env: &Env, ctl: &Controller) -> Result<(u64, u32)> {
+    let path = ctl.pins.map(filter_common::maps::BUCKETS);
+    let text = env.run(
+        std::process::Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&path),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let bytes = json["bytes_memlock"]
+        .as_u64()
+        .or_else(|| json["bytes_memlock"].as_str()?.parse().ok())
+        .ok_or_else(|| anyhow!("no bytes_memlock in {text}"))?;
+    let entries = json["max_entries"]
+        .as_u64()
+        .and_then(|e| u32::try_from(e).ok())
+        .ok_or_else(|| anyhow!("no max_entries in {text}"))?;
+    Ok((bytes, entries))
 }
 
 fn median(samples: &[f64]) -> f64 {

@@ -9,7 +9,7 @@
 use core::mem::size_of;
 
 use crate::{
-    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
+    BucketSlot, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
     PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, table_stat,
 };
 
@@ -23,8 +23,11 @@ use crate::{
 /// 8: shadow reasons (`STATS` grows), `ListEntry::rule` is a `u8` beside
 /// `ListEntry::flags`, origins `policy` and `crowdsec`, `RULE_FLAG_SHADOW`,
 /// `SHADOW_BLOCK_V4`/`V6` and their counts in `Config`.
-/// 9: `Config` grows to 48 bytes (`tick_ns`, `jiffies_at_zero`) and
-/// `Config::rate_clock` 0 is the per-rule automatic choice.
+/// 9: `Config` grows to 64 bytes: the tick clock (`tick_ns`,
+/// `jiffies_at_zero`; `Config::rate_clock` 0 is the per-rule automatic
+/// choice) and the slot table (`bucket_seed`, `bucket_mask`); `BUCKETS` is an
+/// array of [`BucketSlot`]s (2-way set-associative),
+/// `table_stat::BUCKET_EVICTIONS`.
 pub const LAYOUT_VERSION: u32 = 9;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
@@ -39,7 +42,6 @@ pub const LAYOUT_VERSION_SECTION: &str = "filter_abi";
 pub enum MapType {
     Array = 2,
     PerCpuArray = 6,
-    LruHash = 9,
     LpmTrie = 11,
     RingBuf = 27,
 }
@@ -57,7 +59,6 @@ impl MapType {
         match raw {
             2 => Some(Self::Array),
             6 => Some(Self::PerCpuArray),
-            9 => Some(Self::LruHash),
             11 => Some(Self::LpmTrie),
             27 => Some(Self::RingBuf),
             _ => None,
@@ -163,13 +164,8 @@ pub const MAPS: [MapDef; 18] = [
     per_cpu_array::<RuleCounter>(maps::RULE_STATS, MAX_RULES),
     array::<u32>(maps::PORT_RULE_INDEX, PORT_INDEX_ENTRIES),
     lpm_trie::<OnlyFromBytes, u8>(maps::ONLY_FROM),
-    MapDef {
-        name: maps::BUCKETS,
-        map_type: MapType::LruHash,
-        key_size: size::<BucketKey>(),
-        value_size: size::<Bucket>(),
-        entries: 0,
-    },
+    // Sized by user space (a power of two).
+    array::<BucketSlot>(maps::BUCKETS, 0),
     MapDef {
         name: maps::EVENTS,
         map_type: MapType::RingBuf,

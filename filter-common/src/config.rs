@@ -40,6 +40,15 @@ pub struct Config {
     /// `tick_ns`: `(jiffies - jiffies_at_zero) * tick_ns` is the monotonic
     /// time of the last tick, the time the coarse clock reads.
     pub jiffies_at_zero: u64,
+    /// Seed of the `BUCKETS` slot hash ([`bucket_set`](crate::bucket_set)),
+    /// random, chosen by user space when it creates the maps, so that a
+    /// sender cannot aim sources at one set of slots. Never changed while
+    /// the maps live (buckets would move).
+    pub bucket_seed: u64,
+    /// `BUCKETS` capacity - 1 (the capacity is a power of two), written with
+    /// the seed. While 0 every source shares the first two slots.
+    pub bucket_mask: u32,
+    pub _pad: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -79,7 +88,7 @@ pub const fn coarse_clock_suffices(
         && (byte_interval == 0 || byte_tolerance >= tick_ticks)
 }
 
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 64);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
@@ -90,3 +99,6 @@ const _: () = assert!(offset_of!(Config, shadow_v4_entries) == 24);
 const _: () = assert!(offset_of!(Config, shadow_v6_entries) == 28);
 const _: () = assert!(offset_of!(Config, tick_ns) == 32);
 const _: () = assert!(offset_of!(Config, jiffies_at_zero) == 40);
+const _: () = assert!(offset_of!(Config, bucket_seed) == 48);
+const _: () = assert!(offset_of!(Config, bucket_mask) == 56);
+const _: () = assert!(offset_of!(Config, _pad) == 60);

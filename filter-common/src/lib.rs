@@ -36,10 +36,10 @@ pub use lists::{
     Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY,
 };
 pub use ratelimit::{
-    Bucket, BucketKey, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, ONLY_FROM_KEY_BITS,
-    OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP, RULE_FLAG_ONLY_FROM,
-    RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS, TICKS_PER_SEC,
-    only_from_key_data, other_slot, rule_id,
+    Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
+    ONLY_FROM_KEY_BITS, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
+    RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS,
+    TICKS_PER_SEC, bucket_hash, bucket_set, only_from_key_data, other_slot, rule_id, source_words,
 };
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 
@@ -57,6 +57,8 @@ mod pod {
     unsafe impl aya::Pod for super::BucketKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BucketSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.

@@ -55,8 +55,9 @@ pub const STATS_ENTRIES: u32 = iface::COUNT * crate::reason::COUNT;
 
 /// Indexes of `TABLE_STATS` (per-CPU `u64` counters about the program's own tables).
 pub mod table_stat {
-    /// New buckets created in `BUCKETS`. Evictions = inserts - live entries
-    /// (buckets are never deleted, only evicted by the LRU).
+    /// Slots of `BUCKETS` claimed for a new (rule, source). Live entries =
+    /// inserts - evictions (user space clears slots only when it removes a
+    /// rule).
     pub const BUCKET_INSERTS: u32 = 0;
     /// Sources put on the automatic block list.
     pub const AUTOBLOCKS: u32 = 1;
@@ -66,7 +67,9 @@ pub mod table_stat {
     pub const AUTOBLOCKS_FAILED: u32 = 3;
     /// Drop events not sent because the CPU reached its per-second cap.
     pub const DROP_EVENTS_CAPPED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Claims of a `BUCKETS` slot that held another (rule, source): its bucket was reset.
+    pub const BUCKET_EVICTIONS: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);

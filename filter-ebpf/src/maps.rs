@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use filter_common::{
-    Bucket, BucketKey, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
+    BucketSlot, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
     PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
     events::sampling, iface, table_stat,
 };
@@ -60,9 +60,10 @@ pub static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
 /// (rule slot, source prefix) pairs allowed by `--only-from` rules.
 #[map]
 pub static ONLY_FROM: LpmTrie<OnlyFromBytes, u8> = LpmTrie::pinned(capacity::ONLY_FROM, 0);
-/// GCRA state per (rule, aggregated source).
+/// GCRA state per (rule, aggregated source): a 2-way set-associative table
+/// (`filter_common::BucketSlot`), sized by user space (a power of two).
 #[map]
-pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
+pub static BUCKETS: Array<BucketSlot> = Array::pinned(capacity::BUCKETS, 0);
 /// Records for user space (`filter_common::events`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

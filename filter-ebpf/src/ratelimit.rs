@@ -3,10 +3,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
-    Bucket, BucketKey, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
+    Bucket, BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
     RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    coarse_clock_suffices, only_from_key_data, reason, rule_id, table_stat,
+    bucket_set, coarse_clock_suffices, only_from_key_data, reason, rule_id, source_words,
+    table_stat,
 };
 
 use crate::{
@@ -223,13 +224,9 @@ fn within_limit(
     now_ns: u64,
     clock: &mut CoarseClock,
 ) -> bool {
-    let key = BucketKey {
-        rule: id,
-        source: *source,
-    };
     let now = now_ns.wrapping_mul(TICKS_PER_NS);
-    let Some(bucket) = bucket_for(&key) else {
-        // Table insert failed (should not happen with an LRU): fail open, counted as pass.
+    let Some(bucket) = bucket_for(id, source, config) else {
+        // BUCKETS unreadable (should not happen): fail open, counted as pass.
         return true;
     };
     let byte_cost = len.wrapping_mul(rule.byte_interval);
@@ -253,18 +250,123 @@ fn within_limit(
     ok
 }
 
-/// The bucket of `key`, created if missing. The pointer is valid, and 8-byte
-/// aligned, for the rest of the program's run (map values are RCU-protected).
+/// The bucket of (`rule`, `source`), claimed if missing: `BUCKETS` is a
+/// 2-way set-associative array (`filter_common::BucketSlot`). A key lives in
+/// one of the two slots of its set; a new key takes the set's empty slot,
+/// else the one whose bucket is nearest to full (the earlier theoretical
+/// arrival time: a bucket whose time has passed is as good as a fresh one,
+/// so evicting it loses nothing; a source over its limit keeps its time
+/// ahead of the clock, and its slot against idle ones), and resets it. The pointer is valid, and 8-byte aligned,
+/// for the rest of the program's run (array values never move).
+///
+/// No lock: two CPUs may claim the same slot at once, for the same or for
+/// different keys, or one may charge a bucket while another resets it. The
+/// worst outcome is a reset bucket (or a key that loses its slot at once),
+/// the same as an eviction: a few packets more pass, none is wrongly dropped
+/// beyond what a fresh bucket allows.
 #[inline(always)]
-fn bucket_for(key: &BucketKey) -> Option<*mut Bucket> {
-    if let Some(bucket) = BUCKETS.get_ptr_mut(key) {
-        return Some(bucket);
-    }
-    // BPF_NOEXIST: if another CPU created it meanwhile, keep theirs.
-    if BUCKETS.insert(key, Bucket::default(), 1).is_ok() {
+fn bucket_for(rule: u32, source: &Ipv6Bytes, config: Option<&Config>) -> Option<*mut Bucket> {
+    let words = source_words(source);
+    let (seed, mask) = config.map_or((0, 0), |c| (c.bucket_seed, c.bucket_mask));
+    let first = bucket_set(seed, mask, rule, &words);
+    let a = BUCKETS.get_ptr_mut(first)?;
+    // SAFETY: `a` and `b` point to live array values (never freed while the
+    // program runs).
+    unsafe {
+        if holds(a, rule, &words) {
+            return Some(&raw mut (*a).bucket);
+        }
+        let b = BUCKETS.get_ptr_mut(first | 1)?;
+        if holds(b, rule, &words) {
+            return Some(&raw mut (*b).bucket);
+        }
+        let (a_used, b_used) = (used(a), used(b));
+        let victim = if !a_used || (b_used && full_at(a) <= full_at(b)) {
+            a
+        } else {
+            b
+        };
+        let evicted = a_used && b_used;
+        claim(victim, rule, &words);
         bump_table_stat(table_stat::BUCKET_INSERTS);
+        if evicted {
+            bump_table_stat(table_stat::BUCKET_EVICTIONS);
+        }
+        Some(&raw mut (*victim).bucket)
     }
-    BUCKETS.get_ptr_mut(key)
+}
+
+/// The slot's key as the five `u32` words the program compares: rule, then
+/// the source's words (`filter_common::source_words`), read in place.
+///
+/// # Safety
+/// `slot` points to a live `BUCKETS` value.
+#[inline(always)]
+unsafe fn key_word(slot: *mut BucketSlot, i: usize) -> u32 {
+    // SAFETY: `i` < 5 at every call site: the key's 20 bytes at offset 0,
+    // 4-byte aligned (asserted in filter-common).
+    unsafe { slot.cast::<u32>().add(i).read_volatile() }
+}
+
+/// Whether `slot` holds (`rule`, `words`).
+///
+/// # Safety
+/// As [`key_word`].
+#[inline(always)]
+unsafe fn holds(slot: *mut BucketSlot, rule: u32, words: &[u32; 4]) -> bool {
+    // SAFETY: as the caller's.
+    unsafe {
+        used(slot)
+            && key_word(slot, 0) == rule
+            && key_word(slot, 1) == words[0]
+            && key_word(slot, 2) == words[1]
+            && key_word(slot, 3) == words[2]
+            && key_word(slot, 4) == words[3]
+    }
+}
+
+/// # Safety
+/// As [`key_word`].
+#[inline(always)]
+unsafe fn used(slot: *mut BucketSlot) -> bool {
+    // SAFETY: as the caller's; `used` is an aligned u32.
+    unsafe { (&raw const (*slot).used).read_volatile() != 0 }
+}
+
+/// When the slot's bucket is full again: the later of its two theoretical
+/// arrival times.
+///
+/// # Safety
+/// As [`key_word`].
+#[inline(always)]
+unsafe fn full_at(slot: *mut BucketSlot) -> u64 {
+    // SAFETY: as the caller's; the bucket's words are aligned u64s.
+    let words = unsafe { BucketWords::new(&raw mut (*slot).bucket) };
+    let (p, b) = (words.packet_tat.load(), words.byte_tat.load());
+    if p > b { p } else { b }
+}
+
+/// Writes (`rule`, `words`) into `slot` with a fresh bucket.
+///
+/// # Safety
+/// As [`key_word`].
+#[inline(always)]
+unsafe fn claim(slot: *mut BucketSlot, rule: u32, words: &[u32; 4]) {
+    // SAFETY: as the caller's; every field written is an aligned word.
+    unsafe {
+        let bucket = BucketWords::new(&raw mut (*slot).bucket);
+        bucket.packet_tat.store(0);
+        bucket.byte_tat.store(0);
+        bucket.window_start_ns.store(0);
+        bucket.over_limit.store(0);
+        let key = slot.cast::<u32>();
+        key.write_volatile(rule);
+        key.add(1).write_volatile(words[0]);
+        key.add(2).write_volatile(words[1]);
+        key.add(3).write_volatile(words[2]);
+        key.add(4).write_volatile(words[3]);
+        (&raw mut (*slot).used).write_volatile(1);
+    }
 }
 
 /// Whether a packet arriving `now` conforms to the bucket, without charging it.

@@ -486,9 +486,9 @@ fn the_default_clock_is_chosen_per_rule() {
     assert_eq!(test.run(&frame), XDP_DROP_ACTION, "over the burst");
 }
 
-/// More sources than the tracking table holds: the LRU evicts, and `stats`
-/// reports inserts, live buckets and evictions consistently (live is the
-/// estimate min(inserts, capacity), never a walk of the table).
+/// More sources than the tracking table holds: new sources take slots of
+/// old ones, and `stats` reports inserts, live buckets and evictions
+/// consistently (live = inserts - evictions, never a walk of the table).
 #[test]
 fn tracking_table_evictions_are_reported() {
     if skip_unless_root("tracking_table_evictions_are_reported") {
@@ -522,11 +522,134 @@ fn tracking_table_evictions_are_reported() {
         u64::from(sources),
         "one bucket per source: {tables:?}"
     );
+    // 300 sources over 32 sets of two: every set is full but with odds
+    // of about 1e-10.
     assert_eq!(
         live,
         u64::from(capacity),
         "a full table holds its capacity: {tables:?}"
     );
+    let used = filter_ctl::maps::buckets::Buckets::open(&test.reader())
+        .expect("opening BUCKETS")
+        .used()
+        .expect("reading BUCKETS")
+        .len();
+    assert_eq!(used as u64, live, "the walk agrees with the counters");
     assert_eq!(evictions, inserts - live, "{tables:?}");
     assert!(evictions >= u64::from(sources - capacity), "{tables:?}");
+}
+
+/// The claim order in one set (a table of 2 slots: every source shares the
+/// set): a new source takes the empty slot, else the slot whose bucket is
+/// nearest to full (the earlier theoretical arrival time); a source keeps
+/// its bucket while it owns a slot, and starts from a fresh one when it
+/// comes back after losing it.
+#[test]
+fn new_sources_claim_the_slot_nearest_to_full() {
+    if skip_unless_root("new_sources_claim_the_slot_nearest_to_full") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&filter_ctl::maps::loader::Capacities {
+        list: 64,
+        buckets: 2,
+    });
+    let id = test.limit(
+        "udp/7010",
+        &LimitSpec {
+            rate: Some(1),
+            ..Default::default()
+        },
+    );
+    freeze(&test, id, 1);
+    let (a, b, c) = ("198.18.80.1", "198.18.80.2", "198.18.80.3");
+    let tables = || test.reader().stats().expect("reading stats").tables;
+    let counts = || {
+        let t = tables();
+        (
+            t["bucket_inserts"],
+            t["bucket_evictions"],
+            t["buckets_live"],
+        )
+    };
+    let limited = |src: &str, what: &str| {
+        let frame = udp4(src, 7010);
+        assert_eq!(
+            test.run(&frame),
+            XDP_PASS_ACTION,
+            "{what}: {src}'s first passes"
+        );
+        assert_eq!(
+            test.run(&frame),
+            XDP_DROP_ACTION,
+            "{what}: {src}'s second is over"
+        );
+    };
+    let held = |src: &str| test.bucket(id, mapped(src)).is_some();
+    // A, then B: each owns a slot and is limited. Each bucket's arrival
+    // time is its first packet's + 1000 s (over-limit packets charge nothing).
+    limited(a, "empty table");
+    limited(b, "one slot free");
+    assert_eq!(counts(), (2, 0, 2));
+    // C takes A's slot (A's bucket refills first), not B's.
+    limited(c, "full set");
+    assert_eq!(
+        test.run(&udp4(b, 7010)),
+        XDP_DROP_ACTION,
+        "B kept its slot and bucket"
+    );
+    assert_eq!(counts(), (3, 1, 2));
+    assert!(!held(a) && held(b) && held(c));
+    // A comes back to a fresh bucket, in B's slot (now the earlier).
+    limited(a, "evicted before");
+    assert_eq!(
+        test.run(&udp4(c, 7010)),
+        XDP_DROP_ACTION,
+        "C is still limited"
+    );
+    assert_eq!(counts(), (4, 2, 2));
+    assert!(held(a) && !held(b) && held(c));
+}
+
+/// The rate-limit key of an IPv4 source: IPv4-mapped.
+fn mapped(v4: &str) -> [u8; 16] {
+    std::net::Ipv4Addr::from(ip4(v4)).to_ipv6_mapped().octets()
+}
+
+/// More sources than slots (4 slots, 16 sources), each sending in turn:
+/// every source is limited while it owns a slot, whichever slot it gets.
+#[test]
+fn more_sources_than_slots_are_each_limited_in_turn() {
+    if skip_unless_root("more_sources_than_slots_are_each_limited_in_turn") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&filter_ctl::maps::loader::Capacities {
+        list: 64,
+        buckets: 4,
+    });
+    let id = test.limit(
+        "udp/7011",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(2),
+            ..Default::default()
+        },
+    );
+    freeze(&test, id, 2);
+    let sources = 16u64;
+    for i in 0..sources {
+        let frame = udp4(&format!("198.18.81.{}", i + 1), 7011);
+        assert_eq!(test.run(&frame), XDP_PASS_ACTION, "source {i}: 1st passes");
+        assert_eq!(test.run(&frame), XDP_PASS_ACTION, "source {i}: 2nd passes");
+        assert_eq!(test.run(&frame), XDP_DROP_ACTION, "source {i}: 3rd is over");
+    }
+    let t = test.reader().stats().expect("reading stats").tables;
+    assert_eq!(t["bucket_inserts"], sources, "{t:?}");
+    assert!(t["buckets_live"] <= 4, "{t:?}");
+    assert_eq!(t["bucket_evictions"], sources - t["buckets_live"], "{t:?}");
+    assert!(t["bucket_evictions"] >= sources - 4, "{t:?}");
+    let counters = test.rule_counters(id);
+    assert_eq!(
+        (counters.passed.packets, counters.dropped.packets),
+        (2 * sources, sources)
+    );
 }

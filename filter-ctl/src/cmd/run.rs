@@ -35,9 +35,11 @@ pub struct Args {
     /// another capacity, `run` refuses (exit code 8).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     list_capacity: Option<u32>,
-    /// Rate-limit tracking table size in (rule, source) pairs; least
-    /// recently used are evicted [default: 1048576]. Fixed like --list-capacity.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Rate-limit tracking table size in (rule, source) pairs, a power of
+    /// two; a new pair takes the place of the one least recently charged
+    /// among the two slots it may use [default: 1048576]. Fixed like
+    /// --list-capacity. Example: --bucket-capacity 131072
+    #[arg(long, value_parser = parse_bucket_capacity)]
     bucket_capacity: Option<u32>,
     /// Pin into a bpffs that belongs to a private mount namespace (the pins,
     /// and the filter, end with that namespace). Refused without this flag.
@@ -91,6 +93,15 @@ pub struct Args {
 /// A `CrowdSec` poll interval: 1s to 1h.
 fn parse_poll(text: &str) -> Result<std::time::Duration, String> {
     filter_ctl::spec::policy::check_crowdsec_poll(text)
+}
+
+/// A tracking table size: a power of two, at least 2.
+fn parse_bucket_capacity(text: &str) -> Result<u32, String> {
+    let capacity: u32 = text
+        .parse()
+        .map_err(|e| format!("not a number of entries: {e}"))?;
+    filter_ctl::maps::buckets::check_capacity(capacity)?;
+    Ok(capacity)
 }
 
 /// A sweep interval: at least one second.

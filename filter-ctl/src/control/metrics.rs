@@ -317,6 +317,7 @@ pub fn scrape(pins: &PinDir, state_dir: &std::path::Path) -> anyhow::Result<Stri
 
     // The program's tables.
     let inserts = filter.table_stat(table_stat::BUCKET_INSERTS)?;
+    let evictions = filter.table_stat(table_stat::BUCKET_EVICTIONS)?;
     let capacity = u64::from(filter.capacity(maps::BUCKETS)?);
     for (name, help, value) in [
         (
@@ -336,8 +337,8 @@ pub fn scrape(pins: &PinDir, state_dir: &std::path::Path) -> anyhow::Result<Stri
         ),
         (
             "xdp_filter_tracking_evictions_total",
-            "Estimated entries evicted from the tracking table: inserts - capacity, floored at 0 (the table is never walked).",
-            inserts.saturating_sub(capacity),
+            "Entries of the tracking table replaced by a new (rule, source), or cleared when their rule was removed.",
+            evictions,
         ),
         (
             "xdp_filter_events_lost_total",
@@ -404,11 +405,13 @@ pub fn scrape(pins: &PinDir, state_dir: &std::path::Path) -> anyhow::Result<Stri
     gauge(
         &registry,
         "xdp_filter_tracking_entries",
-        "Estimated entries in the tracking table: min(inserts, capacity) (the table is never walked).",
+        "Entries in the tracking table: inserts - evictions (the table is never walked).",
         &[],
     )
     .with_label_values(&[] as &[&str])
-    .set(to_i64(inserts.min(capacity)));
+    .set(to_i64(crate::maps::counters::live_buckets(
+        inserts, evictions,
+    )));
     gauge(
         &registry,
         "xdp_filter_tracking_capacity",

@@ -10,6 +10,15 @@ use serde::Serialize;
 
 use super::Filter;
 
+/// Used slots of `BUCKETS` from the program's counters: inserts -
+/// evictions. Exact but for races between CPUs claiming one slot at once
+/// (both count an insert), and increments lost in a rule removal (see
+/// `buckets::forget`).
+#[must_use]
+pub fn live_buckets(inserts: u64, evictions: u64) -> u64 {
+    inserts.saturating_sub(evictions)
+}
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
@@ -20,9 +29,10 @@ pub struct Stats {
     /// of 64 or more is counted under `other`, and a slot without a name as
     /// `ifindex_N` (e.g. `BPF_PROG_TEST_RUN`, which reports ifindex 1).
     pub interfaces: BTreeMap<String, BTreeMap<String, CounterJson>>,
-    /// The program's own tables: `buckets_live` (estimated without a walk:
-    /// min(inserts, capacity), as `/metrics` reports it), `bucket_inserts`,
-    /// `bucket_evictions` (inserts - live),
+    /// The program's own tables: `buckets_live` (inserts - evictions,
+    /// counted without a walk, as `/metrics` reports it), `bucket_inserts`,
+    /// `bucket_evictions` (slots claimed from another (rule, source), or
+    /// emptied when a rule was removed),
     /// `autoblocks`, `autoblocks_failed`, `events_lost`.
     pub tables: BTreeMap<String, u64>,
 }
@@ -167,14 +177,14 @@ impl Filter {
         for (name, counter) in reason::NAMES.iter().zip(totals) {
             out.reasons.insert((*name).to_string(), counter.into());
         }
-        // Estimated, as `/metrics` does, from the kernel's insert counter and
-        // the table's capacity: walking a million-entry table took seconds.
+        // From the kernel's counters, as `/metrics` does: walking a
+        // million-entry table took seconds.
         let inserts = self.table_stat(table_stat::BUCKET_INSERTS)?;
-        let live = inserts.min(u64::from(self.capacity(maps::BUCKETS)?));
+        let evictions = self.table_stat(table_stat::BUCKET_EVICTIONS)?;
         for (name, value) in [
-            ("buckets_live", live),
+            ("buckets_live", live_buckets(inserts, evictions)),
             ("bucket_inserts", inserts),
-            ("bucket_evictions", inserts.saturating_sub(live)),
+            ("bucket_evictions", evictions),
             ("autoblocks", self.table_stat(table_stat::AUTOBLOCKS)?),
             (
                 "autoblocks_failed",

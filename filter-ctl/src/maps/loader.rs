@@ -51,6 +51,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
     crate::abi::check_object().context(
         "the embedded XDP program does not match this build's ABI table (a build error)",
     )?;
+    super::buckets::check_capacity(caps.buckets).map_err(Error::BadInput)?;
     pins.create()?;
     check_pinned_layout(pins)?;
     let maps_dir = pins.maps_dir();
@@ -164,37 +165,45 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the default aggregation prefixes on a fresh CONFIG map (all zero),
-/// and the tick clock's scale (`tick_ns`, `jiffies_at_zero`) on a map that
-/// lacks it.
+/// Writes the default aggregation prefixes on a fresh CONFIG map (all
+/// zero), the `BUCKETS` hash seed and mask where they are not set yet (a
+/// seed is chosen once, when the maps are created: a new one would move
+/// every tracked source to another slot), and the tick clock's scale
+/// (`tick_ns`, `jiffies_at_zero`) where it is missing.
 fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     let data =
         MapData::from_pin(pins.map(maps::CONFIG)).context("opening the pinned CONFIG map")?;
     let mut config: Array<MapData, Config> =
         Array::try_from(aya::maps::Map::Array(data)).context("CONFIG is not an array")?;
-    if config
-        .get(&0, 0)
-        .context("reading CONFIG")?
-        .ipv4_source_prefix
-        == 0
-    {
+    let current = config.get(&0, 0).context("reading CONFIG")?;
+    let mut next = current;
+    if current.ipv4_source_prefix == 0 {
         // The default rule starts in its first slot (empty: no default limit).
-        let defaults = Config {
+        next = Config {
             ipv4_source_prefix: filter_common::DEFAULT_IPV4_SOURCE_PREFIX,
             ipv6_source_prefix: filter_common::DEFAULT_IPV6_SOURCE_PREFIX,
             default_rule_slot: filter_common::DEFAULT_RULE,
             ..Config::default()
         };
-        config.set(0, defaults, 0).context("writing CONFIG")?;
     }
-    let mut current = config.get(&0, 0).context("reading CONFIG")?;
-    if current.tick_ns == 0
+    let buckets = MapData::from_pin(pins.map(maps::BUCKETS))
+        .context("opening the pinned BUCKETS map")?
+        .info()
+        .context("reading BUCKETS")?
+        .max_entries();
+    if next.bucket_seed == 0 || next.bucket_mask != buckets - 1 {
+        next.bucket_seed = super::buckets::random_seed()?;
+        next.bucket_mask = buckets - 1;
+    }
+    if next.tick_ns == 0
         && let Some(tick_ns) = crate::clock::tick_ns()
     {
         // Without it the rate limiter keeps to the precise clock.
-        current.tick_ns = tick_ns;
-        current.jiffies_at_zero = crate::clock::jiffies_at_zero(tick_ns);
-        config.set(0, current, 0).context("writing CONFIG")?;
+        next.tick_ns = tick_ns;
+        next.jiffies_at_zero = crate::clock::jiffies_at_zero(tick_ns);
+    }
+    if next != current {
+        config.set(0, next, 0).context("writing CONFIG")?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod barrier;
 pub mod batch;
+pub mod buckets;
 pub mod counters;
 pub mod events;
 pub mod journal;

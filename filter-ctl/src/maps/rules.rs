@@ -15,10 +15,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{Array, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use filter_common::{
-    Bucket, BucketKey, Config, DEFAULT_RULE, MAX_RULES, OnlyFromBytes, RULE_DROP, RULE_LIMIT,
-    RULE_SLOTS, RateRule, maps, other_slot,
+    Config, DEFAULT_RULE, MAX_RULES, OnlyFromBytes, RULE_DROP, RULE_LIMIT, RULE_SLOTS, RateRule,
+    maps, other_slot,
 };
 use serde::Serialize;
 
@@ -376,23 +376,8 @@ pub fn remove(filter: &Filter, target: &Target) -> anyhow::Result<()> {
     barrier()?;
     retire_slot(&mut rules, &mut only_from, live)?;
     clear_only_from(&mut only_from, other_slot(live))?;
-    forget_buckets(filter, id)?;
+    super::buckets::forget(filter, id)?;
     filter.reset_rule_counters(id)
-}
-
-fn forget_buckets(filter: &Filter, id: u32) -> anyhow::Result<()> {
-    let mut buckets: HashMap<MapData, BucketKey, Bucket> =
-        HashMap::try_from(filter.map(maps::BUCKETS)?)
-            .context("BUCKETS is not the expected hash map")?;
-    let keys: Vec<BucketKey> = buckets
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.rule == id)
-        .collect();
-    for key in keys {
-        let _ = buckets.remove(&key);
-    }
-    Ok(())
 }
 
 /// Every rule in use, default first.
