@@ -306,10 +306,23 @@ so they compare with part 1 but come from other runs and other versions of the p
 - **Per-CPU LRU lists for `BUCKETS`** (`BPF_F_NO_COMMON_LRU`): a flood arriving on one CPU \
   could use only capacity / number of CPUs of the sources (524,285 of 1,048,576 after \
   writing 1M sources from one process). **Reverted** to one common LRU.
-- **The 100,000-source flood** is bound by cache misses in the 1M-entry preallocated \
-  `BUCKETS` table (`lookup_nulls_elem_raw` ~54% of the samples): a smaller \
-  `--bucket-capacity` is faster, but the issue requires at least 1,000,000 by default, so \
-  the default stays.
+- **The 100,000-source flood** was bound by cache misses in the 1M-entry preallocated \
+  `BUCKETS` LRU hash (`lookup_nulls_elem_raw` ~54% of the samples), and every new source \
+  of a spoofed flood paid an LRU insert; ~120 B of kernel memory per tracked source. \
+  **Replaced** by a 2-way set-associative array of 56-byte slots (a seeded hash names two \
+  adjacent slots; no lock, no kernel hash call): 56 B per source, and in part 3 (2 rounds, \
+  busy machine) the spread flood rose from 19–30% to 40–41% of its ceiling, the port-limit \
+  flood from 61% to 64–69%; part 1's rate-limited rows went from 1.06–1.14× xdp-filter to \
+  0.81–0.96×. A smaller `--bucket-capacity` (131,072) is now slower under that flood, not \
+  faster: 100,000 sources in 65,536 sets of two evict one another, and every reset bucket \
+  passes a packet up the stack. Still short of 60%: the flood passes one packet per source \
+  per second up to the UDP socket (5% of the frames), and the table's lines miss the \
+  caches (`filter` ~52% of the samples).
+- **64-byte slots on page-aligned values** (`BPF_F_MMAPABLE`, so each slot is one cache \
+  line; without it values start 8 bytes before a line boundary and most 56-byte slots \
+  straddle two): two A/B pairs of part 3 (3 rounds each) showed no gain (spread flood 27–34% \
+  of the ceiling against 41% for 56-byte slots, within this busy machine's noise, the \
+  port-limit flood moved as much). **Not kept**: 14% more memory for nothing measurable.
 - **Drop sampling** (issue 15: at defaults, at most 2% of a flood lost against sampling \
   off; `filter-bench --rounds 5 --part 3`, the blocked-source flood with sampling at its \
   defaults and off). A 64-bit modulo per drop: 90.0% kept; a counter that wraps at the \

@@ -429,7 +429,10 @@ fn limit_clock_selects_the_clock_read() {
     let precise = charged_at(&test, id, "198.18.74.1", 7005, SLOW);
     assert!(precise >= before, "precise clock {precise} before {before}");
     let tick = filter_ctl::clock::tick_ns().expect("a tick length");
-    assert!(!precise.is_multiple_of(tick), "the precise clock is not on a tick");
+    assert!(
+        !precise.is_multiple_of(tick),
+        "the precise clock is not on a tick"
+    );
     // Coarse: the tick.
     filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_COARSE)
         .expect("setting the coarse clock");

@@ -189,7 +189,7 @@ mod tests {
         };
         let source = [1u8; 16];
         let set = set_of(&config, 3, &source);
-        assert!(set < 16 && set % 2 == 0);
+        assert!(set < 16 && set.is_multiple_of(2));
         assert_eq!(set, bucket_set(7, 15, 3, &source_words(&source)));
     }
 }
