@@ -564,6 +564,11 @@ fn new_sources_claim_the_slot_nearest_to_full() {
         },
     );
     freeze(&test, id, 1);
+    // The order of eviction follows the buckets' arrival times: the precise
+    // clock keeps them distinct (with the tick clock, sources seen within one
+    // tick tie, and the first slot of the set goes).
+    filter_ctl::maps::rules::set_clock(&test.filter(), filter_common::CLOCK_PRECISE)
+        .expect("setting the precise clock");
     let (a, b, c) = ("198.18.80.1", "198.18.80.2", "198.18.80.3");
     let tables = || test.reader().stats().expect("reading stats").tables;
     let counts = || {
