@@ -256,8 +256,9 @@ fn within_limit(
 /// else the one whose bucket is nearest to full (the earlier theoretical
 /// arrival time: a bucket whose time has passed is as good as a fresh one,
 /// so evicting it loses nothing; a source over its limit keeps its time
-/// ahead of the clock, and its slot against idle ones), and resets it. The pointer is valid, and 8-byte aligned,
-/// for the rest of the program's run (array values never move).
+/// ahead of the clock, and its slot against idle ones), and resets it. The
+/// pointer is valid, and 8-byte aligned, for the rest of the program's run
+/// (array values never move).
 ///
 /// No lock: two CPUs may claim the same slot at once, for the same or for
 /// different keys, or one may charge a bucket while another resets it. The
