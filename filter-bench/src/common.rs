@@ -132,6 +132,7 @@ impl Env {
             .arg(pins.root())
             .args(args)
             .env_remove("FILTER_CTL_PIN_DIR")
+            .env("FILTER_CTL_STATE_DIR", state_dir(pins))
             .env("RUST_LOG", "warn");
         command
     }
@@ -328,6 +329,7 @@ impl Controller {
             .args(["run", "--iface", iface])
             .args(options)
             .env_remove("FILTER_CTL_PIN_DIR")
+            .env("FILTER_CTL_STATE_DIR", state_dir(&pins))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -639,4 +641,14 @@ pub fn sweep_stale() {
             }
         }
     }
+}
+
+/// The state directory of the filter pinned at `pins`: one per filter,
+/// under the benchmark's own (`FILTER_CTL_STATE_DIR`, set in `main`), so
+/// that what one part loads (and `filter-ctl` persists) is never restored
+/// into another part's filter.
+#[must_use]
+pub fn state_dir(pins: &PinDir) -> std::path::PathBuf {
+    let base = std::env::var_os("FILTER_CTL_STATE_DIR").unwrap_or_default();
+    std::path::Path::new(&base).join(pins.root().file_name().unwrap_or_default())
 }

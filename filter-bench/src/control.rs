@@ -24,7 +24,7 @@ use filter_devtools::check_interrupted;
 use filter_tests::netns::{Lab, in_netns};
 
 use crate::{
-    common::{Controller, Env, LoadedFilter, Summary, XdpFilter, show},
+    common::{Controller, Env, LoadedFilter, Summary, XdpFilter, show, state_dir},
     frames::block_list,
     profile::profile_command,
     report::{Section, Target},
@@ -42,8 +42,7 @@ fn scrape_times(env: &Env, filter: &LoadedFilter) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for _ in 0..SCRAPE_TIMES {
         let start = Instant::now();
-        let state_dir = std::env::var_os("FILTER_CTL_STATE_DIR").unwrap_or_default();
-        let text = filter_ctl::control::metrics::scrape(&filter.pins, state_dir.as_ref())?;
+        let text = filter_ctl::control::metrics::scrape(&filter.pins, &state_dir(&filter.pins))?;
         out.push(start.elapsed().as_secs_f64() * 1000.0);
         if !text.contains("# TYPE xdp_filter_packets_total counter") {
             env.fail(format!(
