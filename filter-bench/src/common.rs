@@ -383,6 +383,7 @@ impl Controller {
             .arg("--pin-dir")
             .arg(self.pins.root())
             .args(["status", "--json"])
+            .env("FILTER_CTL_STATE_DIR", state_dir(&self.pins))
             .output()
             .ok()?;
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -422,6 +423,7 @@ impl Drop for Controller {
                 .arg("--pin-dir")
                 .arg(self.pins.root())
                 .arg("detach")
+                .env("FILTER_CTL_STATE_DIR", state_dir(&self.pins))
                 .output();
             match out {
                 Ok(o) if o.status.success() => {}
