@@ -862,6 +862,19 @@ pub fn flood(env: &Env) -> Result<Section> {
                 format!("{:.0}%", vs_bare * 100.0),
             ),
         ];
+        if !spread && !config.passes {
+            // Issue 18's bar for the blocked source, above issue 10's.
+            targets.push(target(
+                &|name| format!("flood, {name}: ≥ 1.3× xdp-filter's dropped pps"),
+                vs_xdpf >= 1.3,
+                format!("{vs_xdpf:.2}×"),
+            ));
+            targets.push(target(
+                &|name| format!("flood, {name}: ≥ 90% of the bare XDP_DROP ceiling"),
+                vs_bare >= 0.9,
+                format!("{:.0}%", vs_bare * 100.0),
+            ));
+        }
         if spread {
             targets.push(target(
                 &|name| format!("flood, {name}: ≥ 60% of the spread-flood ceiling"),
