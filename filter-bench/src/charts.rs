@@ -129,22 +129,15 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-/// `1234567` as `1,234,567`.
+/// An axis value `1234567.0` as `1,234,567` (rounded; negative as 0).
 fn thousands(value: f64) -> String {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "axis labels of counts"
     )]
-    let digits = (value.round().max(0.0) as u64).to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let count = value.round().max(0.0) as u64;
+    filter_ctl::control::drops::thousands(count)
 }
 
 fn lines(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<()> {

@@ -191,8 +191,9 @@ impl Aggregator {
     }
 }
 
-/// 48200 -> "48,200".
-fn thousands(n: u64) -> String {
+/// 48200 -> "48,200" (also the benchmark charts' axis labels).
+#[must_use]
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

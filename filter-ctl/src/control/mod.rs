@@ -5,7 +5,7 @@
 
 pub mod apply;
 pub mod crowdsec;
-mod drops;
+pub mod drops;
 pub mod metrics;
 mod netwatch;
 pub mod policy;
