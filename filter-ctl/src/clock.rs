@@ -118,6 +118,14 @@ mod tests {
     fn this_machine_has_a_tick_and_an_offset_that_tracks_monotonic_time() {
         let tick = tick_ns().expect("CLOCK_MONOTONIC_COARSE has a resolution");
         assert!((1_000_000..=10_000_000).contains(&tick), "tick {tick} ns");
+        // Where the timer list is readable (root), its real head parses: the
+        // INITIAL_JIFFIES fallback below must not hide a broken reader.
+        if let Ok(text) = std::fs::read_to_string("/proc/timer_list") {
+            assert!(
+                timer_list_offset(&text, tick).is_some(),
+                "/proc/timer_list did not parse"
+            );
+        }
         // The tick starts within a minute of boot: near INITIAL_JIFFIES.
         let zero = jiffies_at_zero(tick);
         let minute = 60 * 1_000_000_000 / tick;
