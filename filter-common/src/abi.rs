@@ -9,8 +9,8 @@
 use core::mem::size_of;
 
 use crate::{
-    BucketSlot, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, table_stat,
+    BucketSlot, Config, Counter, HostSlot, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES,
+    OnlyFromBytes, PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, table_stat,
 };
 
 /// Version of the maps' layout (names, types, keys, values, event records).
@@ -28,7 +28,10 @@ use crate::{
 /// choice) and the slot table (`bucket_seed`, `bucket_mask`); `BUCKETS` is an
 /// array of [`BucketSlot`]s (2-way set-associative),
 /// `table_stat::BUCKET_EVICTIONS`.
-pub const LAYOUT_VERSION: u32 = 9;
+/// 10: blocked hosts in `BLOCK_HOSTS` ([`HostSlot`]s, 4-way set-associative)
+/// beside the blocklist tries; `Config` grows to 80 bytes (`block_hosts`,
+/// `host_seed`, `host_mask`).
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
@@ -125,6 +128,7 @@ pub mod maps {
     pub const BLOCK_V6: &str = "BLOCK_V6";
     pub const SHADOW_BLOCK_V4: &str = "SHADOW_BLOCK_V4";
     pub const SHADOW_BLOCK_V6: &str = "SHADOW_BLOCK_V6";
+    pub const BLOCK_HOSTS: &str = "BLOCK_HOSTS";
     pub const CONFIG: &str = "CONFIG";
     pub const RULES: &str = "RULES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -150,7 +154,7 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 18] = [
+pub const MAPS: [MapDef; 19] = [
     per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
@@ -166,6 +170,8 @@ pub const MAPS: [MapDef; 18] = [
     lpm_trie::<OnlyFromBytes, u8>(maps::ONLY_FROM),
     // Sized by user space (a power of two).
     array::<BucketSlot>(maps::BUCKETS, 0),
+    // Sized by user space from the list capacity (`host_slots`).
+    array::<HostSlot>(maps::BLOCK_HOSTS, 0),
     MapDef {
         name: maps::EVENTS,
         map_type: MapType::RingBuf,

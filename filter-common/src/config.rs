@@ -48,6 +48,15 @@ pub struct Config {
     /// `BUCKETS` capacity - 1 (the capacity is a power of two), written with
     /// the seed. While 0 every source shares the first two slots.
     pub bucket_mask: u32,
+    /// Used slots of `BLOCK_HOSTS`, kept by user space (its only writer):
+    /// while 0 the program skips the host probe. Raised before a host is
+    /// written, lowered after one is removed, so never below the truth.
+    pub block_hosts: u32,
+    /// Seed of the `BLOCK_HOSTS` set hash ([`host_set`](crate::host_set)),
+    /// random per map creation like [`Config::bucket_seed`].
+    pub host_seed: u64,
+    /// `BLOCK_HOSTS` capacity - 1 (a power of two), written with the seed.
+    pub host_mask: u32,
     pub _pad: u32,
 }
 
@@ -88,7 +97,7 @@ pub const fn coarse_clock_suffices(
         && (byte_interval == 0 || byte_tolerance >= tick_ticks)
 }
 
-const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<Config>() == 80);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
@@ -101,4 +110,7 @@ const _: () = assert!(offset_of!(Config, tick_ns) == 32);
 const _: () = assert!(offset_of!(Config, jiffies_at_zero) == 40);
 const _: () = assert!(offset_of!(Config, bucket_seed) == 48);
 const _: () = assert!(offset_of!(Config, bucket_mask) == 56);
-const _: () = assert!(offset_of!(Config, _pad) == 60);
+const _: () = assert!(offset_of!(Config, block_hosts) == 60);
+const _: () = assert!(offset_of!(Config, host_seed) == 64);
+const _: () = assert!(offset_of!(Config, host_mask) == 72);
+const _: () = assert!(offset_of!(Config, _pad) == 76);

@@ -33,7 +33,8 @@ pub use config::{
 };
 pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
 pub use lists::{
-    Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY,
+    HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_AUTO,
+    ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY, host_key_v4, host_set, host_slots,
 };
 pub use ratelimit::{
     Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
@@ -59,6 +60,8 @@ mod pod {
     unsafe impl aya::Pod for super::Bucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BucketSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.

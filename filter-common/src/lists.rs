@@ -2,6 +2,12 @@
 //! and a shadow policy's blocks (`SHADOW_BLOCK_V4`, `SHADOW_BLOCK_V6`, in
 //! tries of their own so that they never change what is enforced): LPM
 //! tries keyed by network-order addresses.
+//!
+//! Blocked hosts (IPv4 /32, IPv6 /128: most of a large blocklist) live
+//! beside the tries in `BLOCK_HOSTS`, a 4-way set-associative array of
+//! [`HostSlot`]s: a probe is a few inlined array reads, where a trie lookup
+//! is a kernel call whose cost grows with the trie. A host whose set is
+//! full goes into the trie as before.
 
 use core::mem::{offset_of, size_of};
 
@@ -52,6 +58,75 @@ impl ListEntry {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }
 }
+
+/// Slots per set of `BLOCK_HOSTS`: a host lives in one of the
+/// `HOST_WAYS` consecutive slots from [`host_set`], or in the trie.
+pub const HOST_WAYS: u32 = 4;
+/// [`HostSlot::state`] bit: the slot holds `addr`'s entry.
+pub const HOST_USED: u32 = 1;
+/// [`HostSlot::state`] bit, kept on the first slot of a set: a host of this
+/// set once found the set full and went into the trie (user space then
+/// looks there too). Never cleared while the maps live.
+pub const HOST_OVERFLOWED: u32 = 2;
+
+/// One slot of `BLOCK_HOSTS`: a blocked host (IPv4-mapped for IPv4) and
+/// its entry. Only user space writes slots, in two steps for a new host
+/// (the address and entry first, then [`HOST_USED`]), so a packet never
+/// matches a half-written address. Automatic blocks stay in the tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostSlot {
+    /// The host, IPv4-mapped (`::ffff:a.b.c.d`) for IPv4.
+    pub addr: Ipv6Bytes,
+    /// `HOST_USED` | `HOST_OVERFLOWED` bits.
+    pub state: u32,
+    pub _pad: u32,
+    /// The entry, as a trie would hold it (`prefix_len` 32 or 128).
+    pub entry: ListEntry,
+}
+
+/// `addr` (an IPv4 address) as the IPv4-mapped key of `BLOCK_HOSTS`.
+#[inline(always)]
+#[must_use]
+pub const fn host_key_v4(addr: Ipv4Bytes) -> Ipv6Bytes {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The first slot of `addr`'s set in a `BLOCK_HOSTS` of `mask + 1` slots
+/// (`Config::host_seed`, `Config::host_mask`): the seeded hash of the
+/// rate limiter's table ([`bucket_hash`](crate::bucket_hash)), with a rule
+/// id no rule has.
+#[inline(always)]
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low 32 bits, masked to the table"
+)]
+pub const fn host_set(seed: u64, mask: u32, words: &[u32; 4]) -> u32 {
+    (crate::bucket_hash(seed, u32::MAX, words) as u32) & mask & !(HOST_WAYS - 1)
+}
+
+/// Slots of `BLOCK_HOSTS` for a blocklist of `list_capacity` entries per
+/// family: half of it, a power of two, at least one set.
+#[must_use]
+pub const fn host_slots(list_capacity: u32) -> u32 {
+    let half = list_capacity / 2;
+    let slots = if half > 1 << 30 {
+        1 << 30
+    } else {
+        half.next_power_of_two()
+    };
+    if slots < HOST_WAYS { HOST_WAYS } else { slots }
+}
+
+const _: () = assert!(size_of::<HostSlot>() == 40);
+const _: () = assert!(offset_of!(HostSlot, addr) == 0);
+const _: () = assert!(offset_of!(HostSlot, state) == 16);
+const _: () = assert!(offset_of!(HostSlot, entry) == 24);
+const _: () = assert!(HOST_WAYS.is_power_of_two());
+const _: () = assert!(host_slots(1_048_576) == 524_288 && host_slots(8) == 4 && host_slots(0) == 4);
 
 const _: () = assert!(size_of::<ListEntry>() == 16);
 const _: () = assert!(offset_of!(ListEntry, expires_at_ns) == 0);

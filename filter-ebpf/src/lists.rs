@@ -1,9 +1,12 @@
 //! Allow and block list lookups, with expiry.
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
-use filter_common::{ListEntry, ORIGIN_AUTO, reason};
+use filter_common::{
+    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, host_set, reason,
+    source_words,
+};
 
-use crate::clock::CoarseClock;
+use crate::{clock::CoarseClock, maps::BLOCK_HOSTS};
 
 /// Expired entries nested over one address that a single lookup skips (and
 /// deletes); deeper nesting is cleared by the controller's periodic sweep.
@@ -78,4 +81,53 @@ pub fn block_reason<K: Copy>(
         bits = u32::from(entry.prefix_len) - 1;
     }
     why
+}
+
+/// Whether `BLOCK_HOSTS` holds an active entry for `addr` (IPv4-mapped for
+/// IPv4): up to `HOST_WAYS` inlined array reads, no kernel call. Only an
+/// operator's, the policy's or `CrowdSec`'s blocks live there (automatic
+/// blocks stay in the tries), so a hit is a `reason::BLOCKLIST` whatever
+/// the tries hold. An expired entry is skipped; the controller's sweep
+/// deletes it.
+#[inline(always)]
+pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) -> bool {
+    if config.block_hosts == 0 {
+        return false;
+    }
+    let words = source_words(addr);
+    let first = host_set(config.host_seed, config.host_mask, &words);
+    for way in 0..HOST_WAYS {
+        let Some(slot) = BLOCK_HOSTS.get_ptr(first + way) else {
+            return false;
+        };
+        // SAFETY: `slot` points to a live array value (never freed while
+        // the program runs); user space writes whole values, and a new
+        // host's address before its `HOST_USED` bit (see `HostSlot`).
+        let entry = unsafe {
+            if !holds(slot, &words) {
+                continue;
+            }
+            &(*slot).entry
+        };
+        return entry.expires_at_ns == 0 || clock.now() < entry.expires_at_ns;
+    }
+    false
+}
+
+/// Whether `slot` holds `words` (`filter_common::source_words` of a host).
+///
+/// # Safety
+/// `slot` points to a live `BLOCK_HOSTS` value.
+#[inline(always)]
+unsafe fn holds(slot: *const HostSlot, words: &[u32; 4]) -> bool {
+    // SAFETY: as the caller's; the address is 16 bytes at offset 0 and the
+    // state an aligned u32 (asserted in filter-common).
+    unsafe {
+        let addr = slot.cast::<u32>();
+        (&raw const (*slot).state).read_volatile() & HOST_USED != 0
+            && addr.read_volatile() == words[0]
+            && addr.add(1).read_volatile() == words[1]
+            && addr.add(2).read_volatile() == words[2]
+            && addr.add(3).read_volatile() == words[3]
+    }
 }

@@ -33,7 +33,7 @@ use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
-    lists::{block_reason, listed},
+    lists::{block_reason, host_blocked, listed},
     maps::{ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, CONFIG, SHADOW_BLOCK_V4, SHADOW_BLOCK_V6},
     parse::{Packet, Parsed},
     ratelimit::{apply_rule, rule_for},
@@ -84,18 +84,29 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
+    // A blocked host (most of a large blocklist) is found in `BLOCK_HOSTS`
+    // (keyed like `packet.source`, IPv4-mapped) without a trie lookup.
+    let host = config.is_some_and(|c| host_blocked(&packet.source, c, &mut clock));
     let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
             allow && listed(&ALLOW_V6, 128, packet.source, &mut clock),
-            block_reason(&BLOCK_V6, 128, packet.source, &mut clock),
+            if host {
+                reason::BLOCKLIST
+            } else {
+                block_reason(&BLOCK_V6, 128, packet.source, &mut clock)
+            },
         )
     } else {
         let v4 = packet.source_v4();
         let allow = config.is_none_or(|c| c.allow_v4_entries != 0);
         (
             allow && listed(&ALLOW_V4, 32, v4, &mut clock),
-            block_reason(&BLOCK_V4, 32, v4, &mut clock),
+            if host {
+                reason::BLOCKLIST
+            } else {
+                block_reason(&BLOCK_V4, 32, v4, &mut clock)
+            },
         )
     };
     if allowed {

@@ -2,13 +2,14 @@
 //! `filter_common::abi::MAPS`; the `abi` test checks the built object against it.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use filter_common::{
-    BucketSlot, Config, Counter, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES, OnlyFromBytes,
-    PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
-    events::sampling, iface, table_stat,
+    BucketSlot, Config, Counter, HostSlot, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES,
+    OnlyFromBytes, PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
+    events::sampling, host_slots, iface, table_stat,
 };
 
 /// Packets and bytes per interface slot and verdict reason (`stats_index`).
@@ -36,6 +37,12 @@ pub static ALLOW_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::L
 pub static BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
 #[map]
 pub static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::LIST_ENTRIES, 0);
+/// Blocked hosts (/32, /128) beside the blocklist tries: a 4-way
+/// set-associative array (`filter_common::HostSlot`), sized by user space,
+/// which maps it into memory to write it (`BPF_F_MMAPABLE`).
+#[map]
+pub static BLOCK_HOSTS: Array<HostSlot> =
+    Array::pinned(host_slots(capacity::LIST_ENTRIES), BPF_F_MMAPABLE);
 /// A shadow policy's blocks: matches are counted, never enforced.
 #[map]
 pub static SHADOW_BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> =

@@ -13,7 +13,9 @@
 //! never changes it. The blocklist decides next (an operator's or policy's
 //! block before automatic ones), then the port's rule or the default rule;
 //! a shadow rule's would-be drop is counted instead of `shadow_blocklist`.
-//! Every list lookup deletes the expired longest matches it meets.
+//! Every list lookup deletes the expired longest matches it meets, except
+//! the blocklist's hosts (`BLOCK_HOSTS`), which the controller's sweep
+//! deletes.
 
 use std::collections::HashMap;
 
@@ -297,6 +299,12 @@ impl<const N: usize> ListItem<N> {
     fn is_active(&self, now_ns: u64) -> bool {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }
+
+    /// On the blocklist, an entry `BLOCK_HOSTS` holds (a host, not an
+    /// automatic block), not a trie; the tests' tables have room for all.
+    fn is_table_host(&self) -> bool {
+        u32::try_from(8 * N).is_ok_and(|bits| self.prefix == bits) && self.origin != ORIGIN_AUTO
+    }
 }
 
 /// Expired longest matches a lookup deletes before it gives up.
@@ -357,13 +365,24 @@ impl<const N: usize> PrefixList<N> {
             .any(|e| e.net == net && e.prefix == prefix)
     }
 
-    fn longest(&self, addr: [u8; N], max_prefix: u32) -> Option<usize> {
+    fn longest(&self, addr: [u8; N], max_prefix: u32, skip_hosts: bool) -> Option<usize> {
         self.entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| !(skip_hosts && e.is_table_host()))
             .filter(|(_, e)| e.prefix <= max_prefix && mask(addr, e.prefix) == e.net)
             .max_by_key(|(_, e)| e.prefix)
             .map(|(i, _)| i)
+    }
+
+    /// The blocklist's host-table probe (`BLOCK_HOSTS`): the operator's
+    /// entry for exactly `addr`, if any. Never deletes: the controller's
+    /// sweep removes expired hosts.
+    fn table_host(&self, addr: [u8; N]) -> Option<ListItem<N>> {
+        self.entries
+            .iter()
+            .find(|e| e.is_table_host() && e.net == addr)
+            .copied()
     }
 
     /// The entry deciding for `addr`: the longest matching prefix, if active.
@@ -381,8 +400,20 @@ impl<const N: usize> PrefixList<N> {
         max_prefix: u32,
         now_ns: u64,
     ) -> Option<ListItem<N>> {
+        self.lookup_in_trie(addr, max_prefix, now_ns, false)
+    }
+
+    /// [`Self::lookup_within`] among the entries a trie holds: without the
+    /// blocklist's hosts (`skip_hosts`), which live in `BLOCK_HOSTS`.
+    fn lookup_in_trie(
+        &mut self,
+        addr: [u8; N],
+        max_prefix: u32,
+        now_ns: u64,
+        skip_hosts: bool,
+    ) -> Option<ListItem<N>> {
         for _ in 0..=MAX_EXPIRED_SKIPS {
-            let i = self.longest(addr, max_prefix)?;
+            let i = self.longest(addr, max_prefix, skip_hosts)?;
             if self.entries[i].is_active(now_ns) {
                 return Some(self.entries[i]);
             }
@@ -409,10 +440,15 @@ fn block_reason<const N: usize>(
     addr: [u8; N],
     now_ns: u64,
 ) -> Option<u32> {
+    // An operator's block of the host itself, in `BLOCK_HOSTS`: no trie
+    // lookup (an expired one is skipped and stays for the sweep).
+    if list.table_host(addr).is_some_and(|h| h.is_active(now_ns)) {
+        return Some(reason::BLOCKLIST);
+    }
     let mut max_prefix = u32::MAX;
     let mut auto = false;
     for _ in 0..MAX_BLOCK_MATCHES {
-        let Some(found) = list.lookup_within(addr, max_prefix, now_ns) else {
+        let Some(found) = list.lookup_in_trie(addr, max_prefix, now_ns, true) else {
             break;
         };
         if found.origin != ORIGIN_AUTO {

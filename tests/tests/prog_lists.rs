@@ -258,30 +258,52 @@ fn expiring_entries() {
         ),
     ];
     run_table(&test, &cases);
-    // Expired entries the program met are gone from the maps.
-    let left: Vec<String> = test
-        .reader()
-        .list_entries_raw(filter_ctl::maps::ListKind::Block)
-        .expect("reading the blocklist")
-        .iter()
-        .map(|(c, _)| c.to_string())
-        .collect();
-    for deleted in [
-        "198.18.8.8/32",
-        "2001:db8:8::8/128",
-        "198.18.9.0/30",
-        "198.18.9.0/24",
-    ] {
+    // Expired entries the program met are gone from the tries. Expired
+    // hosts (in `BLOCK_HOSTS`) were skipped and stay for the sweep.
+    let stored = || -> Vec<String> {
+        test.reader()
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
+            .expect("reading the blocklist")
+            .iter()
+            .map(|(c, _)| c.to_string())
+            .collect()
+    };
+    let left = stored();
+    for deleted in ["198.18.9.0/30", "198.18.9.0/24"] {
         assert!(
             !left.iter().any(|c| c == deleted),
             "{deleted} expired and was looked up, yet is still stored: {left:?}"
         );
     }
+    let hosts = ["198.18.8.8/32", "2001:db8:8::8/128", "198.19.6.6/32"];
+    for host in hosts {
+        assert!(
+            left.iter().any(|c| c == host),
+            "{host}: an expired host stays in the table until the sweep: {left:?}"
+        );
+    }
+    // The controller's sweep: scan, then delete what is still expired.
+    let filter = test.filter();
+    let sweep = filter.sweep_scan().expect("sweep scan");
+    for (kind, cidrs) in &sweep.expired {
+        filter
+            .remove_expired(*kind, cidrs)
+            .expect("removing expired entries");
+    }
+    let left = stored();
+    for host in hosts {
+        assert!(
+            !left.iter().any(|c| c == host),
+            "{host} expired and was swept, yet is still stored: {left:?}"
+        );
+    }
+    assert!(left.iter().any(|c| c == "198.18.10.10/32"), "{left:?}");
 }
 
-/// More than four nested expired entries: the lookup skips (and deletes)
-/// four, deletes the fifth too but gives up, so one packet from inside a
-/// permanently blocked prefix passes; the next one is blocked.
+/// More than four nested expired entries in a trie: the lookup skips (and
+/// deletes) four, deletes the fifth too but gives up, so one packet from
+/// inside a permanently blocked prefix passes; the next one is blocked.
+/// (The innermost is a /31: a /32 would be a host in `BLOCK_HOSTS`.)
 #[test]
 fn five_nested_expired_entries() {
     if skip_unless_root("five_nested_expired_entries") {
@@ -295,7 +317,7 @@ fn five_nested_expired_entries() {
             "198.18.9.0/26",
             "198.18.9.0/28",
             "198.18.9.0/30",
-            "198.18.9.0/32",
+            "198.18.9.0/31",
         ],
         Duration::from_millis(1),
     );
@@ -327,4 +349,116 @@ fn five_nested_expired_entries() {
         &[Case::new("the same source again", frame, BLOCKLIST)],
     );
     assert_eq!(stored(), ["198.18.0.0/16"]);
+}
+
+/// Blocked hosts live in `BLOCK_HOSTS`, four to a set; a host whose set is
+/// full goes into the trie, and once a set has overflowed its new hosts go
+/// there too (a host missing from such a set may be in the trie: never two
+/// places). Every host stays blocked wherever it lives, each is listed once,
+/// and removing them all empties the table and its count.
+#[test]
+fn hosts_overflow_into_the_trie() {
+    if skip_unless_root("hosts_overflow_into_the_trie") {
+        return;
+    }
+    let test = ProgTest::new();
+    let config = test.reader().config().expect("CONFIG");
+    // Seven lab hosts that share one set of the table.
+    let set_of = |ip: std::net::Ipv4Addr| {
+        let key = filter_common::host_key_v4(ip.octets());
+        filter_common::host_set(
+            config.host_seed,
+            config.host_mask,
+            &filter_common::source_words(&key),
+        )
+    };
+    let first = std::net::Ipv4Addr::new(198, 18, 40, 1);
+    let target = set_of(first);
+    let same_set: Vec<String> = (0..65_536u32)
+        .map(|n| std::net::Ipv4Addr::from(u32::from(first) + n))
+        .filter(|ip| set_of(*ip) == target)
+        .take(7)
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(same_set.len(), 7, "seven hosts of one set in a /16");
+    let hosts: Vec<&str> = same_set.iter().map(String::as_str).collect();
+    let frame = |ip: &str| Frame::ipv4(frames::udp4(ip4(ip), 53)).build();
+    let in_table = |ip: &str| {
+        let filter = test.reader();
+        let table = filter_ctl::maps::hosts::HostTable::open(&filter).expect("BLOCK_HOSTS");
+        table.find(&filter_common::host_key_v4(ip4(ip))).is_some()
+    };
+    let listed = || -> Vec<String> {
+        test.reader()
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
+            .expect("reading the blocklist")
+            .iter()
+            .map(|(c, _)| c.to_string())
+            .collect()
+    };
+
+    // Six hosts: four fill the set, two go to the trie.
+    test.block(&hosts[..6]);
+    let placed: Vec<bool> = hosts[..6].iter().map(|h| in_table(h)).collect();
+    assert_eq!(placed.iter().filter(|&&t| t).count(), 4, "{placed:?}");
+    let blocked: Vec<Case> = hosts[..6]
+        .iter()
+        .map(|h| Case::new(format!("{h}, blocked"), frame(h), BLOCKLIST))
+        .collect();
+    run_table(&test, &blocked);
+    assert_eq!(listed().len(), 6, "each host listed once: {:?}", listed());
+    assert_eq!(test.reader().config().expect("CONFIG").block_hosts, 4);
+
+    // Free a slot: the set has overflowed, so a new host still goes to
+    // the trie, and a host in the trie is updated there, not copied.
+    let table_host = hosts[..6]
+        .iter()
+        .zip(&placed)
+        .find(|(_, t)| **t)
+        .map(|(h, _)| *h)
+        .expect("a host in the table");
+    let trie_host = hosts[..6]
+        .iter()
+        .zip(&placed)
+        .find(|(_, t)| !**t)
+        .map(|(h, _)| *h)
+        .expect("a host in the trie");
+    test.filter()
+        .unblock(&[table_host.parse().expect("cidr")])
+        .expect("unblocking a host in the table");
+    test.block(&[hosts[6]]);
+    test.block_ttl(&[trie_host], Duration::from_hours(1));
+    assert!(
+        !in_table(hosts[6]),
+        "a new host of an overflowed set goes to the trie"
+    );
+    assert!(!in_table(trie_host), "a host in the trie stays there");
+    assert_eq!(listed().len(), 6, "each host listed once: {:?}", listed());
+    let mut cases = vec![Case::new(
+        format!("{table_host}, unblocked"),
+        frame(table_host),
+        PASS,
+    )];
+    cases.extend(
+        hosts
+            .iter()
+            .filter(|h| **h != table_host)
+            .map(|h| Case::new(format!("{h}, blocked"), frame(h), BLOCKLIST)),
+    );
+    run_table(&test, &cases);
+
+    // Everything out: nothing blocked, nothing listed, the count at 0.
+    let all: Vec<filter_ctl::spec::cidr::Cidr> = hosts
+        .iter()
+        .filter(|h| **h != table_host)
+        .map(|h| h.parse().expect("cidr"))
+        .collect();
+    test.filter().unblock(&all).expect("unblocking the rest");
+    assert!(listed().is_empty(), "{:?}", listed());
+    assert_eq!(test.reader().config().expect("CONFIG").block_hosts, 0);
+    let passed: Vec<Case> = hosts
+        .iter()
+        .map(|h| Case::new(format!("{h}, unblocked"), frame(h), PASS))
+        .collect();
+    run_table(&test, &passed);
 }

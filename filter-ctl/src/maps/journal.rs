@@ -15,6 +15,7 @@
 use std::{
     fs::{self, File},
     io::{BufReader, BufWriter, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -24,6 +25,7 @@ use filter_common::{Ipv4Bytes, Ipv6Bytes, ListEntry};
 use serde::{Deserialize, Serialize};
 
 use super::{Filter, ListKind, lock::DirLock, pins::PinDir};
+use crate::spec::cidr::Cidr;
 
 const FILE: &str = "journal";
 const RECORD: usize = 36;
@@ -73,6 +75,22 @@ impl Record {
             addr: key.data(),
             previous,
         }
+    }
+
+    /// The prefix the record is about.
+    #[must_use]
+    pub fn cidr(&self) -> Cidr {
+        let ip = if self.family == 4 {
+            IpAddr::V4(Ipv4Addr::new(
+                self.addr[0],
+                self.addr[1],
+                self.addr[2],
+                self.addr[3],
+            ))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.addr))
+        };
+        Cidr::new(ip, self.prefix)
     }
 
     fn encode(&self) -> [u8; RECORD] {

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::{
     Filter, ListKind, Tries, batch,
+    hosts::{HostTable, Placed, host_key},
     journal::{Journal, Record},
     rules::RuleTable,
 };
@@ -127,7 +128,6 @@ impl Filter {
         merge: Merge,
     ) -> anyhow::Result<InsertReport> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
-        let (v4_name, v6_name) = kind.map_names();
         let now = clock::monotonic_ns();
         let expires_at_ns = clock::expiry_from_now(ttl);
         let mut sorted = cidrs.to_vec();
@@ -135,8 +135,9 @@ impl Filter {
         sorted.dedup();
         let before = self.stored_at(kind, &sorted)?;
         let mut report = InsertReport::default();
-        let mut writes4 = FamilyWrites::default();
-        let mut writes6 = FamilyWrites::default();
+        let mut writes: Vec<(Cidr, ListEntry)> = Vec::new();
+        // Automatic blocks of hosts that an operator's block replaces.
+        let mut superseded_autos: Vec<Cidr> = Vec::new();
         let mut records = Vec::new();
         for (cidr, previous) in sorted.iter().zip(before) {
             let new = ListEntry {
@@ -156,20 +157,11 @@ impl Filter {
                 }
                 Some(_) => report.updated.push(*cidr),
             }
-            match *cidr {
-                Cidr::V4 { addr, prefix } => {
-                    let key = Key::new(u32::from(prefix), addr);
-                    records.push(Record::v4(&key, previous));
-                    writes4.keys.push(key);
-                    writes4.values.push(new);
-                }
-                Cidr::V6 { addr, prefix } => {
-                    let key = Key::new(u32::from(prefix), addr);
-                    records.push(Record::v6(&key, previous));
-                    writes6.keys.push(key);
-                    writes6.values.push(new);
-                }
+            records.push(record(cidr, previous));
+            if previous.is_some_and(|p| p.origin == ORIGIN_AUTO) && host_key(cidr).is_some() {
+                superseded_autos.push(*cidr);
             }
+            writes.push((*cidr, new));
         }
         if records.is_empty() {
             return Ok(report);
@@ -186,20 +178,17 @@ impl Filter {
             )?;
         }
         let journal = Journal::begin(self, kind, &records)?;
-        // The two families are two tries with a lock each: written side by
-        // side, the kernel's inserts (most of a large load) overlap.
-        let result = std::thread::scope(|scope| {
-            let v6 = (!writes6.keys.is_empty() && !writes4.keys.is_empty())
-                .then(|| scope.spawn(|| self.write_family(v6_name, &writes6)));
-            let r4 = self.write_family(v4_name, &writes4);
-            let r6 = match v6 {
-                Some(handle) => handle
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
-                None => self.write_family(v6_name, &writes6),
-            };
-            r4.and(r6)
-        });
+        let result = self
+            .write_tries_and_hosts(kind.into(), writes)
+            .and_then(|in_table| {
+                // A host's automatic block that this edit replaced in the table
+                // (in a trie the write replaced it): one entry per host, as before.
+                let gone: Vec<Cidr> = superseded_autos
+                    .into_iter()
+                    .filter(|c| in_table.contains(c))
+                    .collect();
+                self.delete_from_tries(kind.into(), &gone)
+            });
         if let Err(error) = result {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
@@ -215,7 +204,9 @@ impl Filter {
                     kind.name(),
                     count_new(&records, 4),
                     count_new(&records, 6),
-                    self.map_data(v4_name)?.info().map_or(0, |i| i.max_entries()),
+                    self.map_data(kind.map_names().0)?
+                        .info()
+                        .map_or(0, |i| i.max_entries()),
                 ))
                 .into());
             }
@@ -226,6 +217,123 @@ impl Filter {
         }
         journal.finish()?;
         Ok(report)
+    }
+
+    /// Writes `entries` as given: the blocklist's hosts into `BLOCK_HOSTS`
+    /// where they are or fit (see `hosts`), everything else into the tries.
+    /// The two families' tries have a lock each: they are written side by
+    /// side (the kernel's inserts are most of a large load), the hosts
+    /// placed meanwhile, and the hosts that did not fit written last.
+    /// Returns the hosts now in the table.
+    fn write_tries_and_hosts(
+        &self,
+        tries: Tries,
+        entries: Entries,
+    ) -> anyhow::Result<HashSet<Cidr>> {
+        let (hosts, prefixes): (Entries, Entries) = entries.into_iter().partition(|(c, e)| {
+            tries == Tries::Block && host_key(c).is_some() && e.origin != ORIGIN_AUTO
+        });
+        let (in_table, overflow) = std::thread::scope(|scope| {
+            let (v4, v6) = split_families(&prefixes);
+            let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
+            let placed = self.write_hosts(hosts);
+            let r4 = self.write_batch(tries.map_names().0, v4);
+            let r6 = v6
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked")));
+            r4.and(r6).and(placed)
+        })?;
+        let (v4, v6) = split_families(&overflow);
+        self.write_batch(tries.map_names().0, v4)?;
+        self.write_batch(tries.map_names().1, v6)?;
+        Ok(in_table)
+    }
+
+    fn write_batch<K: Pod>(&self, name: &str, batch: Batch<K>) -> anyhow::Result<()> {
+        self.write_family(
+            name,
+            &FamilyWrites {
+                keys: batch.keys,
+                values: batch.values,
+            },
+        )
+    }
+
+    /// Puts `hosts` (the blocklist's) into `BLOCK_HOSTS`: into the slot that
+    /// holds the host, else a free slot of its set, unless the set has
+    /// overflowed (a host missing from it may be in the trie: it goes
+    /// there). Returns the hosts written to the table and those for the
+    /// tries.
+    fn write_hosts(&self, hosts: Entries) -> anyhow::Result<(HashSet<Cidr>, Entries)> {
+        let mut in_table = HashSet::new();
+        let mut rest = Vec::new();
+        if hosts.is_empty() {
+            return Ok((in_table, rest));
+        }
+        let table = HostTable::open(self)?;
+        // Raised first, by every host (the program must not skip a table
+        // with hosts), and lowered afterwards by those that were not new.
+        let raised = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
+        self.add_to_host_count(raised, 0)?;
+        let mut new = 0_u32;
+        for (cidr, entry) in hosts {
+            let Some(key) = host_key(&cidr) else { continue };
+            match table.place(&key, entry) {
+                Placed::Trie => rest.push((cidr, entry)),
+                placed => {
+                    new += u32::from(placed == Placed::New);
+                    in_table.insert(cidr);
+                }
+            }
+        }
+        self.add_to_host_count(0, raised - new)?;
+        Ok((in_table, rest))
+    }
+
+    /// Raises the program's count of used `BLOCK_HOSTS` slots by `up`,
+    /// then lowers it by `down`.
+    fn add_to_host_count(&self, up: u32, down: u32) -> anyhow::Result<()> {
+        if up == 0 && down == 0 {
+            return Ok(());
+        }
+        self.update_config(|c| {
+            c.block_hosts = c.block_hosts.saturating_add(up).saturating_sub(down);
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Frees the `BLOCK_HOSTS` slots of those of `cidrs` that the table
+    /// holds, and returns them.
+    fn remove_hosts(&self, cidrs: &[Cidr]) -> anyhow::Result<HashSet<Cidr>> {
+        let mut removed = HashSet::new();
+        if !cidrs.iter().any(|c| host_key(c).is_some()) {
+            return Ok(removed);
+        }
+        let table = HostTable::open(self)?;
+        for cidr in cidrs {
+            if host_key(cidr).is_some_and(|key| table.vacate(&key)) {
+                removed.insert(*cidr);
+            }
+        }
+        // Lowered after: the count never falls below the hosts present.
+        self.add_to_host_count(0, u32::try_from(removed.len()).unwrap_or(u32::MAX))?;
+        Ok(removed)
+    }
+
+    /// Deletes `cidrs` from the tries only, where present.
+    fn delete_from_tries(&self, tries: Tries, cidrs: &[Cidr]) -> anyhow::Result<()> {
+        if cidrs.is_empty() {
+            return Ok(());
+        }
+        let (v4_name, v6_name) = tries.map_names();
+        let pairs: Vec<(Cidr, ListEntry)> =
+            cidrs.iter().map(|c| (*c, ListEntry::default())).collect();
+        let (v4, v6) = split_families(&pairs);
+        batch::delete(&self.map_data(v4_name)?, &v4.keys)
+            .with_context(|| format!("deleting from {v4_name}"))?;
+        batch::delete(&self.map_data(v6_name)?, &v6.keys)
+            .with_context(|| format!("deleting from {v6_name}"))
     }
 
     fn write_family<K: Pod>(&self, name: &str, writes: &FamilyWrites<K>) -> anyhow::Result<()> {
@@ -252,7 +360,41 @@ impl Filter {
         let (v4_name, v6_name) = kind.map_names();
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> = self.lpm(v4_name)?;
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
+        // The blocklist's hosts: out of the table, then an operator's
+        // previous entry back where it fits (automatic blocks and absent
+        // entries are the tries' business, below).
+        let mut restored = HashSet::new();
+        if kind == ListKind::Block {
+            let hosts: Vec<Cidr> = records
+                .iter()
+                .map(Record::cidr)
+                .filter(|c| host_key(c).is_some())
+                .collect();
+            self.remove_hosts(&hosts)
+                .with_context(|| format!("restoring the {}", kind.name()))?;
+            let restore: Vec<(Cidr, ListEntry)> = records
+                .iter()
+                .filter_map(|r| Some((r.cidr(), r.previous?)))
+                .filter(|(c, e)| host_key(c).is_some() && e.origin != ORIGIN_AUTO)
+                .collect();
+            restored = restore.iter().map(|(c, _)| *c).collect();
+            let (_, rest) = self
+                .write_hosts(restore)
+                .with_context(|| format!("restoring the {}", kind.name()))?;
+            let (r4, r6) = split_families(&rest);
+            for (key, entry) in r4.keys.iter().zip(r4.values) {
+                v4.insert(key, entry, 0)
+                    .with_context(|| format!("restoring the {}", kind.name()))?;
+            }
+            for (key, entry) in r6.keys.iter().zip(r6.values) {
+                v6.insert(key, entry, 0)
+                    .with_context(|| format!("restoring the {}", kind.name()))?;
+            }
+        }
         for record in records.iter().rev() {
+            if restored.contains(&record.cidr()) {
+                continue;
+            }
             let result = if record.family == 4 {
                 let addr = [
                     record.addr[0],
@@ -326,25 +468,20 @@ impl Filter {
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> = self.lpm(v6_name)?;
         // Keys this command deleted, per family (for the allowlist counts).
         let (mut gone4, mut gone6) = (0_u32, 0_u32);
-        let result = sorted.iter().try_for_each(|cidr| {
-            let (removed, gone) = match *cidr {
-                Cidr::V4 { addr, prefix } => {
-                    (v4.remove(&Key::new(u32::from(prefix), addr)), &mut gone4)
-                }
-                Cidr::V6 { addr, prefix } => {
-                    (v6.remove(&Key::new(u32::from(prefix), addr)), &mut gone6)
-                }
-            };
-            match removed {
-                Ok(()) => {
-                    *gone = gone.saturating_add(1);
-                    Ok(())
-                }
-                // The program deletes expired entries itself: gone is gone.
-                Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
-                Err(e) => Err(e),
-            }
-            .with_context(|| format!("removing {cidr} from the {}", kind.name()))
+        // A host found in the table is removed there; the tries keep the
+        // program's automatic block of it, if any (`unblock` lifts it).
+        let from_table = if kind == ListKind::Block {
+            self.remove_hosts(&sorted)
+        } else {
+            Ok(HashSet::new())
+        };
+        let result = from_table.and_then(|from_table| {
+            sorted
+                .iter()
+                .filter(|c| !from_table.contains(c))
+                .try_for_each(|cidr| {
+                    Self::remove_one(kind, &mut v4, &mut v6, cidr, &mut gone4, &mut gone6)
+                })
         });
         if let Err(error) = result {
             self.undo(kind, &records)
@@ -357,6 +494,33 @@ impl Filter {
             self.lower_allow_counts(gone4, gone6)?;
         }
         Ok(())
+    }
+
+    /// Removes `cidr` from its trie, counting it in `gone4`/`gone6`.
+    fn remove_one(
+        kind: ListKind,
+        v4: &mut LpmTrie<MapData, Ipv4Bytes, ListEntry>,
+        v6: &mut LpmTrie<MapData, Ipv6Bytes, ListEntry>,
+        cidr: &Cidr,
+        gone4: &mut u32,
+        gone6: &mut u32,
+    ) -> anyhow::Result<()> {
+        {
+            let (removed, gone) = match *cidr {
+                Cidr::V4 { addr, prefix } => (v4.remove(&Key::new(u32::from(prefix), addr)), gone4),
+                Cidr::V6 { addr, prefix } => (v6.remove(&Key::new(u32::from(prefix), addr)), gone6),
+            };
+            match removed {
+                Ok(()) => {
+                    *gone = gone.saturating_add(1);
+                    Ok(())
+                }
+                // The program deletes expired entries itself: gone is gone.
+                Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err(e),
+            }
+            .with_context(|| format!("removing {cidr} from the {}", kind.name()))
+        }
     }
 
     /// Lowers the allowlist counts by the keys an edit deleted, without
@@ -458,7 +622,12 @@ impl Filter {
         });
         let mut out = v4?;
         out.extend(v6.map_err(|_| anyhow::anyhow!("reading {v6_name}: the reader panicked"))??);
-        out.sort_unstable_by_key(|(cidr, _)| *cidr);
+        if tries == Tries::Block {
+            out.extend(HostTable::open(self)?.entries());
+        }
+        // A host can have an operator's entry (in the table) and an
+        // automatic block (in the trie): the operator's comes first.
+        out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
         Ok(out)
     }
 
@@ -603,7 +772,8 @@ impl Filter {
         let config = self.config()?;
         let autos: Vec<Cidr> = cidrs.iter().map(|c| autoblock_prefix(c, &config)).collect();
         let listed = self.lookup_entries(Tries::Block, cidrs)?;
-        let auto_entries = self.lookup_entries(Tries::Block, &autos)?;
+        // Automatic blocks live in the tries only.
+        let auto_entries = self.lookup_in_tries(Tries::Block, &autos)?;
         let now = clock::monotonic_ns();
         if let Some((cidr, _)) = cidrs
             .iter()
@@ -659,6 +829,20 @@ impl Filter {
             }
         }
         self.list_remove(ListKind::Block, &remove)?;
+        // A host with an operator's entry (removed from the table above)
+        // and an automatic block of the same address: lift that too.
+        let autos_of_hosts: Vec<Cidr> = cidrs
+            .iter()
+            .zip(&listed)
+            .zip(autos.iter().zip(&auto_entries))
+            .filter(|((cidr, entry), (auto, auto_entry))| {
+                cidr == auto
+                    && entry.is_some_and(|e| e.origin != ORIGIN_AUTO)
+                    && auto_entry.is_some_and(|e| e.origin == ORIGIN_AUTO)
+            })
+            .map(|((cidr, _), _)| *cidr)
+            .collect();
+        self.delete_from_tries(Tries::Block, &autos_of_hosts)?;
         Ok(remove)
     }
 }
@@ -705,7 +889,6 @@ impl Filter {
         if entries.is_empty() {
             return Ok(());
         }
-        let (v4_name, v6_name) = tries.map_names();
         let (v4, v6) = split_families(entries);
         // Raise the counts first: the program must not skip non-empty tries.
         let config = self.config()?;
@@ -721,22 +904,8 @@ impl Filter {
             v6_count.saturating_add(count(v6.keys.len())),
         )?;
         let result = self
-            .write_family(
-                v4_name,
-                &FamilyWrites {
-                    keys: v4.keys,
-                    values: v4.values,
-                },
-            )
-            .and_then(|()| {
-                self.write_family(
-                    v6_name,
-                    &FamilyWrites {
-                        keys: v6.keys,
-                        values: v6.values,
-                    },
-                )
-            });
+            .write_tries_and_hosts(tries, entries.to_vec())
+            .map(drop);
         self.sync_counts(tries)?;
         result
     }
@@ -748,14 +917,17 @@ impl Filter {
         if cidrs.is_empty() {
             return Ok(());
         }
-        let (v4_name, v6_name) = tries.map_names();
-        let pairs: Vec<(Cidr, ListEntry)> =
-            cidrs.iter().map(|c| (*c, ListEntry::default())).collect();
-        let (v4, v6) = split_families(&pairs);
-        batch::delete(&self.map_data(v4_name)?, &v4.keys)
-            .with_context(|| format!("deleting from {v4_name}"))?;
-        batch::delete(&self.map_data(v6_name)?, &v6.keys)
-            .with_context(|| format!("deleting from {v6_name}"))?;
+        let from_table = if tries == Tries::Block {
+            self.remove_hosts(cidrs)?
+        } else {
+            HashSet::new()
+        };
+        let rest: Vec<Cidr> = cidrs
+            .iter()
+            .filter(|c| !from_table.contains(c))
+            .copied()
+            .collect();
+        self.delete_from_tries(tries, &rest)?;
         self.sync_counts(tries)
     }
 
@@ -767,13 +939,43 @@ impl Filter {
         if cidrs.len() <= LOOKUPS_UP_TO {
             return self.lookup_entries(kind.into(), cidrs);
         }
-        let all: HashMap<Cidr, ListEntry> = self.list_entries_raw(kind)?.into_iter().collect();
+        let mut all: HashMap<Cidr, ListEntry> = HashMap::new();
+        for (cidr, entry) in self.list_entries_raw(kind)? {
+            // The first of a host's two entries is the operator's.
+            all.entry(cidr).or_insert(entry);
+        }
         Ok(cidrs.iter().map(|c| all.get(c).copied()).collect())
     }
 
     /// The stored entry at each exact prefix (not the longest match), by
-    /// point lookups: never a walk of the list.
+    /// point lookups: never a walk of the list. For a blocked host, the
+    /// operator's entry in `BLOCK_HOSTS` before anything in the trie.
     pub fn lookup_entries(
+        &self,
+        tries: Tries,
+        cidrs: &[Cidr],
+    ) -> anyhow::Result<Vec<Option<ListEntry>>> {
+        if tries != Tries::Block || !cidrs.iter().any(|c| host_key(c).is_some()) {
+            return self.lookup_in_tries(tries, cidrs);
+        }
+        let table = HostTable::open(self)?;
+        let mut out: Vec<Option<ListEntry>> = cidrs
+            .iter()
+            .map(|c| host_key(c).and_then(|k| table.find(&k)))
+            .collect();
+        let rest: Vec<usize> = (0..cidrs.len()).filter(|&i| out[i].is_none()).collect();
+        let rest_cidrs: Vec<Cidr> = rest.iter().map(|&i| cidrs[i]).collect();
+        for (i, entry) in rest
+            .into_iter()
+            .zip(self.lookup_in_tries(tries, &rest_cidrs)?)
+        {
+            out[i] = entry;
+        }
+        Ok(out)
+    }
+
+    /// The stored entry at each exact prefix in the tries only.
+    pub fn lookup_in_tries(
         &self,
         tries: Tries,
         cidrs: &[Cidr],
@@ -797,6 +999,14 @@ impl Filter {
                 }
             })
             .collect()
+    }
+}
+
+/// The journal record of `cidr` with what was stored before.
+fn record(cidr: &Cidr, previous: Option<ListEntry>) -> Record {
+    match *cidr {
+        Cidr::V4 { addr, prefix } => Record::v4(&Key::new(u32::from(prefix), addr), previous),
+        Cidr::V6 { addr, prefix } => Record::v6(&Key::new(u32::from(prefix), addr), previous),
     }
 }
 

@@ -64,6 +64,7 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::SHADOW_BLOCK_V4, caps.list)
         .map_max_entries(maps::SHADOW_BLOCK_V6, caps.list)
         .map_max_entries(maps::BUCKETS, caps.buckets)
+        .map_max_entries(maps::BLOCK_HOSTS, filter_common::host_slots(caps.list))
         .load(EBPF_OBJECT)
         .map_err(|e| load_hint(e, &maps_dir))?;
     let program: &mut Xdp = ebpf
@@ -194,6 +195,15 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     if next.bucket_seed == 0 || next.bucket_mask != buckets - 1 {
         next.bucket_seed = super::buckets::random_seed()?;
         next.bucket_mask = buckets - 1;
+    }
+    let hosts = MapData::from_pin(pins.map(maps::BLOCK_HOSTS))
+        .context("opening the pinned BLOCK_HOSTS map")?
+        .info()
+        .context("reading BLOCK_HOSTS")?
+        .max_entries();
+    if next.host_seed == 0 || next.host_mask != hosts - 1 {
+        next.host_seed = super::buckets::random_seed()?;
+        next.host_mask = hosts - 1;
     }
     if next.tick_ns == 0
         && let Some(tick_ns) = crate::clock::tick_ns()
@@ -330,6 +340,7 @@ pub fn capacity_mismatches(
         (maps::BLOCK_V6, list),
         (maps::SHADOW_BLOCK_V4, list),
         (maps::SHADOW_BLOCK_V6, list),
+        (maps::BLOCK_HOSTS, list.map(filter_common::host_slots)),
         (maps::BUCKETS, buckets),
     ];
     for (name, asked) in wanted {

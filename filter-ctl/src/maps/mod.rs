@@ -8,6 +8,7 @@ pub mod batch;
 pub mod buckets;
 pub mod counters;
 pub mod events;
+pub mod hosts;
 pub mod journal;
 pub mod lists;
 pub mod loader;
