@@ -28,8 +28,9 @@ use crate::{
 /// choice) and the slot table (`bucket_seed`, `bucket_mask`); `BUCKETS` is an
 /// array of [`BucketSlot`]s (2-way set-associative),
 /// `table_stat::BUCKET_EVICTIONS`.
-/// 10: blocked hosts in `BLOCK_HOSTS` ([`HostSlot`]s, 4-way set-associative)
-/// beside the blocklist tries; `Config` grows to 80 bytes (`block_hosts`,
+/// 10: blocked hosts in `BLOCK_HOSTS` ([`HostSlot`]s, 4-way set-associative,
+/// with the bitmap `BLOCK_HOST_SETS` of the sets in use) beside the
+/// blocklist tries; `Config` grows to 80 bytes (`block_hosts`,
 /// `host_seed`, `host_mask`).
 pub const LAYOUT_VERSION: u32 = 10;
 
@@ -129,6 +130,7 @@ pub mod maps {
     pub const SHADOW_BLOCK_V4: &str = "SHADOW_BLOCK_V4";
     pub const SHADOW_BLOCK_V6: &str = "SHADOW_BLOCK_V6";
     pub const BLOCK_HOSTS: &str = "BLOCK_HOSTS";
+    pub const BLOCK_HOST_SETS: &str = "BLOCK_HOST_SETS";
     pub const CONFIG: &str = "CONFIG";
     pub const RULES: &str = "RULES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -154,7 +156,7 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 19] = [
+pub const MAPS: [MapDef; 20] = [
     per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
@@ -170,8 +172,10 @@ pub const MAPS: [MapDef; 19] = [
     lpm_trie::<OnlyFromBytes, u8>(maps::ONLY_FROM),
     // Sized by user space (a power of two).
     array::<BucketSlot>(maps::BUCKETS, 0),
-    // Sized by user space from the list capacity (`host_slots`).
+    // Sized by user space from the list capacity (`host_slots`,
+    // `host_set_words`).
     array::<HostSlot>(maps::BLOCK_HOSTS, 0),
+    array::<u64>(maps::BLOCK_HOST_SETS, 0),
     MapDef {
         name: maps::EVENTS,
         map_type: MapType::RingBuf,

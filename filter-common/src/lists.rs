@@ -108,6 +108,29 @@ pub const fn host_set(seed: u64, mask: u32, words: &[u32; 4]) -> u32 {
     (crate::bucket_hash(seed, u32::MAX, words) as u32) & mask & !(HOST_WAYS - 1)
 }
 
+/// Sets of `BLOCK_HOSTS` per `u64` word of `BLOCK_HOST_SETS`, the bitmap of
+/// the sets that hold a host: a packet from a source whose set is empty
+/// reads one bit of a small, cache-resident map instead of a line of the
+/// table (a spoofed flood's sources miss the table almost always).
+pub const HOST_SETS_PER_WORD: u32 = 64;
+
+/// Words of `BLOCK_HOST_SETS` for a `BLOCK_HOSTS` of `slots` slots.
+#[must_use]
+pub const fn host_set_words(slots: u32) -> u32 {
+    let sets = slots / HOST_WAYS;
+    let words = sets.div_ceil(HOST_SETS_PER_WORD);
+    if words == 0 { 1 } else { words }
+}
+
+/// The word of `BLOCK_HOST_SETS` and the bit in it of the set whose first
+/// slot is `first`.
+#[inline(always)]
+#[must_use]
+pub const fn host_set_bit(first: u32) -> (u32, u64) {
+    let set = first / HOST_WAYS;
+    (set / HOST_SETS_PER_WORD, 1u64 << (set % HOST_SETS_PER_WORD))
+}
+
 /// Slots of `BLOCK_HOSTS` for a blocklist of `list_capacity` entries per
 /// family: half of it, a power of two, at least one set.
 #[must_use]
@@ -127,6 +150,8 @@ const _: () = assert!(offset_of!(HostSlot, state) == 16);
 const _: () = assert!(offset_of!(HostSlot, entry) == 24);
 const _: () = assert!(HOST_WAYS.is_power_of_two());
 const _: () = assert!(host_slots(1_048_576) == 524_288 && host_slots(8) == 4 && host_slots(0) == 4);
+const _: () = assert!(host_set_words(524_288) == 2048 && host_set_words(4) == 1);
+const _: () = assert!(host_set_bit(4 * 65).0 == 1 && host_set_bit(4 * 65).1 == 2);
 
 const _: () = assert!(size_of::<ListEntry>() == 16);
 const _: () = assert!(offset_of!(ListEntry, expires_at_ns) == 0);

@@ -2,11 +2,14 @@
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
-    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, host_set, reason,
-    source_words,
+    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, host_set,
+    host_set_bit, reason, source_words,
 };
 
-use crate::{clock::CoarseClock, maps::BLOCK_HOSTS};
+use crate::{
+    clock::CoarseClock,
+    maps::{BLOCK_HOST_SETS, BLOCK_HOSTS},
+};
 
 /// Expired entries nested over one address that a single lookup skips (and
 /// deletes); deeper nesting is cleared by the controller's periodic sweep.
@@ -84,7 +87,8 @@ pub fn block_reason<K: Copy>(
 }
 
 /// Whether `BLOCK_HOSTS` holds an active entry for `addr` (IPv4-mapped for
-/// IPv4): up to `HOST_WAYS` inlined array reads, no kernel call. Only an
+/// IPv4): one bit of `BLOCK_HOST_SETS`, then (for a set in use) up to
+/// `HOST_WAYS` inlined array reads; no kernel call. Only an
 /// operator's, the policy's or `CrowdSec`'s blocks live there (automatic
 /// blocks stay in the tries), so a hit is a `reason::BLOCKLIST` whatever
 /// the tries hold. An expired entry is skipped; the controller's sweep
@@ -96,6 +100,10 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
     }
     let words = source_words(addr);
     let first = host_set(config.host_seed, config.host_mask, &words);
+    let (word, bit) = host_set_bit(first);
+    if BLOCK_HOST_SETS.get(word).is_none_or(|w| w & bit == 0) {
+        return false;
+    }
     for way in 0..HOST_WAYS {
         let Some(slot) = BLOCK_HOSTS.get_ptr(first + way) else {
             return false;

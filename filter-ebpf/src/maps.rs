@@ -9,7 +9,7 @@ use aya_ebpf::{
 use filter_common::{
     BucketSlot, Config, Counter, HostSlot, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES,
     OnlyFromBytes, PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
-    events::sampling, host_slots, iface, table_stat,
+    events::sampling, host_set_words, host_slots, iface, table_stat,
 };
 
 /// Packets and bytes per interface slot and verdict reason (`stats_index`).
@@ -43,6 +43,13 @@ pub static BLOCK_V6: LpmTrie<Ipv6Bytes, ListEntry> = LpmTrie::pinned(capacity::L
 #[map]
 pub static BLOCK_HOSTS: Array<HostSlot> =
     Array::pinned(host_slots(capacity::LIST_ENTRIES), BPF_F_MMAPABLE);
+/// One bit per `BLOCK_HOSTS` set: whether it holds a host
+/// (`filter_common::host_set_bit`), written by user space like the table.
+#[map]
+pub static BLOCK_HOST_SETS: Array<u64> = Array::pinned(
+    host_set_words(host_slots(capacity::LIST_ENTRIES)),
+    BPF_F_MMAPABLE,
+);
 /// A shadow policy's blocks: matches are counted, never enforced.
 #[map]
 pub static SHADOW_BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> =

@@ -1,6 +1,7 @@
 //! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) beside the blocklist
 //! tries, a 4-way set-associative array of [`HostSlot`]s (see
-//! `filter_common::lists`). The array is memory-mapped
+//! `filter_common::lists`), and `BLOCK_HOST_SETS`, one bit per set in use.
+//! Both are memory-mapped
 //! (`BPF_F_MMAPABLE`): user space, its only writer (under the edit lock),
 //! reads and writes slots in place, without a syscall per slot, and orders
 //! its stores so that the program never matches a half-written slot.
@@ -14,14 +15,14 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::{Ordering, fence},
+    sync::atomic::{AtomicU64, Ordering, fence},
 };
 
 use anyhow::{Context as _, ensure};
 use aya::maps::MapData;
 use filter_common::{
     HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, host_key_v4, host_set,
-    maps, source_words,
+    host_set_bit, host_set_words, maps, source_words,
 };
 
 use super::Filter;
@@ -57,41 +58,31 @@ pub enum Placed {
     Trie,
 }
 
-/// The table, mapped, with the seed and mask the program uses.
-pub struct HostTable {
-    slots: NonNull<HostSlot>,
+/// A memory-mapped array map (`BPF_F_MMAPABLE`): its values, in place.
+struct Mapping<T> {
+    values: NonNull<T>,
     len: u32,
     mapped_bytes: usize,
-    seed: u64,
-    mask: u32,
     // Keeps the map open while it is mapped.
     _data: MapData,
 }
 
-impl HostTable {
-    pub fn open(filter: &Filter) -> anyhow::Result<Self> {
-        let config = filter.config()?;
-        let data = filter.map_data(maps::BLOCK_HOSTS)?;
-        let info = data
-            .info()
-            .with_context(|| format!("reading {}", maps::BLOCK_HOSTS))?;
+impl<T> Mapping<T> {
+    fn open(filter: &Filter, name: &str) -> anyhow::Result<Self> {
+        let data = filter.map_data(name)?;
+        let info = data.info().with_context(|| format!("reading {name}"))?;
         let len = info.max_entries();
         ensure!(
-            info.value_size() as usize == size_of::<HostSlot>()
-                && len.is_power_of_two()
-                && config.host_mask == len - 1,
-            "{} does not match this build (value size {}, {} slots, mask {}): run `filter-ctl detach` and start the filter again",
-            maps::BLOCK_HOSTS,
-            info.value_size(),
-            len,
-            config.host_mask
+            info.value_size() as usize == size_of::<T>() && size_of::<T>().is_multiple_of(8),
+            "{name} does not match this build (value size {}): run `filter-ctl detach` and start the filter again",
+            info.value_size()
         );
-        // SAFETY: a read-write shared mapping of the map's fd at offset 0;
-        // the kernel maps the array's values, `len` of them, contiguous
-        // (40 bytes each, a multiple of 8: no gaps), rounded up to pages.
+        // SAFETY: no arguments.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let mapped_bytes = (len as usize * size_of::<HostSlot>()).div_ceil(page) * page;
-        // SAFETY: as above; the result is checked before use.
+        let mapped_bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: a read-write shared mapping of the map's fd at offset 0:
+        // the kernel maps the array's `len` values, contiguous (their size
+        // a multiple of 8: no gaps), rounded up to pages. Checked below.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -104,18 +95,72 @@ impl HostTable {
         };
         if address == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {} into memory", maps::BLOCK_HOSTS));
+                .with_context(|| format!("mapping {name} into memory"));
         }
-        let slots = NonNull::new(address.cast::<HostSlot>())
-            .with_context(|| format!("mapping {} into memory", maps::BLOCK_HOSTS))?;
+        let values = NonNull::new(address.cast::<T>())
+            .with_context(|| format!("mapping {name} into memory"))?;
         Ok(Self {
-            slots,
+            values,
             len,
             mapped_bytes,
-            seed: config.host_seed,
-            mask: config.host_mask,
             _data: data,
         })
+    }
+
+    fn ptr(&self, index: u32) -> *mut T {
+        assert!(index < self.len, "value {index} of {}", self.len);
+        // SAFETY: in bounds of the mapping (checked above).
+        unsafe { self.values.as_ptr().add(index as usize) }
+    }
+}
+
+impl<T> Drop for Mapping<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe {
+            libc::munmap(self.values.as_ptr().cast(), self.mapped_bytes);
+        }
+    }
+}
+
+/// The table and its bitmap of sets in use, mapped, with the seed and mask
+/// the program uses.
+pub struct HostTable {
+    slots: Mapping<HostSlot>,
+    sets: Mapping<u64>,
+    seed: u64,
+    mask: u32,
+}
+
+impl HostTable {
+    pub fn open(filter: &Filter) -> anyhow::Result<Self> {
+        let config = filter.config()?;
+        let slots = Mapping::open(filter, maps::BLOCK_HOSTS)?;
+        let sets = Mapping::open(filter, maps::BLOCK_HOST_SETS)?;
+        ensure!(
+            slots.len.is_power_of_two()
+                && config.host_mask == slots.len - 1
+                && sets.len == host_set_words(slots.len),
+            "{} ({} slots, {} words of sets) does not match CONFIG's mask {}: run `filter-ctl detach` and start the filter again",
+            maps::BLOCK_HOSTS,
+            slots.len,
+            sets.len,
+            config.host_mask
+        );
+        Ok(Self {
+            slots,
+            sets,
+            seed: config.host_seed,
+            mask: config.host_mask,
+        })
+    }
+
+    /// The word of the bitmap that holds `first`'s set's bit, and the bit.
+    fn set_word(&self, first: u32) -> (&AtomicU64, u64) {
+        let (word, bit) = host_set_bit(first);
+        // SAFETY: an aligned u64 of the mapping, shared with the program,
+        // which only reads it; this process writes it under the edit lock.
+        (unsafe { AtomicU64::from_ptr(self.sets.ptr(word)) }, bit)
     }
 
     /// The first slot of `key`'s set.
@@ -125,9 +170,7 @@ impl HostTable {
     }
 
     fn slot_ptr(&self, index: u32) -> *mut HostSlot {
-        assert!(index < self.len, "slot {index} of {}", self.len);
-        // SAFETY: in bounds of the mapping (checked above).
-        unsafe { self.slots.as_ptr().add(index as usize) }
+        self.slots.ptr(index)
     }
 
     /// A copy of slot `index`.
@@ -187,11 +230,13 @@ impl HostTable {
             self.write_state(first, first_state | HOST_OVERFLOWED);
             return Placed::Trie;
         };
-        // Address and entry first, the used bit last.
+        // Address and entry first, then the set's bit, the used bit last.
         let state = self.read(free).state;
         // SAFETY: as `read`; the slot is unused, so the program ignores it.
         unsafe { (&raw mut (*self.slot_ptr(free)).addr).write_volatile(*key) };
         self.write_entry(free, entry);
+        let (word, bit) = self.set_word(first);
+        word.fetch_or(bit, Ordering::SeqCst);
         self.write_state(free, state | HOST_USED);
         Placed::New
     }
@@ -203,25 +248,21 @@ impl HostTable {
         };
         let state = self.read(index).state;
         self.write_state(index, state & !HOST_USED);
+        let first = self.set_of(key);
+        if (first..first + HOST_WAYS).all(|i| self.read(i).state & HOST_USED == 0) {
+            let (word, bit) = self.set_word(first);
+            word.fetch_and(!bit, Ordering::SeqCst);
+        }
         true
     }
 
     /// Every used slot's host and entry.
     #[must_use]
     pub fn entries(&self) -> Vec<(Cidr, ListEntry)> {
-        (0..self.len)
+        (0..self.slots.len)
             .map(|i| self.read(i))
             .filter(|s| s.state & HOST_USED != 0)
             .map(|s| (host_cidr(&s.addr), s.entry))
             .collect()
-    }
-}
-
-impl Drop for HostTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe {
-            libc::munmap(self.slots.as_ptr().cast(), self.mapped_bytes);
-        }
     }
 }

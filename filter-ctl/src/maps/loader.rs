@@ -65,6 +65,10 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::SHADOW_BLOCK_V6, caps.list)
         .map_max_entries(maps::BUCKETS, caps.buckets)
         .map_max_entries(maps::BLOCK_HOSTS, filter_common::host_slots(caps.list))
+        .map_max_entries(
+            maps::BLOCK_HOST_SETS,
+            filter_common::host_set_words(filter_common::host_slots(caps.list)),
+        )
         .load(EBPF_OBJECT)
         .map_err(|e| load_hint(e, &maps_dir))?;
     let program: &mut Xdp = ebpf
@@ -341,6 +345,10 @@ pub fn capacity_mismatches(
         (maps::SHADOW_BLOCK_V4, list),
         (maps::SHADOW_BLOCK_V6, list),
         (maps::BLOCK_HOSTS, list.map(filter_common::host_slots)),
+        (
+            maps::BLOCK_HOST_SETS,
+            list.map(|l| filter_common::host_set_words(filter_common::host_slots(l))),
+        ),
         (maps::BUCKETS, buckets),
     ];
     for (name, asked) in wanted {
