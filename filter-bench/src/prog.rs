@@ -93,6 +93,12 @@ fn kinds() -> Vec<Kind> {
             true,
         ),
         kind(
+            "IPv4 from a blocked host",
+            ipv4_udp(v4("198.18.5.5"), dst, ALLOWED_PORT, &[], None, 0),
+            [DROP, DROP, PASS],
+            true,
+        ),
+        kind(
             "IPv4 over a port limit",
             ipv4_udp(allowed, dst, LIMITED_PORT, &[], None, 0),
             [DROP, DROP, PASS],
@@ -113,6 +119,12 @@ fn kinds() -> Vec<Kind> {
         kind(
             "IPv6 from a blocked /48",
             ipv6_udp(v6("2001:db8:1::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
+            [DROP, DROP, PASS],
+            true,
+        ),
+        kind(
+            "IPv6 from a blocked host",
+            ipv6_udp(v6("2001:db8:5::5"), v6("2001:db8:3::1"), ALLOWED_PORT),
             [DROP, DROP, PASS],
             true,
         ),
@@ -142,7 +154,16 @@ fn kinds() -> Vec<Kind> {
 /// prefixes, a default limit that never bites, and a port limit that always does.
 fn configure(env: &Env, filter: &LoadedFilter, block: bool) -> Result<()> {
     if block {
-        env.run(&mut env.ctl(&filter.pins, &["block", "198.18.1.0/24", "2001:db8:1::/48"]))?;
+        env.run(&mut env.ctl(
+            &filter.pins,
+            &[
+                "block",
+                "198.18.1.0/24",
+                "2001:db8:1::/48",
+                "198.18.5.5",
+                "2001:db8:5::5",
+            ],
+        ))?;
     }
     env.run(&mut env.ctl(
         &filter.pins,
@@ -191,6 +212,8 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     for args in [
         &["ip", "198.18.1.1", "-m", "src"][..],
         &["ip", "2001:db8:1::1", "-m", "src"],
+        &["ip", "198.18.5.5", "-m", "src"],
+        &["ip", "2001:db8:5::5", "-m", "src"],
         &["port", &LIMITED_PORT.to_string(), "-p", "udp", "-m", "dst"],
     ] {
         env.run(&mut xdpf.command(args))?;
@@ -243,7 +266,8 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     let _ = writeln!(
         section.text,
         "- **ours**: `filter-ctl`'s program at default capacities, rules `block 198.18.1.0/24 \
-         2001:db8:1::/48`, `limit set default --rate {HUGE} --burst {HUGE}` (every allowed \
+         2001:db8:1::/48 198.18.5.5 2001:db8:5::5` (two prefixes in the blocklist's tries, two \
+         hosts in its host table), `limit set default --rate {HUGE} --burst {HUGE}` (every allowed \
          packet pays for its rate-limit bucket), `limit set udp/{LIMITED_PORT} --rate 1 --burst 1`; \
          the default clock (`limit clock auto`): both rules' bursts cover a tick, so their rate \
          limiter reads the tick clock (`jiffies`).\n\
@@ -251,7 +275,8 @@ pub fn per_packet(env: &Env) -> Result<Section> {
          plus `limit clock precise` (the rate limiter reads `bpf_ktime_get_ns` for every rule): \
          what exact timing costs.\n\
          - **xdp-filter**: Debian's xdp-tools, `xdp-filter load IF -m {}`, `xdp-filter ip \
-         198.18.1.1 -m src`, `xdp-filter ip 2001:db8:1::1 -m src`, `xdp-filter port {LIMITED_PORT} \
+         198.18.1.1 -m src`, `xdp-filter ip 2001:db8:1::1 -m src` (also for 198.18.5.5 and \
+         2001:db8:5::5), `xdp-filter port {LIMITED_PORT} \
          -p udp -m dst` (exact addresses and a closed port: its nearest equivalents).\n\
          - **bare**: `r0 = XDP_PASS; exit`, loaded with bpf(2): the floor of any XDP program.\n",
         xdpf.mode
@@ -362,6 +387,9 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     Ok(section)
 }
 
+/// Kinds of packet part 2 measures against list size.
+const KINDS: usize = 6;
+
 /// Part 2: cost against list size and tracking-table size.
 pub fn scaling(env: &Env) -> Result<Section> {
     println!("==> part 2: cost against list and table size");
@@ -378,6 +406,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
 
     let mut lists = Vec::new();
     let mut load_secs = Vec::new();
+    let mut table_hosts = Vec::new();
     for &size in sizes {
         check_interrupted()?;
         let filter = LoadedFilter::load("sz", &Capacities::default())?;
@@ -387,10 +416,14 @@ pub fn scaling(env: &Env) -> Result<Section> {
             &path,
             block_list(size, 42, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
+        // The measured hosts first, so that each holds a slot of the host
+        // table whatever the seed; the list's own hosts fill the rest.
+        env.run(&mut env.ctl(&filter.pins, &["block", "198.18.5.5", "2001:db8:5::5"]))?;
         let start = Instant::now();
         env.run(&mut env.ctl(&filter.pins, &["block", "--file", &path.to_string_lossy()]))?;
         load_secs.push(start.elapsed().as_secs_f64());
         fs::remove_file(&path).ok();
+        table_hosts.push(Filter::open(&filter.pins)?.config()?.block_hosts);
         lists.push(filter);
         println!("    list of {size} entries per family loaded");
     }
@@ -404,7 +437,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
         println!("    tracking table with {count} sources filled");
     }
 
-    let list_kinds: [(&str, Vec<u8>, u32); 4] = [
+    let list_kinds: [(&str, Vec<u8>, u32); KINDS] = [
         (
             "IPv4 listed",
             ipv4_udp(
@@ -439,6 +472,23 @@ pub fn scaling(env: &Env) -> Result<Section> {
             ipv6_udp(v6("2001:db8:2::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
             PASS,
         ),
+        (
+            "IPv4 listed host",
+            ipv4_udp(
+                v4("198.18.5.5"),
+                v4("198.18.3.1"),
+                ALLOWED_PORT,
+                &[],
+                None,
+                0,
+            ),
+            DROP,
+        ),
+        (
+            "IPv6 listed host",
+            ipv6_udp(v6("2001:db8:5::5"), v6("2001:db8:3::1"), ALLOWED_PORT),
+            DROP,
+        ),
     ];
     let files: Vec<PathBuf> = list_kinds
         .iter()
@@ -449,7 +499,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
     // Every (instance, frame) pair, measured once per round.
     let mut jobs: Vec<(u32, usize, String)> = Vec::new();
     for (i, filter) in lists.iter().enumerate() {
-        for k in 0..4 {
+        for k in 0..KINDS {
             jobs.push((filter.id, k, format!("list {}", sizes[i])));
         }
     }
@@ -486,24 +536,31 @@ pub fn scaling(env: &Env) -> Result<Section> {
          of entries **per address family** (IPv4 trie and IPv6 trie), generated with mixed \
          prefix lengths (IPv4: 60% /32, 25% /24, 15% /8–/31; IPv6: 50% /128, 20% /64, 20% /48, \
          10% /32–/127, in 2000::/3), plus the measured 198.18.1.0/24 and 2001:db8:1::/48; \
-         loaded with `filter-ctl block --file`. Every instance has the default limit of part 1, \
-         so unlisted packets pass through the tracking table.\n",
+         loaded with `filter-ctl block --file` (the load time), after the measured hosts \
+         198.18.5.5 and 2001:db8:5::5 (`filter-ctl block`, first, so that each holds a slot of \
+         the host table). Hosts (/32, /128) go to the host table (`BLOCK_HOSTS`, 524,288 slots \
+         at the default capacity, 4 to a set) while their set has room, else to the trie; the \
+         third column says how many the table holds. Every instance has the default limit of \
+         part 1, so unlisted packets pass through the tracking table.\n",
         env.rounds
     );
     section.text.push_str(
-        "| block list entries per family | load time s | IPv4 listed ns | IPv4 not listed ns | IPv6 listed ns | IPv6 not listed ns |\n\
-         |---:|---:|---:|---:|---:|---:|\n",
+        "| block list entries per family | load time s | hosts in the host table | IPv4 listed ns | IPv4 not listed ns | IPv6 listed ns | IPv6 not listed ns | IPv4 listed host ns | IPv6 listed host ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (i, size) in sizes.iter().enumerate() {
-        let cell = |k: usize| show(&ns[i * 4 + k], 0);
+        let cell = |k: usize| show(&ns[i * KINDS + k], 0);
         let _ = writeln!(
             section.text,
-            "| {size} | {:.2} | {} | {} | {} | {} |",
+            "| {size} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             load_secs[i],
+            table_hosts[i],
             cell(0),
             cell(1),
             cell(2),
-            cell(3)
+            cell(3),
+            cell(4),
+            cell(5)
         );
     }
     let chart = list_size_chart(sizes, &list_kinds.each_ref().map(|(name, _, _)| *name), &ns);
@@ -514,7 +571,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
         .text
         .push_str("\nLargest list against one entry (median of per-round ratios):\n\n");
     for (k, (name, _, _)) in list_kinds.iter().enumerate() {
-        let ratio = ratios(&ns[last * 4 + k], &ns[k]);
+        let ratio = ratios(&ns[last * KINDS + k], &ns[k]);
         let median = crate::common::Summary::of(&ratio).map_or(f64::NAN, |s| s.median);
         let _ = writeln!(
             section.text,
@@ -541,7 +598,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
             );
         }
     }
-    let base = sizes.len() * 4;
+    let base = sizes.len() * KINDS;
     section.text.push_str(
         "\n| live sources in the tracking table | entries present | IPv4 via default limit ns | IPv6 via default limit ns |\n\
          |---:|---:|---:|---:|\n",
@@ -600,8 +657,8 @@ pub fn scaling(env: &Env) -> Result<Section> {
 }
 
 /// Part 2's first table as a chart: ns per packet against list size, one
-/// line per kind of packet (`ns[size * 4 + kind]` holds the rounds).
-fn list_size_chart(sizes: &[usize], kinds: &[&str; 4], ns: &[Vec<f64>]) -> Chart {
+/// line per kind of packet (`ns[size * KINDS + kind]` holds the rounds).
+fn list_size_chart(sizes: &[usize], kinds: &[&str; KINDS], ns: &[Vec<f64>]) -> Chart {
     let series = kinds
         .iter()
         .enumerate()
@@ -613,7 +670,7 @@ fn list_size_chart(sizes: &[usize], kinds: &[&str; 4], ns: &[Vec<f64>]) -> Chart
                 .filter_map(|(i, &size)| {
                     #[expect(clippy::cast_precision_loss, reason = "list sizes below 2^52")]
                     let x = size as f64;
-                    Summary::of(&ns[i * 4 + k]).map(|s| (x, s))
+                    Summary::of(&ns[i * KINDS + k]).map(|s| (x, s))
                 })
                 .collect(),
         })
