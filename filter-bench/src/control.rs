@@ -6,6 +6,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    os::unix::fs::DirBuilderExt as _,
     process::Command,
     sync::{
         Arc, Mutex, PoisonError,
@@ -305,17 +306,18 @@ pub fn control(env: &Env) -> Result<Section> {
             &list,
             block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
-        let root = filter.pins.root().to_string_lossy().into_owned();
+        // Through `env.ctl`, like every other filter-ctl call here: the
+        // filter's own state directory, private (0700), not the
+        // benchmark's base directory, which filter-ctl refuses (0755).
+        let state = state_dir(&filter.pins);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         let top = profile_command(
             env,
-            &env.filter_ctl,
-            &[
-                "--pin-dir",
-                &root,
-                "block",
-                "--file",
-                &list.to_string_lossy(),
-            ],
+            &env.ctl(&filter.pins, &["block", "--file", &list.to_string_lossy()]),
         );
         fs::remove_file(&list).ok();
         let _ = writeln!(
