@@ -997,7 +997,8 @@ pub fn flood(env: &Env) -> Result<Section> {
          IPv4 unicast sources outside the lab range (`xdp-filter ip ADDR -m src`, one command per \
          address as its CLI takes one, run one after another by a single `xargs` inside the \
          namespaces: {:.1} s, {:.0} addresses/s; run in parallel, the calls fail on xdp-filter's \
-         lock file), {} addresses in all: {}.{}\n",
+         machine-wide lock file rather than wait, so an address whose call failed on it, \
+         another xdp-filter holding the lock, is added again afterwards), {} addresses in all: {}.{}\n",
         thousands(lists.ours_entries),
         thousands(lists.ours_entries / 2),
         thousands(lists.ours_entries / 2),
