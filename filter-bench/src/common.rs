@@ -510,6 +510,75 @@ impl XdpFilter {
             .ok_or_else(|| anyhow!("no XDP program on {} ({text})", self.iface))
     }
 
+    /// `xdp-filter ip ADDR -m src` for every address in `file` (one a
+    /// line): one xdp-filter process per address, as its CLI takes one,
+    /// started one after another by a single `xargs` inside the namespaces
+    /// (a `nsenter` per address would double the time). Not in parallel:
+    /// xdp-filter's lock file (`/run/xdp-filter.lck`, one for the whole
+    /// machine) makes a concurrent call fail rather than wait; for the same
+    /// reason an xdp-filter run by someone else can fail a call, so the
+    /// addresses still missing are added again, in at most three passes.
+    pub fn add_sources(&self, env: &Env, file: &Path) -> Result<()> {
+        let wanted = fs::read_to_string(file)?;
+        let mut pending = file.to_path_buf();
+        for pass in 0..3 {
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--mount={}", self.mount_ns.display()))
+                .arg(format!("--net={}", self.net_ns.display()))
+                .arg("xargs")
+                .arg("-a")
+                .arg(&pending)
+                .args(["-n", "1", "xdp-filter", "ip", "-m", "src"]);
+            let Err(error) = env.run(&mut command) else {
+                return Ok(());
+            };
+            eprintln!(
+                "warning: adding addresses to xdp-filter (pass {}): {error:#}",
+                pass + 1
+            );
+            let listed: BTreeSet<String> = self.addresses(env)?.into_iter().collect();
+            let missing: Vec<&str> = wanted.lines().filter(|a| !listed.contains(*a)).collect();
+            pending = file.with_extension("missing");
+            fs::write(&pending, missing.join("\n"))?;
+        }
+        bail!(
+            "xdp-filter did not take every address of {} in three passes",
+            file.display()
+        )
+    }
+
+    /// The addresses `xdp-filter status` lists.
+    pub fn addresses(&self, env: &Env) -> Result<Vec<String>> {
+        let text = env.run(&mut self.command(&["status"]))?;
+        Ok(text
+            .lines()
+            .skip_while(|line| !line.starts_with("Filtered IP addresses:"))
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|word| word.parse::<std::net::IpAddr>().is_ok())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// `max_entries` of xdp-filter's IPv4 address table (`filter_ipv4`).
+    pub fn ipv4_capacity(&self, env: &Env) -> Result<u64> {
+        let bpftool = |args: &[&str]| -> Result<serde_json::Value> {
+            let text = env.run(Command::new("bpftool").arg("-j").args(args))?;
+            serde_json::from_str(&text).with_context(|| format!("bpftool printed {text:?}"))
+        };
+        let id = self.program_id(env)?;
+        let program = bpftool(&["prog", "show", "id", &id.to_string()])?;
+        for map_id in program["map_ids"].as_array().into_iter().flatten() {
+            let map = bpftool(&["map", "show", "id", &map_id.to_string()])?;
+            if map["name"].as_str() == Some("filter_ipv4") {
+                return map["max_entries"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("no max_entries"));
+            }
+        }
+        Err(anyhow!("xdp-filter has no filter_ipv4 map"))
+    }
+
     /// The hit counter of a filtered address (`xdp-filter status`).
     pub fn hits(&self, env: &Env, addr: &str) -> Result<u64> {
         let text = env.run(&mut self.command(&["status"]))?;

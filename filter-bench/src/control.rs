@@ -6,6 +6,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    os::unix::fs::DirBuilderExt as _,
     process::Command,
     sync::{
         Arc, Mutex, PoisonError,
@@ -192,7 +193,7 @@ pub fn control(env: &Env) -> Result<Section> {
     // xdp-filter's CLI, for scale: one process per address.
     let lab = Lab::new("fbxl");
     let xdpf = XdpFilter::load(env, &lab.dst, &lab.dst_if, "skb")?;
-    let xdpf_max = xdpf_ipv4_capacity(env, &xdpf)?;
+    let xdpf_max = xdpf.ipv4_capacity(env)?;
 
     let mut load_secs = Vec::new();
     let mut xdpf_per_sec = Vec::new();
@@ -305,17 +306,18 @@ pub fn control(env: &Env) -> Result<Section> {
             &list,
             block_list(entries / 2, 4242, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
-        let root = filter.pins.root().to_string_lossy().into_owned();
+        // Through `env.ctl`, like every other filter-ctl call here: the
+        // filter's own state directory, private (0700), not the
+        // benchmark's base directory, which filter-ctl refuses (0755).
+        let state = state_dir(&filter.pins);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         let top = profile_command(
             env,
-            &env.filter_ctl,
-            &[
-                "--pin-dir",
-                &root,
-                "block",
-                "--file",
-                &list.to_string_lossy(),
-            ],
+            &env.ctl(&filter.pins, &["block", "--file", &list.to_string_lossy()]),
         );
         fs::remove_file(&list).ok();
         let _ = writeln!(
@@ -465,21 +467,6 @@ fn map_memory(env: &Env, filter: &LoadedFilter) -> Result<Vec<MapMemory>> {
 fn bpftool_json(env: &Env, args: &[&str]) -> Result<serde_json::Value> {
     let text = env.run(Command::new("bpftool").arg("-j").args(args))?;
     serde_json::from_str(&text).with_context(|| format!("bpftool printed {text:?}"))
-}
-
-/// `max_entries` of xdp-filter's IPv4 address table.
-fn xdpf_ipv4_capacity(env: &Env, xdpf: &XdpFilter) -> Result<u64> {
-    let id = xdpf.program_id(env)?;
-    let program = bpftool_json(env, &["prog", "show", "id", &id.to_string()])?;
-    for map_id in program["map_ids"].as_array().into_iter().flatten() {
-        let map = bpftool_json(env, &["map", "show", "id", &map_id.to_string()])?;
-        if map["name"].as_str() == Some("filter_ipv4") {
-            return map["max_entries"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("no max_entries"));
-        }
-    }
-    Err(anyhow!("xdp-filter has no filter_ipv4 map"))
 }
 
 /// Interval of the numbered stream (the resolution of the measurement).

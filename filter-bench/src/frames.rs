@@ -145,6 +145,26 @@ pub fn block_list(per_family: usize, seed: u64, v4_target: &str, v6_target: &str
     out
 }
 
+/// `count` distinct IPv4 host addresses for xdp-filter's address table, one
+/// a line: random, in 1.0.0.0–223.255.255.255 (unicast) outside 127.0.0.0/8
+/// and 198.18.0.0/15, so no lab address is among them.
+pub fn ipv4_hosts(count: usize, seed: u64) -> String {
+    let mut rng = Rng::new(seed);
+    let mut out = String::with_capacity(count * 16);
+    let mut hosts = HashSet::with_capacity(count);
+    while hosts.len() < count {
+        let addr = Ipv4Addr::from(u32::try_from(rng.next_u64() >> 32).expect("32 bits"));
+        let [a, b, ..] = addr.octets();
+        if !(1..=223).contains(&a) || a == 127 || (a == 198 && b & 0xfe == 18) {
+            continue;
+        }
+        if hosts.insert(addr) {
+            let _ = writeln!(out, "{addr}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +213,21 @@ mod tests {
             .count();
         let in_lab_v6 = lines.iter().filter(|l| l.starts_with("2001:db8:")).count();
         assert_eq!((in_lab_v4, in_lab_v6), (1, 1), "only the targets");
+    }
+
+    #[test]
+    fn ipv4_hosts_are_distinct_unicast_outside_the_lab_range() {
+        let text = ipv4_hosts(5000, 9);
+        let addrs: Vec<Ipv4Addr> = text
+            .lines()
+            .map(|l| l.parse().expect("an address"))
+            .collect();
+        assert_eq!(addrs.len(), 5000);
+        assert_eq!(addrs.iter().collect::<HashSet<_>>().len(), 5000);
+        for addr in addrs {
+            let [a, b, ..] = addr.octets();
+            assert!((1..=223).contains(&a) && a != 127, "{addr}");
+            assert!(!(a == 198 && (b == 18 || b == 19)), "{addr}");
+        }
     }
 }

@@ -64,21 +64,28 @@ fn hottest(env: &Env, data: &Path, comms: Option<&str>) -> Result<String> {
     Ok(hot.join(", "))
 }
 
-/// Runs `program ARGS` under `perf record` (that process only, kernel time
-/// in its system calls included) and returns its hottest symbols.
-pub fn profile_command(env: &Env, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+/// Runs `command` under `perf record` (that process only, kernel time in
+/// its system calls included) and returns its hottest symbols. The command
+/// keeps the environment it was built with (`Env::ctl`'s state directory,
+/// for one), which perf passes on.
+pub fn profile_command(env: &Env, command: &Command) -> String {
     if !available() {
         return MISSING.into();
     }
     let data = data_file(env);
-    let mut command = Command::new("perf");
-    command
-        .args(["record", "-q", "-F", FREQUENCY, "-o"])
+    let mut perf = Command::new("perf");
+    perf.args(["record", "-q", "-F", FREQUENCY, "-o"])
         .arg(&data)
         .arg("--")
-        .arg(program)
-        .args(args);
-    env.run(&mut command)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => perf.env(key, value),
+            None => perf.env_remove(key),
+        };
+    }
+    env.run(&mut perf)
         .and_then(|_| hottest(env, &data, None))
         .unwrap_or_else(|e| format!("profiling failed: {e:#}"))
 }

@@ -702,10 +702,9 @@ fn profile_run(env: &Env, id: u32, frame: &std::path::Path) -> String {
     let frame = frame.to_string_lossy();
     profile_command(
         env,
-        "bpftool",
-        &[
+        std::process::Command::new("bpftool").args([
             "prog", "run", "id", &id, "data_in", &frame, "repeat", "10000000",
-        ],
+        ]),
     )
 }
 
