@@ -57,7 +57,11 @@ pub struct Config {
     pub host_seed: u64,
     /// `BLOCK_HOSTS` capacity - 1 (a power of two), written with the seed.
     pub host_mask: u32,
-    pub _pad: u32,
+    /// How many times user space sent hosts to a trie because their set was
+    /// full or had overflowed (wrapping; the program never reads it): the
+    /// controller's sweep clears a set's overflow mark only if no edit did
+    /// so since it scanned the tries.
+    pub host_overflows: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -113,4 +117,4 @@ const _: () = assert!(offset_of!(Config, bucket_mask) == 56);
 const _: () = assert!(offset_of!(Config, block_hosts) == 60);
 const _: () = assert!(offset_of!(Config, host_seed) == 64);
 const _: () = assert!(offset_of!(Config, host_mask) == 72);
-const _: () = assert!(offset_of!(Config, _pad) == 76);
+const _: () = assert!(offset_of!(Config, host_overflows) == 76);

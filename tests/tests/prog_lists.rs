@@ -461,4 +461,44 @@ fn hosts_overflow_into_the_trie() {
         .map(|h| Case::new(format!("{h}, unblocked"), frame(h), PASS))
         .collect();
     run_table(&test, &passed);
+
+    // The set is still marked: its new hosts would go to the trie. The
+    // controller's sweep finds that the trie holds none of its hosts and
+    // clears the mark, unless an edit sent a host to a trie meanwhile.
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    let (_, stale) = sweep
+        .stale_overflows
+        .clone()
+        .expect("a stale overflow mark");
+    assert_eq!(stale, [target], "the marked set");
+    test.block(&hosts[..1]);
+    assert!(!in_table(hosts[0]), "still marked: to the trie");
+    let clear = |sweep| {
+        test.filter()
+            .clear_stale_overflows(sweep)
+            .expect("clearing the marks")
+    };
+    assert_eq!(
+        clear(&sweep),
+        0,
+        "an edit sent a host to the trie after the scan: the mark stays"
+    );
+    test.filter()
+        .unblock(&[hosts[0].parse().expect("cidr")])
+        .expect("unblocking");
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert_eq!(clear(&sweep), 1);
+    test.block(&hosts[..2]);
+    assert!(
+        in_table(hosts[0]) && in_table(hosts[1]),
+        "the set takes hosts again"
+    );
+    run_table(
+        &test,
+        &[
+            Case::new("again blocked", frame(hosts[0]), BLOCKLIST),
+            Case::new("again blocked", frame(hosts[1]), BLOCKLIST),
+            Case::new("not blocked", frame(hosts[2]), PASS),
+        ],
+    );
 }

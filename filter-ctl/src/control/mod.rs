@@ -587,24 +587,30 @@ impl Controller {
         self.compact_state();
         metrics::publish_origin_counts(&self.live);
         let scanned = Filter::open(&self.pins).and_then(|f| f.sweep_scan());
-        let crate::maps::lists::Sweep { counts, expired } = match scanned {
+        let sweep = match scanned {
             Ok(scan) => scan,
             Err(err) => {
                 warn!("sweeping expired entries failed: {err:#}");
                 return;
             }
         };
+        let counts = sweep.counts;
         if self.list_entries.map(|(c, _)| c) != Some(counts) {
             self.list_entries = Some((counts, now_unix()));
             self.write_state();
         }
-        if expired.is_empty() {
+        if sweep.expired.is_empty() && sweep.stale_overflows.is_none() {
             return;
         }
         match Filter::try_open_for_edit(&self.pins) {
             Ok(Some(filter)) => {
+                match filter.clear_stale_overflows(&sweep) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("{n} host-table sets take new hosts again"),
+                    Err(err) => warn!("clearing host-table overflow marks failed: {err:#}"),
+                }
                 let mut removed = 0;
-                for (kind, cidrs) in &expired {
+                for (kind, cidrs) in &sweep.expired {
                     match filter.remove_expired(*kind, cidrs) {
                         Ok(n) => removed += n,
                         Err(err) => warn!("deleting expired entries failed: {err:#}"),

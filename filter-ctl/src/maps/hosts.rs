@@ -241,6 +241,23 @@ impl HostTable {
         Placed::New
     }
 
+    /// The first slots of the sets marked overflowed.
+    #[must_use]
+    pub fn overflowed_sets(&self) -> Vec<u32> {
+        (0..self.slots.len)
+            .step_by(HOST_WAYS as usize)
+            .filter(|&first| self.read(first).state & HOST_OVERFLOWED != 0)
+            .collect()
+    }
+
+    /// Clears the overflow mark of the set starting at `first`: its new
+    /// hosts may take free slots again. Only when the trie holds none of
+    /// its hosts (the caller knows).
+    pub fn clear_overflow(&self, first: u32) {
+        let state = self.read(first).state;
+        self.write_state(first, state & !HOST_OVERFLOWED);
+    }
+
     /// Frees `key`'s slot. Whether the table held it.
     pub fn vacate(&self, key: &Ipv6Bytes) -> bool {
         let Some(index) = self.slot_of(key) else {

@@ -71,6 +71,10 @@ pub struct Sweep {
     pub counts: ListCounts,
     /// Expired entries per list, for [`Filter::remove_expired`].
     pub expired: Vec<(ListKind, Vec<Cidr>)>,
+    /// `BLOCK_HOSTS` sets marked overflowed whose hosts the tries no longer
+    /// hold, with `Config::host_overflows` as it was before the scan, for
+    /// [`Filter::clear_stale_overflows`].
+    pub stale_overflows: Option<(u32, Vec<u32>)>,
 }
 
 /// One allow/block entry as listed.
@@ -243,9 +247,12 @@ impl Filter {
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked")));
             r4.and(r6).and(placed)
         })?;
-        let (v4, v6) = split_families(&overflow);
-        self.write_batch(tries.map_names().0, v4)?;
-        self.write_batch(tries.map_names().1, v6)?;
+        if !overflow.is_empty() {
+            let (v4, v6) = split_families(&overflow);
+            self.write_batch(tries.map_names().0, v4)?;
+            self.write_batch(tries.map_names().1, v6)?;
+            self.count_overflow()?;
+        }
         Ok(in_table)
     }
 
@@ -301,6 +308,35 @@ impl Filter {
             Ok(())
         })
         .map(drop)
+    }
+
+    /// Counts hosts written to a trie (`Config::host_overflows`), after
+    /// the writes: a sweep whose scan of the tries may have missed them
+    /// then keeps its hands off the overflow marks.
+    fn count_overflow(&self) -> anyhow::Result<()> {
+        self.update_config(|c| {
+            c.host_overflows = c.host_overflows.wrapping_add(1);
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Clears the overflow marks a sweep found stale (see [`Sweep`]), unless
+    /// an edit sent hosts to a trie since the sweep scanned. Needs the edit
+    /// lock. Returns how many sets may take new hosts again.
+    pub fn clear_stale_overflows(&self, sweep: &Sweep) -> anyhow::Result<usize> {
+        debug_assert!(self.is_editing(), "host table edits need the edit lock");
+        let Some((generation, sets)) = &sweep.stale_overflows else {
+            return Ok(0);
+        };
+        if self.config()?.host_overflows != *generation {
+            return Ok(0);
+        }
+        let table = HostTable::open(self)?;
+        for &first in sets {
+            table.clear_overflow(first);
+        }
+        Ok(sets.len())
     }
 
     /// Frees the `BLOCK_HOSTS` slots of those of `cidrs` that the table
@@ -389,6 +425,9 @@ impl Filter {
             for (key, entry) in r6.keys.iter().zip(r6.values) {
                 v6.insert(key, entry, 0)
                     .with_context(|| format!("restoring the {}", kind.name()))?;
+            }
+            if !rest.is_empty() {
+                self.count_overflow()?;
             }
         }
         for record in records.iter().rev() {
@@ -599,6 +638,18 @@ impl Filter {
 
     /// Every entry of `tries`, expired ones included, as stored.
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        let mut out = self.trie_entries_raw(tries)?;
+        if tries == Tries::Block {
+            out.extend(HostTable::open(self)?.entries());
+            // A host can have an operator's entry (in the table) and an
+            // automatic block (in the trie): the operator's comes first.
+            out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
+        }
+        Ok(out)
+    }
+
+    /// Every entry the tries of `tries` hold, sorted.
+    fn trie_entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let (v4_name, v6_name) = tries.map_names();
         // The two tries on two threads: the kernel's walk of an LPM trie
         // (`trie_get_next_key`) is most of a large list's cost.
@@ -622,12 +673,7 @@ impl Filter {
         });
         let mut out = v4?;
         out.extend(v6.map_err(|_| anyhow::anyhow!("reading {v6_name}: the reader panicked"))??);
-        if tries == Tries::Block {
-            out.extend(HostTable::open(self)?.entries());
-        }
-        // A host can have an operator's entry (in the table) and an
-        // automatic block (in the trie): the operator's comes first.
-        out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
+        out.sort_unstable_by_key(|(cidr, _)| *cidr);
         Ok(out)
     }
 
@@ -701,11 +747,30 @@ impl Filter {
         let now = clock::monotonic_ns();
         let mut counts = ListCounts::default();
         let mut expired_by_kind = Vec::new();
+        // Read before the tries: an edit that overflows after it changes it.
+        let generation = self.config()?.host_overflows;
+        let mut stale_overflows = None;
         for kind in [ListKind::Allow, ListKind::Block] {
-            let (expired, active): (Entries, Entries) = self
-                .list_entries_raw(kind)?
-                .into_iter()
-                .partition(|(_, e)| !e.is_active(now));
+            let mut entries = self.trie_entries_raw(kind.into())?;
+            if kind == ListKind::Block {
+                let table = HostTable::open(self)?;
+                let marked = table.overflowed_sets();
+                if !marked.is_empty() {
+                    // Sets some host of which the tries still hold.
+                    let held: HashSet<u32> = entries
+                        .iter()
+                        .filter(|(_, e)| e.origin != ORIGIN_AUTO)
+                        .filter_map(|(c, _)| host_key(c))
+                        .map(|k| table.set_of(&k))
+                        .collect();
+                    let stale: Vec<u32> =
+                        marked.into_iter().filter(|s| !held.contains(s)).collect();
+                    stale_overflows = (!stale.is_empty()).then_some((generation, stale));
+                }
+                entries.extend(table.entries());
+            }
+            let (expired, active): (Entries, Entries) =
+                entries.into_iter().partition(|(_, e)| !e.is_active(now));
             let v4 = active
                 .iter()
                 .filter(|(c, _)| matches!(c, Cidr::V4 { .. }))
@@ -722,6 +787,7 @@ impl Filter {
         Ok(Sweep {
             counts,
             expired: expired_by_kind,
+            stale_overflows,
         })
     }
 
