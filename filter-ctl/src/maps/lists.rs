@@ -248,9 +248,15 @@ impl Filter {
             r4.and(r6).and(placed)
         })?;
         if !overflow.is_empty() {
-            let (v4, v6) = split_families(&overflow);
-            self.write_batch(tries.map_names().0, v4)?;
-            self.write_batch(tries.map_names().1, v6)?;
+            std::thread::scope(|scope| {
+                let (v4, v6) = split_families(&overflow);
+                let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
+                let r4 = self.write_batch(tries.map_names().0, v4);
+                r4.and(
+                    v6.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
+                )
+            })?;
             self.count_overflow()?;
         }
         Ok(in_table)
