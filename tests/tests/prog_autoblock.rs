@@ -290,3 +290,105 @@ fn a_block_lookup_follows_four_automatic_matches() {
     ];
     run_table(&test, &cases);
 }
+
+/// An automatic block of a host (in the trie) and an operator's block of
+/// the same host (in the host table): a CLI block replaces the automatic
+/// one, as it did when both lived in the trie; a `CrowdSec` ban sits beside
+/// it, decides while active, and when it expires and the sweep removes it
+/// the automatic block is still there and still decides.
+#[test]
+fn a_blocked_host_and_its_automatic_block() {
+    if skip_unless_root("a_blocked_host_and_its_automatic_block") {
+        return;
+    }
+    let test = ProgTest::new();
+    let hour = filter_ctl::clock::expiry_from_now(Some(Duration::from_hours(1)));
+    let listed = || -> Vec<(String, u8)> {
+        test.reader()
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
+            .expect("reading the blocklist")
+            .iter()
+            .map(|(c, e)| (c.to_string(), e.origin))
+            .collect()
+    };
+
+    // A CLI block replaces the automatic block of the host.
+    test.block_raw(&["198.18.78.1/32"], ORIGIN_AUTO, hour);
+    run_table(
+        &test,
+        &[Case::new(
+            "automatic block",
+            udp4("198.18.78.1", 53),
+            AUTOBLOCK,
+        )],
+    );
+    test.block(&["198.18.78.1"]);
+    assert_eq!(
+        listed(),
+        [("198.18.78.1/32".to_string(), filter_common::ORIGIN_CLI)],
+        "one entry, the operator's"
+    );
+    run_table(
+        &test,
+        &[Case::new(
+            "operator's block",
+            udp4("198.18.78.1", 53),
+            BLOCKLIST,
+        )],
+    );
+    test.filter()
+        .unblock(&["198.18.78.1".parse().expect("cidr")])
+        .expect("unblocking");
+    assert!(listed().is_empty(), "{:?}", listed());
+    run_table(
+        &test,
+        &[Case::new("unblocked", udp4("198.18.78.1", 53), PASS)],
+    );
+
+    // A CrowdSec ban of an automatically blocked host sits beside it.
+    test.block_raw(&["198.18.78.2/32"], ORIGIN_AUTO, hour);
+    let cidr: filter_ctl::spec::cidr::Cidr = "198.18.78.2".parse().expect("cidr");
+    let ban = filter_common::ListEntry {
+        expires_at_ns: filter_ctl::clock::expiry_from_now(Some(Duration::from_millis(1))),
+        prefix_len: 32,
+        origin: filter_common::ORIGIN_CROWDSEC,
+        ..filter_common::ListEntry::default()
+    };
+    test.filter()
+        .write_entries(filter_ctl::maps::Tries::Block, &[(cidr, ban)])
+        .expect("writing a ban");
+    assert_eq!(
+        listed().len(),
+        2,
+        "the ban and the automatic block: {:?}",
+        listed()
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    run_table(
+        &test,
+        &[Case::new(
+            "the ban expired: the automatic block decides",
+            udp4("198.18.78.2", 53),
+            AUTOBLOCK,
+        )],
+    );
+    let filter = test.filter();
+    let sweep = filter.sweep_scan().expect("sweep scan");
+    for (kind, cidrs) in &sweep.expired {
+        filter.remove_expired(*kind, cidrs).expect("sweeping");
+    }
+    drop(filter);
+    assert_eq!(
+        listed(),
+        [("198.18.78.2/32".to_string(), ORIGIN_AUTO)],
+        "the sweep removed the ban, not the automatic block"
+    );
+    run_table(
+        &test,
+        &[Case::new(
+            "still automatically blocked",
+            udp4("198.18.78.2", 53),
+            AUTOBLOCK,
+        )],
+    );
+}
