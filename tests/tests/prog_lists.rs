@@ -10,6 +10,16 @@ use filter_tests::{
     progtest::{Case, ProgTest, run_table, skip_unless_root},
 };
 
+/// The blocklist's entries (tries and host table), expired ones too.
+fn blocklist(test: &ProgTest) -> Vec<String> {
+    test.reader()
+        .list_entries_raw(filter_ctl::maps::ListKind::Block)
+        .expect("reading the blocklist")
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect()
+}
+
 /// Every kind of IPv4 packet from `src`, described.
 fn every_v4(src: [u8; 4], label: &str) -> Vec<(String, Vec<u8>)> {
     let raw = |p: u8, bytes: &[u8]| Ipv4::new(src, DST4, L4::raw(p, bytes.to_vec()));
@@ -260,14 +270,7 @@ fn expiring_entries() {
     run_table(&test, &cases);
     // Expired entries the program met are gone from the tries. Expired
     // hosts (in `BLOCK_HOSTS`) were skipped and stay for the sweep.
-    let stored = || -> Vec<String> {
-        test.reader()
-            .list_entries_raw(filter_ctl::maps::ListKind::Block)
-            .expect("reading the blocklist")
-            .iter()
-            .map(|(c, _)| c.to_string())
-            .collect()
-    };
+    let stored = || blocklist(&test);
     let left = stored();
     for deleted in ["198.18.9.0/30", "198.18.9.0/24"] {
         assert!(
@@ -323,14 +326,7 @@ fn five_nested_expired_entries() {
     );
     std::thread::sleep(Duration::from_millis(50));
     let frame = Frame::ipv4(frames::udp4(ip4("198.18.9.0"), 53)).build();
-    let stored = || -> Vec<String> {
-        test.reader()
-            .list_entries_raw(filter_ctl::maps::ListKind::Block)
-            .expect("reading the blocklist")
-            .iter()
-            .map(|(c, _)| c.to_string())
-            .collect()
-    };
+    let stored = || blocklist(&test);
     run_table(
         &test,
         &[Case::new(
@@ -385,17 +381,10 @@ fn hosts_overflow_into_the_trie() {
     let frame = |ip: &str| Frame::ipv4(frames::udp4(ip4(ip), 53)).build();
     let in_table = |ip: &str| {
         let filter = test.reader();
-        let table = filter_ctl::maps::hosts::HostTable::open(&filter).expect("BLOCK_HOSTS");
+        let table = filter.host_table().expect("BLOCK_HOSTS");
         table.find(&filter_common::host_key_v4(ip4(ip))).is_some()
     };
-    let listed = || -> Vec<String> {
-        test.reader()
-            .list_entries_raw(filter_ctl::maps::ListKind::Block)
-            .expect("reading the blocklist")
-            .iter()
-            .map(|(c, _)| c.to_string())
-            .collect()
-    };
+    let listed = || blocklist(&test);
 
     // Six hosts: four fill the set, two go to the trie.
     test.block(&hosts[..6]);

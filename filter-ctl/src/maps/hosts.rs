@@ -114,6 +114,14 @@ impl<T> Mapping<T> {
     }
 }
 
+// SAFETY: the mapping stays valid as long as the value lives (it owns
+// the map's fd and unmaps on drop); its memory is shared with the program
+// and other processes anyway, and this process writes it only under the
+// edit lock, from one thread at a time.
+unsafe impl<T> Send for Mapping<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Mapping<T> {}
+
 impl<T> Drop for Mapping<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `open`, unmapped once.

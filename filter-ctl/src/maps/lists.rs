@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     Filter, ListKind, Tries, batch,
-    hosts::{HostTable, Placed, host_key},
+    hosts::{Placed, host_key},
     journal::{Journal, Record},
     rules::RuleTable,
 };
@@ -283,7 +283,7 @@ impl Filter {
         if hosts.is_empty() {
             return Ok((in_table, rest));
         }
-        let table = HostTable::open(self)?;
+        let table = self.host_table()?;
         // Raised first, by every host (the program must not skip a table
         // with hosts), and lowered afterwards by those that were not new.
         let raised = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
@@ -338,7 +338,7 @@ impl Filter {
         if self.config()?.host_overflows != *generation {
             return Ok(0);
         }
-        let table = HostTable::open(self)?;
+        let table = self.host_table()?;
         for &first in sets {
             table.clear_overflow(first);
         }
@@ -352,7 +352,7 @@ impl Filter {
         if !cidrs.iter().any(|c| host_key(c).is_some()) {
             return Ok(removed);
         }
-        let table = HostTable::open(self)?;
+        let table = self.host_table()?;
         for cidr in cidrs {
             if host_key(cidr).is_some_and(|key| table.vacate(&key)) {
                 removed.insert(*cidr);
@@ -646,7 +646,7 @@ impl Filter {
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let mut out = self.trie_entries_raw(tries)?;
         if tries == Tries::Block {
-            out.extend(HostTable::open(self)?.entries());
+            out.extend(self.host_table()?.entries());
             // A host can have an operator's entry (in the table) and an
             // automatic block (in the trie): the operator's comes first.
             out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
@@ -759,7 +759,7 @@ impl Filter {
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
-                let table = HostTable::open(self)?;
+                let table = self.host_table()?;
                 let marked = table.overflowed_sets();
                 if !marked.is_empty() {
                     // Sets some host of which the tries still hold.
@@ -1030,7 +1030,7 @@ impl Filter {
         if tries != Tries::Block || !cidrs.iter().any(|c| host_key(c).is_some()) {
             return self.lookup_in_tries(tries, cidrs);
         }
-        let table = HostTable::open(self)?;
+        let table = self.host_table()?;
         let mut out: Vec<Option<ListEntry>> = cidrs
             .iter()
             .map(|c| host_key(c).and_then(|k| table.find(&k)))
