@@ -550,22 +550,20 @@ impl Filter {
         gone4: &mut u32,
         gone6: &mut u32,
     ) -> anyhow::Result<()> {
-        {
-            let (removed, gone) = match *cidr {
-                Cidr::V4 { addr, prefix } => (v4.remove(&Key::new(u32::from(prefix), addr)), gone4),
-                Cidr::V6 { addr, prefix } => (v6.remove(&Key::new(u32::from(prefix), addr)), gone6),
-            };
-            match removed {
-                Ok(()) => {
-                    *gone = gone.saturating_add(1);
-                    Ok(())
-                }
-                // The program deletes expired entries itself: gone is gone.
-                Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
-                Err(e) => Err(e),
+        let (removed, gone) = match *cidr {
+            Cidr::V4 { addr, prefix } => (v4.remove(&Key::new(u32::from(prefix), addr)), gone4),
+            Cidr::V6 { addr, prefix } => (v6.remove(&Key::new(u32::from(prefix), addr)), gone6),
+        };
+        match removed {
+            Ok(()) => {
+                *gone = gone.saturating_add(1);
+                Ok(())
             }
-            .with_context(|| format!("removing {cidr} from the {}", kind.name()))
+            // The program deletes expired entries itself: gone is gone.
+            Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
         }
+        .with_context(|| format!("removing {cidr} from the {}", kind.name()))
     }
 
     /// Lowers the allowlist counts by the keys an edit deleted, without
