@@ -382,7 +382,10 @@ fn hosts_overflow_into_the_trie() {
     let in_table = |ip: &str| {
         let filter = test.reader();
         let table = filter.host_table().expect("BLOCK_HOSTS");
-        table.find(&filter_common::host_key_v4(ip4(ip))).is_some()
+        table
+            .find(&filter_common::host_key_v4(ip4(ip)))
+            .expect("reading BLOCK_HOSTS")
+            .is_some()
     };
     let listed = || blocklist(&test);
 

@@ -12,10 +12,15 @@
 //! are the program's and stay in the tries.
 
 use std::{
+    collections::{HashMap, hash_map::Entry},
+    marker::PhantomData,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering, fence},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering, fence},
+    },
 };
 
 use anyhow::{Context as _, ensure};
@@ -58,17 +63,41 @@ pub enum Placed {
     Trie,
 }
 
-/// A memory-mapped array map (`BPF_F_MMAPABLE`): its values, in place.
+/// Pages of a [`Mapping`]'s window: a point access maps the window around
+/// its value, not the whole array (the kernel fills in every page of a
+/// mapping at once: about 1.5 ms for the 20 MiB table).
+const WINDOW_PAGES: usize = 16;
+
+/// One `mmap` of a map's pages, unmapped on drop.
+struct Window {
+    base: NonNull<u8>,
+    bytes: usize,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Mapping::map`, unmapped once.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.bytes);
+        }
+    }
+}
+
+/// A memory-mapped array map (`BPF_F_MMAPABLE`): its values, in place,
+/// mapped a window at a time, or whole for a walk.
 struct Mapping<T> {
-    values: NonNull<T>,
+    data: MapData,
+    name: &'static str,
     len: u32,
-    mapped_bytes: usize,
-    // Keeps the map open while it is mapped.
-    _data: MapData,
+    page: usize,
+    pages: usize,
+    whole: OnceLock<Window>,
+    windows: Mutex<HashMap<usize, Window>>,
+    _values: PhantomData<T>,
 }
 
 impl<T> Mapping<T> {
-    fn open(filter: &Filter, name: &str) -> anyhow::Result<Self> {
+    fn open(filter: &Filter, name: &'static str) -> anyhow::Result<Self> {
         let data = filter.map_data(name)?;
         let info = data.info().with_context(|| format!("reading {name}"))?;
         let len = info.max_entries();
@@ -79,57 +108,93 @@ impl<T> Mapping<T> {
         );
         // SAFETY: no arguments.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let mapped_bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
-        // SAFETY: a read-write shared mapping of the map's fd at offset 0:
-        // the kernel maps the array's `len` values, contiguous (their size
-        // a multiple of 8: no gaps), rounded up to pages. Checked below.
+        // The kernel maps the array's values, contiguous (their size a
+        // multiple of 8: no gaps), rounded up to pages.
+        let pages = (len as usize * size_of::<T>()).div_ceil(page);
+        Ok(Self {
+            data,
+            name,
+            len,
+            page,
+            pages,
+            whole: OnceLock::new(),
+            windows: Mutex::new(HashMap::new()),
+            _values: PhantomData,
+        })
+    }
+
+    /// Maps `count` pages from page `first`.
+    fn map(&self, first: usize, count: usize) -> anyhow::Result<Window> {
+        let bytes = count * self.page;
+        let offset = libc::off_t::try_from(first * self.page).context("offset")?;
+        // SAFETY: a read-write shared mapping of the map's fd, within its
+        // pages (the callers keep `first + count <= self.pages`); the
+        // result is checked before use.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                mapped_bytes,
+                bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
+                self.data.fd().as_fd().as_raw_fd(),
+                offset,
             )
         };
         if address == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {name} into memory"));
+                .with_context(|| format!("mapping {} into memory", self.name));
         }
-        let values = NonNull::new(address.cast::<T>())
-            .with_context(|| format!("mapping {name} into memory"))?;
-        Ok(Self {
-            values,
-            len,
-            mapped_bytes,
-            _data: data,
-        })
+        let base = NonNull::new(address.cast::<u8>())
+            .with_context(|| format!("mapping {} into memory", self.name))?;
+        Ok(Window { base, bytes })
     }
 
-    fn ptr(&self, index: u32) -> *mut T {
-        assert!(index < self.len, "value {index} of {}", self.len);
-        // SAFETY: in bounds of the mapping (checked above).
-        unsafe { self.values.as_ptr().add(index as usize) }
+    /// Maps the whole array: before a walk, or an edit of many values.
+    fn map_whole(&self) -> anyhow::Result<()> {
+        if self.whole.get().is_none() {
+            let window = self.map(0, self.pages)?;
+            let _ = self.whole.set(window);
+        }
+        Ok(())
+    }
+
+    /// Value `index`, mapped if it is not yet.
+    fn ptr(&self, index: u32) -> anyhow::Result<*mut T> {
+        ensure!(index < self.len, "{} has no value {index}", self.name);
+        let offset = index as usize * size_of::<T>();
+        if let Some(whole) = self.whole.get() {
+            // SAFETY: in bounds of the whole mapping (checked above).
+            return Ok(unsafe { whole.base.as_ptr().add(offset).cast() });
+        }
+        // The window of the page the value starts in, one page longer, so
+        // that a value starting in it ends in it too.
+        let span = WINDOW_PAGES * self.page;
+        let number = offset / span;
+        let mut windows = self
+            .windows
+            .lock()
+            .map_err(|_| anyhow::anyhow!("{}: a mapping thread panicked", self.name))?;
+        let window = match windows.entry(number) {
+            Entry::Occupied(window) => window.into_mut(),
+            Entry::Vacant(vacant) => {
+                let first = number * WINDOW_PAGES;
+                let count = (WINDOW_PAGES + 1).min(self.pages - first);
+                vacant.insert(self.map(first, count)?)
+            }
+        };
+        // SAFETY: `offset - number * span` < `span`, and the value ends
+        // within the one more page the window has (or the array's end).
+        Ok(unsafe { window.base.as_ptr().add(offset - number * span).cast() })
     }
 }
 
-// SAFETY: the mapping stays valid as long as the value lives (it owns
-// the map's fd and unmaps on drop); its memory is shared with the program
-// and other processes anyway, and this process writes it only under the
-// edit lock, from one thread at a time.
+// SAFETY: the windows stay mapped as long as the value lives (it owns the
+// map's fd; windows are unmapped on drop only); the memory is shared with
+// the program and other processes anyway, and this process writes it only
+// under the edit lock, from one thread at a time.
 unsafe impl<T> Send for Mapping<T> {}
-// SAFETY: as above.
+// SAFETY: as above; the window table is behind a mutex.
 unsafe impl<T> Sync for Mapping<T> {}
-
-impl<T> Drop for Mapping<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe {
-            libc::munmap(self.values.as_ptr().cast(), self.mapped_bytes);
-        }
-    }
-}
 
 /// The table and its bitmap of sets in use, mapped, with the seed and mask
 /// the program uses.
@@ -164,11 +229,12 @@ impl HostTable {
     }
 
     /// The word of the bitmap that holds `first`'s set's bit, and the bit.
-    fn set_word(&self, first: u32) -> (&AtomicU64, u64) {
+    fn set_word(&self, first: u32) -> anyhow::Result<(&AtomicU64, u64)> {
         let (word, bit) = host_set_bit(first);
+        let ptr = self.sets.ptr(word)?;
         // SAFETY: an aligned u64 of the mapping, shared with the program,
         // which only reads it; this process writes it under the edit lock.
-        (unsafe { AtomicU64::from_ptr(self.sets.ptr(word)) }, bit)
+        Ok((unsafe { AtomicU64::from_ptr(ptr) }, bit))
     }
 
     /// The first slot of `key`'s set.
@@ -177,45 +243,57 @@ impl HostTable {
         host_set(self.seed, self.mask, &source_words(key))
     }
 
-    fn slot_ptr(&self, index: u32) -> *mut HostSlot {
-        self.slots.ptr(index)
+    /// Maps the whole table: before walking it, or placing many hosts
+    /// (one mapping instead of a window per host).
+    pub fn map_whole(&self) -> anyhow::Result<()> {
+        self.slots.map_whole()
     }
 
     /// A copy of slot `index`.
-    fn read(&self, index: u32) -> HostSlot {
+    fn read(&self, index: u32) -> anyhow::Result<HostSlot> {
+        let ptr = self.slots.ptr(index)?;
         // SAFETY: a valid, aligned slot of the mapping; plain data.
-        unsafe { self.slot_ptr(index).read_volatile() }
+        Ok(unsafe { ptr.read_volatile() })
     }
 
-    fn write_state(&self, index: u32, state: u32) {
+    fn write_state(&self, index: u32, state: u32) -> anyhow::Result<()> {
+        let ptr = self.slots.ptr(index)?;
         // SAFETY: as `read`; an aligned u32 store, which the program reads
         // before the address (x86 keeps stores in order; the fence keeps
         // the compiler from moving the earlier stores after it).
         unsafe {
             fence(Ordering::Release);
-            (&raw mut (*self.slot_ptr(index)).state).write_volatile(state);
+            (&raw mut (*ptr).state).write_volatile(state);
         }
+        Ok(())
     }
 
-    fn write_entry(&self, index: u32, entry: ListEntry) {
+    fn write_entry(&self, index: u32, entry: ListEntry) -> anyhow::Result<()> {
+        let ptr = self.slots.ptr(index)?;
         // SAFETY: as `read`. The expiry is one aligned 8-byte store, so a
         // packet sees the old or the new one, never a mix.
-        unsafe { (&raw mut (*self.slot_ptr(index)).entry).write_volatile(entry) }
+        unsafe { (&raw mut (*ptr).entry).write_volatile(entry) };
+        Ok(())
     }
 
     /// The slot of `key`'s set that holds it.
-    fn slot_of(&self, key: &Ipv6Bytes) -> Option<u32> {
+    fn slot_of(&self, key: &Ipv6Bytes) -> anyhow::Result<Option<u32>> {
         let first = self.set_of(key);
-        (first..first + HOST_WAYS).find(|&i| {
-            let slot = self.read(i);
-            slot.state & HOST_USED != 0 && slot.addr == *key
-        })
+        for index in first..first + HOST_WAYS {
+            let slot = self.read(index)?;
+            if slot.state & HOST_USED != 0 && slot.addr == *key {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
     }
 
     /// The entry stored for `key`, if the table holds it.
-    #[must_use]
-    pub fn find(&self, key: &Ipv6Bytes) -> Option<ListEntry> {
-        self.slot_of(key).map(|i| self.read(i).entry)
+    pub fn find(&self, key: &Ipv6Bytes) -> anyhow::Result<Option<ListEntry>> {
+        match self.slot_of(key)? {
+            Some(index) => Ok(Some(self.read(index)?.entry)),
+            None => Ok(None),
+        }
     }
 
     /// Puts `entry` for `key` into the slot holding it, else into a free
@@ -223,71 +301,88 @@ impl HostTable {
     /// such a set may be in the trie, so it goes there (no lookup needed,
     /// never two places). A full set is marked overflowed. The caller has
     /// raised the program's count for a new host.
-    pub fn place(&self, key: &Ipv6Bytes, entry: ListEntry) -> Placed {
-        if let Some(index) = self.slot_of(key) {
-            self.write_entry(index, entry);
-            return Placed::Updated;
+    pub fn place(&self, key: &Ipv6Bytes, entry: ListEntry) -> anyhow::Result<Placed> {
+        if let Some(index) = self.slot_of(key)? {
+            self.write_entry(index, entry)?;
+            return Ok(Placed::Updated);
         }
         let first = self.set_of(key);
-        let first_state = self.read(first).state;
+        let first_state = self.read(first)?.state;
         if first_state & HOST_OVERFLOWED != 0 {
-            return Placed::Trie;
+            return Ok(Placed::Trie);
         }
-        let Some(free) = (first..first + HOST_WAYS).find(|&i| self.read(i).state & HOST_USED == 0)
-        else {
-            self.write_state(first, first_state | HOST_OVERFLOWED);
-            return Placed::Trie;
+        let mut free = None;
+        for index in first..first + HOST_WAYS {
+            if self.read(index)?.state & HOST_USED == 0 {
+                free = Some(index);
+                break;
+            }
+        }
+        let Some(free) = free else {
+            self.write_state(first, first_state | HOST_OVERFLOWED)?;
+            return Ok(Placed::Trie);
         };
         // Address and entry first, then the set's bit, the used bit last.
-        let state = self.read(free).state;
+        let state = self.read(free)?.state;
+        let ptr = self.slots.ptr(free)?;
         // SAFETY: as `read`; the slot is unused, so the program ignores it.
-        unsafe { (&raw mut (*self.slot_ptr(free)).addr).write_volatile(*key) };
-        self.write_entry(free, entry);
-        let (word, bit) = self.set_word(first);
+        unsafe { (&raw mut (*ptr).addr).write_volatile(*key) };
+        self.write_entry(free, entry)?;
+        let (word, bit) = self.set_word(first)?;
         word.fetch_or(bit, Ordering::SeqCst);
-        self.write_state(free, state | HOST_USED);
-        Placed::New
+        self.write_state(free, state | HOST_USED)?;
+        Ok(Placed::New)
     }
 
     /// The first slots of the sets marked overflowed.
-    #[must_use]
-    pub fn overflowed_sets(&self) -> Vec<u32> {
-        (0..self.slots.len)
-            .step_by(HOST_WAYS as usize)
-            .filter(|&first| self.read(first).state & HOST_OVERFLOWED != 0)
-            .collect()
+    pub fn overflowed_sets(&self) -> anyhow::Result<Vec<u32>> {
+        self.map_whole()?;
+        let mut out = Vec::new();
+        for first in (0..self.slots.len).step_by(HOST_WAYS as usize) {
+            if self.read(first)?.state & HOST_OVERFLOWED != 0 {
+                out.push(first);
+            }
+        }
+        Ok(out)
     }
 
     /// Clears the overflow mark of the set starting at `first`: its new
     /// hosts may take free slots again. Only when the trie holds none of
     /// its hosts (the caller knows).
-    pub fn clear_overflow(&self, first: u32) {
-        let state = self.read(first).state;
-        self.write_state(first, state & !HOST_OVERFLOWED);
+    pub fn clear_overflow(&self, first: u32) -> anyhow::Result<()> {
+        let state = self.read(first)?.state;
+        self.write_state(first, state & !HOST_OVERFLOWED)
     }
 
     /// Frees `key`'s slot. Whether the table held it.
-    pub fn vacate(&self, key: &Ipv6Bytes) -> bool {
-        let Some(index) = self.slot_of(key) else {
-            return false;
+    pub fn vacate(&self, key: &Ipv6Bytes) -> anyhow::Result<bool> {
+        let Some(index) = self.slot_of(key)? else {
+            return Ok(false);
         };
-        let state = self.read(index).state;
-        self.write_state(index, state & !HOST_USED);
+        let state = self.read(index)?.state;
+        self.write_state(index, state & !HOST_USED)?;
         let first = self.set_of(key);
-        if (first..first + HOST_WAYS).all(|i| self.read(i).state & HOST_USED == 0) {
-            let (word, bit) = self.set_word(first);
+        let mut empty = true;
+        for i in first..first + HOST_WAYS {
+            empty &= self.read(i)?.state & HOST_USED == 0;
+        }
+        if empty {
+            let (word, bit) = self.set_word(first)?;
             word.fetch_and(!bit, Ordering::SeqCst);
         }
-        true
+        Ok(true)
     }
 
     /// Every used slot's host and entry.
-    #[must_use]
-    pub fn entries(&self) -> Vec<(Cidr, ListEntry)> {
-        (0..self.slots.len)
-            .map(|i| self.read(i))
-            .filter(|s| s.state & HOST_USED != 0)
-            .map(|s| (host_cidr(&s.addr), s.entry))
-            .collect()
+    pub fn entries(&self) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        self.map_whole()?;
+        let mut out = Vec::new();
+        for index in 0..self.slots.len {
+            let slot = self.read(index)?;
+            if slot.state & HOST_USED != 0 {
+                out.push((host_cidr(&slot.addr), slot.entry));
+            }
+        }
+        Ok(out)
     }
 }

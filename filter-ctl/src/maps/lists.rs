@@ -29,6 +29,10 @@ use super::{
 };
 use crate::{clock, error::Error, spec::cidr::Cidr};
 
+/// Hosts an edit touches from which it maps the whole host table at once
+/// rather than a window around each host.
+const MAP_WHOLE_TABLE_FROM: usize = 64;
+
 /// What to do with an entry that is already on the list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Merge {
@@ -284,6 +288,9 @@ impl Filter {
             return Ok((in_table, rest));
         }
         let table = self.host_table()?;
+        if hosts.len() > MAP_WHOLE_TABLE_FROM {
+            table.map_whole()?;
+        }
         // Raised first, by every host (the program must not skip a table
         // with hosts), and lowered afterwards by those that were not new.
         let raised = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
@@ -291,7 +298,7 @@ impl Filter {
         let mut new = 0_u32;
         for (cidr, entry) in hosts {
             let Some(key) = host_key(&cidr) else { continue };
-            match table.place(&key, entry) {
+            match table.place(&key, entry)? {
                 Placed::Trie => rest.push((cidr, entry)),
                 placed => {
                     new += u32::from(placed == Placed::New);
@@ -340,7 +347,7 @@ impl Filter {
         }
         let table = self.host_table()?;
         for &first in sets {
-            table.clear_overflow(first);
+            table.clear_overflow(first)?;
         }
         Ok(sets.len())
     }
@@ -353,8 +360,13 @@ impl Filter {
             return Ok(removed);
         }
         let table = self.host_table()?;
+        if cidrs.len() > MAP_WHOLE_TABLE_FROM {
+            table.map_whole()?;
+        }
         for cidr in cidrs {
-            if host_key(cidr).is_some_and(|key| table.vacate(&key)) {
+            if let Some(key) = host_key(cidr)
+                && table.vacate(&key)?
+            {
                 removed.insert(*cidr);
             }
         }
@@ -644,7 +656,7 @@ impl Filter {
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let mut out = self.trie_entries_raw(tries)?;
         if tries == Tries::Block {
-            out.extend(self.host_table()?.entries());
+            out.extend(self.host_table()?.entries()?);
             // A host can have an operator's entry (in the table) and an
             // automatic block (in the trie): the operator's comes first.
             out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
@@ -758,7 +770,7 @@ impl Filter {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
                 let table = self.host_table()?;
-                let marked = table.overflowed_sets();
+                let marked = table.overflowed_sets()?;
                 if !marked.is_empty() {
                     // Sets some host of which the tries still hold.
                     let held: HashSet<u32> = entries
@@ -771,7 +783,7 @@ impl Filter {
                         marked.into_iter().filter(|s| !held.contains(s)).collect();
                     stale_overflows = (!stale.is_empty()).then_some((generation, stale));
                 }
-                entries.extend(table.entries());
+                entries.extend(table.entries()?);
             }
             let (expired, active): (Entries, Entries) =
                 entries.into_iter().partition(|(_, e)| !e.is_active(now));
@@ -1029,10 +1041,16 @@ impl Filter {
             return self.lookup_in_tries(tries, cidrs);
         }
         let table = self.host_table()?;
+        if cidrs.len() > MAP_WHOLE_TABLE_FROM {
+            table.map_whole()?;
+        }
         let mut out: Vec<Option<ListEntry>> = cidrs
             .iter()
-            .map(|c| host_key(c).and_then(|k| table.find(&k)))
-            .collect();
+            .map(|c| match host_key(c) {
+                Some(k) => table.find(&k),
+                None => Ok(None),
+            })
+            .collect::<anyhow::Result<_>>()?;
         let rest: Vec<usize> = (0..cidrs.len()).filter(|&i| out[i].is_none()).collect();
         let rest_cidrs: Vec<Cidr> = rest.iter().map(|&i| cidrs[i]).collect();
         for (i, entry) in rest
