@@ -65,8 +65,9 @@ pub const HOST_WAYS: u32 = 4;
 /// [`HostSlot::state`] bit: the slot holds `addr`'s entry.
 pub const HOST_USED: u32 = 1;
 /// [`HostSlot::state`] bit, kept on the first slot of a set: a host of this
-/// set once found the set full and went into the trie (user space then
-/// looks there too). Never cleared while the maps live.
+/// set found the set full and went into the trie, so the set's new hosts go
+/// there too (never two places). The controller's sweep clears it once the
+/// trie holds none of the set's hosts.
 pub const HOST_OVERFLOWED: u32 = 2;
 
 /// One slot of `BLOCK_HOSTS`: a blocked host (IPv4-mapped for IPv4) and

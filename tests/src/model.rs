@@ -321,11 +321,16 @@ pub struct PrefixList<const N: usize> {
 }
 
 impl<const N: usize> PrefixList<N> {
-    /// Adds or replaces the entry for `item`'s prefix (host bits cleared).
+    /// Adds or replaces the entry for `item`'s prefix (host bits cleared)
+    /// in its store: on the blocklist, an operator's host (`BLOCK_HOSTS`)
+    /// and an automatic block of the same host (a trie) are two entries.
     pub fn insert(&mut self, mut item: ListItem<N>) {
         item.net = mask(item.net, item.prefix);
-        self.entries
-            .retain(|e| !(e.net == item.net && e.prefix == item.prefix));
+        self.entries.retain(|e| {
+            !(e.net == item.net
+                && e.prefix == item.prefix
+                && e.is_table_host() == item.is_table_host())
+        });
         self.entries.push(item);
     }
 
@@ -356,13 +361,15 @@ impl<const N: usize> PrefixList<N> {
         });
     }
 
-    /// Whether an entry, active or expired, is stored for exactly this prefix.
+    /// Whether the trie stores an entry, active or expired, for exactly
+    /// this prefix: what the program's insert of an automatic block
+    /// (`BPF_NOEXIST`) finds in its way (not the blocklist's hosts).
     #[must_use]
-    pub fn holds(&self, net: [u8; N], prefix: u32) -> bool {
+    pub fn holds_in_trie(&self, net: [u8; N], prefix: u32) -> bool {
         let net = mask(net, prefix);
         self.entries
             .iter()
-            .any(|e| e.net == net && e.prefix == prefix)
+            .any(|e| e.net == net && e.prefix == prefix && !e.is_table_host())
     }
 
     fn longest(&self, addr: [u8; N], max_prefix: u32, skip_hosts: bool) -> Option<usize> {
@@ -765,7 +772,7 @@ impl Model {
             let mut net = [0u8; 4];
             net.copy_from_slice(&key[12..]);
             let prefix = self.ipv4_source_prefix.min(32);
-            if self.block_v4.holds(net, prefix) {
+            if self.block_v4.holds_in_trie(net, prefix) {
                 return;
             }
             self.block_v4.insert(ListItem {
@@ -779,7 +786,7 @@ impl Model {
             });
         } else {
             let prefix = self.ipv6_source_prefix.min(128);
-            if self.block_v6.holds(key, prefix) {
+            if self.block_v6.holds_in_trie(key, prefix) {
                 return;
             }
             self.block_v6.insert(ListItem {

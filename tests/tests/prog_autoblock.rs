@@ -295,7 +295,9 @@ fn a_block_lookup_follows_four_automatic_matches() {
 /// the same host (in the host table): a CLI block replaces the automatic
 /// one, as it did when both lived in the trie; a `CrowdSec` ban sits beside
 /// it, decides while active, and when it expires and the sweep removes it
-/// the automatic block is still there and still decides.
+/// the automatic block is still there and still decides; an expired
+/// automatic block under an active ban is swept too; writing an automatic
+/// block for a host replaces the host's entry.
 #[test]
 fn a_blocked_host_and_its_automatic_block() {
     if skip_unless_root("a_blocked_host_and_its_automatic_block") {
@@ -388,6 +390,61 @@ fn a_blocked_host_and_its_automatic_block() {
         &[Case::new(
             "still automatically blocked",
             udp4("198.18.78.2", 53),
+            AUTOBLOCK,
+        )],
+    );
+
+    // An expired automatic block under an active ban: the program never
+    // looks past the ban in the table, so the sweep deletes it.
+    test.block_raw(
+        &["198.18.78.3/32"],
+        ORIGIN_AUTO,
+        filter_ctl::clock::expiry_from_now(Some(Duration::from_millis(1))),
+    );
+    let ban_for_an_hour = filter_common::ListEntry {
+        expires_at_ns: hour,
+        ..ban
+    };
+    let third: filter_ctl::spec::cidr::Cidr = "198.18.78.3".parse().expect("cidr");
+    test.filter()
+        .write_entries(filter_ctl::maps::Tries::Block, &[(third, ban_for_an_hour)])
+        .expect("writing a ban");
+    std::thread::sleep(Duration::from_millis(50));
+    let filter = test.filter();
+    let sweep = filter.sweep_scan().expect("sweep scan");
+    for (kind, cidrs) in &sweep.expired {
+        filter.remove_expired(*kind, cidrs).expect("sweeping");
+    }
+    drop(filter);
+    assert!(
+        listed().contains(&("198.18.78.3/32".to_string(), filter_common::ORIGIN_CROWDSEC))
+            && !listed().contains(&("198.18.78.3/32".to_string(), ORIGIN_AUTO)),
+        "the sweep removed the expired automatic block under the ban: {:?}",
+        listed()
+    );
+
+    // Writing an automatic block for a host (a policy giving a prefix back
+    // to what it held) replaces the host's entry, as one trie did.
+    let auto = filter_common::ListEntry {
+        expires_at_ns: hour,
+        prefix_len: 32,
+        origin: ORIGIN_AUTO,
+        ..filter_common::ListEntry::default()
+    };
+    test.filter()
+        .write_entries(filter_ctl::maps::Tries::Block, &[(third, auto)])
+        .expect("writing an automatic block");
+    assert!(
+        listed().contains(&("198.18.78.3/32".to_string(), ORIGIN_AUTO))
+            && !listed().contains(&("198.18.78.3/32".to_string(), filter_common::ORIGIN_CROWDSEC)),
+        "the automatic block replaced the ban: {:?}",
+        listed()
+    );
+    run_table(
+        &test,
+        &[Case::new(
+            "automatically blocked again",
+            udp4("198.18.78.3", 53),
             AUTOBLOCK,
         )],
     );

@@ -6,6 +6,11 @@
 //! reads and writes slots in place, without a syscall per slot, and orders
 //! its stores so that the program never matches a half-written slot.
 //!
+//! The order of the stores (address and entry, the set's bit, the used bit)
+//! is what the program sees on x86-64, whose stores stay in order; on a
+//! weakly ordered CPU a host just added may miss, or one just removed match,
+//! for a moment (the program's loads have no acquire order).
+//!
 //! A host's block lives in one place: a slot of its set, or the trie when
 //! its set was full (the set is then marked [`HOST_OVERFLOWED`], so that a
 //! later edit of one of its hosts looks in the trie too). Automatic blocks

@@ -241,6 +241,17 @@ impl Filter {
         let (hosts, prefixes): (Entries, Entries) = entries.into_iter().partition(|(c, e)| {
             tries == Tries::Block && host_key(c).is_some() && e.origin != ORIGIN_AUTO
         });
+        if tries == Tries::Block {
+            // An automatic block written for a host (a policy's fallback to
+            // what was there before) replaces whatever the host had, as a
+            // write into one trie did: out of the table.
+            let autos: Vec<Cidr> = prefixes
+                .iter()
+                .filter(|(c, _)| host_key(c).is_some())
+                .map(|(c, _)| *c)
+                .collect();
+            self.remove_hosts(&autos)?;
+        }
         let (in_table, overflow) = std::thread::scope(|scope| {
             let (v4, v6) = split_families(&prefixes);
             let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
@@ -252,7 +263,7 @@ impl Filter {
             r4.and(r6).and(placed)
         })?;
         if !overflow.is_empty() {
-            std::thread::scope(|scope| {
+            let written = std::thread::scope(|scope| {
                 let (v4, v6) = split_families(&overflow);
                 let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
                 let r4 = self.write_batch(tries.map_names().0, v4);
@@ -260,8 +271,11 @@ impl Filter {
                     v6.join()
                         .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
                 )
-            })?;
+            });
+            // Counted even if a write failed midway: some hosts may be in
+            // a trie now, and a sweep must not clear their sets' marks.
             self.count_overflow()?;
+            written?;
         }
         Ok(in_table)
     }
@@ -436,17 +450,22 @@ impl Filter {
                 .write_hosts(restore)
                 .with_context(|| format!("restoring the {}", kind.name()))?;
             let (r4, r6) = split_families(&rest);
-            for (key, entry) in r4.keys.iter().zip(r4.values) {
-                v4.insert(key, entry, 0)
-                    .with_context(|| format!("restoring the {}", kind.name()))?;
-            }
-            for (key, entry) in r6.keys.iter().zip(r6.values) {
-                v6.insert(key, entry, 0)
-                    .with_context(|| format!("restoring the {}", kind.name()))?;
-            }
+            let written = r4
+                .keys
+                .iter()
+                .zip(r4.values)
+                .try_for_each(|(key, entry)| v4.insert(key, entry, 0))
+                .and_then(|()| {
+                    r6.keys
+                        .iter()
+                        .zip(r6.values)
+                        .try_for_each(|(key, entry)| v6.insert(key, entry, 0))
+                });
             if !rest.is_empty() {
+                // Even after a failed write (see `write_tries_and_hosts`).
                 self.count_overflow()?;
             }
+            written.with_context(|| format!("restoring the {}", kind.name()))?;
         }
         for record in records.iter().rev() {
             if restored.contains(&record.cidr()) {
@@ -813,17 +832,38 @@ impl Filter {
     pub fn remove_expired(&self, kind: ListKind, cidrs: &[Cidr]) -> anyhow::Result<usize> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         let now = clock::monotonic_ns();
+        let stored = self.lookup_entries(kind.into(), cidrs)?;
         let still: Vec<Cidr> = cidrs
             .iter()
             .copied()
-            .zip(self.lookup_entries(kind.into(), cidrs)?)
+            .zip(&stored)
             .filter(|(_, e)| e.is_some_and(|e| !e.is_active(now)))
             .map(|(c, _)| c)
             .collect();
         if !still.is_empty() {
             self.list_remove(kind, &still)?;
         }
-        Ok(still.len())
+        // An expired automatic block of a host whose operator's entry in
+        // the table is active: the program never looks past the table for
+        // it, so it would stay.
+        let mut gone = still.len();
+        if kind == ListKind::Block {
+            let shadowed: Vec<Cidr> = cidrs
+                .iter()
+                .zip(&stored)
+                .filter(|(c, e)| host_key(c).is_some() && e.is_some_and(|e| e.is_active(now)))
+                .map(|(c, _)| *c)
+                .collect();
+            let expired_autos: Vec<Cidr> = shadowed
+                .iter()
+                .zip(self.lookup_in_tries(Tries::Block, &shadowed)?)
+                .filter(|(_, e)| e.is_some_and(|e| e.origin == ORIGIN_AUTO && !e.is_active(now)))
+                .map(|(c, _)| *c)
+                .collect();
+            self.delete_from_tries(Tries::Block, &expired_autos)?;
+            gone += expired_autos.len();
+        }
+        Ok(gone)
     }
 
     /// The automatic blocks among `raw` (the blocklist's entries).
