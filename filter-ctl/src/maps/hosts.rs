@@ -1,10 +1,10 @@
 //! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) beside the blocklist
 //! tries, a 4-way set-associative array of [`HostSlot`]s (see
 //! `filter_common::lists`), and `BLOCK_HOST_SETS`, one bit per set in use.
-//! Both are memory-mapped
-//! (`BPF_F_MMAPABLE`): user space, its only writer (under the edit lock),
-//! reads and writes slots in place, without a syscall per slot, and orders
-//! its stores so that the program never matches a half-written slot.
+//! Both are memory-mapped (`BPF_F_MMAPABLE`): user space, their only writer
+//! (under the edit lock), reads and writes slots in place, without a
+//! syscall per slot, and orders its stores so that the program never
+//! matches a half-written slot.
 //!
 //! The order of the stores (address and entry, the set's bit, the used bit)
 //! is what the program sees on x86-64, whose stores stay in order; on a
@@ -12,9 +12,10 @@
 //! for a moment (the program's loads have no acquire order).
 //!
 //! A host's block lives in one place: a slot of its set, or the trie when
-//! its set was full (the set is then marked [`HOST_OVERFLOWED`], so that a
-//! later edit of one of its hosts looks in the trie too). Automatic blocks
-//! are the program's and stay in the tries.
+//! its set was full (the set is then marked [`HOST_OVERFLOWED`], and its
+//! new hosts go to the trie too, until the controller's sweep finds that
+//! the trie holds none of them). Automatic blocks are the program's and
+//! stay in the tries.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
