@@ -10,7 +10,13 @@ use filter_common::{
     ORIGIN_AUTO,
     reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
 };
-use filter_ctl::spec::rule::{AutoblockSpec, LimitSpec};
+use filter_ctl::{
+    control::crowdsec::{Applier, Pulled},
+    spec::{
+        crowdsec::{Ban, Pull},
+        rule::{AutoblockSpec, LimitSpec},
+    },
+};
 use filter_tests::{
     frames::{self, Frame, Ipv4, L4, ip4, proto},
     progtest::{Case, ProgTest, run_cases, run_table, skip_unless_root},
@@ -448,4 +454,73 @@ fn a_blocked_host_and_its_automatic_block() {
             AUTOBLOCK,
         )],
     );
+}
+
+/// A `CrowdSec` ban of an automatically blocked host goes in beside the
+/// automatic block (it outlasts it), and still decides once the automatic
+/// block has expired; a ban of a prefix an operator blocks is held back.
+#[test]
+fn a_crowdsec_ban_of_an_automatically_blocked_host() {
+    if skip_unless_root("a_crowdsec_ban_of_an_automatically_blocked_host") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.block_raw(
+        &["198.18.79.1/32"],
+        ORIGIN_AUTO,
+        filter_ctl::clock::expiry_from_now(Some(Duration::from_millis(300))),
+    );
+    test.block(&["198.18.79.2"]);
+    let ban = |ip: &str| Ban {
+        cidr: ip.parse().expect("cidr"),
+        ttl: Duration::from_hours(4),
+    };
+    let dir = std::env::temp_dir().join(format!("filter-test-ban-{}", std::process::id()));
+    let state = filter_ctl::state::StateDir::open(&dir).expect("state");
+    let live = filter_ctl::state::LiveState::load(&state, false).expect("live state");
+    let outcome = Applier::new(&live)
+        .apply(
+            &test.filter(),
+            None,
+            &Pulled {
+                pull: Pull {
+                    bans: vec![ban("198.18.79.1"), ban("198.18.79.2")],
+                    ..Pull::default()
+                },
+                startup: false,
+            },
+        )
+        .expect("applying the pull");
+    assert_eq!(
+        (outcome.added, outcome.held),
+        (1, 1),
+        "the automatically blocked host banned, the operator's held"
+    );
+    let origins = |ip: &str| -> Vec<u8> {
+        test.reader()
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
+            .expect("reading the blocklist")
+            .iter()
+            .filter(|(c, _)| c.to_string() == format!("{ip}/32"))
+            .map(|(_, e)| e.origin)
+            .collect()
+    };
+    assert_eq!(
+        origins("198.18.79.1"),
+        [filter_common::ORIGIN_CROWDSEC, ORIGIN_AUTO]
+    );
+    assert_eq!(origins("198.18.79.2"), [filter_common::ORIGIN_CLI]);
+    std::thread::sleep(Duration::from_millis(400));
+    run_table(
+        &test,
+        &[
+            Case::new(
+                "the ban outlasts the automatic block",
+                udp4("198.18.79.1", 53),
+                BLOCKLIST,
+            ),
+            Case::new("the operator's block", udp4("198.18.79.2", 53), BLOCKLIST),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).expect("removing the state directory");
 }

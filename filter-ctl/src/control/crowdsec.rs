@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use filter_common::{ListEntry, ORIGIN_CROWDSEC};
+use filter_common::{ListEntry, ORIGIN_AUTO, ORIGIN_CROWDSEC};
 use log::{debug, info, warn};
 use tokio::sync::mpsc;
 
@@ -431,9 +431,9 @@ impl Applier {
 
     /// Writes the bans and removes the lifted prefixes (and, for a startup
     /// pull, every known `crowdsec` prefix not in it), then records both in
-    /// `live` (when given). A prefix held by another origin is left alone:
-    /// a ban never overwrites an operator's or the policy's entry, and a
-    /// deletion removes only `crowdsec` entries.
+    /// `live` (when given). A prefix held by an operator's or the policy's
+    /// entry is left alone (an automatic block holds nothing: the ban goes
+    /// in too), and a deletion removes only `crowdsec` entries.
     pub fn apply(
         &mut self,
         filter: &Filter,
@@ -456,8 +456,13 @@ impl Applier {
         let held: HashSet<Cidr> = unknown
             .iter()
             .zip(&found)
+            // An operator's or the policy's entry holds the prefix; an
+            // automatic block does not (a ban of a host goes in beside it, in
+            // the host table; a ban of a range replaces it, as it outlasts it).
             .filter(|(_, e)| {
-                e.is_some_and(|e| e.origin != ORIGIN_CROWDSEC && e.is_active(now_mono))
+                e.is_some_and(|e| {
+                    e.origin != ORIGIN_CROWDSEC && e.origin != ORIGIN_AUTO && e.is_active(now_mono)
+                })
             })
             .map(|(c, _)| *c)
             .collect();
