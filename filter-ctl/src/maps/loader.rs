@@ -191,24 +191,18 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
             ..Config::default()
         };
     }
-    let buckets = MapData::from_pin(pins.map(maps::BUCKETS))
-        .context("opening the pinned BUCKETS map")?
-        .info()
-        .context("reading BUCKETS")?
-        .max_entries();
-    if next.bucket_seed == 0 || next.bucket_mask != buckets - 1 {
-        next.bucket_seed = super::buckets::random_seed()?;
-        next.bucket_mask = buckets - 1;
-    }
-    let hosts = MapData::from_pin(pins.map(maps::BLOCK_HOSTS))
-        .context("opening the pinned BLOCK_HOSTS map")?
-        .info()
-        .context("reading BLOCK_HOSTS")?
-        .max_entries();
-    if next.host_seed == 0 || next.host_mask != hosts - 1 {
-        next.host_seed = super::buckets::random_seed()?;
-        next.host_mask = hosts - 1;
-    }
+    seed_table(
+        pins,
+        maps::BUCKETS,
+        &mut next.bucket_seed,
+        &mut next.bucket_mask,
+    )?;
+    seed_table(
+        pins,
+        maps::BLOCK_HOSTS,
+        &mut next.host_seed,
+        &mut next.host_mask,
+    )?;
     if next.tick_ns == 0
         && let Some(tick_ns) = crate::clock::tick_ns()
     {
@@ -218,6 +212,21 @@ fn init_config(pins: &PinDir) -> anyhow::Result<()> {
     }
     if next != current {
         config.set(0, next, 0).context("writing CONFIG")?;
+    }
+    Ok(())
+}
+
+/// Gives the hashed table `name` (a power-of-two array) a random seed and
+/// its mask, unless it has them: a new seed would move every entry.
+fn seed_table(pins: &PinDir, name: &str, seed: &mut u64, mask: &mut u32) -> anyhow::Result<()> {
+    let capacity = MapData::from_pin(pins.map(name))
+        .with_context(|| format!("opening the pinned {name} map"))?
+        .info()
+        .with_context(|| format!("reading {name}"))?
+        .max_entries();
+    if *seed == 0 || *mask != capacity - 1 {
+        *seed = super::buckets::random_seed()?;
+        *mask = capacity - 1;
     }
     Ok(())
 }
