@@ -109,8 +109,8 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
             return false;
         };
         // SAFETY: `slot` points to a live array value (never freed while
-        // the program runs); user space writes whole values, and a new
-        // host's address before its `HOST_USED` bit (see `HostSlot`).
+        // the program runs); user space writes a new host's address and
+        // entry in place before its `HOST_USED` bit (see `HostSlot`).
         let entry = unsafe {
             if !holds(slot, &words) {
                 continue;

@@ -511,6 +511,18 @@ impl ProgTest {
             .expect("reading BUCKETS")
     }
 
+    /// What the controller's sweep does with expired entries: scan the
+    /// lists, then delete those still expired (under the edit lock).
+    pub fn sweep_expired(&self) {
+        let filter = self.filter();
+        let sweep = filter.sweep_scan().expect("sweep scan");
+        for (kind, cidrs) in &sweep.expired {
+            filter
+                .remove_expired(*kind, cidrs)
+                .expect("removing expired entries");
+        }
+    }
+
     /// The automatic blocks as stored in the blocklists (expired ones included).
     #[must_use]
     pub fn autoblocks(&self) -> Vec<(Cidr, ListEntry)> {

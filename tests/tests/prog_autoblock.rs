@@ -380,12 +380,7 @@ fn a_blocked_host_and_its_automatic_block() {
             AUTOBLOCK,
         )],
     );
-    let filter = test.filter();
-    let sweep = filter.sweep_scan().expect("sweep scan");
-    for (kind, cidrs) in &sweep.expired {
-        filter.remove_expired(*kind, cidrs).expect("sweeping");
-    }
-    drop(filter);
+    test.sweep_expired();
     assert_eq!(
         listed(),
         [("198.18.78.2/32".to_string(), ORIGIN_AUTO)],
@@ -416,12 +411,7 @@ fn a_blocked_host_and_its_automatic_block() {
         .write_entries(filter_ctl::maps::Tries::Block, &[(third, ban_for_an_hour)])
         .expect("writing a ban");
     std::thread::sleep(Duration::from_millis(50));
-    let filter = test.filter();
-    let sweep = filter.sweep_scan().expect("sweep scan");
-    for (kind, cidrs) in &sweep.expired {
-        filter.remove_expired(*kind, cidrs).expect("sweeping");
-    }
-    drop(filter);
+    test.sweep_expired();
     assert!(
         listed().contains(&("198.18.78.3/32".to_string(), filter_common::ORIGIN_CROWDSEC))
             && !listed().contains(&("198.18.78.3/32".to_string(), ORIGIN_AUTO)),

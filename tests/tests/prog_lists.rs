@@ -285,14 +285,7 @@ fn expiring_entries() {
             "{host}: an expired host stays in the table until the sweep: {left:?}"
         );
     }
-    // The controller's sweep: scan, then delete what is still expired.
-    let filter = test.filter();
-    let sweep = filter.sweep_scan().expect("sweep scan");
-    for (kind, cidrs) in &sweep.expired {
-        filter
-            .remove_expired(*kind, cidrs)
-            .expect("removing expired entries");
-    }
+    test.sweep_expired();
     let left = stored();
     for host in hosts {
         assert!(

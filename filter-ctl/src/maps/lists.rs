@@ -105,21 +105,6 @@ pub struct ListedAutoBlock {
     pub expires_in_secs: u64,
 }
 
-/// A family's pending writes: keys, values, and the journal records.
-struct FamilyWrites<K> {
-    keys: Vec<Key<K>>,
-    values: Vec<ListEntry>,
-}
-
-impl<K> Default for FamilyWrites<K> {
-    fn default() -> Self {
-        Self {
-            keys: Vec::new(),
-            values: Vec::new(),
-        }
-    }
-}
-
 impl Filter {
     /// Adds every prefix with the same expiry (`ttl`; `None` = permanent).
     /// Entries already listed follow `merge`. All or nothing: if the map
@@ -252,26 +237,10 @@ impl Filter {
                 .collect();
             self.remove_hosts(&autos)?;
         }
-        let (in_table, overflow) = std::thread::scope(|scope| {
-            let (v4, v6) = split_families(&prefixes);
-            let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
-            let placed = self.write_hosts(hosts);
-            let r4 = self.write_batch(tries.map_names().0, v4);
-            let r6 = v6
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked")));
-            r4.and(r6).and(placed)
-        })?;
+        let (in_table, overflow) =
+            self.write_families(tries, &prefixes, || self.write_hosts(hosts))?;
         if !overflow.is_empty() {
-            let written = std::thread::scope(|scope| {
-                let (v4, v6) = split_families(&overflow);
-                let v6 = scope.spawn(move || self.write_batch(tries.map_names().1, v6));
-                let r4 = self.write_batch(tries.map_names().0, v4);
-                r4.and(
-                    v6.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked"))),
-                )
-            });
+            let written = self.write_families(tries, &overflow, || Ok(()));
             // Counted even if a write failed midway: some hosts may be in
             // a trie now, and a sweep must not clear their sets' marks.
             self.count_overflow()?;
@@ -280,14 +249,25 @@ impl Filter {
         Ok(in_table)
     }
 
-    fn write_batch<K: Pod>(&self, name: &str, batch: Batch<K>) -> anyhow::Result<()> {
-        self.write_family(
-            name,
-            &FamilyWrites {
-                keys: batch.keys,
-                values: batch.values,
-            },
-        )
+    /// Writes `entries` into the IPv4 and IPv6 tries of `tries` side by
+    /// side (a lock each), running `meanwhile` on this thread as well.
+    fn write_families<T>(
+        &self,
+        tries: Tries,
+        entries: &[(Cidr, ListEntry)],
+        meanwhile: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let (v4_name, v6_name) = tries.map_names();
+        let (v4, v6) = split_families(entries);
+        std::thread::scope(|scope| {
+            let v6 = scope.spawn(move || self.write_family(v6_name, &v6));
+            let done = meanwhile();
+            let r4 = self.write_family(v4_name, &v4);
+            let r6 = v6
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked")));
+            r4.and(r6).and(done)
+        })
     }
 
     /// Puts `hosts` (the blocklist's) into `BLOCK_HOSTS`: into the slot that
@@ -404,7 +384,7 @@ impl Filter {
             .with_context(|| format!("deleting from {v6_name}"))
     }
 
-    fn write_family<K: Pod>(&self, name: &str, writes: &FamilyWrites<K>) -> anyhow::Result<()> {
+    fn write_family<K: Pod>(&self, name: &str, writes: &Batch<K>) -> anyhow::Result<()> {
         const CHUNK: usize = 8192;
         if writes.keys.is_empty() {
             return Ok(());
