@@ -196,13 +196,182 @@ pub fn mapped_note(token: &str, cidr: &Cidr) -> Option<String> {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.ip(), self.prefix())
+        f.write_str(&self.text())
+    }
+}
+
+/// Bytes of the longest text of a prefix: eight groups of four hex digits
+/// and seven colons, then `/128`.
+const TEXT_MAX: usize = 43;
+
+/// The text of a [`Cidr`] (what `Display` writes), in a buffer of its own.
+#[derive(Clone, Copy)]
+pub struct CidrText {
+    bytes: [u8; TEXT_MAX],
+    len: usize,
+}
+
+impl std::ops::Deref for CidrText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII digits, hex letters, '.', ':' and '/' are pushed.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl CidrText {
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push_decimal(&mut self, value: u8) {
+        if value >= 100 {
+            self.push(&[b'0' + value / 100]);
+        }
+        if value >= 10 {
+            self.push(&[b'0' + value / 10 % 10]);
+        }
+        self.push(&[b'0' + value % 10]);
+    }
+
+    fn push_v4(&mut self, addr: [u8; 4]) {
+        for (i, octet) in addr.into_iter().enumerate() {
+            if i > 0 {
+                self.push(b".");
+            }
+            self.push_decimal(octet);
+        }
+    }
+
+    /// Colon-separated groups, in lowercase hex without leading zeros.
+    fn push_groups(&mut self, groups: &[u16]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, &group) in groups.iter().enumerate() {
+            if i > 0 {
+                self.push(b":");
+            }
+            let mut shift = 12;
+            while shift > 0 && group >> shift == 0 {
+                shift -= 4;
+            }
+            loop {
+                self.push(&[HEX[usize::from((group >> shift) & 0xf)]]);
+                if shift == 0 {
+                    break;
+                }
+                shift -= 4;
+            }
+        }
+    }
+
+    /// As `Ipv6Addr`'s `Display` (RFC 5952): the longest run of two or more
+    /// zero groups (the first of equals) as `::`, IPv4-mapped addresses as
+    /// `::ffff:a.b.c.d`.
+    fn push_v6(&mut self, addr: [u8; 16]) {
+        let ip = Ipv6Addr::from(addr);
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            self.push(b"::ffff:");
+            self.push_v4(v4.octets());
+            return;
+        }
+        let groups = ip.segments();
+        let (mut best_start, mut best_len, mut start, mut len) = (0, 0, 0, 0);
+        for (i, &group) in groups.iter().enumerate() {
+            if group == 0 {
+                if len == 0 {
+                    start = i;
+                }
+                len += 1;
+                if len > best_len {
+                    (best_start, best_len) = (start, len);
+                }
+            } else {
+                len = 0;
+            }
+        }
+        if best_len > 1 {
+            self.push_groups(&groups[..best_start]);
+            self.push(b"::");
+            self.push_groups(&groups[best_start + best_len..]);
+        } else {
+            self.push_groups(&groups);
+        }
+    }
+}
+
+impl Cidr {
+    /// The prefix's text, as `Display` writes it, without the formatting
+    /// machinery: a million-entry state record writes a million of them.
+    #[must_use]
+    pub fn text(&self) -> CidrText {
+        let mut text = CidrText {
+            bytes: [0; TEXT_MAX],
+            len: 0,
+        };
+        match *self {
+            Self::V4 { addr, .. } => text.push_v4(addr),
+            Self::V6 { addr, .. } => text.push_v6(addr),
+        }
+        text.push(b"/");
+        text.push_decimal(self.prefix());
+        text
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Cidr::text` against the standard library's `Display` of the same
+    /// address: zero runs of every length and place, IPv4-mapped ones.
+    #[test]
+    #[expect(clippy::cast_possible_truncation, reason = "random bits")]
+    fn text_is_what_the_standard_library_writes() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut cases: Vec<IpAddr> = vec![
+            "::".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "1::".parse().unwrap(),
+            "::ffff:198.18.0.1".parse().unwrap(),
+            "::198.18.0.1".parse().unwrap(),
+            "1:0:0:2:0:0:0:3".parse().unwrap(),
+            "1:0:0:2:0:0:3:4".parse().unwrap(),
+            "1:0:2:0:3:0:4:0".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "10.0.100.9".parse().unwrap(),
+        ];
+        for _ in 0..20_000 {
+            let bits = next();
+            // Groups that are zero, small, or random, by the random bits.
+            let groups: [u16; 8] = std::array::from_fn(|i| match (bits >> (2 * i)) & 3 {
+                0 | 1 => 0,
+                2 => (next() % 0x100) as u16,
+                _ => next() as u16,
+            });
+            cases.push(IpAddr::V6(Ipv6Addr::from(groups)));
+            cases.push(IpAddr::V4(Ipv4Addr::from(next() as u32)));
+        }
+        for ip in cases {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            for prefix in [max, max / 2, 0] {
+                let cidr = Cidr::new(ip, prefix);
+                assert_eq!(
+                    &*cidr.text(),
+                    format!("{}/{prefix}", cidr.ip()),
+                    "{ip}/{prefix}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn parses_hosts_and_prefixes() {
