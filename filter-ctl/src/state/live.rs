@@ -13,8 +13,10 @@
 //!   file from a cut one.
 //! - `live.journal`: the edits since that snapshot. A header
 //!   `{"format":1,"base":G}` naming the snapshot generation it continues,
-//!   then one record a line: `{"add":[entries]}`, `{"remove":[keys]}` or
-//!   `{"remove_origin":"crowdsec"}`. One edit call is one line, written
+//!   then one record a line: `{"add_groups":[groups]}` (entries that
+//!   share list, origin, expiry and rule, see [`AddGroup`]; earlier
+//!   versions wrote `{"add":[entries]}`, still read), `{"remove":[keys]}`
+//!   or `{"remove_origin":"crowdsec"}`. One edit call is one line, written
 //!   with one `write` on an `O_APPEND` descriptor and fdatasynced before
 //!   the call returns: an edit costs the same at 1,000,000 entries as at
 //!   ten, and a batch is all there or not at all.
@@ -200,19 +202,125 @@ impl Value {
     }
 }
 
-/// One journal line.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// One journal record, in memory.
+#[derive(Debug)]
 enum Record<E, K> {
     Add(E),
     Remove(K),
     RemoveOrigin(Origin),
 }
 
+/// One journal line as written: additions as [`AddGroup`]s.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LineOut<'a> {
+    AddGroups(Vec<AddGroup>),
+    Remove(&'a [LiveKey]),
+    RemoveOrigin(Origin),
+}
+
+/// One journal line as read: `add` (one object an entry) is what earlier
+/// versions wrote, and is still read.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LineIn {
+    Add(Vec<LiveEntry>),
+    AddGroups(Vec<AddGroup>),
+    Remove(Vec<LiveKey>),
+    RemoveOrigin(Origin),
+}
+
+/// Added entries that share their list, origin, expiry and rule, with
+/// their prefixes as text: `{"list":"block","origin":"cli","cidrs":
+/// ["198.18.0.1","198.18.1.0/24"]}` (and `expires_unix_ms`, `rule` when
+/// set). A CLI edit is one group, so a million-entry load records about
+/// 16 bytes an entry instead of 66 (and takes a quarter of the time to
+/// encode).
+#[derive(Debug, Serialize, Deserialize)]
+struct AddGroup {
+    list: ListName,
+    origin: Origin,
+    #[serde(
+        rename = "expires_unix_ms",
+        with = "opt_ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    expires_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule: Option<u16>,
+    cidrs: Vec<CidrText>,
+}
+
+/// A prefix as its text (`198.18.0.1`, `2001:db8::/48`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+struct CidrText(#[serde(with = "cidr_text")] Cidr);
+
+impl AddGroup {
+    /// `entries` in groups of consecutive entries that share everything
+    /// but the prefix (in order: a later entry of a key still wins).
+    fn of(entries: &[LiveEntry]) -> Vec<Self> {
+        let mut groups: Vec<Self> = Vec::new();
+        for entry in entries {
+            match groups.last_mut() {
+                Some(group)
+                    if group.list == entry.list
+                        && group.origin == entry.origin
+                        && group.expires_at == entry.expires_at
+                        && group.rule == entry.rule =>
+                {
+                    group.cidrs.push(CidrText(entry.cidr));
+                }
+                _ => groups.push(Self {
+                    list: entry.list,
+                    origin: entry.origin,
+                    expires_at: entry.expires_at,
+                    rule: entry.rule,
+                    cidrs: vec![CidrText(entry.cidr)],
+                }),
+            }
+        }
+        groups
+    }
+
+    fn entries(&self) -> impl Iterator<Item = LiveEntry> + '_ {
+        self.cidrs.iter().map(|cidr| LiveEntry {
+            list: self.list,
+            cidr: cidr.0,
+            origin: self.origin,
+            expires_at: self.expires_at,
+            rule: self.rule,
+        })
+    }
+}
+
+impl LineIn {
+    fn into_record(self) -> OwnedRecord {
+        match self {
+            Self::Add(entries) => Record::Add(entries),
+            Self::AddGroups(groups) => {
+                Record::Add(groups.iter().flat_map(AddGroup::entries).collect())
+            }
+            Self::Remove(keys) => Record::Remove(keys),
+            Self::RemoveOrigin(origin) => Record::RemoveOrigin(origin),
+        }
+    }
+}
+
 type OwnedRecord = Record<Vec<LiveEntry>, Vec<LiveKey>>;
 type RecordRef<'a> = Record<&'a [LiveEntry], &'a [LiveKey]>;
 
 impl RecordRef<'_> {
+    /// The record as one journal line (with its newline).
+    fn line(&self) -> anyhow::Result<Vec<u8>> {
+        files::json_line(&match self {
+            Record::Add(entries) => LineOut::AddGroups(AddGroup::of(entries)),
+            Record::Remove(keys) => LineOut::Remove(keys),
+            Record::RemoveOrigin(origin) => LineOut::RemoveOrigin(*origin),
+        })
+    }
+
     /// Entry changes the record stands for, for the compaction threshold.
     fn weight(&self) -> u64 {
         match self {
@@ -517,7 +625,7 @@ impl LiveState {
             journal.offset,
             journal.lines + 1,
             |number, line| {
-                let record: OwnedRecord = files::parse_line(&path, number, line)?;
+                let record = files::parse_line::<LineIn>(&path, number, line)?.into_record();
                 let record = match &record {
                     Record::Add(e) => Record::Add(e.as_slice()),
                     Record::Remove(k) => Record::Remove(k.as_slice()),
@@ -564,7 +672,7 @@ impl LiveState {
         if record.is_empty() {
             return Ok(());
         }
-        let line = files::json_line(record)?;
+        let line = record.line()?;
         let _lock = self.dir.lock()?;
         self.catch_up()?;
         let path = self.dir.file(JOURNAL);
@@ -633,7 +741,7 @@ impl LiveJournal {
         if record.is_empty() {
             return Ok(());
         }
-        let line = files::json_line(record)?;
+        let line = record.line()?;
         let _lock = self.dir.lock()?;
         let generation = snapshot_generation(&self.dir)?;
         let path = self.dir.file(JOURNAL);
@@ -784,7 +892,7 @@ mod cidr_text {
     use crate::spec::cidr::Cidr;
 
     pub fn serialize<S: Serializer>(cidr: &Cidr, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(cidr)
+        s.serialize_str(&cidr.text())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
@@ -986,8 +1094,11 @@ mod tests {
         let mut e = entry("198.18.0.7", Origin::Auto);
         e.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_779_285_787_123));
         e.rule = Some(3);
+        let mut same = e.clone();
+        same.cidr = "2001:db8::/48".parse().unwrap();
+        let cli = entry("198.18.0.8", Origin::Cli);
         LiveJournal::new(&dir)
-            .add(std::slice::from_ref(&e))
+            .add(&[e.clone(), same.clone(), cli.clone()])
             .unwrap();
         LiveJournal::new(&dir).remove(&[e.key()]).unwrap();
         LiveJournal::new(&dir).remove_origin(Origin::Cli).unwrap();
@@ -996,13 +1107,46 @@ mod tests {
             text,
             concat!(
                 "{\"format\":1,\"base\":0}\n",
-                "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.7/32\",\"origin\":\"auto\",\"expires_unix_ms\":1779285787123,\"rule\":3}]}\n",
+                "{\"add_groups\":[",
+                "{\"list\":\"block\",\"origin\":\"auto\",\"expires_unix_ms\":1779285787123,\"rule\":3,\"cidrs\":[\"198.18.0.7/32\",\"2001:db8::/48\"]},",
+                "{\"list\":\"block\",\"origin\":\"cli\",\"cidrs\":[\"198.18.0.8/32\"]}",
+                "]}\n",
                 "{\"remove\":[{\"list\":\"block\",\"cidr\":\"198.18.0.7/32\",\"origin\":\"auto\"}]}\n",
                 "{\"remove_origin\":\"cli\"}\n",
             )
         );
+        assert_eq!(
+            LiveState::load(&dir, false)
+                .unwrap()
+                .entries(SystemTime::UNIX_EPOCH),
+            vec![same]
+        );
         assert_eq!(Origin::Crowdsec.to_string(), "crowdsec");
         assert_eq!(ListName::Allow.to_string(), "allow");
+    }
+
+    /// Journals written before `add_groups` (one object an entry) still read.
+    #[test]
+    fn journals_of_earlier_versions_are_read() {
+        let (_tmp, dir) = setup();
+        fs::write(
+            dir.file(JOURNAL),
+            concat!(
+                "{\"format\":1,\"base\":0}\n",
+                "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.7/32\",\"origin\":\"auto\",\"expires_unix_ms\":1779285787123,\"rule\":3},",
+                "{\"list\":\"allow\",\"cidr\":\"2001:db8::/48\",\"origin\":\"cli\"}]}\n",
+            ),
+        )
+        .unwrap();
+        let mut auto = entry("198.18.0.7", Origin::Auto);
+        auto.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_779_285_787_123));
+        auto.rule = Some(3);
+        let mut allowed = entry("2001:db8::/48", Origin::Cli);
+        allowed.list = ListName::Allow;
+        assert_eq!(
+            reloaded(&dir, SystemTime::UNIX_EPOCH),
+            sorted(vec![auto, allowed])
+        );
     }
 
     /// Now, to the millisecond (as stored).
@@ -1068,7 +1212,9 @@ mod tests {
             .unwrap();
         let mut expected = whole.clone();
         expected.extend(
-            files::json_line(&Record::<_, &[LiveKey]>::Add(&[second.clone()][..])).unwrap(),
+            Record::<_, &[LiveKey]>::Add(&[second.clone()][..])
+                .line()
+                .unwrap(),
         );
         assert_eq!(fs::read(&path).unwrap(), expected);
         // Through a loaded state too.
