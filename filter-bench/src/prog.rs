@@ -538,8 +538,8 @@ pub fn scaling(env: &Env) -> Result<Section> {
          10% /32–/127, in 2000::/3), plus the measured 198.18.1.0/24 and 2001:db8:1::/48; \
          loaded with `filter-ctl block --file` (the load time), after the measured hosts \
          198.18.5.5 and 2001:db8:5::5 (`filter-ctl block`, first, so that each holds a slot of \
-         the host table). Hosts (/32, /128) go to the host table (`BLOCK_HOSTS`, 524,288 slots \
-         at the default capacity, 4 to a set) while their set has room, else to the trie; the \
+         the host table). Hosts (/32, /128) go to the host table (`BLOCK_HOSTS`, 1,048,576 \
+         slots at the default capacity, 4 to a set) while their set has room, else to the trie; the \
          third column says how many the table holds. Every instance has the default limit of \
          part 1, so unlisted packets pass through the tracking table.\n",
         env.rounds

@@ -32,7 +32,9 @@ use crate::{
 /// with the bitmap `BLOCK_HOST_SETS` of the sets in use) beside the
 /// blocklist tries; `Config` grows to 80 bytes (`block_hosts`,
 /// `host_seed`, `host_mask`).
-pub const LAYOUT_VERSION: u32 = 10;
+/// 11: [`HostSlot`] is 32 bytes (the entry's fields beside the address, the
+/// state a byte), and `BLOCK_HOSTS` has as many slots as the list capacity.
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

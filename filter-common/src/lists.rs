@@ -63,27 +63,49 @@ impl ListEntry {
 /// `HOST_WAYS` consecutive slots from [`host_set`], or in the trie.
 pub const HOST_WAYS: u32 = 4;
 /// [`HostSlot::state`] bit: the slot holds `addr`'s entry.
-pub const HOST_USED: u32 = 1;
+pub const HOST_USED: u8 = 1;
 /// [`HostSlot::state`] bit, kept on the first slot of a set: a host of this
 /// set found the set full and went into the trie, so the set's new hosts go
 /// there too (never two places). The controller's sweep clears it once the
 /// trie holds none of the set's hosts.
-pub const HOST_OVERFLOWED: u32 = 2;
+pub const HOST_OVERFLOWED: u8 = 2;
 
 /// One slot of `BLOCK_HOSTS`: a blocked host (IPv4-mapped for IPv4) and
-/// its entry. Only user space writes slots, in two steps for a new host
-/// (the address and entry first, then [`HOST_USED`]), so a packet never
+/// its entry, 32 bytes (two to a cache line). Only user space writes slots,
+/// field by field, a new host's [`HOST_USED`] bit last, so a packet never
 /// matches a half-written address. Automatic blocks stay in the tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostSlot {
     /// The host, IPv4-mapped (`::ffff:a.b.c.d`) for IPv4.
     pub addr: Ipv6Bytes,
+    /// As [`ListEntry::expires_at_ns`].
+    pub expires_at_ns: u64,
     /// `HOST_USED` | `HOST_OVERFLOWED` bits.
-    pub state: u32,
-    pub _pad: u32,
-    /// The entry, as a trie would hold it (`prefix_len` 32 or 128).
-    pub entry: ListEntry,
+    pub state: u8,
+    /// As [`ListEntry::origin`] (never [`ORIGIN_AUTO`]).
+    pub origin: u8,
+    /// As [`ListEntry::prefix_len`]: 32 for an IPv4 host, 128 for IPv6.
+    pub prefix_len: u8,
+    /// As [`ListEntry::rule`].
+    pub rule: u8,
+    /// As [`ListEntry::over_limit`].
+    pub over_limit: u32,
+}
+
+impl HostSlot {
+    /// The slot's entry, as a trie would hold it.
+    #[must_use]
+    pub const fn entry(&self) -> ListEntry {
+        ListEntry {
+            expires_at_ns: self.expires_at_ns,
+            prefix_len: self.prefix_len,
+            origin: self.origin,
+            rule: self.rule,
+            flags: 0,
+            over_limit: self.over_limit,
+        }
+    }
 }
 
 /// `addr` (an IPv4 address) as the IPv4-mapped key of `BLOCK_HOSTS`.
@@ -133,25 +155,30 @@ pub const fn host_set_bit(first: u32) -> (u32, u64) {
 }
 
 /// Slots of `BLOCK_HOSTS` for a blocklist of `list_capacity` entries per
-/// family: half of it, a power of two, at least one set.
+/// family: as many (a power of two, at least one set), so that a full
+/// list of hosts of one family fits with few sets overflowing.
 #[must_use]
 pub const fn host_slots(list_capacity: u32) -> u32 {
-    let half = list_capacity / 2;
-    let slots = if half > 1 << 30 {
+    let slots = if list_capacity > 1 << 30 {
         1 << 30
     } else {
-        half.next_power_of_two()
+        list_capacity.next_power_of_two()
     };
     if slots < HOST_WAYS { HOST_WAYS } else { slots }
 }
 
-const _: () = assert!(size_of::<HostSlot>() == 40);
+const _: () = assert!(size_of::<HostSlot>() == 32);
 const _: () = assert!(offset_of!(HostSlot, addr) == 0);
-const _: () = assert!(offset_of!(HostSlot, state) == 16);
-const _: () = assert!(offset_of!(HostSlot, entry) == 24);
+const _: () = assert!(offset_of!(HostSlot, expires_at_ns) == 16);
+const _: () = assert!(offset_of!(HostSlot, state) == 24);
+const _: () = assert!(offset_of!(HostSlot, origin) == 25);
+const _: () = assert!(offset_of!(HostSlot, prefix_len) == 26);
+const _: () = assert!(offset_of!(HostSlot, rule) == 27);
+const _: () = assert!(offset_of!(HostSlot, over_limit) == 28);
 const _: () = assert!(HOST_WAYS.is_power_of_two());
-const _: () = assert!(host_slots(1_048_576) == 524_288 && host_slots(8) == 4 && host_slots(0) == 4);
-const _: () = assert!(host_set_words(524_288) == 2048 && host_set_words(4) == 1);
+const _: () =
+    assert!(host_slots(1_048_576) == 1_048_576 && host_slots(5) == 8 && host_slots(0) == 4);
+const _: () = assert!(host_set_words(1_048_576) == 4096 && host_set_words(4) == 1);
 const _: () = assert!(host_set_bit(4 * 65).0 == 1 && host_set_bit(4 * 65).1 == 2);
 
 const _: () = assert!(size_of::<ListEntry>() == 16);

@@ -111,13 +111,13 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
         // SAFETY: `slot` points to a live array value (never freed while
         // the program runs); user space writes a new host's address and
         // entry in place before its `HOST_USED` bit (see `HostSlot`).
-        let entry = unsafe {
+        let expires_at_ns = unsafe {
             if !holds(slot, &words) {
                 continue;
             }
-            &(*slot).entry
+            (&raw const (*slot).expires_at_ns).read_volatile()
         };
-        return entry.expires_at_ns == 0 || clock.now() < entry.expires_at_ns;
+        return expires_at_ns == 0 || clock.now() < expires_at_ns;
     }
     false
 }
@@ -128,8 +128,8 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
 /// `slot` points to a live `BLOCK_HOSTS` value.
 #[inline(always)]
 unsafe fn holds(slot: *const HostSlot, words: &[u32; 4]) -> bool {
-    // SAFETY: as the caller's; the address is 16 bytes at offset 0 and the
-    // state an aligned u32 (asserted in filter-common).
+    // SAFETY: as the caller's; the address is 16 bytes at offset 0
+    // (asserted in filter-common).
     unsafe {
         let addr = slot.cast::<u32>();
         (&raw const (*slot).state).read_volatile() & HOST_USED != 0

@@ -80,7 +80,7 @@ impl From<ListKind> for Tries {
 pub struct Filter {
     pins: PinDir,
     /// The blocklist's host table, mapped at its first use: mapping it
-    /// costs about a millisecond per 20 MiB, once per handle.
+    /// costs about 1.5 ms per 20 MiB of table, once per handle.
     hosts: std::sync::OnceLock<hosts::HostTable>,
     /// Exclusive lock on the maps directory while this handle edits maps, so
     /// edits from several processes never interleave.
