@@ -174,8 +174,12 @@ impl Filter {
         let result = self
             .write_tries_and_hosts(kind.into(), writes)
             .and_then(|in_table| {
+                if superseded_autos.is_empty() {
+                    return Ok(());
+                }
                 // A host's automatic block that this edit replaced in the table
                 // (in a trie the write replaced it): one entry per host, as before.
+                let in_table: HashSet<Cidr> = in_table.into_iter().collect();
                 let gone: Vec<Cidr> = superseded_autos
                     .into_iter()
                     .filter(|c| in_table.contains(c))
@@ -214,15 +218,13 @@ impl Filter {
 
     /// Writes `entries` as given: the blocklist's hosts into `BLOCK_HOSTS`
     /// where they are or fit (see `hosts`), everything else into the tries.
-    /// The two families' tries have a lock each: they are written side by
-    /// side (the kernel's inserts are most of a large load), the hosts
-    /// placed meanwhile, and the hosts that did not fit written last.
     /// Returns the hosts now in the table.
-    fn write_tries_and_hosts(
-        &self,
-        tries: Tries,
-        entries: Entries,
-    ) -> anyhow::Result<HashSet<Cidr>> {
+    ///
+    /// The kernel's trie inserts are most of a large load, and the two
+    /// families' tries have a lock each, so two threads write: one the IPv6
+    /// trie (its prefixes, then the hosts that did not fit in the table),
+    /// this one the hosts and then the IPv4 trie.
+    fn write_tries_and_hosts(&self, tries: Tries, entries: Entries) -> anyhow::Result<Vec<Cidr>> {
         let (hosts, prefixes): (Entries, Entries) = entries.into_iter().partition(|(c, e)| {
             tries == Tries::Block && host_key(c).is_some() && e.origin != ORIGIN_AUTO
         });
@@ -237,36 +239,35 @@ impl Filter {
                 .collect();
             self.remove_hosts(&autos)?;
         }
-        let (in_table, overflow) =
-            self.write_families(tries, &prefixes, || self.write_hosts(hosts))?;
-        if !overflow.is_empty() {
-            let written = self.write_families(tries, &overflow, || Ok(()));
-            // Counted even if a write failed midway: some hosts may be in
-            // a trie now, and a sweep must not clear their sets' marks.
-            self.count_overflow()?;
-            written?;
-        }
-        Ok(in_table)
-    }
-
-    /// Writes `entries` into the IPv4 and IPv6 tries of `tries` side by
-    /// side (a lock each), running `meanwhile` on this thread as well.
-    fn write_families<T>(
-        &self,
-        tries: Tries,
-        entries: &[(Cidr, ListEntry)],
-        meanwhile: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
         let (v4_name, v6_name) = tries.map_names();
-        let (v4, v6) = split_families(entries);
+        let (v4, v6) = split_families(&prefixes);
         std::thread::scope(|scope| {
-            let v6 = scope.spawn(move || self.write_family(v6_name, &v6));
-            let done = meanwhile();
-            let r4 = self.write_family(v4_name, &v4);
-            let r6 = v6
+            let (hosts_v6, overflow_v6) = std::sync::mpsc::channel::<Batch<Ipv6Bytes>>();
+            let v6_writer = scope.spawn(move || {
+                self.write_family(v6_name, &v6)?;
+                // The hosts that did not fit (none if placing them failed).
+                let overflow = overflow_v6.recv().unwrap_or_default();
+                self.write_family(v6_name, &overflow)
+            });
+            let placed = self.write_hosts(hosts);
+            let (in_table, overflow) = match placed {
+                Ok((in_table, overflow)) => (Ok(in_table), overflow),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            let (overflow_v4, overflow_v6) = split_families(&overflow);
+            let _ = hosts_v6.send(overflow_v6);
+            let written_v4 = self
+                .write_family(v4_name, &v4)
+                .and_then(|()| self.write_family(v4_name, &overflow_v4));
+            let written_v6 = v6_writer
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the IPv6 writer panicked")));
-            r4.and(r6).and(done)
+            if !overflow.is_empty() {
+                // Counted even if a write failed midway: some hosts may be
+                // in a trie now, and a sweep must not clear their sets' marks.
+                self.count_overflow()?;
+            }
+            written_v4.and(written_v6).and(in_table)
         })
     }
 
@@ -275,8 +276,8 @@ impl Filter {
     /// overflowed (a host missing from it may be in the trie: it goes
     /// there). Returns the hosts written to the table and those for the
     /// tries.
-    fn write_hosts(&self, hosts: Entries) -> anyhow::Result<(HashSet<Cidr>, Entries)> {
-        let mut in_table = HashSet::new();
+    fn write_hosts(&self, hosts: Entries) -> anyhow::Result<(Vec<Cidr>, Entries)> {
+        let mut in_table = Vec::new();
         let mut rest = Vec::new();
         if hosts.is_empty() {
             return Ok((in_table, rest));
@@ -296,7 +297,7 @@ impl Filter {
                 Placed::Trie => rest.push((cidr, entry)),
                 placed => {
                     new += u32::from(placed == Placed::New);
-                    in_table.insert(cidr);
+                    in_table.push(cidr);
                 }
             }
         }
