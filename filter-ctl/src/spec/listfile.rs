@@ -11,6 +11,10 @@ use std::{
     io::{self, BufRead, BufReader, Read as _},
     os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
 };
 
 use crate::{
@@ -121,18 +125,107 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata), ListFileError> {
     Ok((file, metadata))
 }
 
+/// Bytes of lines read before they are handed to a parsing thread.
+const BATCH_BYTES: usize = 1 << 20;
+/// Parsing threads at most (parsing is most of reading a large list).
+const MAX_PARSERS: usize = 4;
+
+/// Consecutive lines of a list: `text` holds them, each ended by `\n`; the
+/// first is line `first`.
+struct Lines {
+    first: u64,
+    text: Vec<u8>,
+}
+
+/// What the reader hands a parsing thread: lines, or the error that
+/// stopped reading (passed on in its place, so that errors stay in order).
+type Batch = Result<Lines, ListFileError>;
+
 /// Parses a list from `reader`; `source` names it in errors. Any bad line
-/// fails the whole list, naming the line.
+/// fails the whole list, naming the line (the first bad one).
+///
+/// Lines are read here, in batches of about [`BATCH_BYTES`], and parsed on
+/// up to [`MAX_PARSERS`] threads, batch `k` on thread `k % n`, their
+/// results taken in batch order; an input of one batch is parsed here.
+/// Batches in flight are bounded, so memory still grows with the entries.
 pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListFileError> {
-    let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(256);
-    let mut number: u64 = 0;
-    loop {
-        buf.clear();
-        number += 1;
-        let read = (&mut reader)
+    let mut next_line = 1;
+    let first = read_batch(&mut reader, source, &mut next_line)?;
+    if first.text.len() < BATCH_BYTES {
+        return parse_lines(&first, source);
+    }
+    let parsers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, MAX_PARSERS);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let mut to_parser = Vec::new();
+        let mut from_parser = Vec::new();
+        for _ in 0..parsers {
+            let (batch_in, batches) = mpsc::sync_channel::<Batch>(1);
+            let (results, result_out) = mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for batch in batches {
+                    let parsed = batch.and_then(|lines| parse_lines(&lines, source));
+                    if results.send(parsed).is_err() {
+                        break;
+                    }
+                }
+            });
+            to_parser.push(batch_in);
+            from_parser.push(result_out);
+        }
+        let stop = &stop;
+        // The results, in batch order, on a thread of their own: this one
+        // holds `reader`, which may not leave it (standard input's lock).
+        let collector = scope.spawn(move || {
+            let mut out = Vec::new();
+            for k in 0.. {
+                match from_parser[k % parsers].recv() {
+                    Ok(Ok(mut cidrs)) => out.append(&mut cidrs),
+                    Ok(Err(err)) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(err);
+                    }
+                    Err(_) => break,
+                }
+            }
+            Ok(out)
+        });
+        let mut batch = Ok(first);
+        for k in 0.. {
+            let last = batch.as_ref().map_or(true, |lines| lines.text.is_empty());
+            if to_parser[k % parsers].send(batch).is_err() || last {
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            batch = read_batch(&mut reader, source, &mut next_line);
+        }
+        drop(to_parser);
+        collector
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Reads whole lines up to about [`BATCH_BYTES`] (fewer at the end of the
+/// input; none at its end), refusing a line longer than [`MAX_LINE`].
+fn read_batch(
+    reader: &mut impl BufRead,
+    source: &Path,
+    next_line: &mut u64,
+) -> Result<Lines, ListFileError> {
+    let mut lines = Lines {
+        first: *next_line,
+        text: Vec::with_capacity(BATCH_BYTES + MAX_LINE + 1),
+    };
+    while lines.text.len() < BATCH_BYTES {
+        let start = lines.text.len();
+        let read = (&mut *reader)
             .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
+            .read_until(b'\n', &mut lines.text)
             .map_err(|e| ListFileError::Io {
                 path: source.to_path_buf(),
                 source: e,
@@ -140,16 +233,31 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
         if read == 0 {
             break;
         }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        } else if buf.len() > MAX_LINE {
-            return Err(ListFileError::LineTooLong {
-                path: source.to_path_buf(),
-                line: number,
-                start: excerpt(&String::from_utf8_lossy(&buf[..ECHO * 4]), ECHO),
-            });
+        let line = &lines.text[start..];
+        if line.last() != Some(&b'\n') {
+            if line.len() > MAX_LINE {
+                return Err(ListFileError::LineTooLong {
+                    path: source.to_path_buf(),
+                    line: *next_line,
+                    start: excerpt(&String::from_utf8_lossy(&line[..ECHO * 4]), ECHO),
+                });
+            }
+            lines.text.push(b'\n');
         }
-        if let Some(cidr) = parse_line(&buf, number, source)? {
+        *next_line += 1;
+    }
+    Ok(lines)
+}
+
+/// The entries of `lines`, or the error of the first bad one.
+fn parse_lines(lines: &Lines, source: &Path) -> Result<Vec<Cidr>, ListFileError> {
+    let mut out = Vec::new();
+    // Every line ends with `\n`: without the last, the split is the lines.
+    let Some(body) = lines.text.strip_suffix(b"\n") else {
+        return Ok(out);
+    };
+    for (number, line) in (lines.first..).zip(body.split(|&b| b == b'\n')) {
+        if let Some(cidr) = parse_line(line, number, source)? {
             out.push(cidr);
         }
     }
@@ -224,6 +332,44 @@ mod tests {
         assert!(matches!(
             parse_str(&edge).unwrap_err(),
             ListFileError::BadEntry { .. }
+        ));
+    }
+
+    /// A list of several batches (parsed on several threads): every entry,
+    /// in order, and the first bad line by its number, wherever it is.
+    #[test]
+    fn large_lists_keep_their_order_and_line_numbers() {
+        let lines: Vec<String> = (0..300_000u32)
+            .map(|i| {
+                let [_, a, b, c] = i.to_be_bytes();
+                format!("10.{a}.{b}.{c} # entry {i}")
+            })
+            .collect();
+        let text = lines.join("\n");
+        assert!(text.len() > 4 * BATCH_BYTES);
+        let parsed = parse_str(&text).unwrap();
+        assert_eq!(parsed.len(), 300_000);
+        assert!(parsed.iter().zip(0u32..).all(|(c, i)| c.ip()
+            == std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | i))
+            && c.prefix() == 32));
+        for bad in [299_999, 250_000, 150_000] {
+            let mut with_bad = lines.clone();
+            with_bad[bad] = "not an address".into();
+            if let Some(next) = with_bad.get_mut(bad + 1) {
+                *next = "nor this".into();
+            }
+            match parse_str(&with_bad.join("\n")) {
+                Err(ListFileError::BadEntry { line, text, .. }) => {
+                    assert_eq!((line, text.as_str()), (bad as u64 + 1, "not an address"));
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let mut long = lines.clone();
+        long[200_000] = "x".repeat(MAX_LINE + 1);
+        assert!(matches!(
+            parse_str(&long.join("\n")),
+            Err(ListFileError::LineTooLong { line: 200_001, .. })
         ));
     }
 
