@@ -150,12 +150,13 @@ pub fn add(ctx: &Context, which: Which, args: &AddArgs) -> anyhow::Result<()> {
     let report = filter.list_insert(which.kind(), &cidrs, args.ttl, merge)?;
     print_insert_report(which, &report, args.ttl);
     // Enforced now; recorded so that it outlives a reboot.
-    let recorded: Vec<_> = report
+    let changed: Vec<Cidr> = report
         .added
         .iter()
         .chain(&report.updated)
-        .map(|cidr| policy::cli_entry(which.kind(), *cidr, args.ttl))
+        .copied()
         .collect();
+    let recorded = policy::cli_entries(which.kind(), &changed, args.ttl);
     record(ctx, which.command_add(), &recorded, &[])
 }
 

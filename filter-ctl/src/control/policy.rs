@@ -506,16 +506,21 @@ pub fn record_cli_edit(
     )
 }
 
-/// The live entry a CLI edit of `cidr` leaves in the state.
+/// The live entries a CLI edit of `cidrs` leaves in the state: one expiry
+/// for the whole edit, as the kernel's entries have.
 #[must_use]
-pub fn cli_entry(kind: ListKind, cidr: Cidr, ttl: Option<Duration>) -> LiveEntry {
-    LiveEntry {
-        list: list_name(kind),
-        cidr,
-        origin: Origin::Cli,
-        expires_at: ttl.map(|t| SystemTime::now() + t),
-        rule: None,
-    }
+pub fn cli_entries(kind: ListKind, cidrs: &[Cidr], ttl: Option<Duration>) -> Vec<LiveEntry> {
+    let expires_at = ttl.map(|t| SystemTime::now() + t);
+    cidrs
+        .iter()
+        .map(|&cidr| LiveEntry {
+            list: list_name(kind),
+            cidr,
+            origin: Origin::Cli,
+            expires_at,
+            rule: None,
+        })
+        .collect()
 }
 
 /// The origin of a kernel entry, for the state.
