@@ -127,11 +127,16 @@ impl Filter {
         sorted.sort_unstable();
         sorted.dedup();
         let before = self.stored_at(kind, &sorted)?;
-        let mut report = InsertReport::default();
-        let mut writes: Vec<(Cidr, ListEntry)> = Vec::new();
+        // Sized for the usual case, a load of new entries (a million of
+        // them grew each vector twenty times).
+        let mut report = InsertReport {
+            added: Vec::with_capacity(sorted.len()),
+            ..InsertReport::default()
+        };
+        let mut writes: Vec<(Cidr, ListEntry)> = Vec::with_capacity(sorted.len());
         // Automatic blocks of hosts that an operator's block replaces.
         let mut superseded_autos: Vec<Cidr> = Vec::new();
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(sorted.len());
         for (cidr, previous) in sorted.iter().zip(before) {
             let new = ListEntry {
                 expires_at_ns,
