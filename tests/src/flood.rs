@@ -297,6 +297,31 @@ impl XdpProgram {
         Self::load(name, &[asm::mov_imm(0, action), asm::exit()])
     }
 
+    /// `XDP_DROP` after reading the IPv4 source of an untagged frame (one
+    /// bounds-checked load from the frame's first cache line; a shorter
+    /// frame is dropped unread): the ceiling of any filter that looks at
+    /// a packet before it drops it, beside the bare `XDP_DROP`, which never
+    /// touches the frame.
+    pub fn drop_reading_source() -> io::Result<Self> {
+        let drop = i32::try_from(xdp_action::DROP).map_err(io::Error::other)?;
+        Self::load(
+            "drop_read_src",
+            &[
+                // r2 = ctx->data, r3 = ctx->data_end
+                asm::load_u32(2, 1, 0),
+                asm::load_u32(3, 1, 4),
+                // r4 = the end of the IPv4 header (Ethernet 14 + IPv4 20)
+                asm::mov_reg(4, 2),
+                asm::add_imm(4, 14 + 20),
+                asm::jgt_reg(4, 3, 1),
+                // r5 = the IPv4 source (offset 26)
+                asm::load_u32(5, 2, 26),
+                asm::mov_imm(0, drop),
+                asm::exit(),
+            ],
+        )
+    }
+
     /// A generator that rewrites the IPv4 source of `template` (an Ethernet
     /// frame without VLAN tags, IPv4 header without options) to
     /// `base + bpf_get_prandom_u32() % count`, fixes the header checksum,
