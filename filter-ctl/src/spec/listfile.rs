@@ -150,9 +150,11 @@ type Batch = Result<Lines, ListFileError>;
 /// Batches in flight are bounded, so memory still grows with the entries.
 pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListFileError> {
     let mut next_line = 1;
-    let first = read_batch(&mut reader, source, &mut next_line)?;
-    if first.text.len() < BATCH_BYTES {
-        return parse_lines(&first, source);
+    let (first, failed) = read_batch(&mut reader, source, &mut next_line);
+    if failed.is_some() || first.text.len() < BATCH_BYTES {
+        // The lines before a read error may hold the first bad entry.
+        let cidrs = parse_lines(&first, source)?;
+        return failed.map_or(Ok(cidrs), Err);
     }
     let parsers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
@@ -192,16 +194,23 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
             }
             Ok(out)
         });
-        let mut batch = Ok(first);
-        for k in 0.. {
-            let last = batch.as_ref().map_or(true, |lines| lines.text.is_empty());
-            if to_parser[k % parsers].send(batch).is_err() || last {
+        // Batch `k` goes to parser `k % parsers`; a read error goes after
+        // the lines read before it, as a batch of its own, and ends reading.
+        let mut k = 0;
+        let mut read = (first, None);
+        'reading: loop {
+            let (lines, failed) = read;
+            let end = lines.text.is_empty() || failed.is_some();
+            for batch in [Some(Ok(lines)), failed.map(Err)].into_iter().flatten() {
+                if to_parser[k % parsers].send(batch).is_err() {
+                    break 'reading;
+                }
+                k += 1;
+            }
+            if end || stop.load(Ordering::Relaxed) {
                 break;
             }
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            batch = read_batch(&mut reader, source, &mut next_line);
+            read = read_batch(&mut reader, source, &mut next_line);
         }
         drop(to_parser);
         collector
@@ -211,42 +220,52 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
 }
 
 /// Reads whole lines up to about [`BATCH_BYTES`] (fewer at the end of the
-/// input; none at its end), refusing a line longer than [`MAX_LINE`].
+/// input; none at its end). A line longer than [`MAX_LINE`] or a read
+/// error ends the batch: the lines before it, and the error.
 fn read_batch(
     reader: &mut impl BufRead,
     source: &Path,
     next_line: &mut u64,
-) -> Result<Lines, ListFileError> {
+) -> (Lines, Option<ListFileError>) {
     let mut lines = Lines {
         first: *next_line,
         text: Vec::with_capacity(BATCH_BYTES + MAX_LINE + 1),
     };
     while lines.text.len() < BATCH_BYTES {
         let start = lines.text.len();
-        let read = (&mut *reader)
+        let read = match (&mut *reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut lines.text)
-            .map_err(|e| ListFileError::Io {
-                path: source.to_path_buf(),
-                source: e,
-            })?;
+        {
+            Ok(read) => read,
+            Err(e) => {
+                lines.text.truncate(start);
+                let err = ListFileError::Io {
+                    path: source.to_path_buf(),
+                    source: e,
+                };
+                return (lines, Some(err));
+            }
+        };
         if read == 0 {
             break;
         }
         let line = &lines.text[start..];
         if line.last() != Some(&b'\n') {
             if line.len() > MAX_LINE {
-                return Err(ListFileError::LineTooLong {
+                let err = ListFileError::LineTooLong {
                     path: source.to_path_buf(),
                     line: *next_line,
                     start: excerpt(&String::from_utf8_lossy(&line[..ECHO * 4]), ECHO),
-                });
+                };
+                lines.text.truncate(start);
+                return (lines, Some(err));
             }
             lines.text.push(b'\n');
         }
         *next_line += 1;
     }
-    Ok(lines)
+    (lines, None)
 }
 
 /// The entries of `lines`, or the error of the first bad one.
@@ -317,6 +336,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_entry_before_a_long_line_is_the_error() {
+        let text = format!("198.18.0.1\nbogus\n{}\n", "x".repeat(MAX_LINE + 1));
+        assert!(matches!(
+            parse_str(&text),
+            Err(ListFileError::BadEntry { line: 2, .. })
+        ));
+    }
+
+    #[test]
     fn long_lines_are_refused_without_echoing_them() {
         let long = format!("198.18.0.1\n{}\n", "x".repeat(100_000));
         let err = parse_str(&long).unwrap_err();
@@ -371,6 +399,16 @@ mod tests {
             parse_str(&long.join("\n")),
             Err(ListFileError::LineTooLong { line: 200_001, .. })
         ));
+        // A bad entry before a line too long: the entry is named, whether
+        // it is in the same batch as the long line or an earlier one.
+        for bad in [199_999, 10] {
+            let mut both = long.clone();
+            both[bad] = "not an address".into();
+            match parse_str(&both.join("\n")) {
+                Err(ListFileError::BadEntry { line, .. }) => assert_eq!(line, bad as u64 + 1),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]
