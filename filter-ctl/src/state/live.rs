@@ -12,7 +12,8 @@
 //!   [`super::write_atomically`]; the count in the header tells a complete
 //!   file from a cut one.
 //! - `live.journal`: the edits since that snapshot. A header
-//!   `{"format":1,"base":G}` naming the snapshot generation it continues,
+//!   `{"format":2,"base":G}` naming the snapshot generation it continues
+//!   (see `JOURNAL_FORMAT` for format 1),
 //!   then one record a line: `{"add_groups":[groups]}` (entries that
 //!   share list, origin, expiry and rule, see [`AddGroup`]; earlier
 //!   versions wrote `{"add":[entries]}`, still read), `{"remove":[keys]}`
@@ -73,7 +74,14 @@ use crate::{error::Error, spec::cidr::Cidr};
 
 const SNAPSHOT: &str = "live.snapshot";
 const JOURNAL: &str = "live.journal";
-const FORMAT: u32 = 1;
+/// Format of the snapshot (its header's `format`).
+const SNAPSHOT_FORMAT: u32 = 1;
+/// Format of the journals this version starts. 2: additions as
+/// `add_groups`. A journal of format 1 (additions as `add`, one object an
+/// entry) is still read, and appended to in its own format, so that the
+/// version that wrote it can still read it, until a compaction starts a
+/// new journal.
+const JOURNAL_FORMAT: u32 = 2;
 /// Journal entry changes tolerated beyond twice the live entries.
 const COMPACT_SLACK: u64 = 10_000;
 
@@ -210,10 +218,12 @@ enum Record<E, K> {
     RemoveOrigin(Origin),
 }
 
-/// One journal line as written: additions as [`AddGroup`]s.
+/// One journal line as written: additions as [`AddGroup`]s (format 1:
+/// one object an entry).
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
 enum LineOut<'a> {
+    Add(&'a [LiveEntry]),
     AddGroups(Vec<AddGroup>),
     Remove(&'a [LiveKey]),
     RemoveOrigin(Origin),
@@ -312,9 +322,10 @@ type OwnedRecord = Record<Vec<LiveEntry>, Vec<LiveKey>>;
 type RecordRef<'a> = Record<&'a [LiveEntry], &'a [LiveKey]>;
 
 impl RecordRef<'_> {
-    /// The record as one journal line (with its newline).
-    fn line(&self) -> anyhow::Result<Vec<u8>> {
+    /// The record as one line (with its newline) of a journal of `format`.
+    fn line(&self, format: u32) -> anyhow::Result<Vec<u8>> {
         files::json_line(&match self {
+            Record::Add(entries) if format < 2 => LineOut::Add(entries),
             Record::Add(entries) => LineOut::AddGroups(AddGroup::of(entries)),
             Record::Remove(keys) => LineOut::Remove(keys),
             Record::RemoveOrigin(origin) => LineOut::RemoveOrigin(*origin),
@@ -369,6 +380,8 @@ struct JournalHeader {
 #[derive(Debug)]
 struct Journal {
     file: File,
+    /// The header's format (see [`JOURNAL_FORMAT`]).
+    format: u32,
     /// Snapshot generation the journal continues.
     base: u64,
     /// End of the last complete line read.
@@ -503,7 +516,7 @@ impl LiveState {
         let generation = self.generation + 1;
         let path = self.dir.file(SNAPSHOT);
         let header = SnapshotHeader {
-            format: FORMAT,
+            format: SNAPSHOT_FORMAT,
             generation,
             entries: self.entries.len() as u64,
         };
@@ -579,7 +592,7 @@ impl LiveState {
             Err(err) => return Err(io_context(err, "opening", &path)),
         };
         let (header, header_len) = read_header::<SnapshotHeader>(&path, &file)?;
-        check_format(&path, header.format)?;
+        check_format(&path, header.format, SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT)?;
         self.entries
             .reserve(usize::try_from(header.entries).unwrap_or(0));
         let entries = &mut self.entries;
@@ -672,7 +685,7 @@ impl LiveState {
         if record.is_empty() {
             return Ok(());
         }
-        let line = record.line()?;
+        let mut line = record.line(JOURNAL_FORMAT)?;
         let _lock = self.dir.lock()?;
         self.catch_up()?;
         let path = self.dir.file(JOURNAL);
@@ -697,6 +710,9 @@ impl LiveState {
             }
             _ => create_journal(&self.dir, self.generation)?,
         };
+        if journal.format != JOURNAL_FORMAT {
+            line = record.line(journal.format)?;
+        }
         let journal = self.journal.insert(journal);
         files::append(&path, &journal.file, &line)?;
         journal.offset += line.len() as u64;
@@ -741,7 +757,7 @@ impl LiveJournal {
         if record.is_empty() {
             return Ok(());
         }
-        let line = record.line()?;
+        let mut line = record.line(JOURNAL_FORMAT)?;
         let _lock = self.dir.lock()?;
         let generation = snapshot_generation(&self.dir)?;
         let path = self.dir.file(JOURNAL);
@@ -770,6 +786,9 @@ impl LiveJournal {
             }
             None => create_journal(&self.dir, generation)?,
         };
+        if journal.format != JOURNAL_FORMAT {
+            line = record.line(journal.format)?;
+        }
         files::append(&path, &journal.file, &line)
     }
 }
@@ -796,12 +815,23 @@ fn apply(entries: &mut HashMap<LiveKey, Value>, record: &RecordRef<'_>) {
     }
 }
 
-fn check_format(path: &Path, format: u32) -> anyhow::Result<()> {
-    if format == FORMAT {
+/// Refuses a file whose `format` is not in `readable` (one written by a
+/// later version, say) as incompatible, not corrupt.
+fn check_format(
+    path: &Path,
+    format: u32,
+    readable: std::ops::RangeInclusive<u32>,
+) -> anyhow::Result<()> {
+    if readable.contains(&format) {
         return Ok(());
     }
+    let reads = if readable.start() == readable.end() {
+        format!("format {}", readable.start())
+    } else {
+        format!("formats {} to {}", readable.start(), readable.end())
+    };
     Err(Error::Incompatible(format!(
-        "{} has format {format}, this filter-ctl reads format {FORMAT}: it was written by another version",
+        "{} has format {format}, this filter-ctl reads {reads}: it was written by another version",
         path.display()
     ))
     .into())
@@ -821,9 +851,10 @@ fn read_header<T: serde::de::DeserializeOwned>(
 
 fn read_journal_header(path: &Path, file: File) -> anyhow::Result<Journal> {
     let (header, offset) = read_header::<JournalHeader>(path, &file)?;
-    check_format(path, header.format)?;
+    check_format(path, header.format, 1..=JOURNAL_FORMAT)?;
     Ok(Journal {
         file,
+        format: header.format,
         base: header.base,
         offset,
         lines: 1,
@@ -848,13 +879,14 @@ fn open_journal(dir: &StateDir, path: &Path) -> anyhow::Result<Option<File>> {
 fn create_journal(dir: &StateDir, generation: u64) -> anyhow::Result<Journal> {
     let path = dir.file(JOURNAL);
     let header = files::json_line(&JournalHeader {
-        format: FORMAT,
+        format: JOURNAL_FORMAT,
         base: generation,
     })?;
     super::write_atomically(&path, &header).map_err(|e| io_context(e, "writing", &path))?;
     let file = files::open_append(&path)?;
     Ok(Journal {
         file,
+        format: JOURNAL_FORMAT,
         base: generation,
         offset: header.len() as u64,
         lines: 1,
@@ -870,7 +902,7 @@ fn snapshot_generation(dir: &StateDir) -> anyhow::Result<u64> {
         Err(err) => return Err(io_context(err, "opening", &path)),
     };
     let (header, _) = read_header::<SnapshotHeader>(&path, &file)?;
-    check_format(&path, header.format)?;
+    check_format(&path, header.format, SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT)?;
     Ok(header.generation)
 }
 
@@ -1106,7 +1138,7 @@ mod tests {
         assert_eq!(
             text,
             concat!(
-                "{\"format\":1,\"base\":0}\n",
+                "{\"format\":2,\"base\":0}\n",
                 "{\"add_groups\":[",
                 "{\"list\":\"block\",\"origin\":\"auto\",\"expires_unix_ms\":1779285787123,\"rule\":3,\"cidrs\":[\"198.18.0.7/32\",\"2001:db8::/48\"]},",
                 "{\"list\":\"block\",\"origin\":\"cli\",\"cidrs\":[\"198.18.0.8/32\"]}",
@@ -1145,7 +1177,66 @@ mod tests {
         allowed.list = ListName::Allow;
         assert_eq!(
             reloaded(&dir, SystemTime::UNIX_EPOCH),
-            sorted(vec![auto, allowed])
+            sorted(vec![auto.clone(), allowed.clone()])
+        );
+        // Appended to in its own format, so that its writer can still read it.
+        let added = entry("198.18.0.9", Origin::Cli);
+        LiveJournal::new(&dir)
+            .add(std::slice::from_ref(&added))
+            .unwrap();
+        let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
+        assert!(
+            text.ends_with(
+                "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.9/32\",\"origin\":\"cli\"}]}\n"
+            ),
+            "{text}"
+        );
+        let mut state = LiveState::load(&dir, false).unwrap();
+        let later = entry("198.18.0.10", Origin::Cli);
+        state.add(std::slice::from_ref(&later)).unwrap();
+        assert!(
+            fs::read_to_string(dir.file(JOURNAL))
+                .unwrap()
+                .ends_with("\"origin\":\"cli\"}]}\n")
+        );
+        assert_eq!(
+            reloaded(&dir, SystemTime::UNIX_EPOCH),
+            sorted(vec![auto, allowed, added, later])
+        );
+        // A compaction starts a journal of this version's format.
+        state.compact(SystemTime::UNIX_EPOCH).unwrap();
+        assert!(
+            fs::read_to_string(dir.file(JOURNAL))
+                .unwrap()
+                .starts_with("{\"format\":2,")
+        );
+    }
+
+    /// A journal of a later format is refused as incompatible, not corrupt
+    /// (so `--discard-corrupt-state` never throws it away).
+    #[test]
+    fn journals_of_later_versions_are_refused() {
+        let (_tmp, dir) = setup();
+        fs::write(
+            dir.file(JOURNAL),
+            "{\"format\":3,\"base\":0}\n{\"something_new\":[]}\n",
+        )
+        .unwrap();
+        let err = LiveState::load(&dir, false).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Error>(), Some(Error::Incompatible(_))),
+            "{err:#}"
+        );
+        assert!(
+            format!("{err:#}").contains("reads formats 1 to 2"),
+            "{err:#}"
+        );
+        let err = LiveJournal::new(&dir)
+            .add(&[entry("198.18.0.1", Origin::Cli)])
+            .unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Error>(), Some(Error::Incompatible(_))),
+            "{err:#}"
         );
     }
 
@@ -1213,7 +1304,7 @@ mod tests {
         let mut expected = whole.clone();
         expected.extend(
             Record::<_, &[LiveKey]>::Add(&[second.clone()][..])
-                .line()
+                .line(JOURNAL_FORMAT)
                 .unwrap(),
         );
         assert_eq!(fs::read(&path).unwrap(), expected);
@@ -1344,7 +1435,7 @@ mod tests {
         state.compact(now).unwrap();
         assert_eq!(
             fs::read_to_string(dir.file(JOURNAL)).unwrap(),
-            "{\"format\":1,\"base\":1}\n"
+            "{\"format\":2,\"base\":1}\n"
         );
         let snapshot = fs::read_to_string(dir.file(SNAPSHOT)).unwrap();
         assert!(snapshot.starts_with("{\"format\":1,\"generation\":1,\"entries\":40}\n"));
@@ -1402,7 +1493,7 @@ mod tests {
         assert!(
             fs::read_to_string(&journal)
                 .unwrap()
-                .starts_with("{\"format\":1,\"base\":2}\n")
+                .starts_with("{\"format\":2,\"base\":2}\n")
         );
         assert_eq!(
             reloaded(&dir, now),
