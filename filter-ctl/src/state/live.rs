@@ -242,7 +242,7 @@ enum LineIn {
 
 /// Added entries that share their list, origin, expiry and rule, with
 /// their prefixes as text: `{"list":"block","origin":"cli","cidrs":
-/// ["198.18.0.1","198.18.1.0/24"]}` (and `expires_unix_ms`, `rule` when
+/// ["198.18.0.1/32","198.18.1.0/24"]}` (and `expires_unix_ms`, `rule` when
 /// set). A CLI edit is one group, so a million-entry load records about
 /// 16 bytes an entry instead of 66 (and takes a quarter of the time to
 /// encode).
