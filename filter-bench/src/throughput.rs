@@ -317,6 +317,42 @@ fn spread_flood(lab: &Lab, port: u16) -> Result<Flood> {
 /// 100,000-source generator as ours, into the spread port with a socket
 /// listening there. What the limiter lets through (a first packet per
 /// source, then one a second) passes legitimately.
+/// A ceiling's lab: `program` attached natively to the receiving veth of a
+/// new lab (`tag`), flooded by each of `floods(lab)` (a configuration's
+/// name and flood) on the open port, where a socket listens.
+fn push_bare(
+    labs: &mut Vec<LabState>,
+    configs: &mut Vec<Config>,
+    tag: &str,
+    program: XdpProgram,
+    floods: impl FnOnce(&Lab) -> Result<Vec<(String, Flood)>>,
+) -> Result<()> {
+    let lab = new_lab(tag, false)?;
+    let index = ifindex(&lab.dst, &lab.dst_if)?;
+    let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
+        .with_context(|| format!("attaching the ceiling program of lab {tag}"))?;
+    for (name, flood) in floods(&lab)? {
+        configs.push(Config {
+            name,
+            lab: labs.len(),
+            flood,
+            port: OPEN_PORT,
+            passes: false,
+            precise_of: None,
+        });
+    }
+    let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
+    labs.push(LabState {
+        lab,
+        dropper: Dropper::Bare {
+            _link: link,
+            _program: program,
+        },
+        receivers,
+    });
+    Ok(())
+}
+
 fn push_limiter(
     labs: &mut Vec<LabState>,
     configs: &mut Vec<Config>,
@@ -693,65 +729,38 @@ pub fn flood(env: &Env) -> Result<Section> {
         });
     }
     // The ceiling: a bare XDP_DROP program.
-    {
-        let lab = new_lab("fbd", false)?;
-        let program = XdpProgram::returning(xdp_action::DROP)?;
-        let index = ifindex(&lab.dst, &lab.dst_if)?;
-        let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
-            .context("attaching the bare XDP_DROP program")?;
-        let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
-        configs.push(Config {
-            name: "bare XDP_DROP (ceiling)".into(),
-            lab: labs.len(),
-            flood: f,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
-        configs.push(Config {
-            name: "bare XDP_DROP, 100,000 sources (ceiling of the spread flood)".into(),
-            lab: labs.len(),
-            flood: spread_flood(&lab, OPEN_PORT)?,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
-        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
-        labs.push(LabState {
-            lab,
-            dropper: Dropper::Bare {
-                _link: link,
-                _program: program,
-            },
-            receivers,
-        });
-    }
+    push_bare(
+        &mut labs,
+        &mut configs,
+        "fbd",
+        XdpProgram::returning(xdp_action::DROP)?,
+        |lab| {
+            Ok(vec![
+                (
+                    "bare XDP_DROP (ceiling)".into(),
+                    Flood::single(frame(lab, lab.src_v4(), OPEN_PORT)?)?,
+                ),
+                (
+                    "bare XDP_DROP, 100,000 sources (ceiling of the spread flood)".into(),
+                    spread_flood(lab, OPEN_PORT)?,
+                ),
+            ])
+        },
+    )?;
     // The ceiling of a filter that reads a header: XDP_DROP after one load
     // of the IPv4 source.
-    {
-        let lab = new_lab("fbr", false)?;
-        let program = XdpProgram::drop_reading_source()?;
-        let index = ifindex(&lab.dst, &lab.dst_if)?;
-        let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
-            .context("attaching the XDP_DROP program that reads the source")?;
-        configs.push(Config {
-            name: READS_SOURCE.into(),
-            lab: labs.len(),
-            flood: Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
-        let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
-        labs.push(LabState {
-            lab,
-            dropper: Dropper::Bare {
-                _link: link,
-                _program: program,
-            },
-            receivers,
-        });
-    }
+    push_bare(
+        &mut labs,
+        &mut configs,
+        "fbr",
+        XdpProgram::drop_reading_source()?,
+        |lab| {
+            Ok(vec![(
+                READS_SOURCE.into(),
+                Flood::single(frame(lab, lab.src_v4(), OPEN_PORT)?)?,
+            )])
+        },
+    )?;
     // The per-source limiters users would pick instead of ours.
     {
         let lab = new_lab("fbm", true)?;
