@@ -487,3 +487,51 @@ fn hosts_overflow_into_the_trie() {
         ],
     );
 }
+
+/// Maps that are pinned but not initialized yet (CONFIG without the tables'
+/// seeds: the moment between the loader's pinning and its write of CONFIG)
+/// refuse edits with "still starting", and take them once initialized.
+#[test]
+fn edits_wait_for_initialized_maps() {
+    if skip_unless_root("edits_wait_for_initialized_maps") {
+        return;
+    }
+    let test = ProgTest::new();
+    let reader = test.reader();
+    let initialized = reader.config().expect("CONFIG");
+    let mut config: aya::maps::Array<aya::maps::MapData, filter_common::Config> =
+        aya::maps::Array::try_from(reader.map(filter_common::maps::CONFIG).expect("CONFIG"))
+            .expect("CONFIG is an array");
+    let fresh = filter_common::Config {
+        host_seed: 0,
+        host_mask: 0,
+        ..initialized
+    };
+    config.set(0, fresh, 0).expect("writing CONFIG");
+    let refused = filter_ctl::maps::Filter::open_for_edit(test.pins(), Duration::from_secs(1))
+        .err()
+        .expect("an edit of uninitialized maps is refused");
+    assert!(
+        matches!(
+            refused.downcast_ref::<filter_ctl::error::Error>(),
+            Some(filter_ctl::error::Error::NotLoaded(_))
+        ),
+        "{refused:#}"
+    );
+    assert!(
+        format!("{refused:#}").contains("still starting"),
+        "{refused:#}"
+    );
+    config.set(0, initialized, 0).expect("writing CONFIG");
+    let filter = test.filter();
+    filter
+        .list_insert(
+            filter_ctl::maps::ListKind::Block,
+            &["198.18.7.7".parse().expect("a host")],
+            None,
+            filter_ctl::maps::lists::Merge::KeepLonger,
+        )
+        .expect("an edit of initialized maps");
+    drop(filter);
+    assert_eq!(blocklist(&test), ["198.18.7.7/32"]);
+}

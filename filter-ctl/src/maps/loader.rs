@@ -91,7 +91,16 @@ pub fn load(pins: &PinDir, caps: &Capacities) -> anyhow::Result<Ebpf> {
         }
         anyhow::Error::new(e).context("the kernel verifier rejected the XDP program")
     })?;
+    // Under the edit lock: the maps are pinned already, so an editor may
+    // be at them (it refuses uninitialized ones, see `Filter::open_for_edit`)
+    // and would lose its CONFIG counts to a write from here.
+    let edit_lock = super::lock::DirLock::acquire(
+        &pins.maps_dir(),
+        "the edit lock",
+        super::lock::DEFAULT_TIMEOUT,
+    )?;
     init_config(pins)?;
+    drop(edit_lock);
     Ok(ebpf)
 }
 

@@ -109,6 +109,7 @@ impl Filter {
             hosts: std::sync::OnceLock::new(),
             lock: Some(lock),
         };
+        filter.check_initialized()?;
         if let Some(report) = journal::repair(&filter)? {
             log::warn!("{report}");
         }
@@ -128,10 +129,27 @@ impl Filter {
             hosts: std::sync::OnceLock::new(),
             lock: Some(lock),
         };
+        filter.check_initialized()?;
         if let Some(report) = journal::repair(&filter)? {
             log::warn!("{report}");
         }
         Ok(Some(filter))
+    }
+
+    /// Refuses to edit maps that `loader::load` has pinned but not yet
+    /// initialized: CONFIG without the tables' seeds (a host written now
+    /// would be hashed to the wrong set) and a write of CONFIG to come
+    /// (which would undo this edit's counts). The loader initializes under
+    /// the edit lock, so its holder finds CONFIG done or not begun.
+    fn check_initialized(&self) -> anyhow::Result<()> {
+        if self.config()?.host_mask == 0 {
+            return Err(Error::NotLoaded(format!(
+                "the filter under {} is still starting (its maps are not initialized yet); try again in a moment",
+                self.pins.root().display()
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// The blocklist's host table (`BLOCK_HOSTS`), mapped once per handle.
