@@ -144,7 +144,7 @@ impl Filter {
     fn check_initialized(&self) -> anyhow::Result<()> {
         if self.config()?.host_mask == 0 {
             return Err(Error::NotLoaded(format!(
-                "the filter under {} is still starting (its maps are not initialized yet); try again in a moment",
+                "the filter under {} is still starting (its maps are not initialized yet); try again in a moment, or start `filter-ctl run` again if none is running",
                 self.pins.root().display()
             ))
             .into());
