@@ -29,10 +29,6 @@ use super::{
 };
 use crate::{clock, error::Error, spec::cidr::Cidr};
 
-/// Hosts an edit touches from which it maps the whole host table at once
-/// rather than a window around each host.
-const MAP_WHOLE_TABLE_FROM: usize = 64;
-
 /// What to do with an entry that is already on the list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Merge {
@@ -287,10 +283,7 @@ impl Filter {
         if hosts.is_empty() {
             return Ok((in_table, rest));
         }
-        let table = self.host_table()?;
-        if hosts.len() > MAP_WHOLE_TABLE_FROM {
-            table.map_whole()?;
-        }
+        let table = self.host_table_for(hosts.len())?;
         // Raised first, by every host (the program must not skip a table
         // with hosts), and lowered afterwards by those that were not new.
         let raised = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
@@ -359,10 +352,7 @@ impl Filter {
         if !cidrs.iter().any(|c| host_key(c).is_some()) {
             return Ok(removed);
         }
-        let table = self.host_table()?;
-        if cidrs.len() > MAP_WHOLE_TABLE_FROM {
-            table.map_whole()?;
-        }
+        let table = self.host_table_for(cidrs.len())?;
         for cidr in cidrs {
             if let Some(key) = host_key(cidr)
                 && table.vacate(&key)?
@@ -1066,10 +1056,7 @@ impl Filter {
         if tries != Tries::Block || !cidrs.iter().any(|c| host_key(c).is_some()) {
             return self.lookup_in_tries(tries, cidrs);
         }
-        let table = self.host_table()?;
-        if cidrs.len() > MAP_WHOLE_TABLE_FROM {
-            table.map_whole()?;
-        }
+        let table = self.host_table_for(cidrs.len())?;
         let mut out: Vec<Option<ListEntry>> = cidrs
             .iter()
             .map(|c| match host_key(c) {

@@ -76,6 +76,10 @@ impl From<ListKind> for Tries {
     }
 }
 
+/// Hosts an edit or lookup touches from which it maps the whole host
+/// table at once rather than a window around each host.
+const MAP_WHOLE_TABLE_FROM: usize = 64;
+
 /// A loaded filter, reached through its pins.
 pub struct Filter {
     pins: PinDir,
@@ -159,6 +163,17 @@ impl Filter {
         }
         let table = hosts::HostTable::open(self)?;
         Ok(self.hosts.get_or_init(|| table))
+    }
+
+    /// The host table for an edit or a lookup of `hosts` hosts: from
+    /// [`MAP_WHOLE_TABLE_FROM`] on, mapped whole at once rather than a
+    /// window around each host.
+    pub fn host_table_for(&self, hosts: usize) -> anyhow::Result<&hosts::HostTable> {
+        let table = self.host_table()?;
+        if hosts > MAP_WHOLE_TABLE_FROM {
+            table.map_whole()?;
+        }
+        Ok(table)
     }
 
     #[must_use]
