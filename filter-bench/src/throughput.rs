@@ -89,6 +89,32 @@ struct Config {
     precise_of: Option<&'static str>,
 }
 
+impl Config {
+    /// A flood of which every frame must be dropped.
+    fn new(name: impl Into<String>, lab: usize, flood: Flood, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            lab,
+            flood,
+            port,
+            passes: false,
+            precise_of: None,
+        }
+    }
+
+    /// Some frames may legitimately pass (rate limits).
+    fn passing(mut self) -> Self {
+        self.passes = true;
+        self
+    }
+
+    /// Ours with `limit clock precise`: the same flood as `name`.
+    fn precise_of(mut self, name: &'static str) -> Self {
+        self.precise_of = Some(name);
+        self
+    }
+}
+
 /// Fields drop in order: the dropper (xdp-filter unload, controller stop)
 /// needs the lab's namespaces, which go last.
 struct LabState {
@@ -332,14 +358,7 @@ fn push_bare(
     let link = in_netns(&lab.dst, || program.attach(index, AttachMode::Native))
         .with_context(|| format!("attaching the ceiling program of lab {tag}"))?;
     for (name, flood) in floods(&lab)? {
-        configs.push(Config {
-            name,
-            lab: labs.len(),
-            flood,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(name, labs.len(), flood, OPEN_PORT));
     }
     let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
     labs.push(LabState {
@@ -360,14 +379,15 @@ fn push_limiter(
     lab: Lab,
     dropper: Dropper,
 ) -> Result<()> {
-    configs.push(Config {
-        name: name.into(),
-        lab: labs.len(),
-        flood: spread_flood(&lab, SPREAD_PORT)?,
-        port: SPREAD_PORT,
-        passes: true,
-        precise_of: None,
-    });
+    configs.push(
+        Config::new(
+            name,
+            labs.len(),
+            spread_flood(&lab, SPREAD_PORT)?,
+            SPREAD_PORT,
+        )
+        .passing(),
+    );
     let receivers = BTreeMap::from([(SPREAD_PORT, listen(&lab, SPREAD_PORT))]);
     labs.push(LabState {
         dropper,
@@ -553,17 +573,15 @@ fn listed_labs(env: &Env, labs: &mut Vec<LabState>, configs: &mut Vec<Config>) -
             ));
         }
         let index = configs.len();
-        configs.push(Config {
-            name: format!(
+        configs.push(Config::new(
+            format!(
                 "ours, source blocked, {} list entries",
                 thousands(ours_entries)
             ),
-            lab: labs.len(),
-            flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+            labs.len(),
+            Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
+            OPEN_PORT,
+        ));
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
             dropper: Dropper::Ours(ctl),
@@ -598,17 +616,15 @@ fn listed_labs(env: &Env, labs: &mut Vec<LabState>, configs: &mut Vec<Config>) -
         ));
     }
     let xdpf = configs.len();
-    configs.push(Config {
-        name: format!(
+    configs.push(Config::new(
+        format!(
             "xdp-filter (native), source blocked, {} entries",
             thousands(xdpf_entries)
         ),
-        lab: labs.len(),
-        flood: Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?,
-        port: OPEN_PORT,
-        passes: false,
-        precise_of: None,
-    });
+        labs.len(),
+        Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?,
+        OPEN_PORT,
+    ));
     let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
     labs.push(LabState {
         dropper: Dropper::XdpFilter(x),
@@ -652,14 +668,12 @@ pub fn flood(env: &Env) -> Result<Section> {
     {
         let lab = new_lab("fbc", true)?;
         let f = Flood::single(frame(&lab, lab.src_v4(), CLOSED_PORT)?)?;
-        configs.push(Config {
-            name: "no filter (closed port)".into(),
-            lab: labs.len(),
-            flood: f,
-            port: CLOSED_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            "no filter (closed port)",
+            labs.len(),
+            f,
+            CLOSED_PORT,
+        ));
         labs.push(LabState {
             lab,
             dropper: Dropper::Closed,
@@ -671,14 +685,12 @@ pub fn flood(env: &Env) -> Result<Section> {
         let lab = new_lab("fbi", true)?;
         iptables_raw(env, &lab, &format!("-s {}/32 -j DROP", lab.src_v4()))?;
         let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
-        configs.push(Config {
-            name: "iptables raw PREROUTING drop".into(),
-            lab: labs.len(),
-            flood: f,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            "iptables raw PREROUTING drop",
+            labs.len(),
+            f,
+            OPEN_PORT,
+        ));
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
             lab,
@@ -692,14 +704,12 @@ pub fn flood(env: &Env) -> Result<Section> {
         let rule = format!("ip saddr {} counter drop", lab.src_v4());
         nft_load(env, &lab, "nftables.conf", &[], &[rule])?;
         let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
-        configs.push(Config {
-            name: "nftables netdev ingress drop".into(),
-            lab: labs.len(),
-            flood: f,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            "nftables netdev ingress drop",
+            labs.len(),
+            f,
+            OPEN_PORT,
+        ));
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
             lab,
@@ -713,14 +723,12 @@ pub fn flood(env: &Env) -> Result<Section> {
         let x = XdpFilter::load(env, &lab.dst, &lab.dst_if, "native")?;
         env.run(&mut x.command(&["ip", &lab.src_v4().to_string(), "-m", "src"]))?;
         let f = Flood::single(frame(&lab, lab.src_v4(), OPEN_PORT)?)?;
-        configs.push(Config {
-            name: "xdp-filter (native), source blocked".into(),
-            lab: labs.len(),
-            flood: f,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            "xdp-filter (native), source blocked",
+            labs.len(),
+            f,
+            OPEN_PORT,
+        ));
         let receivers = BTreeMap::from([(OPEN_PORT, listen(&lab, OPEN_PORT))]);
         labs.push(LabState {
             lab,
@@ -783,42 +791,40 @@ pub fn flood(env: &Env) -> Result<Section> {
         let (lab, ctl) = start_ours(env, "fbo", "fl", false, &[])?;
         ours_mode = ctl.attached.clone();
         let index = labs.len();
-        configs.push(Config {
-            name: "ours, source blocked".into(),
-            lab: index,
-            flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            "ours, source blocked",
+            index,
+            Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
+            OPEN_PORT,
+        ));
         // The same blocked-source flood into the same lab with drop sampling
         // switched off before each of its floods (and back to the defaults
         // before every other flood): what sampled drop events cost, without
         // the lab-to-lab noise of comparing two namespace pairs.
-        configs.push(Config {
-            name: SAMPLING_OFF_FLOOD.into(),
-            lab: index,
-            flood: Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
-            port: OPEN_PORT,
-            passes: false,
-            precise_of: None,
-        });
-        configs.push(Config {
-            name: PORT_LIMIT_FLOOD.into(),
-            lab: index,
-            flood: Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
-            port: LIMITED_PORT,
-            passes: true,
-            precise_of: None,
-        });
-        configs.push(Config {
-            name: SPREAD_FLOOD.into(),
-            lab: index,
-            flood: spread_flood(&lab, SPREAD_PORT)?,
-            port: SPREAD_PORT,
-            passes: true,
-            precise_of: None,
-        });
+        configs.push(Config::new(
+            SAMPLING_OFF_FLOOD,
+            index,
+            Flood::single(frame(&lab, lab.v4(BLOCKED_HOST), OPEN_PORT)?)?,
+            OPEN_PORT,
+        ));
+        configs.push(
+            Config::new(
+                PORT_LIMIT_FLOOD,
+                index,
+                Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
+                LIMITED_PORT,
+            )
+            .passing(),
+        );
+        configs.push(
+            Config::new(
+                SPREAD_FLOOD,
+                index,
+                spread_flood(&lab, SPREAD_PORT)?,
+                SPREAD_PORT,
+            )
+            .passing(),
+        );
         let receivers = [OPEN_PORT, LIMITED_PORT, SPREAD_PORT]
             .into_iter()
             .map(|p| (p, listen(&lab, p)))
@@ -836,14 +842,15 @@ pub fn flood(env: &Env) -> Result<Section> {
         let small = SMALL_BUCKETS.to_string();
         let (lab, ctl) = start_ours(env, "fbs", "fs", false, &["--bucket-capacity", &small])?;
         let base = Ipv4Addr::new(198, 18, 0, 0);
-        configs.push(Config {
-            name: SMALL_SPREAD_FLOOD.into(),
-            lab: labs.len(),
-            flood: Flood::spread(frame(&lab, base, SPREAD_PORT)?, base, SPREAD_SOURCES)?,
-            port: SPREAD_PORT,
-            passes: true,
-            precise_of: None,
-        });
+        configs.push(
+            Config::new(
+                SMALL_SPREAD_FLOOD,
+                labs.len(),
+                Flood::spread(frame(&lab, base, SPREAD_PORT)?, base, SPREAD_SOURCES)?,
+                SPREAD_PORT,
+            )
+            .passing(),
+        );
         for state in &labs {
             if let Dropper::Ours(ours) = &state.dropper {
                 memory.push(bucket_memory(env, ours)?);
@@ -860,14 +867,16 @@ pub fn flood(env: &Env) -> Result<Section> {
     // Ours with `limit clock precise`, same rules, its own lab: the port-limit flood.
     {
         let (lab, ctl) = start_ours(env, "fbq", "fq", true, &[])?;
-        configs.push(Config {
-            name: "ours, precise clock, one source over a port limit".into(),
-            lab: labs.len(),
-            flood: Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
-            port: LIMITED_PORT,
-            passes: true,
-            precise_of: Some(PORT_LIMIT_FLOOD),
-        });
+        configs.push(
+            Config::new(
+                "ours, precise clock, one source over a port limit",
+                labs.len(),
+                Flood::single(frame(&lab, lab.v4(LIMITED_HOST), LIMITED_PORT)?)?,
+                LIMITED_PORT,
+            )
+            .passing()
+            .precise_of(PORT_LIMIT_FLOOD),
+        );
         let receivers = BTreeMap::from([(LIMITED_PORT, listen(&lab, LIMITED_PORT))]);
         labs.push(LabState {
             lab,
