@@ -18,13 +18,15 @@ use crate::common::Summary;
 pub const DIR: &str = "docs/bench";
 
 /// Line colours, in series order (colour-blind safe, Okabe–Ito).
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
     RGBColor(204, 121, 167),
     RGBColor(230, 159, 0),
     RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+    RGBColor(240, 228, 66),
 ];
 const OURS: RGBColor = RGBColor(0, 114, 178);
 const PEER: RGBColor = RGBColor(230, 159, 0);

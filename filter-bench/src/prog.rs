@@ -387,8 +387,20 @@ pub fn per_packet(env: &Env) -> Result<Section> {
     Ok(section)
 }
 
+/// The entries part 2 blocks before each list: a prefix of a length the
+/// host table holds and one it does not (a trie's), and a host, of each
+/// family.
+const MEASURED_ENTRIES: [&str; 6] = [
+    "198.18.1.0/24",
+    "2001:db8:1::/48",
+    "198.18.16.0/20",
+    "2001:db8:7::/56",
+    "198.18.5.5",
+    "2001:db8:5::5",
+];
+
 /// Kinds of packet part 2 measures against list size.
-const KINDS: usize = 6;
+const KINDS: usize = 8;
 
 /// Part 2: cost against list size and tracking-table size.
 pub fn scaling(env: &Env) -> Result<Section> {
@@ -416,9 +428,10 @@ pub fn scaling(env: &Env) -> Result<Section> {
             &path,
             block_list(size, 42, "198.18.1.0/24", "2001:db8:1::/48"),
         )?;
-        // The measured hosts first, so that each holds a slot of the host
-        // table whatever the seed; the list's own hosts fill the rest.
-        env.run(&mut env.ctl(&filter.pins, &["block", "198.18.5.5", "2001:db8:5::5"]))?;
+        // The measured entries first, so that each of the table's lengths
+        // holds a slot of the host table whatever the seed; the list's own
+        // entries fill the rest.
+        env.run(&mut env.ctl(&filter.pins, &[&["block"][..], &MEASURED_ENTRIES].concat()))?;
         let start = Instant::now();
         env.run(&mut env.ctl(&filter.pins, &["block", "--file", &path.to_string_lossy()]))?;
         load_secs.push(start.elapsed().as_secs_f64());
@@ -439,7 +452,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
 
     let list_kinds: [(&str, Vec<u8>, u32); KINDS] = [
         (
-            "IPv4 listed",
+            "IPv4 listed /24",
             ipv4_udp(
                 v4("198.18.1.1"),
                 v4("198.18.3.1"),
@@ -463,7 +476,7 @@ pub fn scaling(env: &Env) -> Result<Section> {
             PASS,
         ),
         (
-            "IPv6 listed",
+            "IPv6 listed /48",
             ipv6_udp(v6("2001:db8:1::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
             DROP,
         ),
@@ -487,6 +500,23 @@ pub fn scaling(env: &Env) -> Result<Section> {
         (
             "IPv6 listed host",
             ipv6_udp(v6("2001:db8:5::5"), v6("2001:db8:3::1"), ALLOWED_PORT),
+            DROP,
+        ),
+        (
+            "IPv4 listed, /20 (trie)",
+            ipv4_udp(
+                v4("198.18.17.1"),
+                v4("198.18.3.1"),
+                ALLOWED_PORT,
+                &[],
+                None,
+                0,
+            ),
+            DROP,
+        ),
+        (
+            "IPv6 listed, /56 (trie)",
+            ipv6_udp(v6("2001:db8:7:0:1::1"), v6("2001:db8:3::1"), ALLOWED_PORT),
             DROP,
         ),
     ];
@@ -536,23 +566,26 @@ pub fn scaling(env: &Env) -> Result<Section> {
          of entries **per address family** (IPv4 trie and IPv6 trie), generated with mixed \
          prefix lengths (IPv4: 60% /32, 25% /24, 15% /8–/31; IPv6: 50% /128, 20% /64, 20% /48, \
          10% /32–/127, in 2000::/3), plus the measured 198.18.1.0/24 and 2001:db8:1::/48; \
-         loaded with `filter-ctl block --file` (the load time), after the measured hosts \
-         198.18.5.5 and 2001:db8:5::5 (`filter-ctl block`, first, so that each holds a slot of \
-         the host table). Hosts (/32, /128) go to the host table (`BLOCK_HOSTS`, 1,048,576 \
-         slots at the default capacity, 4 to a set) while their set has room, else to the trie; the \
-         third column says how many the table holds. Every instance has the default limit of \
-         part 1, so unlisted packets pass through the tracking table.\n",
-        env.rounds
+         loaded with `filter-ctl block --file` (the load time), after the measured entries \
+         {} (`filter-ctl block`, first, so that those of the table's lengths each hold a \
+         slot of the host table). Hosts (/32, /128), IPv4 /24s and IPv6 /64s and /48s go to the \
+         host table (`BLOCK_HOSTS`, 1,048,576 slots at the default capacity, 4 to a set) while \
+         their set has room, else to the trie, like every other length; the third column says \
+         how many entries the table holds. The listed /20 and /56 are of lengths only the tries \
+         hold. Every instance has the default limit of part 1, so unlisted packets pass through \
+         the tracking table.\n",
+        env.rounds,
+        MEASURED_ENTRIES.join(" ")
     );
     section.text.push_str(
-        "| block list entries per family | load time s | hosts in the host table | IPv4 listed ns | IPv4 not listed ns | IPv6 listed ns | IPv6 not listed ns | IPv4 listed host ns | IPv6 listed host ns |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| block list entries per family | load time s | entries in the host table | IPv4 listed /24 ns | IPv4 not listed ns | IPv6 listed /48 ns | IPv6 not listed ns | IPv4 listed host ns | IPv6 listed host ns | IPv4 listed /20 (trie) ns | IPv6 listed /56 (trie) ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (i, size) in sizes.iter().enumerate() {
         let cell = |k: usize| show(&ns[i * KINDS + k], 0);
         let _ = writeln!(
             section.text,
-            "| {size} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {size} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             load_secs[i],
             table_hosts[i],
             cell(0),
@@ -560,7 +593,9 @@ pub fn scaling(env: &Env) -> Result<Section> {
             cell(2),
             cell(3),
             cell(4),
-            cell(5)
+            cell(5),
+            cell(6),
+            cell(7)
         );
     }
     let chart = list_size_chart(sizes, &list_kinds.each_ref().map(|(name, _, _)| *name), &ns);

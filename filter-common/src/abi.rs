@@ -34,7 +34,10 @@ use crate::{
 /// `host_seed`, `host_mask`).
 /// 11: [`HostSlot`] is 32 bytes (the entry's fields beside the address, the
 /// state a byte), and `BLOCK_HOSTS` has as many slots as the list capacity.
-pub const LAYOUT_VERSION: u32 = 11;
+/// 12: `BLOCK_HOSTS` holds the blocklist's IPv4 /24s and IPv6 /64s and /48s
+/// too, keyed by (address, prefix length), hashed per length; `Config`
+/// grows to 88 bytes (`table_prefixes`).
+pub const LAYOUT_VERSION: u32 = 12;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

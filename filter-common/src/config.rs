@@ -62,6 +62,12 @@ pub struct Config {
     /// controller's sweep clears a set's overflow mark only if no edit did
     /// so since it scanned the tries.
     pub host_overflows: u32,
+    /// Used slots of `BLOCK_HOSTS` that hold a prefix, not a host, kept
+    /// like [`Config::block_hosts`]: while 0 the program probes the table
+    /// for the packet's host only, not for its /24 (IPv4) or /64 and /48.
+    pub table_prefixes: u32,
+    /// Reserved (0).
+    pub reserved: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -101,7 +107,7 @@ pub const fn coarse_clock_suffices(
         && (byte_interval == 0 || byte_tolerance >= tick_ticks)
 }
 
-const _: () = assert!(size_of::<Config>() == 80);
+const _: () = assert!(size_of::<Config>() == 88);
 const _: () = assert!(offset_of!(Config, ipv4_source_prefix) == 0);
 const _: () = assert!(offset_of!(Config, ipv6_source_prefix) == 4);
 const _: () = assert!(offset_of!(Config, allow_v4_entries) == 8);
@@ -118,3 +124,4 @@ const _: () = assert!(offset_of!(Config, block_hosts) == 60);
 const _: () = assert!(offset_of!(Config, host_seed) == 64);
 const _: () = assert!(offset_of!(Config, host_mask) == 72);
 const _: () = assert!(offset_of!(Config, host_overflows) == 76);
+const _: () = assert!(offset_of!(Config, table_prefixes) == 80);

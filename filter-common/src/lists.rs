@@ -3,11 +3,13 @@
 //! tries of their own so that they never change what is enforced): LPM
 //! tries keyed by network-order addresses.
 //!
-//! Blocked hosts (IPv4 /32, IPv6 /128: most of a large blocklist) live
-//! beside the tries in `BLOCK_HOSTS`, a 4-way set-associative array of
-//! [`HostSlot`]s: a probe is a few inlined array reads, where a trie lookup
-//! is a kernel call whose cost grows with the trie. A host whose set is
-//! full goes into the trie as before.
+//! Blocked hosts (IPv4 /32, IPv6 /128: most of a large blocklist) and the
+//! prefixes of the lengths blocklists are mostly made of besides
+//! ([`TABLE_PREFIXES_V4`], [`TABLE_PREFIXES_V6`]) live beside the tries in
+//! `BLOCK_HOSTS`, a 4-way set-associative array of [`HostSlot`]s keyed by
+//! (address, prefix length): a probe is a few inlined array reads, where a
+//! trie lookup is a kernel call whose cost grows with the trie. An entry
+//! whose set is full goes into the trie as before.
 
 use core::mem::{offset_of, size_of};
 
@@ -59,7 +61,62 @@ impl ListEntry {
     }
 }
 
-/// Slots per set of `BLOCK_HOSTS`: a host lives in one of the
+/// IPv4 prefix lengths that `BLOCK_HOSTS` holds besides hosts (/32): a
+/// packet probes the table once for each, while it holds any
+/// (`Config::table_prefixes`). Blocklists are mostly hosts and /24s.
+pub const TABLE_PREFIXES_V4: [u8; 1] = [24];
+/// IPv6 prefix lengths that `BLOCK_HOSTS` holds besides hosts (/128): a
+/// site's /48 and a subnet's /64, most of an IPv6 blocklist's prefixes.
+pub const TABLE_PREFIXES_V6: [u8; 2] = [64, 48];
+
+/// Whether `BLOCK_HOSTS` holds a blocked prefix of `prefix_len` bits (of an
+/// IPv6 prefix if `is_v6`): a host, or one of the table's prefix lengths.
+#[must_use]
+pub const fn in_host_table(is_v6: bool, prefix_len: u8) -> bool {
+    if is_v6 {
+        prefix_len == 128
+            || prefix_len == TABLE_PREFIXES_V6[0]
+            || prefix_len == TABLE_PREFIXES_V6[1]
+    } else {
+        prefix_len == 32 || prefix_len == TABLE_PREFIXES_V4[0]
+    }
+}
+
+/// `words` (`source_words` of an address, IPv4-mapped for IPv4) with the
+/// bits past the first `mapped_len` cleared: a packet's key for a table
+/// prefix of that length (an IPv4 /24 is 120 bits of the mapped address).
+#[inline(always)]
+#[must_use]
+pub const fn masked_words(words: &[u32; 4], mapped_len: u32) -> [u32; 4] {
+    [
+        words[0] & word_mask(mapped_len, 0),
+        words[1] & word_mask(mapped_len, 1),
+        words[2] & word_mask(mapped_len, 2),
+        words[3] & word_mask(mapped_len, 3),
+    ]
+}
+
+/// The mask of word `index` of `source_words` (its bytes in address order,
+/// read little-endian) that keeps the first `mapped_len` bits.
+#[inline(always)]
+const fn word_mask(mapped_len: u32, index: u32) -> u32 {
+    let start = index * 32;
+    let kept = if mapped_len <= start {
+        0
+    } else if mapped_len >= start + 32 {
+        32
+    } else {
+        mapped_len - start
+    };
+    let network_order = if kept == 0 {
+        0
+    } else {
+        u32::MAX << (32 - kept)
+    };
+    network_order.swap_bytes()
+}
+
+/// Slots per set of `BLOCK_HOSTS`: an entry lives in one of the
 /// `HOST_WAYS` consecutive slots from [`host_set`], or in the trie.
 pub const HOST_WAYS: u32 = 4;
 /// [`HostSlot::state`] bit: the slot holds `addr`'s entry.
@@ -85,7 +142,9 @@ pub struct HostSlot {
     pub state: u8,
     /// As [`ListEntry::origin`] (never [`ORIGIN_AUTO`]).
     pub origin: u8,
-    /// As [`ListEntry::prefix_len`]: 32 for an IPv4 host, 128 for IPv6.
+    /// As [`ListEntry::prefix_len`]: 32 for an IPv4 host, 128 for IPv6, or
+    /// a table prefix length ([`TABLE_PREFIXES_V4`], [`TABLE_PREFIXES_V6`]);
+    /// part of the key (`addr` alone does not tell a /24 from its first host).
     pub prefix_len: u8,
     /// As [`ListEntry::rule`].
     pub rule: u8,
@@ -117,18 +176,21 @@ pub const fn host_key_v4(addr: Ipv4Bytes) -> Ipv6Bytes {
     ]
 }
 
-/// The first slot of `addr`'s set in a `BLOCK_HOSTS` of `mask + 1` slots
-/// (`Config::host_seed`, `Config::host_mask`): the seeded hash of the
-/// rate limiter's table ([`bucket_hash`](crate::bucket_hash)), with a rule
-/// id no rule has.
+/// The first slot of the set of `words` (a host's or a masked prefix's
+/// address, IPv4-mapped for IPv4, of `mapped_len` bits in the mapped
+/// space: 128 for any host) in a `BLOCK_HOSTS` of `mask + 1` slots
+/// (`Config::host_seed`, `Config::host_mask`): the seeded hash of the rate
+/// limiter's table ([`bucket_hash`](crate::bucket_hash)), with a rule id no
+/// rule has, one per length (a /24 and its first host land apart).
 #[inline(always)]
 #[must_use]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "the low 32 bits, masked to the table"
 )]
-pub const fn host_set(seed: u64, mask: u32, words: &[u32; 4]) -> u32 {
-    (crate::bucket_hash(seed, u32::MAX, words) as u32) & mask & !(HOST_WAYS - 1)
+pub const fn host_set(seed: u64, mask: u32, mapped_len: u32, words: &[u32; 4]) -> u32 {
+    let tag = u32::MAX - (128 - mapped_len);
+    (crate::bucket_hash(seed, tag, words) as u32) & mask & !(HOST_WAYS - 1)
 }
 
 /// Sets of `BLOCK_HOSTS` per `u64` word of `BLOCK_HOST_SETS`, the bitmap of
@@ -176,6 +238,16 @@ const _: () = assert!(offset_of!(HostSlot, prefix_len) == 26);
 const _: () = assert!(offset_of!(HostSlot, rule) == 27);
 const _: () = assert!(offset_of!(HostSlot, over_limit) == 28);
 const _: () = assert!(HOST_WAYS.is_power_of_two());
+// Masks: an IPv4 /24 clears the mapped address's last byte (the high byte
+// of the last word, read little-endian); a /48 keeps two bytes of word 1.
+const _: () = assert!(masked_words(&[u32::MAX; 4], 120)[3] == 0x00ff_ffff);
+const _: () = assert!(masked_words(&[u32::MAX; 4], 120)[2] == u32::MAX);
+const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[1] == 0x0000_ffff);
+const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[2] == 0);
+const _: () = assert!(masked_words(&[u32::MAX; 4], 64)[1] == u32::MAX);
+const _: () = assert!(in_host_table(false, 24) && !in_host_table(false, 23));
+const _: () =
+    assert!(in_host_table(true, 48) && in_host_table(true, 64) && !in_host_table(true, 56));
 const _: () =
     assert!(host_slots(1_048_576) == 1_048_576 && host_slots(5) == 8 && host_slots(0) == 4);
 const _: () = assert!(host_set_words(1_048_576) == 4096 && host_set_words(4) == 1);

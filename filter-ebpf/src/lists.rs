@@ -2,8 +2,8 @@
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
-    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, host_set,
-    host_set_bit, reason, source_words,
+    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
+    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, source_words,
 };
 
 use crate::{
@@ -86,20 +86,50 @@ pub fn block_reason<K: Copy>(
     why
 }
 
-/// Whether `BLOCK_HOSTS` holds an active entry for `addr` (IPv4-mapped for
-/// IPv4): one bit of `BLOCK_HOST_SETS`, then (for a set in use) up to
-/// `HOST_WAYS` inlined array reads; no kernel call. Only an
-/// operator's, the policy's or `CrowdSec`'s blocks live there (automatic
-/// blocks stay in the tries), so a hit is a `reason::BLOCKLIST` whatever
-/// the tries hold. An expired entry is skipped; the controller's sweep
-/// deletes it.
+/// Whether `BLOCK_HOSTS` holds an active entry for the source `addr`
+/// (IPv4-mapped for IPv4): for the host, then, while the table holds any
+/// prefixes, for its /24 (IPv4) or its /64 and /48. Each probe is one bit
+/// of `BLOCK_HOST_SETS`, then (for a set in use) up to `HOST_WAYS` inlined
+/// array reads; no kernel call. Only an operator's, the policy's or
+/// `CrowdSec`'s blocks live there (automatic blocks stay in the tries), so
+/// a hit is a `reason::BLOCKLIST` whatever the tries hold. An expired entry
+/// is skipped; the controller's sweep deletes it.
 #[inline(always)]
-pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) -> bool {
+pub fn host_blocked(
+    addr: &Ipv6Bytes,
+    is_v6: bool,
+    config: &Config,
+    clock: &mut CoarseClock,
+) -> bool {
     if config.block_hosts == 0 {
         return false;
     }
     let words = source_words(addr);
-    let first = host_set(config.host_seed, config.host_mask, &words);
+    if is_v6 {
+        probe(config, &words, 128, 128, clock)
+            || (config.table_prefixes != 0
+                && (probe(config, &words, 64, TABLE_PREFIXES_V6[0], clock)
+                    || probe(config, &words, 48, TABLE_PREFIXES_V6[1], clock)))
+    } else {
+        probe(config, &words, 128, 32, clock)
+            || (config.table_prefixes != 0
+                && probe(config, &words, 96 + 24, TABLE_PREFIXES_V4[0], clock))
+    }
+}
+
+/// Whether `BLOCK_HOSTS` holds an active entry of `prefix_len` bits for
+/// `words`, the source's address masked to `mapped_len` bits of the
+/// IPv4-mapped space (both constants where this is inlined).
+#[inline(always)]
+fn probe(
+    config: &Config,
+    words: &[u32; 4],
+    mapped_len: u32,
+    prefix_len: u8,
+    clock: &mut CoarseClock,
+) -> bool {
+    let key = masked_words(words, mapped_len);
+    let first = host_set(config.host_seed, config.host_mask, mapped_len, &key);
     let (word, bit) = host_set_bit(first);
     if BLOCK_HOST_SETS.get(word).is_none_or(|w| w & bit == 0) {
         return false;
@@ -109,10 +139,10 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
             return false;
         };
         // SAFETY: `slot` points to a live array value (never freed while
-        // the program runs); user space writes a new host's address and
-        // entry in place before its `HOST_USED` bit (see `HostSlot`).
+        // the program runs); user space writes a new entry's key and
+        // fields in place before its `HOST_USED` bit (see `HostSlot`).
         let expires_at_ns = unsafe {
-            if !holds(slot, &words) {
+            if !holds(slot, &key, prefix_len) {
                 continue;
             }
             (&raw const (*slot).expires_at_ns).read_volatile()
@@ -122,12 +152,12 @@ pub fn host_blocked(addr: &Ipv6Bytes, config: &Config, clock: &mut CoarseClock) 
     false
 }
 
-/// Whether `slot` holds `words` (`filter_common::source_words` of a host).
+/// Whether `slot` holds the key (`words`, `prefix_len`).
 ///
 /// # Safety
 /// `slot` points to a live `BLOCK_HOSTS` value.
 #[inline(always)]
-unsafe fn holds(slot: *const HostSlot, words: &[u32; 4]) -> bool {
+unsafe fn holds(slot: *const HostSlot, words: &[u32; 4], prefix_len: u8) -> bool {
     // SAFETY: as the caller's; the address is 16 bytes at offset 0
     // (asserted in filter-common).
     unsafe {
@@ -137,5 +167,6 @@ unsafe fn holds(slot: *const HostSlot, words: &[u32; 4]) -> bool {
             && addr.add(1).read_volatile() == words[1]
             && addr.add(2).read_volatile() == words[2]
             && addr.add(3).read_volatile() == words[3]
+            && (&raw const (*slot).prefix_len).read_volatile() == prefix_len
     }
 }

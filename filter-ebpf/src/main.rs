@@ -84,9 +84,10 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
-    // A blocked host (most of a large blocklist) is found in `BLOCK_HOSTS`
-    // (keyed like `packet.source`, IPv4-mapped) without a trie lookup.
-    let host = config.is_some_and(|c| host_blocked(&packet.source, c, &mut clock));
+    // A blocked host, /24, /64 or /48 (most of a large blocklist) is found
+    // in `BLOCK_HOSTS` (keyed like `packet.source`, IPv4-mapped) without a
+    // trie lookup.
+    let host = config.is_some_and(|c| host_blocked(&packet.source, packet.is_v6, c, &mut clock));
     let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (

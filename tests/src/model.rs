@@ -14,8 +14,8 @@
 //! block before automatic ones), then the port's rule or the default rule;
 //! a shadow rule's would-be drop is counted instead of `shadow_blocklist`.
 //! Every list lookup deletes the expired longest matches it meets, except
-//! the blocklist's hosts (`BLOCK_HOSTS`), which the controller's sweep
-//! deletes.
+//! the blocklist's entries in `BLOCK_HOSTS` (an operator's hosts, IPv4 /24s,
+//! IPv6 /64s and /48s), which the controller's sweep deletes.
 
 use std::collections::HashMap;
 
@@ -300,11 +300,25 @@ impl<const N: usize> ListItem<N> {
         self.expires_at_ns == 0 || now_ns < self.expires_at_ns
     }
 
-    /// On the blocklist, an entry `BLOCK_HOSTS` holds (a host, not an
-    /// automatic block), not a trie; the tests' tables have room for all.
-    fn is_table_host(&self) -> bool {
-        u32::try_from(8 * N).is_ok_and(|bits| self.prefix == bits) && self.origin != ORIGIN_AUTO
+    /// On the blocklist, an entry `BLOCK_HOSTS` holds, not a trie: not an
+    /// automatic block, and a host or a prefix of the table's lengths; the
+    /// tests' tables have room for all.
+    fn is_table_entry(&self) -> bool {
+        self.origin != ORIGIN_AUTO && table_lengths::<N>().contains(&self.prefix)
     }
+}
+
+/// The prefix lengths of a family's entries in `BLOCK_HOSTS`, in the order
+/// the program probes them: the host, then the table's prefix lengths.
+fn table_lengths<const N: usize>() -> Vec<u32> {
+    let (host, prefixes): (u32, &[u8]) = if N == 4 {
+        (32, &filter_common::TABLE_PREFIXES_V4)
+    } else {
+        (128, &filter_common::TABLE_PREFIXES_V6)
+    };
+    std::iter::once(host)
+        .chain(prefixes.iter().map(|&p| u32::from(p)))
+        .collect()
 }
 
 /// Expired longest matches a lookup deletes before it gives up.
@@ -322,14 +336,15 @@ pub struct PrefixList<const N: usize> {
 
 impl<const N: usize> PrefixList<N> {
     /// Adds or replaces the entry for `item`'s prefix (host bits cleared)
-    /// in its store: on the blocklist, an operator's host (`BLOCK_HOSTS`)
-    /// and an automatic block of the same host (a trie) are two entries.
+    /// in its store: on the blocklist, an operator's host or table prefix
+    /// (`BLOCK_HOSTS`) and an automatic block of the same prefix (a trie)
+    /// are two entries.
     pub fn insert(&mut self, mut item: ListItem<N>) {
         item.net = mask(item.net, item.prefix);
         self.entries.retain(|e| {
             !(e.net == item.net
                 && e.prefix == item.prefix
-                && e.is_table_host() == item.is_table_host())
+                && e.is_table_entry() == item.is_table_entry())
         });
         self.entries.push(item);
     }
@@ -363,33 +378,36 @@ impl<const N: usize> PrefixList<N> {
 
     /// Whether the trie stores an entry, active or expired, for exactly
     /// this prefix: what the program's insert of an automatic block
-    /// (`BPF_NOEXIST`) finds in its way (not the blocklist's hosts).
+    /// (`BPF_NOEXIST`) finds in its way (not the blocklist's table entries).
     #[must_use]
     pub fn holds_in_trie(&self, net: [u8; N], prefix: u32) -> bool {
         let net = mask(net, prefix);
         self.entries
             .iter()
-            .any(|e| e.net == net && e.prefix == prefix && !e.is_table_host())
+            .any(|e| e.net == net && e.prefix == prefix && !e.is_table_entry())
     }
 
-    fn longest(&self, addr: [u8; N], max_prefix: u32, skip_hosts: bool) -> Option<usize> {
+    fn longest(&self, addr: [u8; N], max_prefix: u32, skip_table: bool) -> Option<usize> {
         self.entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| !(skip_hosts && e.is_table_host()))
+            .filter(|(_, e)| !(skip_table && e.is_table_entry()))
             .filter(|(_, e)| e.prefix <= max_prefix && mask(addr, e.prefix) == e.net)
             .max_by_key(|(_, e)| e.prefix)
             .map(|(i, _)| i)
     }
 
-    /// The blocklist's host-table probe (`BLOCK_HOSTS`): the operator's
-    /// entry for exactly `addr`, if any. Never deletes: the controller's
-    /// sweep removes expired hosts.
-    fn table_host(&self, addr: [u8; N]) -> Option<ListItem<N>> {
-        self.entries
-            .iter()
-            .find(|e| e.is_table_host() && e.net == addr)
-            .copied()
+    /// The blocklist's host-table probes (`BLOCK_HOSTS`): whether the
+    /// table holds an active entry for `addr` itself or its prefix of one of
+    /// the table's lengths. Never deletes: the controller's sweep removes
+    /// expired entries.
+    fn table_blocks(&self, addr: [u8; N], now_ns: u64) -> bool {
+        table_lengths::<N>().into_iter().any(|len| {
+            let net = mask(addr, len);
+            self.entries.iter().any(|e| {
+                e.is_table_entry() && e.prefix == len && e.net == net && e.is_active(now_ns)
+            })
+        })
     }
 
     /// The entry deciding for `addr`: the longest matching prefix, if active.
@@ -411,16 +429,16 @@ impl<const N: usize> PrefixList<N> {
     }
 
     /// [`Self::lookup_within`] among the entries a trie holds: without the
-    /// blocklist's hosts (`skip_hosts`), which live in `BLOCK_HOSTS`.
+    /// blocklist's table entries (`skip_table`), which live in `BLOCK_HOSTS`.
     fn lookup_in_trie(
         &mut self,
         addr: [u8; N],
         max_prefix: u32,
         now_ns: u64,
-        skip_hosts: bool,
+        skip_table: bool,
     ) -> Option<ListItem<N>> {
         for _ in 0..=MAX_EXPIRED_SKIPS {
-            let i = self.longest(addr, max_prefix, skip_hosts)?;
+            let i = self.longest(addr, max_prefix, skip_table)?;
             if self.entries[i].is_active(now_ns) {
                 return Some(self.entries[i]);
             }
@@ -447,9 +465,10 @@ fn block_reason<const N: usize>(
     addr: [u8; N],
     now_ns: u64,
 ) -> Option<u32> {
-    // An operator's block of the host itself, in `BLOCK_HOSTS`: no trie
-    // lookup (an expired one is skipped and stays for the sweep).
-    if list.table_host(addr).is_some_and(|h| h.is_active(now_ns)) {
+    // An operator's block of the host itself or of its /24 (/64, /48), in
+    // `BLOCK_HOSTS`: no trie lookup (an expired one is skipped and stays for
+    // the sweep).
+    if list.table_blocks(addr, now_ns) {
         return Some(reason::BLOCKLIST);
     }
     let mut max_prefix = u32::MAX;

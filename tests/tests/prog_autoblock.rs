@@ -245,7 +245,9 @@ fn a_block_lookup_follows_four_automatic_matches() {
         return;
     }
     let test = ProgTest::new();
-    test.block(&["198.18.76.0/24", "198.18.77.0/24", "2001:db8:76::/48"]);
+    // The operator's blocks in the tries, under the automatic ones (a /24
+    // or /48 would be in the host table, found before any trie lookup).
+    test.block(&["198.18.76.0/25", "198.18.77.0/25", "2001:db8:76::/56"]);
     test.block_raw(
         &[
             "198.18.76.0/29",

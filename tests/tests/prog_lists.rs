@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use filter_common::reason::{ALLOWLIST, BLOCKLIST, MALFORMED, NON_IP, PASS};
+use filter_ctl::maps::hosts::TableKey;
 use filter_tests::{
     frames::{self, DST4, DST6, Ext, Frame, Ipv4, Ipv6, L4, ip4, ip6, proto},
     progtest::{Case, ProgTest, run_table, skip_unless_root},
@@ -269,20 +270,25 @@ fn expiring_entries() {
     ];
     run_table(&test, &cases);
     // Expired entries the program met are gone from the tries. Expired
-    // hosts (in `BLOCK_HOSTS`) were skipped and stay for the sweep.
+    // hosts and /24s (in `BLOCK_HOSTS`) were skipped and stay for the sweep.
     let stored = || blocklist(&test);
     let left = stored();
-    for deleted in ["198.18.9.0/30", "198.18.9.0/24"] {
+    for deleted in ["198.18.9.0/30", "198.18.9.0/26"] {
         assert!(
             !left.iter().any(|c| c == deleted),
             "{deleted} expired and was looked up, yet is still stored: {left:?}"
         );
     }
-    let hosts = ["198.18.8.8/32", "2001:db8:8::8/128", "198.19.6.6/32"];
+    let hosts = [
+        "198.18.8.8/32",
+        "2001:db8:8::8/128",
+        "198.19.6.6/32",
+        "198.18.9.0/24",
+    ];
     for host in hosts {
         assert!(
             left.iter().any(|c| c == host),
-            "{host}: an expired host stays in the table until the sweep: {left:?}"
+            "{host}: an expired entry stays in the table until the sweep: {left:?}"
         );
     }
     test.sweep_expired();
@@ -307,9 +313,10 @@ fn five_nested_expired_entries() {
     }
     let test = ProgTest::new();
     test.block(&["198.18.0.0/16"]);
+    // Lengths the host table does not hold (a /24 would go there).
     test.block_ttl(
         &[
-            "198.18.9.0/24",
+            "198.18.9.0/25",
             "198.18.9.0/26",
             "198.18.9.0/28",
             "198.18.9.0/30",
@@ -340,6 +347,124 @@ fn five_nested_expired_entries() {
     assert_eq!(stored(), ["198.18.0.0/16"]);
 }
 
+/// The blocklist's IPv4 /24s and IPv6 /64s and /48s live in `BLOCK_HOSTS`
+/// beside its hosts, keyed by (address, prefix length): a /24 and its
+/// first host are two entries, each blocked and removed on its own; the
+/// program probes for prefixes only while the table holds some
+/// (`Config::table_prefixes`), and lengths the table does not hold stay in
+/// the tries.
+#[test]
+fn table_prefixes_beside_hosts() {
+    if skip_unless_root("table_prefixes_beside_hosts") {
+        return;
+    }
+    let test = ProgTest::new();
+    let config = || test.reader().config().expect("CONFIG");
+    let in_table = |cidr: &str| {
+        let cidr: filter_ctl::spec::cidr::Cidr = cidr.parse().expect("cidr");
+        let key = filter_ctl::maps::hosts::table_key(&cidr).expect("a table length");
+        test.reader()
+            .host_table()
+            .expect("BLOCK_HOSTS")
+            .find(&key)
+            .expect("reading BLOCK_HOSTS")
+            .is_some()
+    };
+    let v4 = |ip: &str| Frame::ipv4(frames::udp4(ip4(ip), 53)).build();
+    let v6 = |ip: &str| Frame::ipv6(frames::udp6(ip6(ip), 53)).build();
+    test.block(&[
+        "198.18.50.0/24",
+        "198.18.50.0",
+        "2001:db8:51::/48",
+        "2001:db8:52:1::/64",
+        "2001:db8:52:1::",
+        "198.18.53.0/25",
+        "2001:db8:54::/56",
+    ]);
+    for cidr in [
+        "198.18.50.0/24",
+        "198.18.50.0/32",
+        "2001:db8:51::/48",
+        "2001:db8:52:1::/64",
+        "2001:db8:52:1::/128",
+    ] {
+        assert!(in_table(cidr), "{cidr} is in the table");
+    }
+    assert_eq!(config().block_hosts, 5);
+    assert_eq!(config().table_prefixes, 3);
+    let mut listed = blocklist(&test);
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "198.18.50.0/24",
+            "198.18.50.0/32",
+            "198.18.53.0/25",
+            "2001:db8:51::/48",
+            "2001:db8:52:1::/128",
+            "2001:db8:52:1::/64",
+            "2001:db8:54::/56",
+        ],
+        "each entry listed once, as given"
+    );
+    run_table(
+        &test,
+        &[
+            Case::new("a /24's first host", v4("198.18.50.0"), BLOCKLIST),
+            Case::new("inside a /24", v4("198.18.50.200"), BLOCKLIST),
+            Case::new("next to a /24", v4("198.18.49.255"), PASS),
+            Case::new("inside a /25 (trie)", v4("198.18.53.127"), BLOCKLIST),
+            Case::new("past a /25", v4("198.18.53.128"), PASS),
+            Case::new("inside a /48", v6("2001:db8:51:ffff::1"), BLOCKLIST),
+            Case::new("next to a /48", v6("2001:db8:50:ffff::1"), PASS),
+            Case::new("inside a /64", v6("2001:db8:52:1::9"), BLOCKLIST),
+            Case::new("next to a /64", v6("2001:db8:52:2::9"), PASS),
+            Case::new("inside a /56 (trie)", v6("2001:db8:54:ff::1"), BLOCKLIST),
+        ],
+    );
+
+    // The /24 out: its first host stays blocked, the rest of it passes.
+    let unblock = |cidrs: &[&str]| {
+        let cidrs: Vec<filter_ctl::spec::cidr::Cidr> =
+            cidrs.iter().map(|c| c.parse().expect("cidr")).collect();
+        test.filter().unblock(&cidrs).expect("unblocking");
+    };
+    unblock(&["198.18.50.0/24", "2001:db8:52:1::/64"]);
+    assert!(!in_table("198.18.50.0/24") && in_table("198.18.50.0/32"));
+    assert_eq!(config().table_prefixes, 1);
+    run_table(
+        &test,
+        &[
+            Case::new(
+                "the first host, still blocked",
+                v4("198.18.50.0"),
+                BLOCKLIST,
+            ),
+            Case::new("the rest of the /24", v4("198.18.50.1"), PASS),
+            Case::new("the /64's host", v6("2001:db8:52:1::"), BLOCKLIST),
+            Case::new("the rest of the /64", v6("2001:db8:52:1::9"), PASS),
+        ],
+    );
+
+    // Everything out: both counts at 0, nothing blocked.
+    unblock(&[
+        "198.18.50.0",
+        "2001:db8:51::/48",
+        "2001:db8:52:1::",
+        "198.18.53.0/25",
+        "2001:db8:54::/56",
+    ]);
+    assert!(blocklist(&test).is_empty(), "{:?}", blocklist(&test));
+    assert_eq!((config().block_hosts, config().table_prefixes), (0, 0));
+    run_table(
+        &test,
+        &[
+            Case::new("a /24's host, unblocked", v4("198.18.50.7"), PASS),
+            Case::new("a /48's host, unblocked", v6("2001:db8:51::7"), PASS),
+        ],
+    );
+}
+
 /// Blocked hosts live in `BLOCK_HOSTS`, four to a set; a host whose set is
 /// full goes into the trie, and once a set has overflowed its new hosts go
 /// there too (a host missing from such a set may be in the trie: never two
@@ -358,6 +483,7 @@ fn hosts_overflow_into_the_trie() {
         filter_common::host_set(
             config.host_seed,
             config.host_mask,
+            128,
             &filter_common::source_words(&key),
         )
     };
@@ -376,7 +502,7 @@ fn hosts_overflow_into_the_trie() {
         let filter = test.reader();
         let table = filter.host_table().expect("BLOCK_HOSTS");
         table
-            .find(&filter_common::host_key_v4(ip4(ip)))
+            .find(&TableKey::v4_host(ip4(ip)))
             .expect("reading BLOCK_HOSTS")
             .is_some()
     };

@@ -1,5 +1,5 @@
-//! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) beside the blocklist
-//! tries, a 4-way set-associative array of [`HostSlot`]s (see
+//! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) and prefixes of the
+//! table's lengths (IPv4 /24, IPv6 /64 and /48) beside the blocklist tries, a 4-way set-associative array of [`HostSlot`]s (see
 //! `filter_common::lists`), and `BLOCK_HOST_SETS`, one bit per set in use.
 //! Both are memory-mapped (`BPF_F_MMAPABLE`): user space, their only writer
 //! (under the edit lock), reads and writes slots in place, without a
@@ -32,29 +32,84 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::maps::MapData;
 use filter_common::{
-    HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, host_key_v4, host_set,
-    host_set_bit, host_set_words, maps, source_words,
+    HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, TABLE_PREFIXES_V4,
+    host_key_v4, host_set, host_set_bit, host_set_words, in_host_table, maps, source_words,
 };
 
 use super::Filter;
 use crate::spec::cidr::Cidr;
 
-/// The `BLOCK_HOSTS` key of `cidr` if it is a host (IPv4 /32, IPv6 /128).
-#[must_use]
-pub fn host_key(cidr: &Cidr) -> Option<Ipv6Bytes> {
-    match *cidr {
-        Cidr::V4 { addr, prefix: 32 } => Some(host_key_v4(addr)),
-        Cidr::V6 { addr, prefix: 128 } => Some(addr),
-        _ => None,
+/// A key of `BLOCK_HOSTS`: a host or a prefix of the table's lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TableKey {
+    /// The address, IPv4-mapped for IPv4, host bits cleared.
+    pub addr: Ipv6Bytes,
+    /// The prefix length in its family (32 for an IPv4 host).
+    pub prefix_len: u8,
+    pub is_v6: bool,
+}
+
+impl TableKey {
+    /// The key of IPv4 host `addr`.
+    #[must_use]
+    pub const fn v4_host(addr: [u8; 4]) -> Self {
+        Self {
+            addr: host_key_v4(addr),
+            prefix_len: 32,
+            is_v6: false,
+        }
+    }
+
+    /// Whether the key is a host's (IPv4 /32, IPv6 /128).
+    #[must_use]
+    pub const fn is_host(&self) -> bool {
+        self.prefix_len == if self.is_v6 { 128 } else { 32 }
+    }
+
+    /// Bits of the IPv4-mapped address the prefix covers.
+    #[must_use]
+    pub fn mapped_len(&self) -> u32 {
+        u32::from(self.prefix_len) + if self.is_v6 { 0 } else { 96 }
+    }
+
+    /// The prefix the key names.
+    #[must_use]
+    pub fn cidr(&self) -> Cidr {
+        let ip = Ipv6Addr::from(self.addr);
+        match ip.to_ipv4_mapped() {
+            Some(v4) if !self.is_v6 => Cidr::new(IpAddr::V4(v4), self.prefix_len),
+            _ => Cidr::new(IpAddr::V6(ip), self.prefix_len),
+        }
+    }
+
+    /// The key of the entry in `slot`.
+    fn of_slot(slot: &HostSlot) -> Self {
+        // The table's IPv4 lengths (32, 24) are none of its IPv6 ones.
+        let is_v6 = slot.prefix_len != 32 && !TABLE_PREFIXES_V4.contains(&slot.prefix_len);
+        Self {
+            addr: slot.addr,
+            prefix_len: slot.prefix_len,
+            is_v6,
+        }
     }
 }
 
-/// The host `key` names (IPv4-mapped keys are IPv4 hosts).
-fn host_cidr(key: &Ipv6Bytes) -> Cidr {
-    let ip = Ipv6Addr::from(*key);
-    match ip.to_ipv4_mapped() {
-        Some(v4) => Cidr::new(IpAddr::V4(v4), 32),
-        None => Cidr::new(IpAddr::V6(ip), 128),
+/// The `BLOCK_HOSTS` key of `cidr` if the table holds prefixes like it: a
+/// host (IPv4 /32, IPv6 /128), an IPv4 /24, an IPv6 /64 or /48.
+#[must_use]
+pub fn table_key(cidr: &Cidr) -> Option<TableKey> {
+    match *cidr {
+        Cidr::V4 { addr, prefix } if in_host_table(false, prefix) => Some(TableKey {
+            addr: host_key_v4(addr),
+            prefix_len: prefix,
+            is_v6: false,
+        }),
+        Cidr::V6 { addr, prefix } if in_host_table(true, prefix) => Some(TableKey {
+            addr,
+            prefix_len: prefix,
+            is_v6: true,
+        }),
+        _ => None,
     }
 }
 
@@ -245,8 +300,13 @@ impl HostTable {
 
     /// The first slot of `key`'s set.
     #[must_use]
-    pub fn set_of(&self, key: &Ipv6Bytes) -> u32 {
-        host_set(self.seed, self.mask, &source_words(key))
+    pub fn set_of(&self, key: &TableKey) -> u32 {
+        host_set(
+            self.seed,
+            self.mask,
+            key.mapped_len(),
+            &source_words(&key.addr),
+        )
     }
 
     /// Maps the whole table: before walking it, or placing many hosts
@@ -291,11 +351,14 @@ impl HostTable {
     }
 
     /// The slot of `key`'s set that holds it.
-    fn slot_of(&self, key: &Ipv6Bytes) -> anyhow::Result<Option<u32>> {
+    fn slot_of(&self, key: &TableKey) -> anyhow::Result<Option<u32>> {
         let first = self.set_of(key);
         for index in first..first + HOST_WAYS {
             let slot = self.read(index)?;
-            if slot.state & HOST_USED != 0 && slot.addr == *key {
+            if slot.state & HOST_USED != 0
+                && slot.addr == key.addr
+                && slot.prefix_len == key.prefix_len
+            {
                 return Ok(Some(index));
             }
         }
@@ -303,7 +366,7 @@ impl HostTable {
     }
 
     /// The entry stored for `key`, if the table holds it.
-    pub fn find(&self, key: &Ipv6Bytes) -> anyhow::Result<Option<ListEntry>> {
+    pub fn find(&self, key: &TableKey) -> anyhow::Result<Option<ListEntry>> {
         match self.slot_of(key)? {
             Some(index) => Ok(Some(self.read(index)?.entry())),
             None => Ok(None),
@@ -315,8 +378,12 @@ impl HostTable {
     /// such a set may be in the trie, so it goes there (no lookup needed,
     /// never two places). A full set is marked overflowed. The caller has
     /// raised the program's count for a new host.
-    pub fn place(&self, key: &Ipv6Bytes, entry: ListEntry) -> anyhow::Result<Placed> {
+    pub fn place(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
         if let Some(index) = self.slot_of(key)? {
+            let entry = ListEntry {
+                prefix_len: key.prefix_len,
+                ..entry
+            };
             self.write_entry(index, entry)?;
             return Ok(Placed::Updated);
         }
@@ -340,8 +407,15 @@ impl HostTable {
         let state = self.read(free)?.state;
         let ptr = self.slots.ptr(free)?;
         // SAFETY: as `read`; the slot is unused, so the program ignores it.
-        unsafe { (&raw mut (*ptr).addr).write_volatile(*key) };
-        self.write_entry(free, entry)?;
+        unsafe { (&raw mut (*ptr).addr).write_volatile(key.addr) };
+        // The prefix length is part of the key: the entry's must match.
+        self.write_entry(
+            free,
+            ListEntry {
+                prefix_len: key.prefix_len,
+                ..entry
+            },
+        )?;
         let (word, bit) = self.set_word(first)?;
         word.fetch_or(bit, Ordering::SeqCst);
         self.write_state(free, state | HOST_USED)?;
@@ -369,7 +443,7 @@ impl HostTable {
     }
 
     /// Frees `key`'s slot. Whether the table held it.
-    pub fn vacate(&self, key: &Ipv6Bytes) -> anyhow::Result<bool> {
+    pub fn vacate(&self, key: &TableKey) -> anyhow::Result<bool> {
         let Some(index) = self.slot_of(key)? else {
             return Ok(false);
         };
@@ -387,14 +461,14 @@ impl HostTable {
         Ok(true)
     }
 
-    /// Every used slot's host and entry.
+    /// Every used slot's prefix and entry.
     pub fn entries(&self) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         self.map_whole()?;
         let mut out = Vec::new();
         for index in 0..self.slots.len {
             let slot = self.read(index)?;
             if slot.state & HOST_USED != 0 {
-                out.push((host_cidr(&slot.addr), slot.entry()));
+                out.push((TableKey::of_slot(&slot).cidr(), slot.entry()));
             }
         }
         Ok(out)

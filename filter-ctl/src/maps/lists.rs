@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     Filter, ListKind, Tries, batch,
-    hosts::{Placed, host_key},
+    hosts::{Placed, TableKey, table_key},
     journal::{Journal, Record},
     rules::RuleTable,
 };
@@ -152,7 +152,7 @@ impl Filter {
                 Some(_) => report.updated.push(*cidr),
             }
             records.push(record(cidr, previous));
-            if previous.is_some_and(|p| p.origin == ORIGIN_AUTO) && host_key(cidr).is_some() {
+            if previous.is_some_and(|p| p.origin == ORIGIN_AUTO) && table_key(cidr).is_some() {
                 superseded_autos.push(*cidr);
             }
             writes.push((*cidr, new));
@@ -227,7 +227,7 @@ impl Filter {
     /// this one the hosts and then the IPv4 trie.
     fn write_tries_and_hosts(&self, tries: Tries, entries: Entries) -> anyhow::Result<Vec<Cidr>> {
         let (hosts, prefixes): (Entries, Entries) = entries.into_iter().partition(|(c, e)| {
-            tries == Tries::Block && host_key(c).is_some() && e.origin != ORIGIN_AUTO
+            tries == Tries::Block && table_key(c).is_some() && e.origin != ORIGIN_AUTO
         });
         if tries == Tries::Block {
             // An automatic block written for a host (a policy's fallback to
@@ -235,7 +235,7 @@ impl Filter {
             // write into one trie did: out of the table.
             let autos: Vec<Cidr> = prefixes
                 .iter()
-                .filter(|(c, _)| host_key(c).is_some())
+                .filter(|(c, _)| table_key(c).is_some())
                 .map(|(c, _)| *c)
                 .collect();
             self.remove_hosts(&autos)?;
@@ -284,33 +284,45 @@ impl Filter {
             return Ok((in_table, rest));
         }
         let table = self.host_table_for(hosts.len())?;
-        // Raised first, by every host (the program must not skip a table
-        // with hosts), and lowered afterwards by those that were not new.
-        let raised = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
-        self.add_to_host_count(raised, 0)?;
-        let mut new = 0_u32;
+        // Raised first, by every entry (the program must not skip a table
+        // with entries), and lowered afterwards by those that were not new.
+        let raised = TableCount::of(hosts.iter().map(|(c, _)| c));
+        self.add_to_table_count(raised, TableCount::default())?;
+        let mut new = TableCount::default();
         for (cidr, entry) in hosts {
-            let Some(key) = host_key(&cidr) else { continue };
+            let Some(key) = table_key(&cidr) else {
+                continue;
+            };
             match table.place(&key, entry)? {
                 Placed::Trie => rest.push((cidr, entry)),
                 placed => {
-                    new += u32::from(placed == Placed::New);
+                    if placed == Placed::New {
+                        new.add(&key);
+                    }
                     in_table.push(cidr);
                 }
             }
         }
-        self.add_to_host_count(0, raised - new)?;
+        self.add_to_table_count(TableCount::default(), raised.minus(new))?;
         Ok((in_table, rest))
     }
 
-    /// Raises the program's count of used `BLOCK_HOSTS` slots by `up`,
-    /// then lowers it by `down`.
-    fn add_to_host_count(&self, up: u32, down: u32) -> anyhow::Result<()> {
-        if up == 0 && down == 0 {
+    /// Raises the program's counts of used `BLOCK_HOSTS` slots
+    /// (`Config::block_hosts`, `Config::table_prefixes`) by `up`, then
+    /// lowers them by `down`.
+    fn add_to_table_count(&self, up: TableCount, down: TableCount) -> anyhow::Result<()> {
+        if up == TableCount::default() && down == TableCount::default() {
             return Ok(());
         }
         self.update_config(|c| {
-            c.block_hosts = c.block_hosts.saturating_add(up).saturating_sub(down);
+            c.block_hosts = c
+                .block_hosts
+                .saturating_add(up.slots)
+                .saturating_sub(down.slots);
+            c.table_prefixes = c
+                .table_prefixes
+                .saturating_add(up.prefixes)
+                .saturating_sub(down.prefixes);
             Ok(())
         })
         .map(drop)
@@ -349,19 +361,21 @@ impl Filter {
     /// holds, and returns them.
     fn remove_hosts(&self, cidrs: &[Cidr]) -> anyhow::Result<HashSet<Cidr>> {
         let mut removed = HashSet::new();
-        if !cidrs.iter().any(|c| host_key(c).is_some()) {
+        if !cidrs.iter().any(|c| table_key(c).is_some()) {
             return Ok(removed);
         }
         let table = self.host_table_for(cidrs.len())?;
+        let mut gone = TableCount::default();
         for cidr in cidrs {
-            if let Some(key) = host_key(cidr)
+            if let Some(key) = table_key(cidr)
                 && table.vacate(&key)?
             {
                 removed.insert(*cidr);
+                gone.add(&key);
             }
         }
-        // Lowered after: the count never falls below the hosts present.
-        self.add_to_host_count(0, u32::try_from(removed.len()).unwrap_or(u32::MAX))?;
+        // Lowered after: the counts never fall below the entries present.
+        self.add_to_table_count(TableCount::default(), gone)?;
         Ok(removed)
     }
 
@@ -412,14 +426,14 @@ impl Filter {
             let hosts: Vec<Cidr> = records
                 .iter()
                 .map(Record::cidr)
-                .filter(|c| host_key(c).is_some())
+                .filter(|c| table_key(c).is_some())
                 .collect();
             self.remove_hosts(&hosts)
                 .with_context(|| format!("restoring the {}", kind.name()))?;
             let restore: Vec<(Cidr, ListEntry)> = records
                 .iter()
                 .filter_map(|r| Some((r.cidr(), r.previous?)))
-                .filter(|(c, e)| host_key(c).is_some() && e.origin != ORIGIN_AUTO)
+                .filter(|(c, e)| table_key(c).is_some() && e.origin != ORIGIN_AUTO)
                 .collect();
             restored = restore.iter().map(|(c, _)| *c).collect();
             let (_, rest) = self
@@ -771,7 +785,7 @@ impl Filter {
                     let held: HashSet<u32> = entries
                         .iter()
                         .filter(|(_, e)| e.origin != ORIGIN_AUTO)
-                        .filter_map(|(c, _)| host_key(c))
+                        .filter_map(|(c, _)| table_key(c))
                         .map(|k| table.set_of(&k))
                         .collect();
                     let stale: Vec<u32> =
@@ -827,7 +841,7 @@ impl Filter {
             let shadowed: Vec<Cidr> = cidrs
                 .iter()
                 .zip(&stored)
-                .filter(|(c, e)| host_key(c).is_some() && e.is_some_and(|e| e.is_active(now)))
+                .filter(|(c, e)| table_key(c).is_some() && e.is_some_and(|e| e.is_active(now)))
                 .map(|(c, _)| *c)
                 .collect();
             let expired_autos: Vec<Cidr> = shadowed
@@ -960,6 +974,39 @@ impl<K> Default for Batch<K> {
     }
 }
 
+/// Slots of `BLOCK_HOSTS`, as `Config` counts them: all used ones, and
+/// those that hold a prefix rather than a host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TableCount {
+    slots: u32,
+    prefixes: u32,
+}
+
+impl TableCount {
+    /// The table keys among `cidrs`.
+    fn of<'a>(cidrs: impl Iterator<Item = &'a Cidr>) -> Self {
+        let mut count = Self::default();
+        for key in cidrs.filter_map(table_key) {
+            count.add(&key);
+        }
+        count
+    }
+
+    fn add(&mut self, key: &TableKey) {
+        self.slots = self.slots.saturating_add(1);
+        if !key.is_host() {
+            self.prefixes = self.prefixes.saturating_add(1);
+        }
+    }
+
+    const fn minus(self, other: Self) -> Self {
+        Self {
+            slots: self.slots.saturating_sub(other.slots),
+            prefixes: self.prefixes.saturating_sub(other.prefixes),
+        }
+    }
+}
+
 fn split_families(entries: &[(Cidr, ListEntry)]) -> (Batch<Ipv4Bytes>, Batch<Ipv6Bytes>) {
     let mut v4 = Batch::default();
     let mut v6 = Batch::default();
@@ -1053,13 +1100,13 @@ impl Filter {
         tries: Tries,
         cidrs: &[Cidr],
     ) -> anyhow::Result<Vec<Option<ListEntry>>> {
-        if tries != Tries::Block || !cidrs.iter().any(|c| host_key(c).is_some()) {
+        if tries != Tries::Block || !cidrs.iter().any(|c| table_key(c).is_some()) {
             return self.lookup_in_tries(tries, cidrs);
         }
         let table = self.host_table_for(cidrs.len())?;
         let mut out: Vec<Option<ListEntry>> = cidrs
             .iter()
-            .map(|c| match host_key(c) {
+            .map(|c| match table_key(c) {
                 Some(k) => table.find(&k),
                 None => Ok(None),
             })
