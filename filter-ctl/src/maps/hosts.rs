@@ -352,7 +352,11 @@ impl HostTable {
 
     /// The slot of `key`'s set that holds it.
     fn slot_of(&self, key: &TableKey) -> anyhow::Result<Option<u32>> {
-        let first = self.set_of(key);
+        self.slot_in(self.set_of(key), key)
+    }
+
+    /// The slot of the set starting at `first` (`key`'s) that holds `key`.
+    fn slot_in(&self, first: u32, key: &TableKey) -> anyhow::Result<Option<u32>> {
         for index in first..first + HOST_WAYS {
             let slot = self.read(index)?;
             if slot.state & HOST_USED != 0
@@ -379,7 +383,14 @@ impl HostTable {
     /// never two places). A full set is marked overflowed. The caller has
     /// raised the program's count for a new host.
     pub fn place(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
-        if let Some(index) = self.slot_of(key)? {
+        self.place_in(self.set_of(key), key, entry)
+    }
+
+    /// [`Self::place`] with `key`'s set already known (`first`, from
+    /// [`Self::set_of`]).
+    pub fn place_in(&self, first: u32, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
+        debug_assert_eq!(first, self.set_of(key), "the key's own set");
+        if let Some(index) = self.slot_in(first, key)? {
             let entry = ListEntry {
                 prefix_len: key.prefix_len,
                 ..entry
@@ -387,7 +398,6 @@ impl HostTable {
             self.write_entry(index, entry)?;
             return Ok(Placed::Updated);
         }
-        let first = self.set_of(key);
         let first_state = self.read(first)?.state;
         if first_state & HOST_OVERFLOWED != 0 {
             return Ok(Placed::Trie);
@@ -420,6 +430,24 @@ impl HostTable {
         word.fetch_or(bit, Ordering::SeqCst);
         self.write_state(free, state | HOST_USED)?;
         Ok(Placed::New)
+    }
+
+    /// Asks the CPU to load the set starting at `first` into its caches (two
+    /// cache lines), so that placing many keys in a row does not wait on
+    /// each set's memory in turn: a load's sets are random in 32 MiB.
+    pub fn prefetch(&self, first: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Ok(ptr) = self.slots.ptr(first) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: a hint only, never a fault; `ptr` is the set's first
+            // slot and the set's four slots (128 bytes) are in the mapping.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(ptr.cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(ptr.cast::<i8>().add(64));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = first;
     }
 
     /// The first slots of the sets marked overflowed.
