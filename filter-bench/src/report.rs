@@ -381,5 +381,26 @@ so they compare with part 1 but come from other runs and other versions of the p
   about 1 µs each for the 450,000 prefixes, on both CPUs), and the record's `write` + \
   `fdatasync` of 27 MB, which `dd … conv=fdatasync` of the same size puts at 30–320 ms on \
   this VM's disk. Only the prefix table above would remove the first. Kept.
+- **Prefix lengths probed in the host table** (issue 18, targets 3 and 5): a spike put \
+  every IPv4 prefix in `BLOCK_HOSTS`, keyed by (masked address, length), with a per-/16 \
+  bitmap of the lengths present. Probed inline, even eight lengths made the verifier give up \
+  (E2BIG: each probe's branches multiply the states the rest of the program is verified \
+  under); through `bpf_loop` each hinted length cost ~16 ns (the helper's indirect call per \
+  iteration), and a random 1M list hints most lengths in most /16s: an unlisted source \
+  would cost ~195 ns against the trie's ~150. A fixed-depth multibit trie in arrays \
+  (16-8-8 for IPv4, 8-bit strides for IPv6) was costed and not built: part 2's random 1M \
+  list needs a 1 KiB chunk in nearly every /16 (64 MiB) and one per /24 holding a /25–/31 \
+  (~44 MiB) for IPv4, and for IPv6 its 400,000 random /48s and /64s need four to six \
+  chunks each (about 1 GiB): flat for IPv6 needs compressed nodes (Poptrie-style \
+  bitmaps), not plain arrays. **Built instead:** the lengths lists are mostly made of \
+  besides hosts, IPv4 /24 and IPv6 /64 and /48, live in the host table too, keyed by \
+  (address, length) and hashed per length; the program probes the source's /24 (or /64 and \
+  /48) after its host, only while the table holds prefixes (`Config::table_prefixes`): \
+  three inline probes pass the verifier. Part 2 (`filter-bench --part 2`, 7 rounds): a \
+  listed /24 1.15× and a listed /48 1.16× from 1 to 1,000,000 entries (2.03× and 2.66× \
+  in the trie), the 1M load 1.19 s (1.27 s), and 1.01 s once a load prefetches each \
+  host's set 16 keys ahead (`HostTable::slot_of` had been 15% of the load's profile: \
+  each set is a cache miss in 32 MiB). Unlisted sources and other lengths (a /20, a /56) \
+  still pay the trie lookup (1.9–2.5×). Kept.
 
 ";
