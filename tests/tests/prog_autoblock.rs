@@ -516,3 +516,76 @@ fn a_crowdsec_ban_of_an_automatically_blocked_host() {
     );
     std::fs::remove_dir_all(&dir).expect("removing the state directory");
 }
+
+/// `unblock` of an address lifts the automatic block of its aggregate (an
+/// IPv6 /64 by default) from the trie, and leaves alone a CrowdSec ban of
+/// that same /64, which lives beside it in the host table: the address
+/// stays blocked by the ban. (The ban was once removed instead, and the
+/// automatic block kept.)
+#[test]
+fn unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix() {
+    if skip_unless_root("unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix") {
+        return;
+    }
+    let test = ProgTest::new();
+    let hour = filter_ctl::clock::expiry_from_now(Some(Duration::from_hours(1)));
+    test.block_raw(&["2001:db8:7a:1::/64"], ORIGIN_AUTO, hour);
+    let dir = std::env::temp_dir().join(format!("filter-test-unblock-{}", std::process::id()));
+    let state = filter_ctl::state::StateDir::open(&dir).expect("state");
+    let live = filter_ctl::state::LiveState::load(&state, false).expect("live state");
+    Applier::new(&live)
+        .apply(
+            &test.filter(),
+            None,
+            &Pulled {
+                pull: Pull {
+                    bans: vec![Ban {
+                        cidr: "2001:db8:7a:1::/64".parse().expect("cidr"),
+                        ttl: Duration::from_hours(4),
+                    }],
+                    ..Pull::default()
+                },
+                startup: false,
+            },
+        )
+        .expect("applying the pull");
+    let origins = || -> Vec<u8> {
+        let mut origins: Vec<u8> = test
+            .reader()
+            .list_entries_raw(filter_ctl::maps::ListKind::Block)
+            .expect("reading the blocklist")
+            .iter()
+            .filter(|(c, _)| c.to_string() == "2001:db8:7a:1::/64")
+            .map(|(_, e)| e.origin)
+            .collect();
+        origins.sort_unstable();
+        origins
+    };
+    assert_eq!(
+        origins(),
+        [ORIGIN_AUTO, filter_common::ORIGIN_CROWDSEC],
+        "the ban beside the automatic block"
+    );
+    let removed = test
+        .filter()
+        .unblock(&["2001:db8:7a:1::5".parse().expect("cidr")])
+        .expect("unblocking the address");
+    assert_eq!(
+        removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["2001:db8:7a:1::/64"]
+    );
+    assert_eq!(
+        origins(),
+        [filter_common::ORIGIN_CROWDSEC],
+        "the automatic block lifted, the ban kept"
+    );
+    run_table(
+        &test,
+        &[Case::new(
+            "the ban still blocks the address",
+            udp6("2001:db8:7a:1::5", 53),
+            BLOCKLIST,
+        )],
+    );
+    std::fs::remove_dir_all(&dir).expect("removing the state directory");
+}

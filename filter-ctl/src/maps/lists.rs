@@ -924,8 +924,14 @@ impl Filter {
             ))
             .into());
         }
+        // The named prefixes go wherever they are (table first); an
+        // automatic block found at another prefix (the address's aggregate)
+        // is lifted from the tries only: the table may hold an operator's,
+        // the policy's or a CrowdSec entry at that same prefix, which
+        // `unblock` of an address inside it must leave alone.
         let mut remove: Vec<Cidr> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut lift: Vec<Cidr> = Vec::new();
+        let (mut seen, mut seen_auto) = (HashSet::new(), HashSet::new());
         for ((cidr, entry), (auto, auto_entry)) in cidrs
             .iter()
             .zip(&listed)
@@ -933,37 +939,38 @@ impl Filter {
         {
             let auto_active =
                 auto_entry.is_some_and(|e| e.origin == ORIGIN_AUTO && e.is_active(now));
-            let hits = [
-                entry.is_some().then_some(*cidr),
-                auto_active.then_some(*auto),
-            ];
-            if hits.iter().all(Option::is_none) {
+            if entry.is_none() && !auto_active {
                 return Err(Error::NotFound(format!(
                     "{cidr} is neither on the blocklist nor automatically blocked; nothing was changed"
                 ))
                 .into());
             }
-            for hit in hits.into_iter().flatten() {
-                if seen.insert(hit) {
-                    remove.push(hit);
-                }
+            if entry.is_some() && seen.insert(*cidr) {
+                remove.push(*cidr);
+            }
+            if auto_active && auto != cidr && seen_auto.insert(*auto) {
+                lift.push(*auto);
             }
         }
         self.list_remove(ListKind::Block, &remove)?;
-        // A host with an operator's entry (removed from the table above)
-        // and an automatic block of the same address: lift that too.
-        let autos_of_hosts: Vec<Cidr> = cidrs
-            .iter()
-            .zip(&listed)
-            .zip(autos.iter().zip(&auto_entries))
-            .filter(|((cidr, entry), (auto, auto_entry))| {
-                cidr == auto
-                    && entry.is_some_and(|e| e.origin != ORIGIN_AUTO)
-                    && auto_entry.is_some_and(|e| e.origin == ORIGIN_AUTO)
-            })
-            .map(|((cidr, _), _)| *cidr)
-            .collect();
-        self.delete_from_tries(Tries::Block, &autos_of_hosts)?;
+        // A prefix with an operator's entry (removed from the table above)
+        // and an automatic block of the same prefix: lift that too.
+        lift.extend(
+            cidrs
+                .iter()
+                .zip(&listed)
+                .zip(autos.iter().zip(&auto_entries))
+                .filter(|((cidr, entry), (auto, auto_entry))| {
+                    cidr == auto
+                        && entry.is_some_and(|e| e.origin != ORIGIN_AUTO)
+                        && auto_entry.is_some_and(|e| e.origin == ORIGIN_AUTO)
+                })
+                .map(|((cidr, _), _)| *cidr)
+                .filter(|c| seen_auto.insert(*c))
+                .collect::<Vec<_>>(),
+        );
+        self.delete_from_tries(Tries::Block, &lift)?;
+        remove.extend(lift.into_iter().filter(|c| !seen.contains(c)));
         Ok(remove)
     }
 }
