@@ -518,7 +518,7 @@ fn a_crowdsec_ban_of_an_automatically_blocked_host() {
 }
 
 /// `unblock` of an address lifts the automatic block of its aggregate (an
-/// IPv6 /64 by default) from the trie, and leaves alone a CrowdSec ban of
+/// IPv6 /64 by default) from the trie, and leaves alone a `CrowdSec` ban of
 /// that same /64, which lives beside it in the host table: the address
 /// stays blocked by the ban. (The ban was once removed instead, and the
 /// automatic block kept.)
