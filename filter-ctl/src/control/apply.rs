@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context as _;
-use filter_common::{ListEntry, ORIGIN_POLICY, RULE_FLAG_SHADOW, RateRule};
+use filter_common::{
+    ListEntry, ORIGIN_AUTO, ORIGIN_CROWDSEC, ORIGIN_POLICY, RULE_FLAG_SHADOW, RateRule,
+};
 use serde::Serialize;
 
 use crate::{
@@ -311,11 +313,14 @@ fn policy_entry(cidr: &Cidr) -> ListEntry {
     }
 }
 
-/// Gives each of `cidrs` back to the live entry held for it (a CLI edit, an
-/// automatic block, a `CrowdSec` decision still in force), or deletes it.
+/// Gives each of `cidrs` back to the live entries held for it (a CLI edit,
+/// an automatic block, a `CrowdSec` decision still in force), or deletes it.
 /// Never reads the maps: while a policy holds a prefix, the kernel entry is
 /// the policy's (a live edit never takes over a policy entry, and automatic
-/// blocks never replace an entry).
+/// blocks never replace an entry). A prefix may hold an automatic block and
+/// an operator's entry at once (in the host table and a trie): both go
+/// back, the automatic block first, so that where both share a trie key
+/// the operator's, written last, holds it.
 fn fall_back(
     filter: &Filter,
     tries: Tries,
@@ -325,17 +330,28 @@ fn fall_back(
     if cidrs.is_empty() {
         return Ok(());
     }
-    let held: HashMap<Cidr, &HeldEntry> = held
-        .iter()
-        .filter(|h| h.kind == tries)
-        .map(|h| (h.cidr, h))
-        .collect();
     let now = clock::monotonic_ns();
+    let mut held_at: HashMap<Cidr, Vec<&HeldEntry>> = HashMap::new();
+    for h in held
+        .iter()
+        .filter(|h| h.kind == tries && (h.expires_at_ns == 0 || h.expires_at_ns > now))
+    {
+        held_at.entry(h.cidr).or_default().push(h);
+    }
     let mut rewrite = Vec::new();
     let mut delete = Vec::new();
     for cidr in cidrs {
-        match held.get(cidr) {
-            Some(h) if h.expires_at_ns == 0 || h.expires_at_ns > now => rewrite.push((
+        let Some(entries) = held_at.get_mut(cidr) else {
+            delete.push(*cidr);
+            continue;
+        };
+        entries.sort_by_key(|h| match h.origin {
+            ORIGIN_AUTO => 0,
+            ORIGIN_CROWDSEC => 1,
+            _ => 2,
+        });
+        rewrite.extend(entries.iter().map(|h| {
+            (
                 *cidr,
                 ListEntry {
                     expires_at_ns: h.expires_at_ns,
@@ -344,9 +360,8 @@ fn fall_back(
                     rule: h.rule,
                     ..ListEntry::default()
                 },
-            )),
-            _ => delete.push(*cidr),
-        }
+            )
+        }));
     }
     filter.write_entries(tries, &rewrite)?;
     filter.delete_entries(tries, &delete)

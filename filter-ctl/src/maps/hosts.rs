@@ -1,5 +1,6 @@
 //! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) and prefixes of the
-//! table's lengths (IPv4 /24, IPv6 /64 and /48) beside the blocklist tries, a 4-way set-associative array of [`HostSlot`]s (see
+//! table's lengths (IPv4 /24, IPv6 /64 and /48) beside the blocklist
+//! tries, a 4-way set-associative array of [`HostSlot`]s (see
 //! `filter_common::lists`), and `BLOCK_HOST_SETS`, one bit per set in use.
 //! Both are memory-mapped (`BPF_F_MMAPABLE`): user space, their only writer
 //! (under the edit lock), reads and writes slots in place, without a
@@ -10,6 +11,9 @@
 //! is what the program sees on x86-64, whose stores stay in order; on a
 //! weakly ordered CPU a host just added may miss, or one just removed match,
 //! for a moment (the program's loads have no acquire order).
+//!
+//! Here and in `lists`, "host" is short for any entry of the table: its
+//! prefixes are placed, found, overflowed and removed exactly as hosts are.
 //!
 //! A host's block lives in one place: a slot of its set, or the trie when
 //! its set was full (the set is then marked [`HOST_OVERFLOWED`], and its
@@ -381,7 +385,8 @@ impl HostTable {
     /// slot of its set, unless the set has overflowed: a host missing from
     /// such a set may be in the trie, so it goes there (no lookup needed,
     /// never two places). A full set is marked overflowed. The caller has
-    /// raised the program's count for a new host.
+    /// raised the program's counts for a new entry (`Config::block_hosts`,
+    /// and `Config::table_prefixes` for a prefix).
     pub fn place(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
         self.place_in(self.set_of(key), key, entry)
     }
