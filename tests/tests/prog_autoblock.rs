@@ -589,3 +589,51 @@ fn unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix() {
     );
     std::fs::remove_dir_all(&dir).expect("removing the state directory");
 }
+
+/// A /64 a policy held goes back, when the policy drops it, to every live
+/// entry held for it: the operator's block (into the host table) and the
+/// automatic block of the same /64 (into the trie), both still in force.
+#[test]
+fn a_prefix_leaving_the_policy_gets_back_both_held_entries() {
+    if skip_unless_root("a_prefix_leaving_the_policy_gets_back_both_held_entries") {
+        return;
+    }
+    use filter_ctl::control::apply::{Desired, HeldEntry, apply};
+    let test = ProgTest::new();
+    let prefix: filter_ctl::spec::cidr::Cidr = "2001:db8:7b:1::/64".parse().expect("cidr");
+    let mut with = Desired::default();
+    with.block.insert(prefix);
+    let filter = test.filter();
+    apply(&filter, None, &with, &[]).expect("applying a policy with the /64");
+    let hour = filter_ctl::clock::expiry_from_now(Some(Duration::from_hours(1)));
+    let held = [filter_common::ORIGIN_CLI, ORIGIN_AUTO].map(|origin| HeldEntry {
+        kind: filter_ctl::maps::Tries::Block,
+        cidr: prefix,
+        origin,
+        expires_at_ns: hour,
+        rule: 0,
+    });
+    apply(&filter, Some(&with), &Desired::default(), &held).expect("dropping the /64");
+    let mut origins: Vec<u8> = test
+        .reader()
+        .list_entries_raw(filter_ctl::maps::ListKind::Block)
+        .expect("reading the blocklist")
+        .iter()
+        .filter(|(c, _)| *c == prefix)
+        .map(|(_, e)| e.origin)
+        .collect();
+    origins.sort_unstable();
+    assert_eq!(
+        origins,
+        [filter_common::ORIGIN_CLI, ORIGIN_AUTO],
+        "both held entries back"
+    );
+    run_table(
+        &test,
+        &[Case::new(
+            "the operator's block decides",
+            udp6("2001:db8:7b:1::5", 53),
+            BLOCKLIST,
+        )],
+    );
+}
