@@ -11,7 +11,10 @@ use filter_common::{
     reason::{ALLOWLIST, AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
 };
 use filter_ctl::{
-    control::crowdsec::{Applier, Pulled},
+    control::{
+        apply::{Desired, HeldEntry, apply},
+        crowdsec::{Applier, Pulled},
+    },
     spec::{
         crowdsec::{Ban, Pull},
         rule::{AutoblockSpec, LimitSpec},
@@ -598,7 +601,6 @@ fn a_prefix_leaving_the_policy_gets_back_both_held_entries() {
     if skip_unless_root("a_prefix_leaving_the_policy_gets_back_both_held_entries") {
         return;
     }
-    use filter_ctl::control::apply::{Desired, HeldEntry, apply};
     let test = ProgTest::new();
     let prefix: filter_ctl::spec::cidr::Cidr = "2001:db8:7b:1::/64".parse().expect("cidr");
     let mut with = Desired::default();
