@@ -463,6 +463,35 @@ fn table_prefixes_beside_hosts() {
             Case::new("a /48's host, unblocked", v6("2001:db8:51::7"), PASS),
         ],
     );
+
+    // Counts above the truth (an edit killed between raising them and
+    // writing): the sweep finds them high and sets them to the table's.
+    test.block(&["198.18.55.0/24", "198.18.55.5"]);
+    let sweep_and_resync = || {
+        let filter = test.filter();
+        let sweep = filter.sweep_scan().expect("sweep scan");
+        filter
+            .resync_table_counts(&sweep)
+            .expect("resyncing the counts")
+    };
+    assert!(!sweep_and_resync(), "counts that match change nothing");
+    test.filter()
+        .update_config(|c| {
+            c.block_hosts += 5;
+            c.table_prefixes += 3;
+            Ok(())
+        })
+        .expect("raising the counts");
+    assert!(sweep_and_resync(), "counts above the table's lowered");
+    assert_eq!((config().block_hosts, config().table_prefixes), (2, 1));
+    run_table(
+        &test,
+        &[Case::new(
+            "a /24 after the resync",
+            v4("198.18.55.9"),
+            BLOCKLIST,
+        )],
+    );
 }
 
 /// Blocked hosts live in `BLOCK_HOSTS`, four to a set; a host whose set is

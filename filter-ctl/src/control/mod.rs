@@ -599,7 +599,7 @@ impl Controller {
             self.list_entries = Some((counts, now_unix()));
             self.write_state();
         }
-        if sweep.expired.is_empty() && sweep.stale_overflows.is_none() {
+        if sweep.expired.is_empty() && sweep.stale_overflows.is_none() && !sweep.table_counts_high {
             return;
         }
         match Filter::try_open_for_edit(&self.pins) {
@@ -608,6 +608,11 @@ impl Controller {
                     Ok(0) => {}
                     Ok(n) => log::debug!("{n} host-table sets take new hosts again"),
                     Err(err) => warn!("clearing host-table overflow marks failed: {err:#}"),
+                }
+                match filter.resync_table_counts(&sweep) {
+                    Ok(false) => {}
+                    Ok(true) => info!("host-table counts were above its entries; set to them"),
+                    Err(err) => warn!("recounting the host table failed: {err:#}"),
                 }
                 let mut removed = 0;
                 for (kind, cidrs) in &sweep.expired {

@@ -75,6 +75,12 @@ pub struct Sweep {
     /// hold, with `Config::host_overflows` as it was before the scan, for
     /// [`Filter::clear_stale_overflows`].
     pub stale_overflows: Option<(u32, Vec<u32>)>,
+    /// Whether `BLOCK_HOSTS` held fewer entries (or prefixes) than `Config`
+    /// counted when the scan began: the counts drift only upward (an edit
+    /// killed between raising them and writing, a failed write), and a
+    /// count above the truth costs every packet a probe. For
+    /// [`Filter::resync_table_counts`].
+    pub table_counts_high: bool,
 }
 
 /// One allow/block entry as listed.
@@ -782,8 +788,10 @@ impl Filter {
         let mut counts = ListCounts::default();
         let mut expired_by_kind = Vec::new();
         // Read before the tries: an edit that overflows after it changes it.
-        let generation = self.config()?.host_overflows;
+        let config = self.config()?;
+        let generation = config.host_overflows;
         let mut stale_overflows = None;
+        let mut table_counts_high = false;
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
@@ -801,7 +809,14 @@ impl Filter {
                         marked.into_iter().filter(|s| !held.contains(s)).collect();
                     stale_overflows = (!stale.is_empty()).then_some((generation, stale));
                 }
-                entries.extend(table.entries()?);
+                let in_table = table.entries()?;
+                // An edit since `config` was read may have added entries (the
+                // scan then finds more, never fewer) or removed some (a
+                // resync that finds nothing to change).
+                let found = TableCount::of(in_table.iter().map(|(c, _)| c));
+                table_counts_high =
+                    found.slots < config.block_hosts || found.prefixes < config.table_prefixes;
+                entries.extend(in_table);
             }
             let (expired, active): (Entries, Entries) =
                 entries.into_iter().partition(|(_, e)| !e.is_active(now));
@@ -822,7 +837,32 @@ impl Filter {
             counts,
             expired: expired_by_kind,
             stale_overflows,
+            table_counts_high,
         })
+    }
+
+    /// Sets `Config::block_hosts` and `Config::table_prefixes` to the used
+    /// slots of `BLOCK_HOSTS`, if the sweep found them high. Needs the edit
+    /// lock: no other writer of the table runs, so the walk counts the
+    /// truth (the program never writes the table). Returns whether they
+    /// changed.
+    pub fn resync_table_counts(&self, sweep: &Sweep) -> anyhow::Result<bool> {
+        debug_assert!(self.is_editing(), "host table counts need the edit lock");
+        if !sweep.table_counts_high {
+            return Ok(false);
+        }
+        let table = self.host_table()?;
+        let exact = TableCount::of(table.entries()?.iter().map(|(c, _)| c));
+        let before = self.config()?;
+        if (before.block_hosts, before.table_prefixes) == (exact.slots, exact.prefixes) {
+            return Ok(false);
+        }
+        self.update_config(|c| {
+            c.block_hosts = exact.slots;
+            c.table_prefixes = exact.prefixes;
+            Ok(())
+        })?;
+        Ok(true)
     }
 
     /// Deletes those of `cidrs` that are still expired (an edit since the
