@@ -520,6 +520,21 @@ fn a_crowdsec_ban_of_an_automatically_blocked_host() {
     std::fs::remove_dir_all(&dir).expect("removing the state directory");
 }
 
+/// The origins of the blocklist's entries at exactly `cidr` (the table's
+/// and the tries'), sorted.
+fn origins_at(test: &ProgTest, cidr: &str) -> Vec<u8> {
+    let mut origins: Vec<u8> = test
+        .reader()
+        .list_entries_raw(filter_ctl::maps::ListKind::Block)
+        .expect("reading the blocklist")
+        .iter()
+        .filter(|(c, _)| c.to_string() == cidr)
+        .map(|(_, e)| e.origin)
+        .collect();
+    origins.sort_unstable();
+    origins
+}
+
 /// `unblock` of an address lifts the automatic block of its aggregate (an
 /// IPv6 /64 by default) from the trie, and leaves alone a `CrowdSec` ban of
 /// that same /64, which lives beside it in the host table: the address
@@ -552,18 +567,7 @@ fn unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix() {
             },
         )
         .expect("applying the pull");
-    let origins = || -> Vec<u8> {
-        let mut origins: Vec<u8> = test
-            .reader()
-            .list_entries_raw(filter_ctl::maps::ListKind::Block)
-            .expect("reading the blocklist")
-            .iter()
-            .filter(|(c, _)| c.to_string() == "2001:db8:7a:1::/64")
-            .map(|(_, e)| e.origin)
-            .collect();
-        origins.sort_unstable();
-        origins
-    };
+    let origins = || origins_at(&test, "2001:db8:7a:1::/64");
     assert_eq!(
         origins(),
         [ORIGIN_AUTO, filter_common::ORIGIN_CROWDSEC],
@@ -616,17 +620,8 @@ fn a_prefix_leaving_the_policy_gets_back_both_held_entries() {
         rule: 0,
     });
     apply(&filter, Some(&with), &Desired::default(), &held).expect("dropping the /64");
-    let mut origins: Vec<u8> = test
-        .reader()
-        .list_entries_raw(filter_ctl::maps::ListKind::Block)
-        .expect("reading the blocklist")
-        .iter()
-        .filter(|(c, _)| *c == prefix)
-        .map(|(_, e)| e.origin)
-        .collect();
-    origins.sort_unstable();
     assert_eq!(
-        origins,
+        origins_at(&test, "2001:db8:7b:1::/64"),
         [filter_common::ORIGIN_CLI, ORIGIN_AUTO],
         "both held entries back"
     );
