@@ -573,12 +573,19 @@ fn unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix() {
         [ORIGIN_AUTO, filter_common::ORIGIN_CROWDSEC],
         "the ban beside the automatic block"
     );
-    let removed = test
+    let unblocked = test
         .filter()
         .unblock(&["2001:db8:7a:1::5".parse().expect("cidr")])
         .expect("unblocking the address");
+    // Reported as lifted, not removed: the CLI records only the automatic
+    // block as gone, and keeps any entry of its own at the /64.
+    assert!(unblocked.removed.is_empty(), "{unblocked:?}");
     assert_eq!(
-        removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        unblocked
+            .lifted
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["2001:db8:7a:1::/64"]
     );
     assert_eq!(
@@ -586,6 +593,8 @@ fn unblock_lifts_an_automatic_block_not_a_ban_of_the_same_prefix() {
         [filter_common::ORIGIN_CROWDSEC],
         "the automatic block lifted, the ban kept"
     );
+    let config = test.reader().config().expect("CONFIG");
+    assert_eq!((config.block_hosts, config.table_prefixes), (1, 1));
     run_table(
         &test,
         &[Case::new(
@@ -625,6 +634,10 @@ fn a_prefix_leaving_the_policy_gets_back_both_held_entries() {
         [filter_common::ORIGIN_CLI, ORIGIN_AUTO],
         "both held entries back"
     );
+    // The operator's in the table (the policy's slot, taken over), the
+    // automatic block in the trie.
+    let config = test.reader().config().expect("CONFIG");
+    assert_eq!((config.block_hosts, config.table_prefixes), (1, 1));
     run_table(
         &test,
         &[Case::new(

@@ -210,30 +210,57 @@ fn expiry(ttl: Option<Duration>) -> String {
 pub fn remove(ctx: &Context, which: Which, args: &RemoveArgs) -> anyhow::Result<()> {
     let cidrs = gather(&args.addrs, args.file.as_ref())?;
     let filter = ctx.edit()?;
-    let removed = match which {
+    let list = policy::list_name(which.kind());
+    let keys: Vec<_> = match which {
         Which::Block => {
-            let removed = filter.unblock(&cidrs)?;
-            if removed.len() <= 10 {
-                for cidr in &removed {
-                    println!("unblocked {cidr}");
-                }
-            } else {
-                println!("unblocked {} entries", removed.len());
-            }
-            removed
+            let unblocked = filter.unblock(&cidrs)?;
+            print_unblocked(&unblocked);
+            // A named prefix is gone in every origin the CLI may have
+            // recorded; at a lifted aggregate only the automatic block is.
+            unblocked
+                .removed
+                .iter()
+                .flat_map(|cidr| [(list, *cidr, Origin::Cli), (list, *cidr, Origin::Auto)])
+                .chain(
+                    unblocked
+                        .lifted
+                        .iter()
+                        .map(|cidr| (list, *cidr, Origin::Auto)),
+                )
+                .collect()
         }
         Which::Allow => {
             filter.list_remove(ListKind::Allow, &cidrs)?;
             println!("removed {} from the allowlist", cidrs.len());
             cidrs
+                .iter()
+                .flat_map(|cidr| [(list, *cidr, Origin::Cli), (list, *cidr, Origin::Auto)])
+                .collect()
         }
     };
-    let list = policy::list_name(which.kind());
-    let keys: Vec<_> = removed
-        .iter()
-        .flat_map(|cidr| [(list, *cidr, Origin::Cli), (list, *cidr, Origin::Auto)])
-        .collect();
     record(ctx, which.command_remove(), &[], &keys)
+}
+
+/// What `unblock` did: each entry while there are few, else counts.
+fn print_unblocked(unblocked: &filter_ctl::maps::lists::Unblocked) {
+    if unblocked.removed.len() + unblocked.lifted.len() <= SHOWN {
+        for cidr in &unblocked.removed {
+            println!("unblocked {cidr}");
+        }
+        for cidr in &unblocked.lifted {
+            println!("unblocked {cidr} (its automatic block)");
+        }
+        return;
+    }
+    if unblocked.lifted.is_empty() {
+        println!("unblocked {} entries", unblocked.removed.len());
+    } else {
+        println!(
+            "unblocked {} entries and {} automatic blocks",
+            unblocked.removed.len(),
+            unblocked.lifted.len()
+        );
+    }
 }
 
 /// Records a live edit in the state directory and the audit log. The edit

@@ -83,6 +83,18 @@ pub struct Sweep {
     pub table_counts_high: bool,
 }
 
+/// What [`Filter::unblock`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unblocked {
+    /// The named prefixes, removed wherever they were (with an automatic
+    /// block of the same prefix).
+    pub removed: Vec<Cidr>,
+    /// Automatic blocks lifted at a named address's aggregate (its /64, or
+    /// the configured IPv4 and IPv6 prefixes), not named themselves: only
+    /// the automatic block is gone; another entry there may still block.
+    pub lifted: Vec<Cidr>,
+}
+
 /// One allow/block entry as listed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ListedEntry {
@@ -925,9 +937,9 @@ impl Filter {
 
     /// Removes each prefix from the blocklist and lifts the automatic block
     /// of each address, reading the list once. Fails, changing nothing, if a
-    /// token is neither listed nor automatically blocked. Returns the entries
-    /// removed.
-    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Vec<Cidr>> {
+    /// token is neither listed nor automatically blocked. Returns what it
+    /// removed and what it lifted.
+    pub fn unblock(&self, cidrs: &[Cidr]) -> anyhow::Result<Unblocked> {
         // Point lookups of the named prefixes and of their automatic-block
         // prefixes: an edit never reads the whole list.
         let config = self.config()?;
@@ -1010,8 +1022,10 @@ impl Filter {
                 .collect::<Vec<_>>(),
         );
         self.delete_from_tries(Tries::Block, &lift)?;
-        remove.extend(lift.into_iter().filter(|c| !seen.contains(c)));
-        Ok(remove)
+        Ok(Unblocked {
+            lifted: lift.into_iter().filter(|c| !seen.contains(c)).collect(),
+            removed: remove,
+        })
     }
 }
 
@@ -1222,10 +1236,16 @@ fn record(cidr: &Cidr, previous: Option<ListEntry>) -> Record {
 /// The prefix an automatic block of `cidr`'s address has: the address
 /// masked to the rate-limit aggregation prefix.
 fn autoblock_prefix(cidr: &Cidr, config: &filter_common::Config) -> Cidr {
-    match cidr {
-        Cidr::V4 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv4_source_prefix.min(32))),
-        Cidr::V6 { .. } => Cidr::new(cidr.ip(), prefix_u8(config.ipv6_source_prefix.min(128))),
+    let aggregate = match cidr {
+        Cidr::V4 { .. } => prefix_u8(config.ipv4_source_prefix.min(32)),
+        Cidr::V6 { .. } => prefix_u8(config.ipv6_source_prefix.min(128)),
+    };
+    // A prefix shorter than the aggregation holds many aggregates: none of
+    // them is its automatic block.
+    if cidr.prefix() < aggregate {
+        return *cidr;
     }
+    Cidr::new(cidr.ip(), aggregate)
 }
 
 /// The name of an entry's origin, as `list` shows it.
