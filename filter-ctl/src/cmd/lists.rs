@@ -14,7 +14,7 @@ use filter_ctl::{
         duration::{format_duration, parse_duration},
         listfile,
     },
-    state::Origin,
+    state::{LiveJournal, Origin},
 };
 
 use super::Context;
@@ -147,17 +147,21 @@ pub fn add(ctx: &Context, which: Which, args: &AddArgs) -> anyhow::Result<()> {
     } else {
         Merge::KeepLonger
     };
-    let report = filter.list_insert(which.kind(), &cidrs, args.ttl, merge)?;
+    // The state record is encoded while the kernel writes go on (a large
+    // load's record is tens of MB of JSON), and appended once they are in.
+    let (report, encoded) =
+        filter.list_insert_with(which.kind(), &cidrs, args.ttl, merge, |changed| {
+            LiveJournal::encode_add(policy::cli_entries(which.kind(), changed, args.ttl))
+        })?;
     print_insert_report(which, &report, args.ttl);
     // Enforced now; recorded so that it outlives a reboot.
-    let changed: Vec<Cidr> = report
-        .added
-        .iter()
-        .chain(&report.updated)
-        .copied()
-        .collect();
-    let recorded = policy::cli_entries(which.kind(), &changed, args.ttl);
-    record(ctx, which.command_add(), &recorded, &[])
+    recorded(
+        ctx,
+        encoded.and_then(|encoded| {
+            ctx.state()
+                .and_then(|state| policy::record_cli_add(&state, which.command_add(), &encoded))
+        }),
+    )
 }
 
 /// Entries listed one by one in a report; the rest are counted.
@@ -272,14 +276,21 @@ fn record(
     added: &[filter_ctl::state::LiveEntry],
     removed: &[(filter_ctl::state::ListName, Cidr, Origin)],
 ) -> anyhow::Result<()> {
-    ctx.state()
-        .and_then(|state| policy::record_cli_edit(&state, command, added, removed))
-        .map_err(|e| {
-            e.context(format!(
-                "the edit is enforced, but recording it in the state directory {} failed: it would not survive a reboot",
-                ctx.state_dir.display()
-            ))
-        })
+    recorded(
+        ctx,
+        ctx.state()
+            .and_then(|state| policy::record_cli_edit(&state, command, added, removed)),
+    )
+}
+
+/// The outcome of recording an enforced edit, with what a failure means.
+fn recorded(ctx: &Context, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+    outcome.map_err(|e| {
+        e.context(format!(
+            "the edit is enforced, but recording it in the state directory {} failed: it would not survive a reboot",
+            ctx.state_dir.display()
+        ))
+    })
 }
 
 pub fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {

@@ -470,6 +470,17 @@ pub fn restore(filter: &Filter, state: &StateDir) -> anyhow::Result<String> {
     Ok(summary)
 }
 
+/// Records a CLI addition, encoded while the kernel writes went on (see
+/// `Filter::list_insert_with`), in the state and the audit log.
+pub fn record_cli_add(
+    state: &StateDir,
+    command: &str,
+    encoded: &crate::state::EncodedAdd,
+) -> anyhow::Result<()> {
+    crate::state::LiveJournal::new(state).append_add(encoded)?;
+    audit_cli_edit(state, command, encoded.entries(), &[])
+}
+
 /// Records a live list edit in the state (origin `cli`) and the audit log.
 pub fn record_cli_edit(
     state: &StateDir,
@@ -492,6 +503,16 @@ pub fn record_cli_edit(
             .collect();
         journal.remove(&keys)?;
     }
+    audit_cli_edit(state, command, added, removed)
+}
+
+/// The audit log's line for a live list edit: counts and the first entries.
+fn audit_cli_edit(
+    state: &StateDir,
+    command: &str,
+    added: &[LiveEntry],
+    removed: &[(ListName, Cidr, Origin)],
+) -> anyhow::Result<()> {
     let sample = |v: &mut dyn Iterator<Item = String>| v.take(20).collect::<Vec<_>>();
     audit(
         state,

@@ -134,6 +134,22 @@ impl Filter {
         ttl: Option<Duration>,
         merge: Merge,
     ) -> anyhow::Result<InsertReport> {
+        self.list_insert_with(kind, cidrs, ttl, merge, |_| ())
+            .map(|(report, ())| report)
+    }
+
+    /// [`Self::list_insert`], running `alongside` on the prefixes the edit
+    /// adds or updates (added, then updated) while the kernel writes go on:
+    /// a large load encodes its state record on the CPU the writes leave
+    /// idle. Its result is returned only if the edit succeeded.
+    pub fn list_insert_with<T: Send>(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+        merge: Merge,
+        alongside: impl FnOnce(&[Cidr]) -> T + Send,
+    ) -> anyhow::Result<(InsertReport, T)> {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         let now = clock::monotonic_ns();
         let expires_at_ns = clock::expiry_from_now(ttl);
@@ -176,8 +192,15 @@ impl Filter {
             writes.push((*cidr, new));
         }
         if records.is_empty() {
-            return Ok(report);
+            let out = alongside(&[]);
+            return Ok((report, out));
         }
+        let changed: Vec<Cidr> = report
+            .added
+            .iter()
+            .chain(&report.updated)
+            .copied()
+            .collect();
         if kind == ListKind::Allow {
             // Raise the counts first, by the keys that are new: the program
             // must not skip a non-empty allowlist. Counting the keys instead
@@ -190,21 +213,35 @@ impl Filter {
             )?;
         }
         let journal = Journal::begin(self, kind, &records)?;
-        let result = self
-            .write_tries_and_hosts(kind.into(), writes)
-            .and_then(|in_table| {
-                if superseded_autos.is_empty() {
-                    return Ok(());
-                }
-                // A host's automatic block that this edit replaced in the table
-                // (in a trie the write replaced it): one entry per host, as before.
-                let in_table: HashSet<Cidr> = in_table.into_iter().collect();
-                let gone: Vec<Cidr> = superseded_autos
-                    .into_iter()
-                    .filter(|c| in_table.contains(c))
-                    .collect();
-                self.delete_from_tries(kind.into(), &gone)
-            });
+        let write = || {
+            self.write_tries_and_hosts(kind.into(), writes)
+                .and_then(|in_table| {
+                    if superseded_autos.is_empty() {
+                        return Ok(());
+                    }
+                    // A host's automatic block that this edit replaced in the table
+                    // (in a trie the write replaced it): one entry per host, as before.
+                    let in_table: HashSet<Cidr> = in_table.into_iter().collect();
+                    let gone: Vec<Cidr> = superseded_autos
+                        .into_iter()
+                        .filter(|c| in_table.contains(c))
+                        .collect();
+                    self.delete_from_tries(kind.into(), &gone)
+                })
+        };
+        let (result, out) = if changed.len() < ALONGSIDE_FROM {
+            let out = alongside(&changed);
+            (write(), out)
+        } else {
+            std::thread::scope(|scope| {
+                let side = scope.spawn(|| alongside(&changed));
+                let result = write();
+                let out = side
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (result, out)
+            })
+        };
         if let Err(error) = result {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
@@ -232,7 +269,7 @@ impl Filter {
             )));
         }
         journal.finish()?;
-        Ok(report)
+        Ok((report, out))
     }
 
     /// Writes `entries` as given: the blocklist's hosts into `BLOCK_HOSTS`
@@ -1043,6 +1080,11 @@ impl<K> Default for Batch<K> {
         }
     }
 }
+
+/// Changed entries from which [`Filter::list_insert_with`] runs its
+/// `alongside` on a thread of its own, beside the kernel writes (below, a
+/// thread costs more than it saves).
+const ALONGSIDE_FROM: usize = 4096;
 
 /// How many keys ahead a load prefetches the table's sets: enough to
 /// cover a memory access (about 100 ns) with the placing of keys whose sets

@@ -722,6 +722,23 @@ impl LiveState {
     }
 }
 
+/// An addition checked and encoded ahead of its append
+/// ([`LiveJournal::encode_add`]).
+#[derive(Debug)]
+pub struct EncodedAdd {
+    entries: Vec<LiveEntry>,
+    /// The journal line in [`JOURNAL_FORMAT`] (empty for no entries).
+    line: Vec<u8>,
+}
+
+impl EncodedAdd {
+    /// The entries the line adds.
+    #[must_use]
+    pub fn entries(&self) -> &[LiveEntry] {
+        &self.entries
+    }
+}
+
 /// Appends live edits without reading the state: a CLI edit costs one
 /// small read, one append and one fsync whatever the number of entries.
 /// The records are the same as [`LiveState`]'s.
@@ -751,12 +768,38 @@ impl LiveJournal {
         self.write(&Record::RemoveOrigin(origin))
     }
 
+    /// Checks and encodes an addition now, for [`Self::append_add`] later
+    /// (a large CLI edit encodes its record while the kernel writes go on).
+    pub fn encode_add(entries: Vec<LiveEntry>) -> anyhow::Result<EncodedAdd> {
+        let record: RecordRef<'_> = Record::Add(&entries);
+        record.check()?;
+        let line = if record.is_empty() {
+            Vec::new()
+        } else {
+            record.line(JOURNAL_FORMAT)?
+        };
+        Ok(EncodedAdd { entries, line })
+    }
+
+    /// As [`Self::add`], with the line [`Self::encode_add`] made (encoded
+    /// again if the journal has an earlier format).
+    pub fn append_add(&self, encoded: &EncodedAdd) -> anyhow::Result<()> {
+        if encoded.entries.is_empty() {
+            return Ok(());
+        }
+        self.append(&Record::Add(&encoded.entries), &encoded.line)
+    }
+
     fn write(&self, record: &RecordRef<'_>) -> anyhow::Result<()> {
         record.check()?;
         if record.is_empty() {
             return Ok(());
         }
-        let mut line = record.line(JOURNAL_FORMAT)?;
+        self.append(record, &record.line(JOURNAL_FORMAT)?)
+    }
+
+    /// Appends `line`, `record` in [`JOURNAL_FORMAT`], to the journal.
+    fn append(&self, record: &RecordRef<'_>, line: &[u8]) -> anyhow::Result<()> {
         let _lock = self.dir.lock()?;
         let generation = snapshot_generation(&self.dir)?;
         let path = self.dir.file(JOURNAL);
@@ -786,9 +829,9 @@ impl LiveJournal {
             None => create_journal(&self.dir, generation)?,
         };
         if journal.format != JOURNAL_FORMAT {
-            line = record.line(journal.format)?;
+            return files::append(&path, &journal.file, &record.line(journal.format)?);
         }
-        files::append(&path, &journal.file, &line)
+        files::append(&path, &journal.file, line)
     }
 }
 
@@ -1190,6 +1233,18 @@ mod tests {
             ),
             "{text}"
         );
+        // So is an addition encoded ahead (a CLI load encodes it in this
+        // version's format while the kernel writes go on).
+        let ahead = entry("198.18.0.11", Origin::Cli);
+        let encoded = LiveJournal::encode_add(vec![ahead.clone()]).unwrap();
+        LiveJournal::new(&dir).append_add(&encoded).unwrap();
+        let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
+        assert!(
+            text.ends_with(
+                "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.11/32\",\"origin\":\"cli\"}]}\n"
+            ),
+            "{text}"
+        );
         let mut state = LiveState::load(&dir, false).unwrap();
         let later = entry("198.18.0.10", Origin::Cli);
         state.add(std::slice::from_ref(&later)).unwrap();
@@ -1200,14 +1255,35 @@ mod tests {
         );
         assert_eq!(
             reloaded(&dir, SystemTime::UNIX_EPOCH),
-            sorted(vec![auto, allowed, added, later])
+            sorted(vec![
+                auto.clone(),
+                allowed.clone(),
+                added.clone(),
+                ahead.clone(),
+                later.clone()
+            ])
         );
-        // A compaction starts a journal of this version's format.
+        // A compaction starts a journal of this version's format, and the
+        // line encoded ahead goes in as it was made.
         state.compact(SystemTime::UNIX_EPOCH).unwrap();
         assert!(
             fs::read_to_string(dir.file(JOURNAL))
                 .unwrap()
                 .starts_with("{\"format\":2,")
+        );
+        let last = entry("198.18.0.12", Origin::Cli);
+        let encoded = LiveJournal::encode_add(vec![last.clone()]).unwrap();
+        LiveJournal::new(&dir).append_add(&encoded).unwrap();
+        let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
+        assert!(
+            text.ends_with(
+                "{\"add_groups\":[{\"list\":\"block\",\"origin\":\"cli\",\"cidrs\":[\"198.18.0.12/32\"]}]}\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            reloaded(&dir, SystemTime::UNIX_EPOCH),
+            sorted(vec![auto, allowed, added, ahead, later, last])
         );
     }
 

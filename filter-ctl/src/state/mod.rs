@@ -50,7 +50,8 @@ pub use self::{
     audit::{AuditLog, AuditRecord},
     files::write_atomically,
     live::{
-        EditBench, ListName, LiveEntry, LiveJournal, LiveKey, LiveState, Origin, bench_edit_at,
+        EditBench, EncodedAdd, ListName, LiveEntry, LiveJournal, LiveKey, LiveState, Origin,
+        bench_edit_at,
     },
     policy::{
         Action, HistoryEntry, ListFile, Pending, PolicyFiles, PolicyStore, PolicyVersion,
