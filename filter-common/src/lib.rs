@@ -36,7 +36,7 @@ pub use lists::{
     HOST_OVERFLOWED, HOST_SETS_PER_WORD, HOST_USED, HOST_WAYS, HostSlot, Ipv4Bytes, Ipv6Bytes,
     ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY, TABLE_PREFIXES_V4,
     TABLE_PREFIXES_V6, host_key_v4, host_set, host_set_bit, host_set_words, host_slots,
-    in_host_table, masked_words,
+    in_host_table, masked_words, prefix_mask32,
 };
 pub use ratelimit::{
     Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,

@@ -100,20 +100,21 @@ pub const fn masked_words(words: &[u32; 4], mapped_len: u32) -> [u32; 4] {
 /// read little-endian) that keeps the first `mapped_len` bits.
 #[inline(always)]
 const fn word_mask(mapped_len: u32, index: u32) -> u32 {
-    let start = index * 32;
-    let kept = if mapped_len <= start {
+    prefix_mask32(mapped_len.saturating_sub(index * 32)).swap_bytes()
+}
+
+/// The mask of a 32-bit word (network order, as a number) that keeps its
+/// first `prefix` bits (all of them from 32 on).
+#[inline(always)]
+#[must_use]
+pub const fn prefix_mask32(prefix: u32) -> u32 {
+    if prefix == 0 {
         0
-    } else if mapped_len >= start + 32 {
-        32
+    } else if prefix >= 32 {
+        u32::MAX
     } else {
-        mapped_len - start
-    };
-    let network_order = if kept == 0 {
-        0
-    } else {
-        u32::MAX << (32 - kept)
-    };
-    network_order.swap_bytes()
+        u32::MAX << (32 - prefix)
+    }
 }
 
 /// Slots per set of `BLOCK_HOSTS`: an entry lives in one of the
@@ -245,6 +246,7 @@ const _: () = assert!(masked_words(&[u32::MAX; 4], 120)[2] == u32::MAX);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[1] == 0x0000_ffff);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[2] == 0);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 64)[1] == u32::MAX);
+const _: () = assert!(masked_words(&[u32::MAX; 4], 128)[3] == u32::MAX);
 const _: () = assert!(in_host_table(false, 24) && !in_host_table(false, 23));
 const _: () =
     assert!(in_host_table(true, 48) && in_host_table(true, 64) && !in_host_table(true, 56));

@@ -6,8 +6,8 @@ use filter_common::{
     Bucket, BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
     RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    bucket_set, coarse_clock_suffices, only_from_key_data, reason, rule_id, source_words,
-    table_stat,
+    bucket_set, coarse_clock_suffices, only_from_key_data, prefix_mask32, reason, rule_id,
+    source_words, table_stat,
 };
 
 use crate::{
@@ -152,7 +152,7 @@ fn aggregated_source(packet: &Packet, config: Option<&Config>) -> Ipv6Bytes {
         join16(hi.to_be_bytes(), lo.to_be_bytes())
     } else {
         let prefix = config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix);
-        let v4 = u32::from_be_bytes(packet.source_v4()) & mask32(prefix);
+        let v4 = u32::from_be_bytes(packet.source_v4()) & prefix_mask32(prefix);
         let [a, b, c, d] = v4.to_be_bytes();
         let s = &packet.source;
         // The IPv4-mapped prefix, as the parser wrote it.
@@ -178,17 +178,6 @@ fn join16(hi: [u8; 8], lo: [u8; 8]) -> Ipv6Bytes {
         hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
         lo[5], lo[6], lo[7],
     ]
-}
-
-#[inline(always)]
-fn mask32(prefix: u32) -> u32 {
-    if prefix == 0 {
-        0
-    } else if prefix >= 32 {
-        u32::MAX
-    } else {
-        u32::MAX << (32 - prefix)
-    }
 }
 
 #[inline(always)]
