@@ -339,17 +339,20 @@ impl Filter {
             return Ok((in_table, rest));
         }
         let table = self.host_table_for(hosts.len())?;
-        // Raised first, by every entry (the program must not skip a table
-        // with entries), and lowered afterwards by those that were not new.
-        let raised = TableCount::of(hosts.iter().map(|(c, _)| c));
-        self.add_to_table_count(raised, TableCount::default())?;
-        let mut new = TableCount::default();
         // Each key's set, known ahead, so that the sets a few keys on are
         // fetched while this one is placed.
         let keys: Vec<Option<(TableKey, u32)>> = hosts
             .iter()
             .map(|(c, _)| table_key(c).map(|k| (k, table.set_of(&k))))
             .collect();
+        // Raised first, by every entry (the program must not skip a table
+        // with entries), and lowered afterwards by those that were not new.
+        let mut raised = TableCount::default();
+        for (key, _) in keys.iter().flatten() {
+            raised.add(key);
+        }
+        self.add_to_table_count(raised, TableCount::default())?;
+        let mut new = TableCount::default();
         for (i, (cidr, entry)) in hosts.into_iter().enumerate() {
             if let Some(Some((_, ahead))) = keys.get(i + PREFETCH_AHEAD) {
                 table.prefetch(*ahead);
