@@ -690,3 +690,47 @@ fn edits_wait_for_initialized_maps() {
     drop(filter);
     assert_eq!(blocklist(&test), ["198.18.7.7/32"]);
 }
+
+/// A large edit runs its `alongside` work (the CLI's state record) on a
+/// thread of its own beside the kernel writes: it gets exactly the entries
+/// the edit adds or updates, and an edit that changes nothing gives it none.
+#[test]
+fn a_large_edit_hands_its_changes_to_the_work_alongside() {
+    if skip_unless_root("a_large_edit_hands_its_changes_to_the_work_alongside") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&filter_ctl::maps::loader::Capacities {
+        list: 8192,
+        ..filter_ctl::maps::loader::Capacities::default()
+    });
+    // More than the 4,096 from which the work runs on its own thread.
+    let first = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0));
+    let cidrs: Vec<filter_ctl::spec::cidr::Cidr> = (0..5000u32)
+        .map(|n| filter_ctl::spec::cidr::Cidr::host(std::net::Ipv4Addr::from(first + n).into()))
+        .collect();
+    let insert = || {
+        test.filter()
+            .list_insert_with(
+                filter_ctl::maps::ListKind::Block,
+                &cidrs,
+                None,
+                filter_ctl::maps::lists::Merge::KeepLonger,
+                <[filter_ctl::spec::cidr::Cidr]>::to_vec,
+            )
+            .expect("inserting")
+    };
+    let (report, changed) = insert();
+    assert_eq!(report.added.len(), 5000);
+    assert_eq!(changed, cidrs, "every new entry, in order");
+    let (report, changed) = insert();
+    assert_eq!((report.added.len(), report.kept.len()), (0, 5000));
+    assert!(changed.is_empty(), "nothing changed: {}", changed.len());
+    run_table(
+        &test,
+        &[Case::new(
+            "the last host of the edit",
+            Frame::ipv4(frames::udp4(ip4("198.19.19.135"), 53)).build(),
+            BLOCKLIST,
+        )],
+    );
+}

@@ -1235,15 +1235,16 @@ mod tests {
         );
         // So is an addition encoded ahead (a CLI load encodes it in this
         // version's format while the kernel writes go on).
+        let append_ahead = |added: &LiveEntry, line: &str| {
+            let encoded = LiveJournal::encode_add(vec![added.clone()]).unwrap();
+            LiveJournal::new(&dir).append_add(&encoded).unwrap();
+            let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
+            assert!(text.ends_with(line), "{text}");
+        };
         let ahead = entry("198.18.0.11", Origin::Cli);
-        let encoded = LiveJournal::encode_add(vec![ahead.clone()]).unwrap();
-        LiveJournal::new(&dir).append_add(&encoded).unwrap();
-        let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
-        assert!(
-            text.ends_with(
-                "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.11/32\",\"origin\":\"cli\"}]}\n"
-            ),
-            "{text}"
+        append_ahead(
+            &ahead,
+            "{\"add\":[{\"list\":\"block\",\"cidr\":\"198.18.0.11/32\",\"origin\":\"cli\"}]}\n",
         );
         let mut state = LiveState::load(&dir, false).unwrap();
         let later = entry("198.18.0.10", Origin::Cli);
@@ -1272,14 +1273,9 @@ mod tests {
                 .starts_with("{\"format\":2,")
         );
         let last = entry("198.18.0.12", Origin::Cli);
-        let encoded = LiveJournal::encode_add(vec![last.clone()]).unwrap();
-        LiveJournal::new(&dir).append_add(&encoded).unwrap();
-        let text = fs::read_to_string(dir.file(JOURNAL)).unwrap();
-        assert!(
-            text.ends_with(
-                "{\"add_groups\":[{\"list\":\"block\",\"origin\":\"cli\",\"cidrs\":[\"198.18.0.12/32\"]}]}\n"
-            ),
-            "{text}"
+        append_ahead(
+            &last,
+            "{\"add_groups\":[{\"list\":\"block\",\"origin\":\"cli\",\"cidrs\":[\"198.18.0.12/32\"]}]}\n",
         );
         assert_eq!(
             reloaded(&dir, SystemTime::UNIX_EPOCH),
