@@ -37,7 +37,9 @@ use crate::{
 /// 12: `BLOCK_HOSTS` holds the blocklist's IPv4 /24s and IPv6 /64s and /48s
 /// too, keyed by (address, prefix length), hashed per length; `Config`
 /// grows to 88 bytes (`table_prefixes`).
-pub const LAYOUT_VERSION: u32 = 12;
+/// 13: `BLOCK_SUMMARY`, the bitmaps of where the blocklist tries may hold a
+/// prefix (see `summary`), and `Config::summary_generation` (was reserved).
+pub const LAYOUT_VERSION: u32 = 13;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";
@@ -136,6 +138,7 @@ pub mod maps {
     pub const SHADOW_BLOCK_V6: &str = "SHADOW_BLOCK_V6";
     pub const BLOCK_HOSTS: &str = "BLOCK_HOSTS";
     pub const BLOCK_HOST_SETS: &str = "BLOCK_HOST_SETS";
+    pub const BLOCK_SUMMARY: &str = "BLOCK_SUMMARY";
     pub const CONFIG: &str = "CONFIG";
     pub const RULES: &str = "RULES";
     pub const RULE_STATS: &str = "RULE_STATS";
@@ -161,7 +164,7 @@ pub mod maps {
 }
 
 /// Every map of the program, in the order user space pins and removes them.
-pub const MAPS: [MapDef; 20] = [
+pub const MAPS: [MapDef; 21] = [
     per_cpu_array::<Counter>(maps::STATS, crate::STATS_ENTRIES),
     lpm_trie::<Ipv4Bytes, ListEntry>(maps::ALLOW_V4),
     lpm_trie::<Ipv6Bytes, ListEntry>(maps::ALLOW_V6),
@@ -181,6 +184,7 @@ pub const MAPS: [MapDef; 20] = [
     // `host_set_words`).
     array::<HostSlot>(maps::BLOCK_HOSTS, 0),
     array::<u64>(maps::BLOCK_HOST_SETS, 0),
+    array::<u64>(maps::BLOCK_SUMMARY, crate::SUMMARY_ENTRIES),
     MapDef {
         name: maps::EVENTS,
         map_type: MapType::RingBuf,

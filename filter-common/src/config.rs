@@ -66,8 +66,10 @@ pub struct Config {
     /// like [`Config::block_hosts`]: while 0 the program probes the table
     /// for the packet's host only, not for its /24 (IPv4) or /64 and /48.
     pub table_prefixes: u32,
-    /// Reserved (0).
-    pub reserved: u32,
+    /// Which generation of `BLOCK_SUMMARY` the program reads (0 or 1;
+    /// see `summary`): user space switches it once it has rebuilt the
+    /// other.
+    pub summary_generation: u32,
 }
 
 /// Prefix length IPv4 sources are grouped by for rate limits, by default.
@@ -125,3 +127,4 @@ const _: () = assert!(offset_of!(Config, host_seed) == 64);
 const _: () = assert!(offset_of!(Config, host_mask) == 72);
 const _: () = assert!(offset_of!(Config, host_overflows) == 76);
 const _: () = assert!(offset_of!(Config, table_prefixes) == 80);
+const _: () = assert!(offset_of!(Config, summary_generation) == 84);

@@ -25,6 +25,7 @@ pub mod lists;
 pub mod ratelimit;
 pub mod reason;
 pub mod stats;
+pub mod summary;
 
 pub use abi::{LAYOUT_VERSION, capacity, maps};
 pub use config::{
@@ -45,6 +46,10 @@ pub use ratelimit::{
     TICKS_PER_SEC, bucket_hash, bucket_set, only_from_key_data, other_slot, rule_id, source_words,
 };
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
+pub use summary::{
+    SUMMARY_BITS, SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6,
+    SUMMARY_WORDS, summary_bit_v4, summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit,
+};
 
 #[cfg(feature = "user")]
 mod pod {

@@ -44,6 +44,14 @@ impl BucketWords {
 }
 
 impl SharedWord {
+    /// # Safety
+    /// `word` points to a `u64` of a map value, valid and 8-byte aligned for
+    /// the rest of the program's run.
+    #[inline(always)]
+    pub unsafe fn new(word: *mut u64) -> Self {
+        Self(word)
+    }
+
     #[inline(always)]
     pub fn load(self) -> u64 {
         // SAFETY: valid and aligned for the program's run (`BucketWords::new`).
@@ -81,5 +89,18 @@ impl SharedWord {
             }
         }
         0
+    }
+
+    /// Sets the bits of `mask`; whether they are set (false only if every
+    /// attempt lost a race).
+    #[inline(always)]
+    pub fn set_bits(self, mask: u64) -> bool {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.load();
+            if current & mask == mask || self.compare_exchange(current, current | mask) {
+                return true;
+            }
+        }
+        false
     }
 }

@@ -4,14 +4,15 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use filter_common::{
     Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX, Ipv6Bytes, ListEntry,
-    ORIGIN_AUTO, RateRule, table_stat,
+    ORIGIN_AUTO, RateRule, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, source_words, summary_bit_v4,
+    summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit, table_stat,
 };
 
 use crate::{
-    atomic::BucketWords,
+    atomic::{BucketWords, SharedWord},
     clock::CoarseClock,
     events,
-    maps::{BLOCK_V4, BLOCK_V6},
+    maps::{BLOCK_SUMMARY, BLOCK_V4, BLOCK_V6},
     parse::Packet,
     stats::bump_table_stat,
 };
@@ -62,18 +63,20 @@ pub fn note_over_limit(
         over_limit: rule.autoblock_after,
     };
     // BPF_NOEXIST: an operator's entry for the same prefix stays as it is.
+    let bits = if packet.is_v6 {
+        config.map_or(DEFAULT_IPV6_SOURCE_PREFIX, |c| c.ipv6_source_prefix)
+    } else {
+        config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix)
+    };
+    entry.prefix_len = bits as u8;
     let inserted = if packet.is_v6 {
-        let bits = config.map_or(DEFAULT_IPV6_SOURCE_PREFIX, |c| c.ipv6_source_prefix);
-        entry.prefix_len = bits as u8;
         BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
     } else {
-        let bits = config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix);
-        entry.prefix_len = bits as u8;
         let v4 = [source[12], source[13], source[14], source[15]];
         BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
     };
     match inserted {
-        Ok(()) => {}
+        Ok(()) => mark_summary(source, packet.is_v6, bits, config),
         // Another CPU blocked the source a moment ago.
         Err(EEXIST) => return,
         Err(_) => {
@@ -89,4 +92,35 @@ pub fn note_over_limit(
         blocked_at,
         entry.expires_at_ns,
     );
+}
+
+/// Marks an automatic block of `source`'s `bits`-bit prefix in both
+/// generations of `BLOCK_SUMMARY`, after its insert (see
+/// `filter_common::summary`). A prefix wider than one bit of the family's
+/// bitmap, or a bit every attempt failed to set, sets the family's wide
+/// word instead: a mark is never lost, at worst every source looks in the
+/// trie until the controller rebuilds the bitmaps.
+#[inline(always)]
+fn mark_summary(source: &Ipv6Bytes, is_v6: bool, bits: u32, config: Option<&Config>) {
+    let words = source_words(source);
+    let bit = match config {
+        Some(c) if is_v6 && bits >= u32::from(SUMMARY_PREFIX_V6) => {
+            Some(summary_bit_v6(c.host_seed, &words))
+        }
+        Some(_) if !is_v6 && bits >= u32::from(SUMMARY_PREFIX_V4) => Some(summary_bit_v4(&words)),
+        _ => None,
+    };
+    for generation in 0..2 {
+        let marked = bit.is_some_and(|bit| {
+            let (word, mask) = summary_word_bit(bit);
+            BLOCK_SUMMARY
+                .get_ptr_mut(summary_bitmap(generation, is_v6) + word)
+                // SAFETY: a live array value, 8-byte aligned (`u64` values).
+                .is_some_and(|w| unsafe { SharedWord::new(w) }.set_bits(mask))
+        });
+        if !marked && let Some(wide) = BLOCK_SUMMARY.get_ptr_mut(summary_wide(generation, is_v6)) {
+            // SAFETY: as above.
+            unsafe { SharedWord::new(wide) }.store(1);
+        }
+    }
 }

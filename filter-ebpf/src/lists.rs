@@ -3,12 +3,13 @@
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
     Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
-    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, source_words,
+    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, source_words, summary_bit_v4,
+    summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit,
 };
 
 use crate::{
     clock::CoarseClock,
-    maps::{BLOCK_HOST_SETS, BLOCK_HOSTS},
+    maps::{BLOCK_HOST_SETS, BLOCK_HOSTS, BLOCK_SUMMARY},
 };
 
 /// Expired entries nested over one address that a single lookup skips (and
@@ -84,6 +85,31 @@ pub fn block_reason<K: Copy>(
         bits = u32::from(entry.prefix_len) - 1;
     }
     why
+}
+
+/// Whether the blocklist trie of the source's family may hold a prefix
+/// covering `addr` (IPv4-mapped for IPv4), by `BLOCK_SUMMARY`: one inlined
+/// array read, or two while the family's wide word is clear. If not, the
+/// trie lookup, whose cost grows with the list, is skipped.
+#[inline(always)]
+pub fn trie_may_block(addr: &Ipv6Bytes, is_v6: bool, config: &Config) -> bool {
+    let generation = config.summary_generation;
+    if BLOCK_SUMMARY
+        .get(summary_wide(generation, is_v6))
+        .is_none_or(|wide| *wide != 0)
+    {
+        return true;
+    }
+    let words = source_words(addr);
+    let bit = if is_v6 {
+        summary_bit_v6(config.host_seed, &words)
+    } else {
+        summary_bit_v4(&words)
+    };
+    let (word, mask) = summary_word_bit(bit);
+    BLOCK_SUMMARY
+        .get(summary_bitmap(generation, is_v6) + word)
+        .is_none_or(|w| w & mask != 0)
 }
 
 /// Whether `BLOCK_HOSTS` holds an active entry for the source `addr`

@@ -33,7 +33,7 @@ use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
-    lists::{block_reason, host_blocked, listed},
+    lists::{block_reason, host_blocked, listed, trie_may_block},
     maps::{ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, CONFIG, SHADOW_BLOCK_V4, SHADOW_BLOCK_V6},
     parse::{Packet, Parsed},
     ratelimit::{apply_rule, rule_for},
@@ -88,14 +88,19 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     // in `BLOCK_HOSTS` (keyed like `packet.source`, IPv4-mapped) without a
     // trie lookup.
     let host = config.is_some_and(|c| host_blocked(&packet.source, packet.is_v6, c, &mut clock));
+    // The tries are looked in only where they may hold a prefix covering
+    // the source: most unlisted sources of a large list skip them.
+    let in_trie = !host && config.is_none_or(|c| trie_may_block(&packet.source, packet.is_v6, c));
     let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
             allow && listed(&ALLOW_V6, 128, packet.source, &mut clock),
             if host {
                 reason::BLOCKLIST
-            } else {
+            } else if in_trie {
                 block_reason(&BLOCK_V6, 128, packet.source, &mut clock)
+            } else {
+                reason::PASS
             },
         )
     } else {
@@ -105,8 +110,10 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
             allow && listed(&ALLOW_V4, 32, v4, &mut clock),
             if host {
                 reason::BLOCKLIST
-            } else {
+            } else if in_trie {
                 block_reason(&BLOCK_V4, 32, v4, &mut clock)
+            } else {
+                reason::PASS
             },
         )
     };

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use filter_common::{
     BucketSlot, Config, Counter, HostSlot, Ipv4Bytes, Ipv6Bytes, ListEntry, MAX_RULES,
-    OnlyFromBytes, PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES, capacity,
-    events::sampling, host_set_words, host_slots, iface, table_stat,
+    OnlyFromBytes, PORT_INDEX_ENTRIES, RULE_SLOTS, RateRule, RuleCounter, STATS_ENTRIES,
+    SUMMARY_ENTRIES, capacity, events::sampling, host_set_words, host_slots, iface, table_stat,
 };
 
 /// Packets and bytes per interface slot and verdict reason (`stats_index`).
@@ -50,6 +50,11 @@ pub static BLOCK_HOST_SETS: Array<u64> = Array::pinned(
     host_set_words(host_slots(capacity::LIST_ENTRIES)),
     BPF_F_MMAPABLE,
 );
+/// Where the blocklist tries may hold a prefix: bitmaps of IPv4 /24s and
+/// IPv6 /40s, two generations (`filter_common::summary`). Marked by user
+/// space, which maps it into memory, and by automatic blocks.
+#[map]
+pub static BLOCK_SUMMARY: Array<u64> = Array::pinned(SUMMARY_ENTRIES, BPF_F_MMAPABLE);
 /// A shadow policy's blocks: matches are counted, never enforced.
 #[map]
 pub static SHADOW_BLOCK_V4: LpmTrie<Ipv4Bytes, ListEntry> =

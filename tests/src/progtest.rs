@@ -337,9 +337,15 @@ impl ProgTest {
 
     /// Writes block entries as they are, bypassing `filter-ctl`'s edits
     /// (which only write its own origin): `origin`, `expires_at_ns` 0 for
-    /// permanent. Replaces an entry stored for the same prefix.
+    /// permanent. Replaces an entry stored for the same prefix. Marks the
+    /// blocklist summary first, as every writer of the tries must.
     pub fn block_raw(&self, cidrs: &[&str], origin: u8, expires_at_ns: u64) {
         let filter = self.filter();
+        let parsed: Vec<Cidr> = cidrs.iter().map(|c| cidr(c)).collect();
+        filter
+            .summary()
+            .and_then(|s| s.mark(&parsed))
+            .expect("marking BLOCK_SUMMARY");
         let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> =
             filter.lpm(maps::BLOCK_V4).expect("BLOCK_V4 map");
         let mut v6: LpmTrie<MapData, Ipv6Bytes, ListEntry> =

@@ -599,7 +599,11 @@ impl Controller {
             self.list_entries = Some((counts, now_unix()));
             self.write_state();
         }
-        if sweep.expired.is_empty() && sweep.stale_overflows.is_none() && !sweep.table_counts_high {
+        if sweep.expired.is_empty()
+            && sweep.stale_overflows.is_none()
+            && !sweep.table_counts_high
+            && !sweep.summary_stale
+        {
             return;
         }
         match Filter::try_open_for_edit(&self.pins) {
@@ -623,6 +627,14 @@ impl Controller {
                 }
                 if removed > 0 {
                     info!("removed {removed} expired entries");
+                }
+                match filter.rebuild_stale_summary(&sweep) {
+                    Ok(None) => {}
+                    Ok(Some(marked)) => info!(
+                        "rebuilt the blocklist summary: {} bits marked, wide IPv4 {}, wide IPv6 {}",
+                        marked.bits, marked.wide_v4, marked.wide_v6
+                    ),
+                    Err(err) => warn!("rebuilding the blocklist summary failed: {err:#}"),
                 }
             }
             Ok(None) => log::debug!("an editor holds the lock; deleting at the next tick"),

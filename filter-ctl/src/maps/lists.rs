@@ -26,6 +26,7 @@ use super::{
     hosts::{Placed, TableKey, table_key},
     journal::{Journal, Record},
     rules::RuleTable,
+    summary::{self, SummaryUse},
 };
 use crate::{clock, error::Error, spec::cidr::Cidr};
 
@@ -81,6 +82,11 @@ pub struct Sweep {
     /// count above the truth costs every packet a probe. For
     /// [`Filter::resync_table_counts`].
     pub table_counts_high: bool,
+    /// Whether the generation of `BLOCK_SUMMARY` in use carries enough
+    /// stale marks, against what the blocklist tries' active entries need,
+    /// to be rebuilt ([`SummaryUse::worth_rebuilding`]), for
+    /// [`Filter::rebuild_stale_summary`].
+    pub summary_stale: bool,
 }
 
 /// What [`Filter::unblock`] changed.
@@ -295,6 +301,11 @@ impl Filter {
                 .collect();
             self.remove_hosts(&autos)?;
         }
+        if tries == Tries::Block {
+            // Marked before they are written: the program must not skip a
+            // trie that holds them.
+            self.summary()?.mark(prefixes.iter().map(|(c, _)| c))?;
+        }
         let (v4_name, v6_name) = tries.map_names();
         let (v4, v6) = split_families(&prefixes);
         std::thread::scope(|scope| {
@@ -305,7 +316,11 @@ impl Filter {
                 let overflow = overflow_v6.recv().unwrap_or_default();
                 self.write_family(v6_name, &overflow)
             });
-            let placed = self.write_hosts(hosts);
+            // The hosts that did not fit go to the tries: marked first.
+            let placed = self.write_hosts(hosts).and_then(|(in_table, overflow)| {
+                self.summary()?.mark(overflow.iter().map(|(c, _)| c))?;
+                Ok((in_table, overflow))
+            });
             let (in_table, overflow) = match placed {
                 Ok((in_table, overflow)) => (Ok(in_table), overflow),
                 Err(e) => (Err(e), Vec::new()),
@@ -505,6 +520,16 @@ impl Filter {
             restored = restore.iter().map(|(c, _)| *c).collect();
             let (_, rest) = self
                 .write_hosts(restore)
+                .with_context(|| format!("restoring the {}", kind.name()))?;
+            // Every entry going back into a trie, marked first: those that
+            // did not fit in the table, and the records' previous entries.
+            let back = records
+                .iter()
+                .filter(|r| r.previous.is_some())
+                .map(Record::cidr)
+                .collect::<Vec<_>>();
+            self.summary()?
+                .mark(rest.iter().map(|(c, _)| c).chain(&back))
                 .with_context(|| format!("restoring the {}", kind.name()))?;
             let (r4, r6) = split_families(&rest);
             let written = r4
@@ -741,7 +766,7 @@ impl Filter {
     }
 
     /// Every entry the tries of `tries` hold, sorted.
-    fn trie_entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+    pub(super) fn trie_entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
         let (v4_name, v6_name) = tries.map_names();
         // The two tries on two threads: the kernel's walk of an LPM trie
         // (`trie_get_next_key`) is most of a large list's cost.
@@ -844,9 +869,23 @@ impl Filter {
         let generation = config.host_overflows;
         let mut stale_overflows = None;
         let mut table_counts_high = false;
+        let mut summary_stale = false;
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
+                // Read after the walk: an automatic block since marks it
+                // (the count errs high, never stale).
+                let needed = summary::needed(
+                    entries
+                        .iter()
+                        .filter(|(_, e)| e.is_active(now))
+                        .map(|(c, _)| c),
+                    config.host_seed,
+                );
+                summary_stale = self
+                    .summary()?
+                    .in_use(self.config()?.summary_generation)?
+                    .worth_rebuilding(&needed);
                 let table = self.host_table()?;
                 let marked = table.overflowed_sets()?;
                 if !marked.is_empty() {
@@ -890,7 +929,18 @@ impl Filter {
             expired: expired_by_kind,
             stale_overflows,
             table_counts_high,
+            summary_stale,
         })
+    }
+
+    /// Rebuilds `BLOCK_SUMMARY` if the sweep found it stale (after the
+    /// expired entries are deleted, so that their marks go too). Needs the
+    /// edit lock. Returns what the new generation marks, if it rebuilt.
+    pub fn rebuild_stale_summary(&self, sweep: &Sweep) -> anyhow::Result<Option<SummaryUse>> {
+        if !sweep.summary_stale {
+            return Ok(None);
+        }
+        self.rebuild_summary().map(Some)
     }
 
     /// Sets `Config::block_hosts` and `Config::table_prefixes` to the used

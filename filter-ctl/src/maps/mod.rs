@@ -13,10 +13,12 @@ pub mod journal;
 pub mod lists;
 pub mod loader;
 pub mod lock;
+pub mod mapping;
 pub mod pins;
 pub mod rules;
 pub mod sampling;
 pub mod status;
+pub mod summary;
 
 use std::time::Duration;
 
@@ -86,6 +88,8 @@ pub struct Filter {
     /// The blocklist's host table, mapped at its first use: mapping it
     /// costs about 1.5 ms per 20 MiB of table, once per handle.
     hosts: std::sync::OnceLock<hosts::HostTable>,
+    /// `BLOCK_SUMMARY`, mapped at its first use.
+    summary: std::sync::OnceLock<summary::Summary>,
     /// Exclusive lock on the maps directory while this handle edits maps, so
     /// edits from several processes never interleave.
     lock: Option<DirLock>,
@@ -98,6 +102,7 @@ impl Filter {
         Ok(Self {
             pins: pins.clone(),
             hosts: std::sync::OnceLock::new(),
+            summary: std::sync::OnceLock::new(),
             lock: None,
         })
     }
@@ -111,6 +116,7 @@ impl Filter {
         let filter = Self {
             pins: pins.clone(),
             hosts: std::sync::OnceLock::new(),
+            summary: std::sync::OnceLock::new(),
             lock: Some(lock),
         };
         filter.check_initialized()?;
@@ -131,6 +137,7 @@ impl Filter {
         let filter = Self {
             pins: pins.clone(),
             hosts: std::sync::OnceLock::new(),
+            summary: std::sync::OnceLock::new(),
             lock: Some(lock),
         };
         filter.check_initialized()?;

@@ -1,0 +1,96 @@
+//! `BLOCK_SUMMARY`: where in the address space the blocklist tries may hold
+//! a prefix, so that a source they cannot block skips the trie lookup, the
+//! one cost of a packet that grows with the list (an LPM trie has two
+//! children per node: a lookup in a million entries walks twenty-odd).
+//!
+//! One bit per IPv4 /24 (indexed directly) and one per IPv6 /40 (hashed
+//! into as many bits), set for every /24 or /40 that a trie entry covers or
+//! lies in. A clear bit proves that no trie entry covers the source; a set
+//! bit only says "look". Bits are only ever set while entries come and go:
+//! a removed entry's bits stay (one needless lookup) until the controller
+//! rebuilds the bitmaps. A prefix too wide to mark bit by bit (an IPv6
+//! prefix shorter than /24) sets its family's *wide* word instead: while it
+//! is set, every source of the family looks in the trie.
+//!
+//! Two generations, one in use (`Config::summary_generation`): a rebuild
+//! clears the other, marks every entry of the tries into it, then switches.
+//! Every writer marks both generations, so that no mark is lost to a
+//! rebuild: user space (under the edit lock, which a rebuild holds) before
+//! it writes an entry, the program after it inserts an automatic block (a
+//! rebuild that cleared that mark began after the insert, and so finds the
+//! entry in its walk).
+//!
+//! Only the tries are summarised: `BLOCK_HOSTS` is probed first, and what it
+//! holds is never in a trie.
+
+use crate::{bucket_hash, masked_words};
+
+/// Bits per bitmap: one per IPv4 /24.
+pub const SUMMARY_BITS: u32 = 1 << 24;
+/// `u64` words per bitmap.
+pub const SUMMARY_WORDS: u32 = SUMMARY_BITS / 64;
+/// Prefix length one IPv4 bit stands for: its index is the /24's number.
+pub const SUMMARY_PREFIX_V4: u8 = 24;
+/// Prefix length one IPv6 bit stands for (hashed): a /40 holds a site's
+/// /48s, and an ISP's /32 or /29 marks 256 or 2048 bits.
+pub const SUMMARY_PREFIX_V6: u8 = 40;
+/// The shortest IPv6 prefix marked bit by bit (2^16 bits); a shorter one
+/// sets the wide word.
+pub const SUMMARY_WIDEST_V6: u8 = 24;
+/// Values of `BLOCK_SUMMARY`: four bitmaps (generation 0 IPv4, IPv6, then
+/// generation 1), then the four wide words in the same order.
+pub const SUMMARY_ENTRIES: u32 = 4 * SUMMARY_WORDS + 4;
+
+/// Tag of the IPv6 bit hash (the seed is `Config::host_seed`), apart from
+/// the host table's tags (`u32::MAX - 128` and above) and every rule id.
+const SUMMARY_TAG: u32 = u32::MAX - 256;
+
+/// The first word of the bitmap of (`generation`, family).
+#[inline(always)]
+#[must_use]
+pub const fn summary_bitmap(generation: u32, is_v6: bool) -> u32 {
+    ((generation & 1) * 2 + is_v6 as u32) * SUMMARY_WORDS
+}
+
+/// The wide word of (`generation`, family): non-zero while the family's
+/// tries may hold a prefix too wide for its bitmap.
+#[inline(always)]
+#[must_use]
+pub const fn summary_wide(generation: u32, is_v6: bool) -> u32 {
+    4 * SUMMARY_WORDS + (generation & 1) * 2 + is_v6 as u32
+}
+
+/// The bit of the IPv4 /24 of `words` (`source_words` of an IPv4-mapped
+/// address).
+#[inline(always)]
+#[must_use]
+pub const fn summary_bit_v4(words: &[u32; 4]) -> u32 {
+    // The last word holds the IPv4 address's bytes, read little-endian.
+    words[3].swap_bytes() >> 8
+}
+
+/// The bit of the IPv6 /40 of `words` (`source_words` of the address), by
+/// the seeded hash of the table (`seed` is `Config::host_seed`).
+#[inline(always)]
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low 32 bits, masked to the bitmap"
+)]
+pub const fn summary_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
+    let key = masked_words(words, SUMMARY_PREFIX_V6 as u32);
+    (bucket_hash(seed, SUMMARY_TAG, &key) as u32) & (SUMMARY_BITS - 1)
+}
+
+/// The word (within its bitmap) and the mask of bit `bit`.
+#[inline(always)]
+#[must_use]
+pub const fn summary_word_bit(bit: u32) -> (u32, u64) {
+    (bit / 64, 1u64 << (bit % 64))
+}
+
+const _: () = assert!(SUMMARY_BITS.is_multiple_of(64));
+const _: () = assert!(summary_wide(1, true) == SUMMARY_ENTRIES - 1);
+const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));
+// 203.0.113.7 -> /24 number 0xcb0071.
+const _: () = assert!(summary_bit_v4(&[0, 0, 0xffff_0000, 0x0771_00cb]) == 0x00cb_0071);

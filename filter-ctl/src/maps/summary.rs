@@ -1,0 +1,292 @@
+//! `BLOCK_SUMMARY`: the bitmaps of where the blocklist tries may hold a
+//! prefix (see `filter_common::summary`), memory-mapped. User space marks
+//! both generations before it writes a trie entry, and rebuilds the unused
+//! generation from a walk of the tries when removed entries have left many
+//! stale bits; both under the edit lock.
+
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+use anyhow::{Context as _, ensure};
+use filter_common::{
+    SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6, SUMMARY_WORDS,
+    host_key_v4, maps, prefix_mask32, source_words, summary_bit_v4, summary_bit_v6, summary_bitmap,
+    summary_wide, summary_word_bit,
+};
+
+use super::{Filter, Tries, barrier::wait_for_running_programs, mapping::Mapping};
+use crate::spec::cidr::Cidr;
+
+/// Stale bits (set, but needed by no entry) a generation may carry before a
+/// sweep rebuilds it: at least this many, and more than the needed ones.
+const STALE_BITS_TOLERATED: u64 = 1024;
+
+/// How much of a generation is marked: set bits of both bitmaps, and each
+/// family's wide word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SummaryUse {
+    pub bits: u64,
+    pub wide_v4: bool,
+    pub wide_v6: bool,
+}
+
+impl SummaryUse {
+    /// Whether a generation marked as `self` carries enough stale marks,
+    /// against what the tries' entries `needed`, to be worth a rebuild: a
+    /// wide word no entry needs (every source of the family looks in the
+    /// trie), or more stale bits than needed ones (more than half of the
+    /// lookups the bitmap lets through are needless).
+    #[must_use]
+    pub const fn worth_rebuilding(&self, needed: &Self) -> bool {
+        let stale = self.bits.saturating_sub(needed.bits);
+        (self.wide_v4 && !needed.wide_v4)
+            || (self.wide_v6 && !needed.wide_v6)
+            || (stale > STALE_BITS_TOLERATED && stale > needed.bits)
+    }
+}
+
+/// Calls `bit` with each bit that `cidr` marks in its family's bitmap;
+/// false (no call) if it is too wide and marks the wide word.
+fn for_each_bit(cidr: &Cidr, seed: u64, bit: &mut impl FnMut(u32)) -> bool {
+    match *cidr {
+        Cidr::V4 { addr, prefix } => {
+            let first = summary_bit_v4(&source_words(&host_key_v4(
+                (u32::from_be_bytes(addr) & prefix_mask32(u32::from(prefix))).to_be_bytes(),
+            )));
+            let count = 1_u32 << SUMMARY_PREFIX_V4.saturating_sub(prefix);
+            (first..first + count).for_each(bit);
+            true
+        }
+        Cidr::V6 { addr, prefix } if prefix >= SUMMARY_PREFIX_V6 => {
+            bit(summary_bit_v6(seed, &source_words(&addr)));
+            true
+        }
+        Cidr::V6 { addr, prefix } if prefix >= SUMMARY_WIDEST_V6 => {
+            // Each /40 of the prefix: its first 40 bits (five bytes) counted up.
+            let mut top = [0_u8; 8];
+            top[3..].copy_from_slice(&addr[..5]);
+            let first = u64::from_be_bytes(top) & !((1_u64 << (SUMMARY_PREFIX_V6 - prefix)) - 1);
+            for n in 0..1_u64 << (SUMMARY_PREFIX_V6 - prefix) {
+                let mut slash40 = [0_u8; 16];
+                slash40[..5].copy_from_slice(&(first + n).to_be_bytes()[3..]);
+                bit(summary_bit_v6(seed, &source_words(&slash40)));
+            }
+            true
+        }
+        Cidr::V6 { .. } => false,
+    }
+}
+
+/// What `cidrs` (the tries' entries) need marked, counted in a bitmap of
+/// this process's own.
+#[must_use]
+pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> SummaryUse {
+    let mut bitmaps = vec![0_u64; 2 * SUMMARY_WORDS as usize];
+    let mut out = SummaryUse::default();
+    for cidr in cidrs {
+        let is_v6 = matches!(cidr, Cidr::V6 { .. });
+        let base = if is_v6 { SUMMARY_WORDS } else { 0 };
+        let marked = for_each_bit(cidr, seed, &mut |bit| {
+            let (word, mask) = summary_word_bit(bit);
+            bitmaps[(base + word) as usize] |= mask;
+        });
+        if !marked {
+            out.wide_v6 = true;
+        }
+    }
+    out.bits = bitmaps.iter().map(|w| u64::from(w.count_ones())).sum();
+    out
+}
+
+/// `BLOCK_SUMMARY`, mapped whole (8 MiB), with the seed of its IPv6 hash.
+pub struct Summary {
+    words: Mapping<u64>,
+    seed: u64,
+}
+
+impl Summary {
+    pub fn open(filter: &Filter) -> anyhow::Result<Self> {
+        let words = Mapping::open(filter, maps::BLOCK_SUMMARY)?;
+        ensure!(
+            words.len == SUMMARY_ENTRIES,
+            "{} has {} words, this build expects {SUMMARY_ENTRIES}: run `filter-ctl detach` and start the filter again",
+            maps::BLOCK_SUMMARY,
+            words.len
+        );
+        words.map_whole()?;
+        Ok(Self {
+            words,
+            seed: filter.config()?.host_seed,
+        })
+    }
+
+    fn word(&self, index: u32) -> anyhow::Result<&AtomicU64> {
+        let ptr = self.words.ptr(index)?;
+        // SAFETY: an aligned u64 of the mapping, which lives as long as
+        // `self`; the program reads and sets bits of it atomically too.
+        Ok(unsafe { AtomicU64::from_ptr(ptr) })
+    }
+
+    /// Marks `cidrs` in both generations: before they are written to the
+    /// blocklist tries.
+    pub fn mark<'a>(&self, cidrs: impl IntoIterator<Item = &'a Cidr>) -> anyhow::Result<()> {
+        self.mark_generations(cidrs, &[0, 1])
+    }
+
+    fn mark_generations<'a>(
+        &self,
+        cidrs: impl IntoIterator<Item = &'a Cidr>,
+        generations: &[u32],
+    ) -> anyhow::Result<()> {
+        for cidr in cidrs {
+            let is_v6 = matches!(cidr, Cidr::V6 { .. });
+            let mut failed = None;
+            let marked = for_each_bit(cidr, self.seed, &mut |bit| {
+                let (word, mask) = summary_word_bit(bit);
+                for &generation in generations {
+                    match self.word(summary_bitmap(generation, is_v6) + word) {
+                        Ok(w) => {
+                            w.fetch_or(mask, Ordering::Relaxed);
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if !marked {
+                for &generation in generations {
+                    self.word(summary_wide(generation, is_v6))?
+                        .store(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // The marks before the trie writes that follow.
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How much of `generation` is marked.
+    pub fn in_use(&self, generation: u32) -> anyhow::Result<SummaryUse> {
+        let mut bits = 0;
+        for is_v6 in [false, true] {
+            let base = summary_bitmap(generation, is_v6);
+            for word in 0..SUMMARY_WORDS {
+                bits += u64::from(self.word(base + word)?.load(Ordering::Relaxed).count_ones());
+            }
+        }
+        let wide = |is_v6| -> anyhow::Result<bool> {
+            Ok(self
+                .word(summary_wide(generation, is_v6))?
+                .load(Ordering::Relaxed)
+                != 0)
+        };
+        Ok(SummaryUse {
+            bits,
+            wide_v4: wide(false)?,
+            wide_v6: wide(true)?,
+        })
+    }
+
+    /// Clears `generation` (not the one in use).
+    fn clear(&self, generation: u32) -> anyhow::Result<()> {
+        for is_v6 in [false, true] {
+            let base = summary_bitmap(generation, is_v6);
+            for word in 0..SUMMARY_WORDS {
+                self.word(base + word)?.store(0, Ordering::Relaxed);
+            }
+            self.word(summary_wide(generation, is_v6))?
+                .store(0, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Filter {
+    /// `BLOCK_SUMMARY`, mapped once per handle.
+    pub fn summary(&self) -> anyhow::Result<&Summary> {
+        if let Some(summary) = self.summary.get() {
+            return Ok(summary);
+        }
+        let summary = Summary::open(self)?;
+        Ok(self.summary.get_or_init(|| summary))
+    }
+
+    /// Rebuilds the generation of `BLOCK_SUMMARY` not in use from a walk of
+    /// the blocklist tries, then switches the program to it, and waits until
+    /// no packet still reads the old one (the next rebuild clears it). Needs
+    /// the edit lock: no other process writes the tries meanwhile, and the
+    /// program's automatic blocks mark both generations after their insert
+    /// (a mark cleared here belongs to an entry the walk, which begins after
+    /// the clearing, finds). Returns what the new generation marks.
+    pub fn rebuild_summary(&self) -> anyhow::Result<SummaryUse> {
+        debug_assert!(self.is_editing(), "a summary rebuild needs the edit lock");
+        let summary = self.summary()?;
+        let next = (self.config()?.summary_generation & 1) ^ 1;
+        summary.clear(next)?;
+        let entries = self
+            .trie_entries_raw(Tries::Block)
+            .context("walking the blocklist tries to rebuild their summary")?;
+        summary.mark_generations(entries.iter().map(|(c, _)| c), &[next])?;
+        self.update_config(|c| {
+            c.summary_generation = next;
+            Ok(())
+        })?;
+        wait_for_running_programs()
+            .context("waiting for running programs after switching the blocklist summary")?;
+        summary.in_use(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(cidr: &str) -> Option<Vec<u32>> {
+        let cidr: Cidr = cidr.parse().expect("a prefix");
+        let mut out = Vec::new();
+        for_each_bit(&cidr, 7, &mut |b| out.push(b)).then_some(out)
+    }
+
+    #[test]
+    fn an_ipv4_prefix_marks_each_of_its_slash_24s() {
+        assert_eq!(bits("203.0.113.7/32"), Some(vec![0x00cb_0071]));
+        assert_eq!(bits("203.0.113.0/25"), Some(vec![0x00cb_0071]));
+        assert_eq!(
+            bits("203.0.112.0/22"),
+            Some((0x00cb_0070..0x00cb_0074).collect())
+        );
+        assert_eq!(bits("0.0.0.0/0").map(|b| b.len()), Some(1 << 24));
+    }
+
+    #[test]
+    fn an_ipv6_prefix_marks_the_hash_of_each_of_its_slash_40s() {
+        let one = bits("2001:db8:ab00::/40").expect("marked");
+        assert_eq!(one.len(), 1);
+        assert_eq!(bits("2001:db8:ab00:1::5/128"), Some(one.clone()));
+        let wider = bits("2001:db8::/32").expect("marked");
+        assert_eq!(wider.len(), 256);
+        assert!(wider.contains(&one[0]));
+        assert_eq!(bits("2001:d00::/24").map(|b| b.len()), Some(1 << 16));
+        assert_eq!(bits("2001::/23"), None, "wider than /24: the wide word");
+    }
+
+    #[test]
+    fn stale_marks_are_rebuilt_once_they_outnumber_the_needed_ones() {
+        let needed = SummaryUse {
+            bits: 5000,
+            ..SummaryUse::default()
+        };
+        let live = |bits, wide_v6| SummaryUse {
+            bits,
+            wide_v4: false,
+            wide_v6,
+        };
+        assert!(!live(10_000, false).worth_rebuilding(&needed));
+        assert!(live(10_001, false).worth_rebuilding(&needed));
+        assert!(live(5000, true).worth_rebuilding(&needed));
+        assert!(!live(1024, false).worth_rebuilding(&SummaryUse::default()));
+        assert!(live(1025, false).worth_rebuilding(&SummaryUse::default()));
+    }
+}
