@@ -4,7 +4,10 @@
 //! generation from a walk of the tries when removed entries have left many
 //! stale bits; both under the edit lock.
 
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering, fence},
+};
 
 use anyhow::{Context as _, ensure};
 use filter_common::{
@@ -164,6 +167,28 @@ impl Summary {
         // The marks before the trie writes that follow.
         fence(Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether `generation` marks `addr`: its /24's or /40's bit, or its
+    /// family's wide word (a source the program would look up in the trie).
+    pub fn marks(&self, generation: u32, addr: IpAddr) -> anyhow::Result<bool> {
+        let (is_v6, bit) = match addr {
+            IpAddr::V4(v4) => (
+                false,
+                summary_bit_v4(&source_words(&host_key_v4(v4.octets()))),
+            ),
+            IpAddr::V6(v6) => (true, summary_bit_v6(self.seed, &source_words(&v6.octets()))),
+        };
+        let (word, mask) = summary_word_bit(bit);
+        Ok(self
+            .word(summary_wide(generation, is_v6))?
+            .load(Ordering::Relaxed)
+            != 0
+            || self
+                .word(summary_bitmap(generation, is_v6) + word)?
+                .load(Ordering::Relaxed)
+                & mask
+                != 0)
     }
 
     /// How much of `generation` is marked.

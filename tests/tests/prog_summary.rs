@@ -1,0 +1,314 @@
+//! The blocklist summary (`BLOCK_SUMMARY`, `filter_common::summary`)
+//! through `BPF_PROG_TEST_RUN`: the program looks in a trie only where the
+//! summary marks the source, every writer marks what it writes (the
+//! operator's edits, the program's automatic blocks), prefixes of every
+//! width are marked where they cover, and a rebuild drops stale marks
+//! without losing a needed one.
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::maps::{MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use filter_common::{
+    Ipv4Bytes, ListEntry, maps,
+    reason::{AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
+    xdp_action,
+};
+use filter_ctl::{
+    maps::{ListKind, loader::Capacities, summary::SummaryUse},
+    spec::{
+        cidr::Cidr,
+        rule::{AutoblockSpec, LimitSpec},
+    },
+};
+use filter_tests::{
+    progtest::{Case, ProgTest, run_table, skip_unless_root, small_capacities},
+    rules::{freeze, udp4, udp6},
+};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an address")
+}
+
+fn cidrs(texts: &[&str]) -> Vec<Cidr> {
+    texts.iter().map(|t| t.parse().expect("a prefix")).collect()
+}
+
+/// The generation the program reads.
+fn generation(test: &ProgTest) -> u32 {
+    test.reader()
+        .config()
+        .expect("reading CONFIG")
+        .summary_generation
+}
+
+/// Whether generation `generation` of the summary marks `addr`.
+fn marks(test: &ProgTest, generation: u32, addr: &str) -> bool {
+    test.reader()
+        .summary()
+        .and_then(|s| s.marks(generation, ip(addr)))
+        .expect("reading BLOCK_SUMMARY")
+}
+
+fn in_use(test: &ProgTest) -> SummaryUse {
+    let reader = test.reader();
+    let generation = reader.config().expect("CONFIG").summary_generation;
+    reader
+        .summary()
+        .and_then(|s| s.in_use(generation))
+        .expect("reading BLOCK_SUMMARY")
+}
+
+/// A trie entry written without its mark is never looked up: the program
+/// trusts the summary, which is why every writer marks before it writes.
+#[test]
+fn an_unmarked_trie_entry_is_not_looked_up() {
+    if skip_unless_root("an_unmarked_trie_entry_is_not_looked_up") {
+        return;
+    }
+    let test = ProgTest::new();
+    let filter = test.filter();
+    let mut v4: LpmTrie<MapData, Ipv4Bytes, ListEntry> =
+        filter.lpm(maps::BLOCK_V4).expect("BLOCK_V4 map");
+    let entry = ListEntry {
+        prefix_len: 25,
+        ..ListEntry::default()
+    };
+    v4.insert(&Key::new(25, [198, 18, 200, 0]), entry, 0)
+        .expect("writing BLOCK_V4 by hand");
+    drop(filter);
+    assert!(!marks(&test, generation(&test), "198.18.200.1"));
+    // Not a table case: the reference model, which has no summary, would
+    // find the entry.
+    assert_eq!(
+        test.run(&udp4("198.18.200.1", 53)),
+        xdp_action::PASS,
+        "in an unmarked /25: not looked up"
+    );
+
+    test.filter()
+        .summary()
+        .and_then(|s| s.mark(&cidrs(&["198.18.200.0/25"])))
+        .expect("marking");
+    assert!(marks(&test, 0, "198.18.200.1") && marks(&test, 1, "198.18.200.1"));
+    run_table(
+        &test,
+        &[
+            Case::new("marked: found", udp4("198.18.200.1", 53), BLOCKLIST),
+            Case::new(
+                "the /24's other half: looked up, not covered",
+                udp4("198.18.200.200", 53),
+                PASS,
+            ),
+        ],
+    );
+}
+
+/// Prefixes of every width, the trie's lengths (the host table's are never
+/// in a trie), marked where they cover and nowhere else; an IPv6 prefix
+/// shorter than /24 sets the family's wide word; a rebuild after removals
+/// drops their marks, and what stays listed still blocks.
+#[test]
+fn prefixes_of_every_width_are_marked_where_they_cover() {
+    if skip_unless_root("prefixes_of_every_width_are_marked_where_they_cover") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.block(&[
+        "198.18.64.0/20",
+        "198.18.96.128/25",
+        "198.19.0.0/16",
+        "2001:db8:1:200::/56",
+        "2001:db8:4000::/34",
+    ]);
+    let before = generation(&test);
+    let inside = [
+        ("IPv4 /20", "198.18.79.255"),
+        ("IPv4 /25", "198.18.96.129"),
+        ("IPv4 /16", "198.19.255.1"),
+        ("IPv6 /56", "2001:db8:1:2ff::1"),
+        ("IPv6 /34", "2001:db8:7fff::1"),
+    ];
+    let outside = [
+        ("past the /20", "198.18.80.1"),
+        ("beside the /25's /24", "198.18.97.1"),
+        ("below the /16", "198.18.255.1"),
+    ];
+    let mut cases = Vec::new();
+    for (what, addr) in inside {
+        assert!(marks(&test, before, addr), "{what}: {addr} unmarked");
+        let frame = if addr.contains(':') {
+            udp6(addr, 53)
+        } else {
+            udp4(addr, 53)
+        };
+        cases.push(Case::new(what, frame, BLOCKLIST));
+    }
+    for (what, addr) in outside {
+        assert!(!marks(&test, before, addr), "{what}: {addr} marked");
+        cases.push(Case::new(what, udp4(addr, 53), PASS));
+    }
+    cases.push(Case::new(
+        "past the /34",
+        udp6("2001:db8:8000::1", 53),
+        PASS,
+    ));
+    run_table(&test, &cases);
+    let listed = in_use(&test);
+    assert!(!listed.wide_v4 && !listed.wide_v6);
+    // /20: 16 bits, /25: 1, /16: 256, /56: 1, /34: 64 /40s (hashed, a few may share).
+    assert!((330..=338).contains(&listed.bits), "{listed:?}");
+
+    // Too wide for bits: the wide word; every IPv6 source is looked up.
+    test.block(&["2001::/20"]);
+    assert!(in_use(&test).wide_v6);
+    assert!(marks(&test, before, "2001:db8:ffff::1"));
+    run_table(
+        &test,
+        &[Case::new(
+            "under the /20",
+            udp6("2001:db8:ffff::1", 53),
+            BLOCKLIST,
+        )],
+    );
+
+    // Removals leave stale marks until a rebuild.
+    test.filter()
+        .list_remove(
+            ListKind::Block,
+            &cidrs(&["2001::/20", "198.19.0.0/16", "198.18.64.0/20"]),
+        )
+        .expect("unblocking");
+    assert!(in_use(&test).wide_v6, "stale until rebuilt");
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_stale, "a wide word no entry needs");
+    let rebuilt = test
+        .filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    let after = generation(&test);
+    assert_ne!(after, before);
+    assert_eq!(rebuilt, in_use(&test));
+    assert!(!rebuilt.wide_v6 && rebuilt.bits <= 66, "{rebuilt:?}");
+    assert!(!marks(&test, after, "198.19.255.1"));
+    assert!(!marks(&test, after, "198.18.79.255"));
+    assert!(marks(&test, after, "198.18.96.129"));
+    run_table(
+        &test,
+        &[
+            Case::new("the /16, gone", udp4("198.19.255.1", 53), PASS),
+            Case::new("the /20, gone", udp4("198.18.79.255", 53), PASS),
+            Case::new("the /25 stays", udp4("198.18.96.129", 53), BLOCKLIST),
+            Case::new("the /56 stays", udp6("2001:db8:1:2ff::1", 53), BLOCKLIST),
+            Case::new("the /34 stays", udp6("2001:db8:7fff::1", 53), BLOCKLIST),
+        ],
+    );
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(!sweep.summary_stale, "just rebuilt");
+}
+
+/// Stale bits alone: a rebuild once they outnumber the needed ones (and a
+/// thousand), not before.
+#[test]
+fn many_removed_prefixes_make_the_summary_stale() {
+    if skip_unless_root("many_removed_prefixes_make_the_summary_stale") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&Capacities {
+        list: 4096,
+        ..small_capacities()
+    });
+    // 2,048 /25s in as many /24s (list entries only: no packet is sent
+    // from or to them).
+    let prefixes: Vec<Cidr> = (0..2048_u32)
+        .map(|i| {
+            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
+            format!("{a}.{b}.{c}.128/25").parse().expect("a prefix")
+        })
+        .collect();
+    test.filter()
+        .list_insert(
+            ListKind::Block,
+            &prefixes,
+            None,
+            filter_ctl::maps::lists::Merge::Replace,
+        )
+        .expect("blocking 2,048 /25s");
+    assert_eq!(in_use(&test).bits, 2048);
+    test.filter()
+        .list_remove(ListKind::Block, &prefixes[..1000])
+        .expect("unblocking 1,000");
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_stale,
+        "1,000 stale bits against 1,048 needed"
+    );
+    test.filter()
+        .list_remove(ListKind::Block, &prefixes[1000..1900])
+        .expect("unblocking 900 more");
+    let sweep = test.reader().sweep_scan().expect("scan");
+    assert!(sweep.summary_stale, "1,900 stale bits against 148 needed");
+    let rebuilt = test
+        .filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert_eq!(rebuilt.bits, 148);
+}
+
+/// The program's automatic blocks mark both generations (a rebuild of
+/// either keeps them), and a rebuild finds them in its walk.
+#[test]
+fn automatic_blocks_are_marked_and_survive_rebuilds() {
+    if skip_unless_root("automatic_blocks_are_marked_and_survive_rebuilds") {
+        return;
+    }
+    let test = ProgTest::new();
+    let hour = Duration::from_hours(1);
+    let id = test.limit(
+        "udp/5000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 1,
+                window: hour,
+                block_for: hour,
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, id, 1);
+    let (v4, v6) = ("198.18.30.7", "2001:db8:30::7");
+    assert!(!marks(&test, 0, v4) && !marks(&test, 1, v6));
+    run_table(
+        &test,
+        &[
+            Case::new("IPv4 burst", udp4(v4, 5000), PASS),
+            Case::new("IPv4 over: blocks", udp4(v4, 5000), RATELIMIT),
+            Case::new("IPv6 burst", udp6(v6, 5000), PASS),
+            Case::new("IPv6 over: blocks", udp6(v6, 5000), RATELIMIT),
+        ],
+    );
+    for generation in [0, 1] {
+        assert!(
+            marks(&test, generation, v4),
+            "IPv4, generation {generation}"
+        );
+        assert!(
+            marks(&test, generation, v6),
+            "IPv6, generation {generation}"
+        );
+    }
+    for round in 0..2 {
+        let rebuilt = test.filter().rebuild_summary().expect("rebuilding");
+        assert_eq!(rebuilt.bits, 2, "round {round}: {rebuilt:?}");
+        run_table(
+            &test,
+            &[
+                Case::new("IPv4 blocked", udp4(v4, 53), AUTOBLOCK),
+                Case::new("IPv6 /64 blocked", udp6("2001:db8:30::ff", 53), AUTOBLOCK),
+                Case::new("IPv4 neighbour", udp4("198.18.30.8", 53), PASS),
+            ],
+        );
+    }
+}
