@@ -156,7 +156,8 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
     let listed = in_use(&test);
     assert!(!listed.wide_v4 && !listed.wide_v6);
     // /20: 16 bits, /25: 1, /16: 256, /56: 1, /34: 64 /40s (hashed, a few may share).
-    assert!((330..=338).contains(&listed.bits), "{listed:?}");
+    assert_eq!(listed.bits_v4, 16 + 1 + 256, "{listed:?}");
+    assert!((60..=65).contains(&listed.bits_v6), "{listed:?}");
 
     // Too wide for bits: the wide word; every IPv6 source is looked up.
     test.block(&["2001::/20"]);
@@ -189,7 +190,10 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
     let after = generation(&test);
     assert_ne!(after, before);
     assert_eq!(rebuilt, in_use(&test));
-    assert!(!rebuilt.wide_v6 && rebuilt.bits <= 66, "{rebuilt:?}");
+    assert!(
+        !rebuilt.wide_v6 && rebuilt.bits_v4 == 1 && rebuilt.bits_v6 <= 65,
+        "{rebuilt:?}"
+    );
     assert!(!marks(&test, after, "198.19.255.1"));
     assert!(!marks(&test, after, "198.18.79.255"));
     assert!(marks(&test, after, "198.18.96.129"));
@@ -234,7 +238,7 @@ fn many_removed_prefixes_make_the_summary_stale() {
             filter_ctl::maps::lists::Merge::Replace,
         )
         .expect("blocking 2,048 /25s");
-    assert_eq!(in_use(&test).bits, 2048);
+    assert_eq!(in_use(&test).bits_v4, 2048);
     test.filter()
         .list_remove(ListKind::Block, &prefixes[..1000])
         .expect("unblocking 1,000");
@@ -252,7 +256,7 @@ fn many_removed_prefixes_make_the_summary_stale() {
         .rebuild_stale_summary(&sweep)
         .expect("rebuilding")
         .expect("a rebuild");
-    assert_eq!(rebuilt.bits, 148);
+    assert_eq!(rebuilt.bits_v4, 148);
 }
 
 /// The program's automatic blocks mark both generations (a rebuild of
@@ -301,7 +305,11 @@ fn automatic_blocks_are_marked_and_survive_rebuilds() {
     }
     for round in 0..2 {
         let rebuilt = test.filter().rebuild_summary().expect("rebuilding");
-        assert_eq!(rebuilt.bits, 2, "round {round}: {rebuilt:?}");
+        assert_eq!(
+            (rebuilt.bits_v4, rebuilt.bits_v6),
+            (1, 1),
+            "round {round}: {rebuilt:?}"
+        );
         run_table(
             &test,
             &[

@@ -301,7 +301,7 @@ impl Filter {
                 .collect();
             self.remove_hosts(&autos)?;
         }
-        if tries == Tries::Block {
+        if tries == Tries::Block && !prefixes.is_empty() {
             // Marked before they are written: the program must not skip a
             // trie that holds them.
             self.summary()?.mark(prefixes.iter().map(|(c, _)| c))?;
@@ -318,7 +318,9 @@ impl Filter {
             });
             // The hosts that did not fit go to the tries: marked first.
             let placed = self.write_hosts(hosts).and_then(|(in_table, overflow)| {
-                self.summary()?.mark(overflow.iter().map(|(c, _)| c))?;
+                if !overflow.is_empty() {
+                    self.summary()?.mark(overflow.iter().map(|(c, _)| c))?;
+                }
                 Ok((in_table, overflow))
             });
             let (in_table, overflow) = match placed {
@@ -528,9 +530,11 @@ impl Filter {
                 .filter(|r| r.previous.is_some())
                 .map(Record::cidr)
                 .collect::<Vec<_>>();
-            self.summary()?
-                .mark(rest.iter().map(|(c, _)| c).chain(&back))
-                .with_context(|| format!("restoring the {}", kind.name()))?;
+            if !rest.is_empty() || !back.is_empty() {
+                self.summary()?
+                    .mark(rest.iter().map(|(c, _)| c).chain(&back))
+                    .with_context(|| format!("restoring the {}", kind.name()))?;
+            }
             let (r4, r6) = split_families(&rest);
             let written = r4
                 .keys

@@ -23,16 +23,23 @@ use crate::spec::cidr::Cidr;
 /// sweep rebuilds it: at least this many, and more than the needed ones.
 const STALE_BITS_TOLERATED: u64 = 1024;
 
-/// How much of a generation is marked: set bits of both bitmaps, and each
-/// family's wide word.
+/// How much of a generation is marked: set bits of each family's bitmap
+/// (of [`filter_common::SUMMARY_BITS`]), and each family's wide word.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SummaryUse {
-    pub bits: u64,
+    pub bits_v4: u64,
+    pub bits_v6: u64,
     pub wide_v4: bool,
     pub wide_v6: bool,
 }
 
 impl SummaryUse {
+    /// Set bits of both bitmaps.
+    #[must_use]
+    pub const fn bits(&self) -> u64 {
+        self.bits_v4 + self.bits_v6
+    }
+
     /// Whether a generation marked as `self` carries enough stale marks,
     /// against what the tries' entries `needed`, to be worth a rebuild: a
     /// wide word no entry needs (every source of the family looks in the
@@ -40,10 +47,10 @@ impl SummaryUse {
     /// lookups the bitmap lets through are needless).
     #[must_use]
     pub const fn worth_rebuilding(&self, needed: &Self) -> bool {
-        let stale = self.bits.saturating_sub(needed.bits);
+        let stale = self.bits().saturating_sub(needed.bits());
         (self.wide_v4 && !needed.wide_v4)
             || (self.wide_v6 && !needed.wide_v6)
-            || (stale > STALE_BITS_TOLERATED && stale > needed.bits)
+            || (stale > STALE_BITS_TOLERATED && stale > needed.bits())
     }
 }
 
@@ -96,7 +103,10 @@ pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> Summa
             out.wide_v6 = true;
         }
     }
-    out.bits = bitmaps.iter().map(|w| u64::from(w.count_ones())).sum();
+    let count = |words: &[u64]| words.iter().map(|w| u64::from(w.count_ones())).sum();
+    let (v4, v6) = bitmaps.split_at(SUMMARY_WORDS as usize);
+    out.bits_v4 = count(v4);
+    out.bits_v6 = count(v6);
     out
 }
 
@@ -193,13 +203,14 @@ impl Summary {
 
     /// How much of `generation` is marked.
     pub fn in_use(&self, generation: u32) -> anyhow::Result<SummaryUse> {
-        let mut bits = 0;
-        for is_v6 in [false, true] {
+        let bits = |is_v6| -> anyhow::Result<u64> {
             let base = summary_bitmap(generation, is_v6);
+            let mut set = 0;
             for word in 0..SUMMARY_WORDS {
-                bits += u64::from(self.word(base + word)?.load(Ordering::Relaxed).count_ones());
+                set += u64::from(self.word(base + word)?.load(Ordering::Relaxed).count_ones());
             }
-        }
+            Ok(set)
+        };
         let wide = |is_v6| -> anyhow::Result<bool> {
             Ok(self
                 .word(summary_wide(generation, is_v6))?
@@ -207,7 +218,8 @@ impl Summary {
                 != 0)
         };
         Ok(SummaryUse {
-            bits,
+            bits_v4: bits(false)?,
+            bits_v6: bits(true)?,
             wide_v4: wide(false)?,
             wide_v6: wide(true)?,
         })
@@ -300,11 +312,13 @@ mod tests {
     #[test]
     fn stale_marks_are_rebuilt_once_they_outnumber_the_needed_ones() {
         let needed = SummaryUse {
-            bits: 5000,
+            bits_v4: 3000,
+            bits_v6: 2000,
             ..SummaryUse::default()
         };
         let live = |bits, wide_v6| SummaryUse {
-            bits,
+            bits_v4: bits,
+            bits_v6: 0,
             wide_v4: false,
             wide_v6,
         };
