@@ -54,20 +54,31 @@ impl SummaryUse {
     }
 }
 
-/// Calls `bit` with each bit that `cidr` marks in its family's bitmap;
-/// false (no call) if it is too wide and marks the wide word.
-fn for_each_bit(cidr: &Cidr, seed: u64, bit: &mut impl FnMut(u32)) -> bool {
+/// Calls `visit` with each (word within the family's bitmap, mask of its
+/// bits) that `cidr` marks: an IPv4 prefix's /24s are consecutive bits, so
+/// whole words for a /18 or wider (a /8 is 1,024 words, not 65,536 bits);
+/// an IPv6 prefix's /40s are hashed, a bit each. False (no call) if the
+/// prefix is too wide and marks the family's wide word.
+fn for_each_mark(cidr: &Cidr, seed: u64, visit: &mut impl FnMut(u32, u64)) -> bool {
     match *cidr {
         Cidr::V4 { addr, prefix } => {
             let first = summary_bit_v4(&source_words(&host_key_v4(
                 (u32::from_be_bytes(addr) & prefix_mask32(u32::from(prefix))).to_be_bytes(),
             )));
             let count = 1_u32 << SUMMARY_PREFIX_V4.saturating_sub(prefix);
-            (first..first + count).for_each(bit);
+            if count < 64 {
+                // Within one word: `first` is a multiple of `count`.
+                let (word, bit) = summary_word_bit(first);
+                visit(word, ((1_u64 << count) - 1) * bit);
+            } else {
+                // Whole words: `first` is a multiple of 64.
+                (first / 64..(first + count) / 64).for_each(|word| visit(word, u64::MAX));
+            }
             true
         }
         Cidr::V6 { addr, prefix } if prefix >= SUMMARY_PREFIX_V6 => {
-            bit(summary_bit_v6(seed, &source_words(&addr)));
+            let (word, mask) = summary_word_bit(summary_bit_v6(seed, &source_words(&addr)));
+            visit(word, mask);
             true
         }
         Cidr::V6 { addr, prefix } if prefix >= SUMMARY_WIDEST_V6 => {
@@ -78,7 +89,8 @@ fn for_each_bit(cidr: &Cidr, seed: u64, bit: &mut impl FnMut(u32)) -> bool {
             for n in 0..1_u64 << (SUMMARY_PREFIX_V6 - prefix) {
                 let mut slash40 = [0_u8; 16];
                 slash40[..5].copy_from_slice(&(first + n).to_be_bytes()[3..]);
-                bit(summary_bit_v6(seed, &source_words(&slash40)));
+                let (word, mask) = summary_word_bit(summary_bit_v6(seed, &source_words(&slash40)));
+                visit(word, mask);
             }
             true
         }
@@ -95,8 +107,7 @@ pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> Summa
     for cidr in cidrs {
         let is_v6 = matches!(cidr, Cidr::V6 { .. });
         let base = if is_v6 { SUMMARY_WORDS } else { 0 };
-        let marked = for_each_bit(cidr, seed, &mut |bit| {
-            let (word, mask) = summary_word_bit(bit);
+        let marked = for_each_mark(cidr, seed, &mut |word, mask| {
             bitmaps[(base + word) as usize] |= mask;
         });
         if !marked {
@@ -153,13 +164,15 @@ impl Summary {
         for cidr in cidrs {
             let is_v6 = matches!(cidr, Cidr::V6 { .. });
             let mut failed = None;
-            let marked = for_each_bit(cidr, self.seed, &mut |bit| {
-                let (word, mask) = summary_word_bit(bit);
+            let marked = for_each_mark(cidr, self.seed, &mut |word, mask| {
                 for &generation in generations {
                     match self.word(summary_bitmap(generation, is_v6) + word) {
-                        Ok(w) => {
+                        // A load first: most words of a large load's wide
+                        // prefixes are set already, and a locked OR costs more.
+                        Ok(w) if w.load(Ordering::Relaxed) & mask != mask => {
                             w.fetch_or(mask, Ordering::Relaxed);
                         }
+                        Ok(_) => {}
                         Err(e) => failed = Some(e),
                     }
                 }
@@ -280,10 +293,18 @@ impl Filter {
 mod tests {
     use super::*;
 
+    /// The bits `cidr` marks, in order.
     fn bits(cidr: &str) -> Option<Vec<u32>> {
         let cidr: Cidr = cidr.parse().expect("a prefix");
         let mut out = Vec::new();
-        for_each_bit(&cidr, 7, &mut |b| out.push(b)).then_some(out)
+        let marked = for_each_mark(&cidr, 7, &mut |word, mask| {
+            out.extend(
+                (0..64)
+                    .filter(|b| mask & (1 << b) != 0)
+                    .map(|b| word * 64 + b),
+            );
+        });
+        marked.then_some(out)
     }
 
     #[test]
@@ -293,6 +314,14 @@ mod tests {
         assert_eq!(
             bits("203.0.112.0/22"),
             Some((0x00cb_0070..0x00cb_0074).collect())
+        );
+        assert_eq!(
+            bits("203.0.64.0/18"),
+            Some((0x00cb_0040..0x00cb_0080).collect())
+        );
+        assert_eq!(
+            bits("203.0.0.0/17"),
+            Some((0x00cb_0000..0x00cb_0080).collect())
         );
         assert_eq!(bits("0.0.0.0/0").map(|b| b.len()), Some(1 << 24));
     }
