@@ -91,13 +91,15 @@ impl SharedWord {
         0
     }
 
-    /// Sets the bits of `mask`; whether they are set (false only if every
-    /// attempt lost a race).
+    /// Sets the bits of `mask` by a compare-and-swap, even where they are
+    /// set already: BPF_CMPXCHG is fully ordered, so the write comes after
+    /// every store before it (a plain load would not). Whether they are set
+    /// (false only if every attempt lost a race).
     #[inline(always)]
     pub fn set_bits(self, mask: u64) -> bool {
         for _ in 0..CAS_ATTEMPTS {
             let current = self.load();
-            if current & mask == mask || self.compare_exchange(current, current | mask) {
+            if self.compare_exchange(current, current | mask) {
                 return true;
             }
         }

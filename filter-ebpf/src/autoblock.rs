@@ -120,7 +120,11 @@ fn mark_summary(source: &Ipv6Bytes, is_v6: bool, bits: u32, config: Option<&Conf
         });
         if !marked && let Some(wide) = BLOCK_SUMMARY.get_ptr_mut(summary_wide(generation, is_v6)) {
             // SAFETY: as above.
-            unsafe { SharedWord::new(wide) }.store(1);
+            let wide = unsafe { SharedWord::new(wide) };
+            // Ordered like the bit; a plain store only if every attempt lost.
+            if !wide.set_bits(1) {
+                wide.store(1);
+            }
         }
     }
 }

@@ -59,7 +59,8 @@ fn in_use(test: &ProgTest) -> SummaryUse {
 }
 
 /// A trie entry written without its mark is never looked up: the program
-/// trusts the summary, which is why every writer marks before it writes.
+/// trusts the summary, which is why every writer marks before it writes;
+/// the controller's sweep finds the missing mark and rebuilds.
 #[test]
 fn an_unmarked_trie_entry_is_not_looked_up() {
     if skip_unless_root("an_unmarked_trie_entry_is_not_looked_up") {
@@ -85,11 +86,18 @@ fn an_unmarked_trie_entry_is_not_looked_up() {
         "in an unmarked /25: not looked up"
     );
 
+    // The sweep finds the mark missing and rebuilds.
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_lacking, "{sweep:?}");
     test.filter()
-        .summary()
-        .and_then(|s| s.mark(&cidrs(&["198.18.200.0/25"])))
-        .expect("marking");
-    assert!(marks(&test, 0, "198.18.200.1") && marks(&test, 1, "198.18.200.1"));
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert!(marks(&test, generation(&test), "198.18.200.1"));
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_lacking,
+        "repaired"
+    );
     run_table(
         &test,
         &[
@@ -115,6 +123,7 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
     let test = ProgTest::new();
     test.block(&[
         "198.18.64.0/20",
+        "198.18.64.64/26",
         "198.18.96.128/25",
         "198.19.0.0/16",
         "2001:db8:1:200::/56",
@@ -156,7 +165,11 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
     let listed = in_use(&test);
     assert!(!listed.wide_v4 && !listed.wide_v6);
     // /20: 16 bits, /25: 1, /16: 256, /56: 1, /34: 64 /40s (hashed, a few may share).
-    assert_eq!(listed.bits_v4, 16 + 1 + 256, "{listed:?}");
+    assert_eq!(
+        listed.bits_v4,
+        16 + 1 + 256,
+        "{listed:?}: the /26 shares the /20's bit"
+    );
     assert!((60..=65).contains(&listed.bits_v6), "{listed:?}");
 
     // Too wide for bits: the wide word; every IPv6 source is looked up.
@@ -191,11 +204,15 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
     assert_ne!(after, before);
     assert_eq!(rebuilt, in_use(&test));
     assert!(
-        !rebuilt.wide_v6 && rebuilt.bits_v4 == 1 && rebuilt.bits_v6 <= 65,
+        !rebuilt.wide_v6 && rebuilt.bits_v4 == 2 && rebuilt.bits_v6 <= 65,
         "{rebuilt:?}"
     );
     assert!(!marks(&test, after, "198.19.255.1"));
     assert!(!marks(&test, after, "198.18.79.255"));
+    assert!(
+        marks(&test, after, "198.18.64.65"),
+        "the /26's bit, shared with the /20"
+    );
     assert!(marks(&test, after, "198.18.96.129"));
     run_table(
         &test,
@@ -203,6 +220,16 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
             Case::new("the /16, gone", udp4("198.19.255.1", 53), PASS),
             Case::new("the /20, gone", udp4("198.18.79.255", 53), PASS),
             Case::new("the /25 stays", udp4("198.18.96.129", 53), BLOCKLIST),
+            Case::new(
+                "the /26 in the /20's first /24 stays",
+                udp4("198.18.64.65", 53),
+                BLOCKLIST,
+            ),
+            Case::new(
+                "the rest of that /24: looked up, not covered",
+                udp4("198.18.64.1", 53),
+                PASS,
+            ),
             Case::new("the /56 stays", udp6("2001:db8:1:2ff::1", 53), BLOCKLIST),
             Case::new("the /34 stays", udp6("2001:db8:7fff::1", 53), BLOCKLIST),
         ],
@@ -283,7 +310,9 @@ fn automatic_blocks_are_marked_and_survive_rebuilds() {
     );
     freeze(&test, id, 1);
     let (v4, v6) = ("198.18.30.7", "2001:db8:30::7");
-    assert!(!marks(&test, 0, v4) && !marks(&test, 1, v6));
+    for generation in [0, 1] {
+        assert!(!marks(&test, generation, v4) && !marks(&test, generation, v6));
+    }
     run_table(
         &test,
         &[
@@ -319,4 +348,103 @@ fn automatic_blocks_are_marked_and_survive_rebuilds() {
             ],
         );
     }
+}
+
+/// An automatic block coarser than a bit (IPv4 aggregated to /16) sets the
+/// wide word; the sweep's rebuild turns it into the /16's 256 bits.
+#[test]
+fn a_coarse_automatic_block_is_wide_until_rebuilt() {
+    if skip_unless_root("a_coarse_automatic_block_is_wide_until_rebuilt") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.set_aggregation(16, 64);
+    let hour = Duration::from_hours(1);
+    let id = test.limit(
+        "udp/5000",
+        &LimitSpec {
+            rate: Some(1),
+            burst: Some(1),
+            autoblock: Some(AutoblockSpec {
+                after: 1,
+                window: hour,
+                block_for: hour,
+            }),
+            ..Default::default()
+        },
+    );
+    freeze(&test, id, 1);
+    run_table(
+        &test,
+        &[
+            Case::new("burst", udp4("198.18.30.7", 5000), PASS),
+            Case::new("over: blocks the /16", udp4("198.18.30.7", 5000), RATELIMIT),
+        ],
+    );
+    let wide = in_use(&test);
+    assert!(wide.wide_v4 && !wide.wide_v6, "{wide:?}");
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_stale && !sweep.summary_lacking, "{sweep:?}");
+    let rebuilt = test
+        .filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert!(!rebuilt.wide_v4 && rebuilt.bits_v4 == 256, "{rebuilt:?}");
+    let after = generation(&test);
+    assert!(marks(&test, after, "198.18.255.1") && !marks(&test, after, "198.19.0.1"));
+    run_table(
+        &test,
+        &[
+            Case::new("the /16", udp4("198.18.200.1", 53), AUTOBLOCK),
+            Case::new("the next /16", udp4("198.19.0.1", 53), PASS),
+        ],
+    );
+}
+
+/// Hosts that find their set of the host table full go to the trie: they
+/// are marked like any trie entry, and every one of them blocks.
+#[test]
+fn hosts_overflowing_the_table_are_marked() {
+    if skip_unless_root("hosts_overflowing_the_table_are_marked") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&Capacities {
+        list: 4096,
+        ..small_capacities()
+    });
+    // 6,000 hosts in a table of 4,096 slots.
+    let hosts: Vec<String> = (0..6000_u32)
+        .map(|i| {
+            let [_, _, c, d] = (i + 256).to_be_bytes();
+            format!("198.18.{c}.{d}")
+        })
+        .collect();
+    let parsed: Vec<Cidr> = hosts
+        .iter()
+        .map(|h| h.parse().expect("an address"))
+        .collect();
+    test.filter()
+        .list_insert(
+            ListKind::Block,
+            &parsed,
+            None,
+            filter_ctl::maps::lists::Merge::Replace,
+        )
+        .expect("blocking 6,000 hosts");
+    let in_table = test.reader().config().expect("CONFIG").block_hosts;
+    assert!(
+        in_table < 6000,
+        "some hosts overflowed ({in_table} in the table)"
+    );
+    assert!(in_use(&test).bits_v4 > 0, "the overflow is marked");
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_lacking,
+        "every overflowing host is marked"
+    );
+    let leaked: Vec<&String> = hosts
+        .iter()
+        .filter(|h| test.run(&udp4(h, 53)) != xdp_action::DROP)
+        .collect();
+    assert!(leaked.is_empty(), "blocked hosts passed: {leaked:?}");
 }

@@ -603,6 +603,7 @@ impl Controller {
             && sweep.stale_overflows.is_none()
             && !sweep.table_counts_high
             && !sweep.summary_stale
+            && !sweep.summary_lacking
         {
             return;
         }
@@ -627,6 +628,11 @@ impl Controller {
                 }
                 if removed > 0 {
                     info!("removed {removed} expired entries");
+                }
+                if sweep.summary_lacking {
+                    warn!(
+                        "the blocklist summary lacked marks that blocklist entries need (their sources were not looked up); rebuilding it"
+                    );
                 }
                 match filter.rebuild_stale_summary(&sweep) {
                     Ok(None) => {}

@@ -87,6 +87,10 @@ pub struct Sweep {
     /// to be rebuilt ([`SummaryUse::worth_rebuilding`]), for
     /// [`Filter::rebuild_stale_summary`].
     pub summary_stale: bool,
+    /// Whether that generation lacked a mark the tries' active entries
+    /// need ([`Summary::lacks`](summary::Summary::lacks)): their sources
+    /// went unblocked until [`Filter::rebuild_stale_summary`] rebuilds it.
+    pub summary_lacking: bool,
 }
 
 /// What [`Filter::unblock`] changed.
@@ -874,11 +878,13 @@ impl Filter {
         let mut stale_overflows = None;
         let mut table_counts_high = false;
         let mut summary_stale = false;
+        let mut summary_lacking = false;
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
-                // Read after the walk: an automatic block since marks it
-                // (the count errs high, never stale).
+                // Read after the walk: every entry it found was marked
+                // before it was written (an automatic block just after),
+                // and marks since only add.
                 let needed = summary::needed(
                     entries
                         .iter()
@@ -886,10 +892,10 @@ impl Filter {
                         .map(|(c, _)| c),
                     config.host_seed,
                 );
-                summary_stale = self
-                    .summary()?
-                    .in_use(self.config()?.summary_generation)?
-                    .worth_rebuilding(&needed);
+                let summary = self.summary()?;
+                let in_use = self.config()?.summary_generation;
+                summary_lacking = summary.lacks(in_use, &needed)?;
+                summary_stale = summary.in_use(in_use)?.worth_rebuilding(&needed.marks);
                 let table = self.host_table()?;
                 let marked = table.overflowed_sets()?;
                 if !marked.is_empty() {
@@ -934,14 +940,16 @@ impl Filter {
             stale_overflows,
             table_counts_high,
             summary_stale,
+            summary_lacking,
         })
     }
 
-    /// Rebuilds `BLOCK_SUMMARY` if the sweep found it stale (after the
-    /// expired entries are deleted, so that their marks go too). Needs the
-    /// edit lock. Returns what the new generation marks, if it rebuilt.
+    /// Rebuilds `BLOCK_SUMMARY` if the sweep found it stale or lacking
+    /// (after the expired entries are deleted, so that their marks go too).
+    /// Needs the edit lock. Returns what the new generation marks, if it
+    /// rebuilt.
     pub fn rebuild_stale_summary(&self, sweep: &Sweep) -> anyhow::Result<Option<SummaryUse>> {
-        if !sweep.summary_stale {
+        if !sweep.summary_stale && !sweep.summary_lacking {
             return Ok(None);
         }
         self.rebuild_summary().map(Some)

@@ -98,12 +98,18 @@ fn for_each_mark(cidr: &Cidr, seed: u64, visit: &mut impl FnMut(u32, u64)) -> bo
     }
 }
 
-/// What `cidrs` (the tries' entries) need marked, counted in a bitmap of
-/// this process's own.
+/// What the tries' entries need marked: a bitmap of this process's own
+/// per family (IPv4, then IPv6), and its counts.
+pub struct Needed {
+    bitmaps: Vec<u64>,
+    pub marks: SummaryUse,
+}
+
+/// What `cidrs` (the tries' entries) need marked.
 #[must_use]
-pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> SummaryUse {
+pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> Needed {
     let mut bitmaps = vec![0_u64; 2 * SUMMARY_WORDS as usize];
-    let mut out = SummaryUse::default();
+    let mut marks = SummaryUse::default();
     for cidr in cidrs {
         let is_v6 = matches!(cidr, Cidr::V6 { .. });
         let base = if is_v6 { SUMMARY_WORDS } else { 0 };
@@ -111,14 +117,14 @@ pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> Summa
             bitmaps[(base + word) as usize] |= mask;
         });
         if !marked {
-            out.wide_v6 = true;
+            marks.wide_v6 = true;
         }
     }
     let count = |words: &[u64]| words.iter().map(|w| u64::from(w.count_ones())).sum();
     let (v4, v6) = bitmaps.split_at(SUMMARY_WORDS as usize);
-    out.bits_v4 = count(v4);
-    out.bits_v6 = count(v6);
-    out
+    marks.bits_v4 = count(v4);
+    marks.bits_v6 = count(v6);
+    Needed { bitmaps, marks }
 }
 
 /// `BLOCK_SUMMARY`, mapped whole (8 MiB), with the seed of its IPv6 hash.
@@ -214,6 +220,34 @@ impl Summary {
                 != 0)
     }
 
+    /// Whether `generation` lacks a mark that `needed` has: an entry of the
+    /// tries whose sources the program would not look up (only a writer
+    /// that skipped its marks, or maps made apart from their tries, leave
+    /// one). A family whose wide word is set lacks nothing.
+    pub fn lacks(&self, generation: u32, needed: &Needed) -> anyhow::Result<bool> {
+        for is_v6 in [false, true] {
+            if self
+                .word(summary_wide(generation, is_v6))?
+                .load(Ordering::Relaxed)
+                != 0
+            {
+                continue;
+            }
+            if is_v6 && needed.marks.wide_v6 {
+                return Ok(true);
+            }
+            let base = summary_bitmap(generation, is_v6);
+            let own = if is_v6 { SUMMARY_WORDS } else { 0 };
+            for word in 0..SUMMARY_WORDS {
+                let want = needed.bitmaps[(own + word) as usize];
+                if want != 0 && self.word(base + word)?.load(Ordering::Relaxed) & want != want {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// How much of `generation` is marked.
     pub fn in_use(&self, generation: u32) -> anyhow::Result<SummaryUse> {
         let bits = |is_v6| -> anyhow::Result<u64> {
@@ -274,6 +308,10 @@ impl Filter {
         debug_assert!(self.is_editing(), "a summary rebuild needs the edit lock");
         let summary = self.summary()?;
         let next = (self.config()?.summary_generation & 1) ^ 1;
+        // No program may still read `next` from before the last switch
+        // (a rebuilder that died before its wait after it leaves that open).
+        wait_for_running_programs()
+            .context("waiting for running programs before rebuilding the blocklist summary")?;
         summary.clear(next)?;
         let entries = self
             .trie_entries_raw(Tries::Block)
