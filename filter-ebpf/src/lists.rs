@@ -187,12 +187,16 @@ unsafe fn holds(slot: *const HostSlot, words: &[u32; 4], prefix_len: u8) -> bool
     // SAFETY: as the caller's; the address is 16 bytes at offset 0
     // (asserted in filter-common).
     unsafe {
+        // The word most likely to differ first: the last holds an IPv4
+        // address (the others are the same for every IPv4 key) and an IPv6
+        // host's interface bits; the second tells prefixes apart. A miss,
+        // the usual case for a full set, then stops after one word.
         let addr = slot.cast::<u32>();
         (&raw const (*slot).state).read_volatile() & HOST_USED != 0
-            && addr.read_volatile() == words[0]
-            && addr.add(1).read_volatile() == words[1]
-            && addr.add(2).read_volatile() == words[2]
             && addr.add(3).read_volatile() == words[3]
+            && addr.add(1).read_volatile() == words[1]
+            && addr.read_volatile() == words[0]
+            && addr.add(2).read_volatile() == words[2]
             && (&raw const (*slot).prefix_len).read_volatile() == prefix_len
     }
 }
