@@ -172,10 +172,12 @@ impl HostTable {
         )
     }
 
-    /// Maps the whole table: before walking it, or placing many hosts
-    /// (one mapping instead of a window per host).
+    /// Maps the whole table and its bitmap of used sets: before walking
+    /// it, or placing many hosts (one mapping instead of a window per
+    /// host, and no lock to find it).
     pub fn map_whole(&self) -> anyhow::Result<()> {
-        self.slots.map_whole()
+        self.slots.map_whole()?;
+        self.sets.map_whole()
     }
 
     /// A copy of slot `index`.

@@ -3,6 +3,7 @@
 //! automatic blocks that the program adds to the blocklist.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
@@ -163,9 +164,7 @@ impl Filter {
         debug_assert!(self.is_editing(), "list edits need the edit lock");
         let now = clock::monotonic_ns();
         let expires_at_ns = clock::expiry_from_now(ttl);
-        let mut sorted = cidrs.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
+        let sorted = sorted_unique(cidrs);
         let before = self.stored_at(kind, &sorted)?;
         // Sized for the usual case, a load of new entries (a million of
         // them grew each vector twenty times).
@@ -205,12 +204,19 @@ impl Filter {
             let out = alongside(&[]);
             return Ok((report, out));
         }
-        let changed: Vec<Cidr> = report
-            .added
-            .iter()
-            .chain(&report.updated)
-            .copied()
-            .collect();
+        // What `alongside` gets: in a load of new entries, the added ones.
+        let changed: Cow<'_, [Cidr]> = if report.updated.is_empty() {
+            Cow::Borrowed(&report.added)
+        } else {
+            Cow::Owned(
+                report
+                    .added
+                    .iter()
+                    .chain(&report.updated)
+                    .copied()
+                    .collect(),
+            )
+        };
         if kind == ListKind::Allow {
             // Raise the counts first, by the keys that are new: the program
             // must not skip a non-empty allowlist. Counting the keys instead
@@ -222,7 +228,6 @@ impl Filter {
                 v6_count.saturating_add(new(6)),
             )?;
         }
-        let journal = Journal::begin(self, kind, &records)?;
         let write = || {
             self.write_tries_and_hosts(kind.into(), writes)
                 .and_then(|in_table| {
@@ -239,19 +244,24 @@ impl Filter {
                     self.delete_from_tries(kind.into(), &gone)
                 })
         };
-        let (result, out) = if changed.len() < ALONGSIDE_FROM {
+        // The journal first, whole, then the writes.
+        let begin_and_write = || Journal::begin(self, kind, &records).map(|j| (j, write()));
+        let (written, out) = if changed.len() < ALONGSIDE_FROM {
             let out = alongside(&changed);
-            (write(), out)
+            (begin_and_write(), out)
         } else {
+            // From the journal on: the other CPU is idle while it is
+            // written, and while the writes are prepared.
             std::thread::scope(|scope| {
                 let side = scope.spawn(|| alongside(&changed));
-                let result = write();
+                let written = begin_and_write();
                 let out = side
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (result, out)
+                (written, out)
             })
         };
+        let (journal, result) = written?;
         if let Err(error) = result {
             self.undo(kind, &records)
                 .context("rolling back a partly applied list edit")?;
@@ -1332,6 +1342,52 @@ impl Filter {
     }
 }
 
+/// Prefixes from which [`sorted_unique`] sorts each family on a thread of
+/// its own (below, a thread costs more than it saves).
+const SORT_APART_FROM: usize = 1 << 16;
+
+/// `cidrs` in [`Cidr`]'s order (IPv4 first, then by address, then by
+/// prefix length), each once. A large edit sorts each family on a thread
+/// of its own by an integer key: a million prefixes sorted as `Cidr`s took
+/// 100–130 ms, most of a load's time after parsing.
+fn sorted_unique(cidrs: &[Cidr]) -> Vec<Cidr> {
+    if cidrs.len() < SORT_APART_FROM {
+        let mut sorted = cidrs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        return sorted;
+    }
+    // IPv4: the address above the prefix length; IPv6: both, in order.
+    let mut v4: Vec<u64> = Vec::new();
+    let mut v6: Vec<(u128, u8)> = Vec::new();
+    for cidr in cidrs {
+        match *cidr {
+            Cidr::V4 { addr, prefix } => {
+                v4.push((u64::from(u32::from_be_bytes(addr)) << 8) | u64::from(prefix));
+            }
+            Cidr::V6 { addr, prefix } => v6.push((u128::from_be_bytes(addr), prefix)),
+        }
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            v6.sort_unstable();
+            v6.dedup();
+        });
+        v4.sort_unstable();
+        v4.dedup();
+    });
+    let mut sorted = Vec::with_capacity(v4.len() + v6.len());
+    sorted.extend(v4.iter().map(|&key| Cidr::V4 {
+        addr: u32::try_from(key >> 8).unwrap_or(0).to_be_bytes(),
+        prefix: (key & 0xff) as u8,
+    }));
+    sorted.extend(v6.iter().map(|&(addr, prefix)| Cidr::V6 {
+        addr: addr.to_be_bytes(),
+        prefix,
+    }));
+    sorted
+}
+
 /// The journal record of `cidr` with what was stored before.
 fn record(cidr: &Cidr, previous: Option<ListEntry>) -> Record {
     match *cidr {
@@ -1431,5 +1487,46 @@ mod tests {
         assert!(lasts_longer(&permanent, &entry(100, ORIGIN_AUTO)));
         assert!(lasts_longer(&long, &entry(100, ORIGIN_AUTO)));
         assert!(!lasts_longer(&short, &entry(200, ORIGIN_AUTO)));
+    }
+
+    #[test]
+    fn a_large_edit_sorts_as_cidrs_sort() {
+        // Both paths, with duplicates, both families interleaved, prefixes
+        // of one address in both orders, and addresses whose bytes sort
+        // differently from little-endian integers.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut cidrs = Vec::new();
+        for _ in 0..(SORT_APART_FROM + 1000) {
+            let r = next();
+            let cidr = if r % 3 == 0 {
+                let addr = u128::from(next()) << 64 | u128::from(next() % 4);
+                Cidr::new(
+                    IpAddr::V6(Ipv6Addr::from(addr)),
+                    u8::try_from((r >> 8) % 129).expect("a prefix length"),
+                )
+            } else {
+                let addr = u32::try_from(next() >> 48).expect("16 bits") << 16;
+                Cidr::new(
+                    IpAddr::V4(Ipv4Addr::from(addr)),
+                    u8::try_from((r >> 8) % 33).expect("a prefix length"),
+                )
+            };
+            cidrs.push(cidr);
+            if r % 5 == 0 {
+                cidrs.push(cidr);
+            }
+        }
+        for input in [&cidrs[..100], &cidrs[..]] {
+            let mut expected = input.to_vec();
+            expected.sort_unstable();
+            expected.dedup();
+            assert_eq!(sorted_unique(input), expected);
+        }
     }
 }

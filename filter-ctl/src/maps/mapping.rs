@@ -111,6 +111,7 @@ impl<T> Mapping<T> {
     }
 
     /// Value `index`, mapped if it is not yet.
+    #[inline]
     pub fn ptr(&self, index: u32) -> anyhow::Result<*mut T> {
         ensure!(index < self.len, "{} has no value {index}", self.name);
         let offset = index as usize * size_of::<T>();
@@ -118,6 +119,14 @@ impl<T> Mapping<T> {
             // SAFETY: in bounds of the whole mapping (checked above).
             return Ok(unsafe { whole.base.as_ptr().add(offset).cast() });
         }
+        self.window_ptr(offset)
+    }
+
+    /// [`Self::ptr`] of the value at byte `offset` (in bounds), through a
+    /// window: out of line, so that a pointer into a whole mapping (a
+    /// large load takes millions) is a few instructions inlined.
+    #[inline(never)]
+    fn window_ptr(&self, offset: usize) -> anyhow::Result<*mut T> {
         // The window of the page the value starts in, one page longer, so
         // that a value starting in it ends in it too.
         let span = WINDOW_PAGES * self.page;
