@@ -80,10 +80,10 @@ pub fn list(listing: &Listing, json: bool) -> anyhow::Result<()> {
                 Some(secs) => writeln!(
                     out,
                     "  {:<43} {origin:<17} expires in {}",
-                    e.cidr,
+                    &*e.cidr.text(),
                     format_duration(Duration::from_secs(secs))
                 )?,
-                None => writeln!(out, "  {:<43} {origin}", e.cidr)?,
+                None => writeln!(out, "  {:<43} {origin}", &*e.cidr.text())?,
             }
         }
     }

@@ -109,7 +109,9 @@ pub struct Unblocked {
 /// One allow/block entry as listed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ListedEntry {
-    pub cidr: String,
+    /// As text (`198.18.0.1/32`), written without a `String` per entry.
+    #[serde(serialize_with = "cidr_as_text")]
+    pub cidr: Cidr,
     /// Who added it: `cli`, `policy` or `crowdsec` (automatic blocks are listed apart).
     pub origin: &'static str,
     /// A shadow entry: it counts would-be drops and blocks nothing.
@@ -118,6 +120,10 @@ pub struct ListedEntry {
     /// Seconds until the entry expires; absent for permanent entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
+}
+
+fn cidr_as_text<S: serde::Serializer>(cidr: &Cidr, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&cidr.text())
 }
 
 /// One automatic block as listed.
@@ -771,23 +777,28 @@ impl Filter {
         self.entries_raw(kind.into())
     }
 
-    /// Every entry of `tries`, expired ones included, as stored.
+    /// Every entry of `tries`, expired ones included, as stored, sorted by
+    /// prefix: for the blocklist, with the host table's, a host's
+    /// operator's entry (in the table) before its automatic block (in the
+    /// trie).
     pub fn entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
-        let mut out = self.trie_entries_raw(tries)?;
-        if tries == Tries::Block {
-            out.extend(self.host_table()?.entries()?);
-            // A host can have an operator's entry (in the table) and an
-            // automatic block (in the trie): the operator's comes first.
-            out.sort_unstable_by_key(|(cidr, e)| (*cidr, e.origin == ORIGIN_AUTO));
-        }
-        Ok(out)
+        self.read_sorted(tries, tries == Tries::Block)
     }
 
     /// Every entry the tries of `tries` hold, sorted.
     pub(super) fn trie_entries_raw(&self, tries: Tries) -> anyhow::Result<Vec<(Cidr, ListEntry)>> {
+        self.read_sorted(tries, false)
+    }
+
+    /// The entries of the tries of `tries`, and of the host table if
+    /// `with_hosts`, sorted as [`Self::entries_raw`] says.
+    ///
+    /// The two tries are read on two threads (the kernel's walk of an LPM
+    /// trie, `trie_get_next_key`, is most of a large list's cost), and each
+    /// family is sorted on its own thread, once, by an integer key (a
+    /// million entries sorted whole, twice, took a sixth of `list`).
+    fn read_sorted(&self, tries: Tries, with_hosts: bool) -> anyhow::Result<Entries> {
         let (v4_name, v6_name) = tries.map_names();
-        // The two tries on two threads: the kernel's walk of an LPM trie
-        // (`trie_get_next_key`) is most of a large list's cost.
         let (v4, v6) = std::thread::scope(|scope| {
             let v6 = scope.spawn(|| {
                 let mut out = Vec::new();
@@ -806,10 +817,31 @@ impl Filter {
                 .map(|()| out);
             (v4, v6.join())
         });
-        let mut out = v4?;
-        out.extend(v6.map_err(|_| anyhow::anyhow!("reading {v6_name}: the reader panicked"))??);
-        out.sort_unstable_by_key(|(cidr, _)| *cidr);
-        Ok(out)
+        let mut v4 = v4?;
+        let mut v6 =
+            v6.map_err(|_| anyhow::anyhow!("reading {v6_name}: the reader panicked"))??;
+        if with_hosts {
+            for (cidr, entry) in self.host_table()?.entries()? {
+                match cidr {
+                    Cidr::V4 { .. } => v4.push((cidr, entry)),
+                    Cidr::V6 { .. } => v6.push((cidr, entry)),
+                }
+            }
+        }
+        // In `Cidr`'s order: IPv4 first, then by address, then by length.
+        let by_prefix = |(cidr, entry): &(Cidr, ListEntry)| {
+            let (addr, prefix) = match *cidr {
+                Cidr::V4 { addr, prefix } => (u128::from(u32::from_be_bytes(addr)), prefix),
+                Cidr::V6 { addr, prefix } => (u128::from_be_bytes(addr), prefix),
+            };
+            (addr, prefix, entry.origin == ORIGIN_AUTO)
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| v6.sort_unstable_by_key(by_prefix));
+            v4.sort_unstable_by_key(by_prefix);
+        });
+        v4.append(&mut v6);
+        Ok(v4)
     }
 
     /// Every entry of one trie: by `BPF_MAP_LOOKUP_BATCH` (one syscall per
@@ -867,7 +899,7 @@ impl Filter {
             .into_iter()
             .filter(|(_, e, _)| e.origin != ORIGIN_AUTO && e.is_active(now))
             .map(|(cidr, e, shadow)| ListedEntry {
-                cidr: cidr.to_string(),
+                cidr,
                 origin: origin_name(e.origin),
                 shadow,
                 expires_in_secs: clock::remaining(e.expires_at_ns, now).map(|d| d.as_secs()),
