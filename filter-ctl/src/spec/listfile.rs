@@ -8,7 +8,7 @@
 
 use std::{
     fs::{File, Metadata},
-    io::{self, BufRead, BufReader, Read as _},
+    io::{self, BufRead, BufReader},
     os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
@@ -86,7 +86,7 @@ pub fn read(path: &Path) -> Result<Vec<Cidr>, ListFileError> {
         return parse(io::stdin().lock(), path);
     }
     let (file, _) = open_regular(path)?;
-    parse(BufReader::new(file), path)
+    parse(BufReader::with_capacity(1 << 16, file), path)
 }
 
 /// Opens `path` for reading if it is a regular file, and returns it with
@@ -148,10 +148,16 @@ type Batch = Result<Lines, ListFileError>;
 /// up to [`MAX_PARSERS`] threads, batch `k` on thread `k % n`, their
 /// results taken in batch order; an input of one batch is parsed here.
 /// Batches in flight are bounded, so memory still grows with the entries.
-pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListFileError> {
-    let mut next_line = 1;
-    let (first, failed) = read_batch(&mut reader, source, &mut next_line);
-    if failed.is_some() || first.text.len() < BATCH_BYTES {
+pub fn parse(reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListFileError> {
+    let mut batches = BatchReader {
+        reader,
+        source,
+        next_line: 1,
+        unfinished: Vec::new(),
+        ended: false,
+    };
+    let (first, failed) = batches.next_batch();
+    if failed.is_some() || batches.ended {
         // The lines before a read error may hold the first bad entry.
         let cidrs = parse_lines(&first, source)?;
         return failed.map_or(Ok(cidrs), Err);
@@ -200,7 +206,7 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
         let mut read = (first, None);
         'reading: loop {
             let (lines, failed) = read;
-            let end = lines.text.is_empty() || failed.is_some();
+            let end = batches.ended || failed.is_some();
             for batch in [Some(Ok(lines)), failed.map(Err)].into_iter().flatten() {
                 if to_parser[k % parsers].send(batch).is_err() {
                     break 'reading;
@@ -210,7 +216,7 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
             if end || stop.load(Ordering::Relaxed) {
                 break;
             }
-            read = read_batch(&mut reader, source, &mut next_line);
+            read = batches.next_batch();
         }
         drop(to_parser);
         collector
@@ -219,53 +225,76 @@ pub fn parse(mut reader: impl BufRead, source: &Path) -> Result<Vec<Cidr>, ListF
     })
 }
 
-/// Reads whole lines up to about [`BATCH_BYTES`] (fewer at the end of the
-/// input; none at its end). A line longer than [`MAX_LINE`] or a read
-/// error ends the batch: the lines before it, and the error.
-fn read_batch(
-    reader: &mut impl BufRead,
-    source: &Path,
-    next_line: &mut u64,
-) -> (Lines, Option<ListFileError>) {
-    let mut lines = Lines {
-        first: *next_line,
-        text: Vec::with_capacity(BATCH_BYTES + MAX_LINE + 1),
-    };
-    while lines.text.len() < BATCH_BYTES {
-        let start = lines.text.len();
-        let read = match (&mut *reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut lines.text)
-        {
-            Ok(read) => read,
-            Err(e) => {
-                lines.text.truncate(start);
-                let err = ListFileError::Io {
-                    path: source.to_path_buf(),
-                    source: e,
-                };
-                return (lines, Some(err));
+/// Reads a list in batches of whole lines.
+struct BatchReader<'a, R> {
+    reader: R,
+    source: &'a Path,
+    /// The number of the next line.
+    next_line: u64,
+    /// The start of a line whose end is not read yet.
+    unfinished: Vec<u8>,
+    /// The input has ended, or reading it failed: no more lines.
+    ended: bool,
+}
+
+impl<R: BufRead> BatchReader<'_, R> {
+    /// Whole lines, about [`BATCH_BYTES`] of them (fewer at the end of the
+    /// input; none after it), each ended by `\n` (the last line of the
+    /// input gets one). Read as blocks, not line by line (reading a line at
+    /// a time was most of the reading thread's time, which the parsing
+    /// threads waited for). A line that is longer than [`MAX_LINE`] and
+    /// unfinished (the input's memory bound; parsing refuses a finished
+    /// one), or a read error, ends the input: the lines before it, and the
+    /// error.
+    fn next_batch(&mut self) -> (Lines, Option<ListFileError>) {
+        let mut text = std::mem::take(&mut self.unfinished);
+        let mut failed = None;
+        let mut at_end = self.ended;
+        while !at_end && text.len() < BATCH_BYTES {
+            match self.reader.fill_buf() {
+                Ok([]) => at_end = true,
+                Ok(block) => {
+                    let read = block.len();
+                    text.extend_from_slice(block);
+                    self.reader.consume(read);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(ListFileError::Io {
+                        path: self.source.to_path_buf(),
+                        source: e,
+                    });
+                    at_end = true;
+                }
             }
+        }
+        let whole = memchr::memrchr(b'\n', &text).map_or(0, |i| i + 1);
+        let mut unfinished = text.split_off(whole);
+        let count = |text: &[u8]| memchr::memchr_iter(b'\n', text).count() as u64;
+        if unfinished.len() > MAX_LINE {
+            failed = Some(ListFileError::LineTooLong {
+                path: self.source.to_path_buf(),
+                line: self.next_line + count(&text),
+                start: excerpt(&String::from_utf8_lossy(&unfinished[..ECHO * 4]), ECHO),
+            });
+            unfinished.clear();
+            at_end = true;
+        } else if failed.is_some() {
+            // The line the error cut short is not read.
+            unfinished.clear();
+        } else if at_end && !unfinished.is_empty() {
+            text.append(&mut unfinished);
+            text.push(b'\n');
+        }
+        self.unfinished = unfinished;
+        self.ended = at_end;
+        let lines = Lines {
+            first: self.next_line,
+            text,
         };
-        if read == 0 {
-            break;
-        }
-        let line = &lines.text[start..];
-        if line.last() != Some(&b'\n') {
-            if line.len() > MAX_LINE {
-                let err = ListFileError::LineTooLong {
-                    path: source.to_path_buf(),
-                    line: *next_line,
-                    start: excerpt(&String::from_utf8_lossy(&line[..ECHO * 4]), ECHO),
-                };
-                lines.text.truncate(start);
-                return (lines, Some(err));
-            }
-            lines.text.push(b'\n');
-        }
-        *next_line += 1;
+        self.next_line += count(&lines.text);
+        (lines, failed)
     }
-    (lines, None)
 }
 
 /// The entries of `lines`, or the error of the first bad one.
@@ -275,7 +304,23 @@ fn parse_lines(lines: &Lines, source: &Path) -> Result<Vec<Cidr>, ListFileError>
     let Some(body) = lines.text.strip_suffix(b"\n") else {
         return Ok(out);
     };
-    for (number, line) in (lines.first..).zip(body.split(|&b| b == b'\n')) {
+    // The batch is checked as UTF-8 at once, and split at its newlines by
+    // `memchr` (a byte at a time, splitting and checking were a third of
+    // parsing a large list); a batch that is not UTF-8 is parsed line by
+    // line, to name the line that is not.
+    let Ok(text) = std::str::from_utf8(body) else {
+        for (number, line) in (lines.first..).zip(body.split(|&b| b == b'\n')) {
+            check_length(line, number, source)?;
+            let text = std::str::from_utf8(line)
+                .map_err(|_| bad_entry(line, number, source, "not UTF-8 text".into()))?;
+            if let Some(cidr) = parse_line(text, number, source)? {
+                out.push(cidr);
+            }
+        }
+        return Ok(out);
+    };
+    for (number, line) in (lines.first..).zip(text.split('\n')) {
+        check_length(line.as_bytes(), number, source)?;
         if let Some(cidr) = parse_line(line, number, source)? {
             out.push(cidr);
         }
@@ -283,32 +328,53 @@ fn parse_lines(lines: &Lines, source: &Path) -> Result<Vec<Cidr>, ListFileError>
     Ok(out)
 }
 
-fn parse_line(bytes: &[u8], number: u64, source: &Path) -> Result<Option<Cidr>, ListFileError> {
-    let bad = |reason: String| ListFileError::BadEntry {
+/// A line longer than [`MAX_LINE`] is refused, without echoing it whole.
+fn check_length(line: &[u8], number: u64, source: &Path) -> Result<(), ListFileError> {
+    if line.len() <= MAX_LINE {
+        return Ok(());
+    }
+    Err(ListFileError::LineTooLong {
+        path: source.to_path_buf(),
+        line: number,
+        start: excerpt(&String::from_utf8_lossy(&line[..ECHO * 4]), ECHO),
+    })
+}
+
+fn bad_entry(bytes: &[u8], number: u64, source: &Path, reason: String) -> ListFileError {
+    ListFileError::BadEntry {
         path: source.to_path_buf(),
         line: number,
         text: excerpt(&String::from_utf8_lossy(bytes), ECHO),
         reason,
-    };
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    }
+}
+
+fn parse_line(line: &str, number: u64, source: &Path) -> Result<Option<Cidr>, ListFileError> {
     // Editors on some systems start a file with a byte order mark.
     let text = if number == 1 {
-        text.strip_prefix('\u{feff}').unwrap_or(text)
+        line.strip_prefix('\u{feff}').unwrap_or(line)
     } else {
-        text
+        line
     };
-    let content = text.split(['#', ';']).next().unwrap_or("").trim();
+    // A comment runs from `#` or `;` (ASCII: a byte search finds them).
+    let end = text
+        .bytes()
+        .position(|b| b == b'#' || b == b';')
+        .unwrap_or(text.len());
+    let content = text[..end].trim();
     if content.is_empty() {
         return Ok(None);
     }
     content
         .parse::<Cidr>()
         .map(Some)
-        .map_err(|e| bad(e.to_string()))
+        .map_err(|e| bad_entry(line.as_bytes(), number, source, e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+
     use super::*;
 
     fn parse_str(text: &str) -> Result<Vec<Cidr>, ListFileError> {
@@ -409,6 +475,70 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    /// A reader that fails after `left` bytes.
+    struct Failing<'a> {
+        bytes: &'a [u8],
+        left: usize,
+    }
+
+    impl io::Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.left).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    /// Read in blocks, a line is whole wherever the blocks end: the last
+    /// one without its newline too, and a read error ends the list after
+    /// the lines before it (the first bad one of those is the error).
+    #[test]
+    fn lines_across_blocks_and_a_read_error() {
+        let text = (0..200_000u32)
+            .map(|i| {
+                let [_, a, b, c] = i.to_be_bytes();
+                format!("10.{a}.{b}.{c}\n")
+            })
+            .collect::<Vec<_>>()
+            .concat();
+        let unended = format!("{text}2001:db8::1/128");
+        let parsed = parse_str(&unended).unwrap();
+        assert_eq!(parsed.len(), 200_001);
+        assert_eq!(parsed[200_000].to_string(), "2001:db8::1/128");
+
+        let failing = |left| {
+            parse(
+                BufReader::new(Failing {
+                    bytes: text.as_bytes(),
+                    left,
+                }),
+                Path::new("t"),
+            )
+        };
+        assert!(matches!(
+            failing(BATCH_BYTES + 5),
+            Err(ListFileError::Io { .. })
+        ));
+        let mut bad = text.clone();
+        bad.replace_range(..9, "not an ip");
+        let bad_first = parse(
+            BufReader::new(Failing {
+                bytes: bad.as_bytes(),
+                left: 100,
+            }),
+            Path::new("t"),
+        );
+        assert!(matches!(
+            bad_first,
+            Err(ListFileError::BadEntry { line: 1, .. })
+        ));
     }
 
     #[test]
