@@ -254,8 +254,10 @@ impl<R: BufRead> BatchReader<'_, R> {
             match self.reader.fill_buf() {
                 Ok([]) => at_end = true,
                 Ok(block) => {
-                    let read = block.len();
-                    text.extend_from_slice(block);
+                    // At most a batch: a reader of bytes in memory (a
+                    // policy's list file) hands over all of them at once.
+                    let read = block.len().min(BATCH_BYTES - text.len());
+                    text.extend_from_slice(&block[..read]);
                     self.reader.consume(read);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
