@@ -58,6 +58,28 @@ fn in_use(test: &ProgTest) -> SummaryUse {
         .expect("reading BLOCK_SUMMARY")
 }
 
+/// The sweep of `test`'s filter finds a needed mark missing, rebuilds the
+/// summary, and `source` is marked afterwards, with nothing lacking.
+fn repairs_the_missing_mark(test: &ProgTest, source: &str) {
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_lacking, "{sweep:?}");
+    test.filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert!(marks(test, generation(test), source));
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_lacking,
+        "repaired"
+    );
+}
+
+fn v6_bytes(text: &str) -> Ipv6Bytes {
+    text.parse::<std::net::Ipv6Addr>()
+        .expect("an IPv6 address")
+        .octets()
+}
+
 /// A trie entry written without its mark is never looked up: the program
 /// trusts the summary, which is why every writer marks before it writes;
 /// the controller's sweep finds the missing mark and rebuilds.
@@ -87,17 +109,7 @@ fn an_unmarked_trie_entry_is_not_looked_up() {
     );
 
     // The sweep finds the mark missing and rebuilds.
-    let sweep = test.reader().sweep_scan().expect("sweep scan");
-    assert!(sweep.summary_lacking, "{sweep:?}");
-    test.filter()
-        .rebuild_stale_summary(&sweep)
-        .expect("rebuilding")
-        .expect("a rebuild");
-    assert!(marks(&test, generation(&test), "198.18.200.1"));
-    assert!(
-        !test.reader().sweep_scan().expect("scan").summary_lacking,
-        "repaired"
-    );
+    repairs_the_missing_mark(&test, "198.18.200.1");
     run_table(
         &test,
         &[
@@ -129,11 +141,7 @@ fn an_unmarked_ipv6_entry_is_found_and_an_expired_one_is_not() {
         expires_at_ns: 1,
         ..ListEntry::default()
     };
-    let aa: Ipv6Bytes = "2001:db8:aa00::"
-        .parse::<std::net::Ipv6Addr>()
-        .expect("address")
-        .octets();
-    v6.insert(&Key::new(56, aa), expired, 0)
+    v6.insert(&Key::new(56, v6_bytes("2001:db8:aa00::")), expired, 0)
         .expect("writing an expired BLOCK_V6 entry by hand");
     assert!(!marks(&test, generation(&test), "2001:db8:aa00::1"));
     let sweep = test.reader().sweep_scan().expect("sweep scan");
@@ -146,11 +154,7 @@ fn an_unmarked_ipv6_entry_is_found_and_an_expired_one_is_not() {
         prefix_len: 56,
         ..ListEntry::default()
     };
-    let bb: Ipv6Bytes = "2001:db8:bb00::"
-        .parse::<std::net::Ipv6Addr>()
-        .expect("address")
-        .octets();
-    v6.insert(&Key::new(56, bb), active, 0)
+    v6.insert(&Key::new(56, v6_bytes("2001:db8:bb00::")), active, 0)
         .expect("writing BLOCK_V6 by hand");
     drop(filter);
     assert!(!marks(&test, generation(&test), "2001:db8:bb00::1"));
@@ -159,17 +163,7 @@ fn an_unmarked_ipv6_entry_is_found_and_an_expired_one_is_not() {
         xdp_action::PASS,
         "in an unmarked /56: not looked up"
     );
-    let sweep = test.reader().sweep_scan().expect("sweep scan");
-    assert!(sweep.summary_lacking, "{sweep:?}");
-    test.filter()
-        .rebuild_stale_summary(&sweep)
-        .expect("rebuilding")
-        .expect("a rebuild");
-    assert!(marks(&test, generation(&test), "2001:db8:bb00::1"));
-    assert!(
-        !test.reader().sweep_scan().expect("scan").summary_lacking,
-        "repaired"
-    );
+    repairs_the_missing_mark(&test, "2001:db8:bb00::1");
     run_table(
         &test,
         &[
