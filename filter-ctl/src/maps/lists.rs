@@ -828,13 +828,9 @@ impl Filter {
                 }
             }
         }
-        // In `Cidr`'s order: IPv4 first, then by address, then by length.
+        // Each family apart, so `Cidr`'s order; IPv4 goes first.
         let by_prefix = |(cidr, entry): &(Cidr, ListEntry)| {
-            let (addr, prefix) = match *cidr {
-                Cidr::V4 { addr, prefix } => (u128::from(u32::from_be_bytes(addr)), prefix),
-                Cidr::V6 { addr, prefix } => (u128::from_be_bytes(addr), prefix),
-            };
-            (addr, prefix, entry.origin == ORIGIN_AUTO)
+            (order_in_family(cidr), entry.origin == ORIGIN_AUTO)
         };
         std::thread::scope(|scope| {
             scope.spawn(|| v6.sort_unstable_by_key(by_prefix));
@@ -1374,6 +1370,16 @@ impl Filter {
     }
 }
 
+/// An integer key that sorts the prefixes of one family in [`Cidr`]'s
+/// order: by address, then by length (comparing it is cheaper than
+/// comparing the `Cidr`s).
+fn order_in_family(cidr: &Cidr) -> (u128, u8) {
+    match *cidr {
+        Cidr::V4 { addr, prefix } => (u128::from(u32::from_be_bytes(addr)), prefix),
+        Cidr::V6 { addr, prefix } => (u128::from_be_bytes(addr), prefix),
+    }
+}
+
 /// Prefixes from which [`sorted_unique`] sorts each family on a thread of
 /// its own (below, a thread costs more than it saves).
 const SORT_APART_FROM: usize = 1 << 16;
@@ -1389,7 +1395,8 @@ fn sorted_unique(cidrs: &[Cidr]) -> Vec<Cidr> {
         sorted.dedup();
         return sorted;
     }
-    // IPv4: the address above the prefix length; IPv6: both, in order.
+    // IPv4 packed into a u64 (the address above the length: a smaller key
+    // than `order_in_family`'s, in the same order); IPv6 by that key.
     let mut v4: Vec<u64> = Vec::new();
     let mut v6: Vec<(u128, u8)> = Vec::new();
     for cidr in cidrs {
@@ -1397,7 +1404,7 @@ fn sorted_unique(cidrs: &[Cidr]) -> Vec<Cidr> {
             Cidr::V4 { addr, prefix } => {
                 v4.push((u64::from(u32::from_be_bytes(addr)) << 8) | u64::from(prefix));
             }
-            Cidr::V6 { addr, prefix } => v6.push((u128::from_be_bytes(addr), prefix)),
+            Cidr::V6 { .. } => v6.push(order_in_family(cidr)),
         }
     }
     std::thread::scope(|scope| {

@@ -274,11 +274,11 @@ impl<R: BufRead> BatchReader<'_, R> {
         let mut unfinished = text.split_off(whole);
         let count = |text: &[u8]| memchr::memchr_iter(b'\n', text).count() as u64;
         if unfinished.len() > MAX_LINE {
-            failed = Some(ListFileError::LineTooLong {
-                path: self.source.to_path_buf(),
-                line: self.next_line + count(&text),
-                start: excerpt(&String::from_utf8_lossy(&unfinished[..ECHO * 4]), ECHO),
-            });
+            failed = Some(line_too_long(
+                &unfinished,
+                self.next_line + count(&text),
+                self.source,
+            ));
             unfinished.clear();
             at_end = true;
         } else if failed.is_some() {
@@ -330,16 +330,21 @@ fn parse_lines(lines: &Lines, source: &Path) -> Result<Vec<Cidr>, ListFileError>
     Ok(out)
 }
 
-/// A line longer than [`MAX_LINE`] is refused, without echoing it whole.
+/// A line longer than [`MAX_LINE`] is refused.
 fn check_length(line: &[u8], number: u64, source: &Path) -> Result<(), ListFileError> {
     if line.len() <= MAX_LINE {
         return Ok(());
     }
-    Err(ListFileError::LineTooLong {
+    Err(line_too_long(line, number, source))
+}
+
+/// The error of `line` (longer than [`MAX_LINE`]), without echoing it whole.
+fn line_too_long(line: &[u8], number: u64, source: &Path) -> ListFileError {
+    ListFileError::LineTooLong {
         path: source.to_path_buf(),
         line: number,
         start: excerpt(&String::from_utf8_lossy(&line[..ECHO * 4]), ECHO),
-    })
+    }
 }
 
 fn bad_entry(bytes: &[u8], number: u64, source: &Path, reason: String) -> ListFileError {
