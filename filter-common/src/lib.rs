@@ -40,10 +40,11 @@ pub use lists::{
     in_host_table, masked_words, prefix_mask32,
 };
 pub use ratelimit::{
-    Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
-    ONLY_FROM_KEY_BITS, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE, RULE_DROP,
-    RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, TICKS_PER_NS,
-    TICKS_PER_SEC, bucket_hash, bucket_set, only_from_key_data, other_slot, rule_id, source_words,
+    Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, IPV4_MAPPED_WORD,
+    MAX_RULES, ONLY_FROM_KEY_BITS, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE,
+    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule,
+    TICKS_PER_NS, TICKS_PER_SEC, bucket_hash, bucket_set, only_from_key_data, other_slot, rule_id,
+    source_bytes, source_words,
 };
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 pub use summary::{

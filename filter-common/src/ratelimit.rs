@@ -159,6 +159,26 @@ pub const fn source_words(source: &Ipv6Bytes) -> [u32; 4] {
     ]
 }
 
+/// The address whose [`source_words`] are `words`: its inverse.
+#[inline(always)]
+#[must_use]
+pub const fn source_bytes(words: &[u32; 4]) -> Ipv6Bytes {
+    let [a, b, c, d] = [
+        words[0].to_le_bytes(),
+        words[1].to_le_bytes(),
+        words[2].to_le_bytes(),
+        words[3].to_le_bytes(),
+    ];
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// `source_words` of an IPv4-mapped address: its third word, the mapped
+/// prefix's `ff ff` (the first two are zero).
+pub const IPV4_MAPPED_WORD: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
+
 /// A seeded 64-bit hash of (rule, source words): two multiply-xorshift
 /// rounds, one per 64-bit half of the source, and a final mix (splitmix64
 /// constants). No loop, no table: the same few instructions in the program
@@ -330,5 +350,8 @@ mod tests {
         source[0] = 1;
         source[15] = 2;
         assert_eq!(source_words(&source), [1, 0, 0, 0x0200_0000]);
+        assert_eq!(source_bytes(&source_words(&source)), source);
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1];
+        assert_eq!(source_words(&mapped)[2], IPV4_MAPPED_WORD);
     }
 }

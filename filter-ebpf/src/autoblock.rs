@@ -3,9 +3,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use filter_common::{
-    Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX, Ipv6Bytes, ListEntry,
-    ORIGIN_AUTO, RateRule, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, source_words, summary_bit_v4,
-    summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit, table_stat,
+    Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX, ListEntry, ORIGIN_AUTO,
+    RateRule, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, source_bytes, summary_bit_v4, summary_bit_v6,
+    summary_bitmap, summary_wide, summary_word_bit, table_stat,
 };
 
 use crate::{
@@ -32,7 +32,7 @@ pub fn note_over_limit(
     rule: &RateRule,
     packet: &Packet,
     config: Option<&Config>,
-    source: &Ipv6Bytes,
+    source: &[u32; 4],
     now: u64,
     clock: &mut CoarseClock,
 ) {
@@ -69,11 +69,11 @@ pub fn note_over_limit(
         config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix)
     };
     entry.prefix_len = bits as u8;
+    let bytes = source_bytes(source);
     let inserted = if packet.is_v6 {
-        BLOCK_V6.insert(Key::new(bits, *source), entry, 1)
+        BLOCK_V6.insert(Key::new(bits, bytes), entry, 1)
     } else {
-        let v4 = [source[12], source[13], source[14], source[15]];
-        BLOCK_V4.insert(Key::new(bits, v4), entry, 1)
+        BLOCK_V4.insert(Key::new(bits, source[3].to_le_bytes()), entry, 1)
     };
     match inserted {
         Ok(()) => mark_summary(source, packet.is_v6, bits, config),
@@ -86,7 +86,7 @@ pub fn note_over_limit(
     }
     bump_table_stat(table_stat::AUTOBLOCKS);
     events::autoblocked(
-        source,
+        &bytes,
         id,
         rule.autoblock_after,
         blocked_at,
@@ -101,13 +101,12 @@ pub fn note_over_limit(
 /// word instead: a mark is never lost, at worst every source looks in the
 /// trie until the controller rebuilds the bitmaps.
 #[inline(always)]
-fn mark_summary(source: &Ipv6Bytes, is_v6: bool, bits: u32, config: Option<&Config>) {
-    let words = source_words(source);
+fn mark_summary(words: &[u32; 4], is_v6: bool, bits: u32, config: Option<&Config>) {
     let bit = match config {
         Some(c) if is_v6 && bits >= u32::from(SUMMARY_PREFIX_V6) => {
-            Some(summary_bit_v6(c.host_seed, &words))
+            Some(summary_bit_v6(c.host_seed, words))
         }
-        Some(_) if !is_v6 && bits >= u32::from(SUMMARY_PREFIX_V4) => Some(summary_bit_v4(&words)),
+        Some(_) if !is_v6 && bits >= u32::from(SUMMARY_PREFIX_V4) => Some(summary_bit_v4(words)),
         _ => None,
     };
     for generation in 0..2 {

@@ -83,7 +83,7 @@ fn emit_drop(ifindex: u32, why: u32, rule: u16, packet: Option<&Packet>, len: u6
         (*event)._pad = [0; 5];
         match packet {
             Some(packet) => {
-                (*event).source = packet.source;
+                (*event).source = packet.source_bytes();
                 (*event).protocol = packet.protocol;
                 (*event).dst_port = if packet.has_ports { packet.dst_port } else { 0 };
                 (*event).family = if packet.is_v6 { 6 } else { 4 };

@@ -2,8 +2,8 @@
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
-    Config, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
-    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, source_words, summary_bit_v4,
+    Config, HOST_USED, HOST_WAYS, HostSlot, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
+    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, summary_bit_v4,
     summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit,
 };
 
@@ -88,11 +88,11 @@ pub fn block_reason<K: Copy>(
 }
 
 /// Whether the blocklist trie of the source's family may hold a prefix
-/// covering `addr` (IPv4-mapped for IPv4), by `BLOCK_SUMMARY`: one inlined
+/// covering the source `words` (`Packet::source`), by `BLOCK_SUMMARY`: one inlined
 /// array read, or two while the family's wide word is clear. If not, the
 /// trie lookup, whose cost grows with the list, is skipped.
 #[inline(always)]
-pub fn trie_may_block(addr: &Ipv6Bytes, is_v6: bool, config: &Config) -> bool {
+pub fn trie_may_block(words: &[u32; 4], is_v6: bool, config: &Config) -> bool {
     let generation = config.summary_generation;
     if BLOCK_SUMMARY
         .get(summary_wide(generation, is_v6))
@@ -100,11 +100,10 @@ pub fn trie_may_block(addr: &Ipv6Bytes, is_v6: bool, config: &Config) -> bool {
     {
         return true;
     }
-    let words = source_words(addr);
     let bit = if is_v6 {
-        summary_bit_v6(config.host_seed, &words)
+        summary_bit_v6(config.host_seed, words)
     } else {
-        summary_bit_v4(&words)
+        summary_bit_v4(words)
     };
     let (word, mask) = summary_word_bit(bit);
     BLOCK_SUMMARY
@@ -112,8 +111,8 @@ pub fn trie_may_block(addr: &Ipv6Bytes, is_v6: bool, config: &Config) -> bool {
         .is_none_or(|w| w & mask != 0)
 }
 
-/// Whether `BLOCK_HOSTS` holds an active entry for the source `addr`
-/// (IPv4-mapped for IPv4): for the host, then, while the table holds any
+/// Whether `BLOCK_HOSTS` holds an active entry for the source `words`
+/// (`Packet::source`): for the host, then, while the table holds any
 /// prefixes, for its /24 (IPv4) or its /64 and /48. Each probe is one bit
 /// of `BLOCK_HOST_SETS`, then (for a set in use) up to `HOST_WAYS` inlined
 /// array reads; no kernel call. Only an operator's, the policy's or
@@ -122,7 +121,7 @@ pub fn trie_may_block(addr: &Ipv6Bytes, is_v6: bool, config: &Config) -> bool {
 /// is skipped; the controller's sweep deletes it.
 #[inline(always)]
 pub fn host_blocked(
-    addr: &Ipv6Bytes,
+    words: &[u32; 4],
     is_v6: bool,
     config: &Config,
     clock: &mut CoarseClock,
@@ -130,16 +129,15 @@ pub fn host_blocked(
     if config.block_hosts == 0 {
         return false;
     }
-    let words = source_words(addr);
     if is_v6 {
-        probe(config, &words, 128, 128, clock)
+        probe(config, words, 128, 128, clock)
             || (config.table_prefixes != 0
-                && (probe(config, &words, 64, TABLE_PREFIXES_V6[0], clock)
-                    || probe(config, &words, 48, TABLE_PREFIXES_V6[1], clock)))
+                && (probe(config, words, 64, TABLE_PREFIXES_V6[0], clock)
+                    || probe(config, words, 48, TABLE_PREFIXES_V6[1], clock)))
     } else {
-        probe(config, &words, 128, 32, clock)
+        probe(config, words, 128, 32, clock)
             || (config.table_prefixes != 0
-                && probe(config, &words, 96 + 24, TABLE_PREFIXES_V4[0], clock))
+                && probe(config, words, 96 + 24, TABLE_PREFIXES_V4[0], clock))
     }
 }
 

@@ -85,7 +85,7 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
     // A blocked host, /24, /64 or /48 (most of a large blocklist) is found
-    // in `BLOCK_HOSTS` (keyed like `packet.source`, IPv4-mapped) without a
+    // in `BLOCK_HOSTS` (keyed by `packet.source`'s words) without a
     // trie lookup.
     let host = config.is_some_and(|c| host_blocked(&packet.source, packet.is_v6, c, &mut clock));
     // The tries are looked in only where they may hold a prefix covering
@@ -94,11 +94,11 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
-            allow && listed(&ALLOW_V6, 128, packet.source, &mut clock),
+            allow && listed(&ALLOW_V6, 128, packet.source_bytes(), &mut clock),
             if host {
                 reason::BLOCKLIST
             } else if in_trie {
-                block_reason(&BLOCK_V6, 128, packet.source, &mut clock)
+                block_reason(&BLOCK_V6, 128, packet.source_bytes(), &mut clock)
             } else {
                 reason::PASS
             },
@@ -124,7 +124,7 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     // there are some, and never part of the verdict.
     let shadow_blocked = if packet.is_v6 {
         config.is_some_and(|c| c.shadow_v6_entries != 0)
-            && listed(&SHADOW_BLOCK_V6, 128, packet.source, &mut clock)
+            && listed(&SHADOW_BLOCK_V6, 128, packet.source_bytes(), &mut clock)
     } else {
         config.is_some_and(|c| c.shadow_v4_entries != 0)
             && listed(&SHADOW_BLOCK_V4, 32, packet.source_v4(), &mut clock)

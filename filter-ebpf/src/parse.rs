@@ -6,6 +6,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 pub use filter_common::{IPPROTO_TCP, IPPROTO_UDP};
+use filter_common::{IPV4_MAPPED_WORD, Ipv6Bytes, source_bytes, source_words};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
@@ -41,8 +42,12 @@ pub enum Parsed {
 /// What the decision needs from an IP packet.
 pub struct Packet {
     pub is_v6: bool,
-    /// Source address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
-    pub source: [u8; 16],
+    /// Source address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). As
+    /// `filter_common::source_words` reads it (four bytes in address order
+    /// per word): what the host table, the summary and the rate limiter hash
+    /// and compare, read from the packet in four loads (one for IPv4), and
+    /// kept in four registers or stack slots, not sixteen.
+    pub source: [u32; 4],
     /// Upper-layer protocol (after IPv6 extension headers).
     pub protocol: u8,
     /// False for non-first fragments and for protocols without ports.
@@ -51,14 +56,16 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// The source address's bytes (the IPv6 tries' key).
+    #[inline(always)]
+    pub fn source_bytes(&self) -> Ipv6Bytes {
+        source_bytes(&self.source)
+    }
+
+    /// The IPv4 source address's bytes (the IPv4 tries' key).
     #[inline(always)]
     pub fn source_v4(&self) -> [u8; 4] {
-        [
-            self.source[12],
-            self.source[13],
-            self.source[14],
-            self.source[15],
-        ]
+        self.source[3].to_le_bytes()
     }
 }
 
@@ -191,16 +198,14 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
-    let src = unsafe { (*ip).src };
+    let src = u32::from_le_bytes(unsafe { (*ip).src });
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let protocol = unsafe { (*ip).protocol };
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let frag = be16(unsafe { (*ip).flags_frag_off });
     let mut packet = Packet {
         is_v6: false,
-        source: [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, src[0], src[1], src[2], src[3],
-        ],
+        source: [0, 0, IPV4_MAPPED_WORD, src],
         protocol,
         has_ports: false,
         dst_port: 0,
@@ -234,8 +239,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     // An IPv4-mapped source (::ffff:0:0/96) never appears on the wire (RFC 4291
     // 2.5.5.2); it would also alias the IPv4 source's rate-limit bucket.
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
-    let src: [u8; 16] = unsafe { (*ip).src };
-    if matches!(src, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ..]) {
+    let src = source_words(&unsafe { (*ip).src });
+    if src[0] == 0 && src[1] == 0 && src[2] == IPV4_MAPPED_WORD {
         return Err(Malformed);
     }
     let mut packet = Packet {

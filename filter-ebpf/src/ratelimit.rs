@@ -4,10 +4,10 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
     Bucket, BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
-    DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, Ipv6Bytes, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE,
-    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS,
-    bucket_set, coarse_clock_suffices, only_from_key_data, prefix_mask32, reason, rule_id,
-    source_words, table_stat,
+    DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE, RULE_DROP,
+    RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS, bucket_set,
+    coarse_clock_suffices, masked_words, only_from_key_data, prefix_mask32, reason, rule_id,
+    table_stat,
 };
 
 use crate::{
@@ -137,66 +137,24 @@ fn rate_clock_ns(rule: &RateRule, config: Option<&Config>) -> u64 {
 
 #[inline(always)]
 fn only_from_allows(slot: u32, packet: &Packet) -> bool {
-    let data = only_from_key_data(slot, packet.source);
+    let data = only_from_key_data(slot, packet.source_bytes());
     ONLY_FROM.get(Key::new(ONLY_FROM_KEY_BITS, data)).is_some()
 }
 
-/// The source as a rate-limit key: IPv4-mapped, masked to the configured prefix.
+/// The source as a rate-limit key (`Packet::source`'s words), masked to
+/// the configured prefix.
 #[inline(always)]
-fn aggregated_source(packet: &Packet, config: Option<&Config>) -> Ipv6Bytes {
+fn aggregated_source(packet: &Packet, config: Option<&Config>) -> [u32; 4] {
+    let source = &packet.source;
     if packet.is_v6 {
         let prefix = config.map_or(DEFAULT_IPV6_SOURCE_PREFIX, |c| c.ipv6_source_prefix);
-        let hi = u64::from_be_bytes(head8(&packet.source));
-        let lo = u64::from_be_bytes(tail8(&packet.source));
-        let (hi, lo) = mask128(hi, lo, prefix);
-        join16(hi.to_be_bytes(), lo.to_be_bytes())
+        masked_words(source, prefix)
     } else {
+        // Only the last word holds the IPv4 address; the others are the
+        // mapped prefix.
         let prefix = config.map_or(DEFAULT_IPV4_SOURCE_PREFIX, |c| c.ipv4_source_prefix);
-        let v4 = u32::from_be_bytes(packet.source_v4()) & prefix_mask32(prefix);
-        let [a, b, c, d] = v4.to_be_bytes();
-        let s = &packet.source;
-        // The IPv4-mapped prefix, as the parser wrote it.
-        [
-            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], a, b, c, d,
-        ]
-    }
-}
-
-#[inline(always)]
-fn head8(a: &Ipv6Bytes) -> [u8; 8] {
-    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]
-}
-
-#[inline(always)]
-fn tail8(a: &Ipv6Bytes) -> [u8; 8] {
-    [a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]
-}
-
-#[inline(always)]
-fn join16(hi: [u8; 8], lo: [u8; 8]) -> Ipv6Bytes {
-    [
-        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
-        lo[5], lo[6], lo[7],
-    ]
-}
-
-#[inline(always)]
-fn mask64(prefix: u32) -> u64 {
-    if prefix == 0 {
-        0
-    } else if prefix >= 64 {
-        u64::MAX
-    } else {
-        u64::MAX << (64 - prefix)
-    }
-}
-
-#[inline(always)]
-fn mask128(hi: u64, lo: u64, prefix: u32) -> (u64, u64) {
-    if prefix >= 64 {
-        (hi, lo & mask64(prefix - 64))
-    } else {
-        (hi & mask64(prefix), 0)
+        let mask = prefix_mask32(prefix).swap_bytes();
+        [source[0], source[1], source[2], source[3] & mask]
     }
 }
 
@@ -208,7 +166,7 @@ fn within_limit(
     rule: &RateRule,
     packet: &Packet,
     config: Option<&Config>,
-    source: &Ipv6Bytes,
+    source: &[u32; 4],
     len: u64,
     now_ns: u64,
     clock: &mut CoarseClock,
@@ -255,19 +213,18 @@ fn within_limit(
 /// the same as an eviction: a few packets more pass, none is wrongly dropped
 /// beyond what a fresh bucket allows.
 #[inline(always)]
-fn bucket_for(rule: u32, source: &Ipv6Bytes, config: Option<&Config>) -> Option<*mut Bucket> {
-    let words = source_words(source);
+fn bucket_for(rule: u32, words: &[u32; 4], config: Option<&Config>) -> Option<*mut Bucket> {
     let (seed, mask) = config.map_or((0, 0), |c| (c.bucket_seed, c.bucket_mask));
-    let first = bucket_set(seed, mask, rule, &words);
+    let first = bucket_set(seed, mask, rule, words);
     let a = BUCKETS.get_ptr_mut(first)?;
     // SAFETY: `a` and `b` point to live array values (never freed while the
     // program runs).
     unsafe {
-        if holds(a, rule, &words) {
+        if holds(a, rule, words) {
             return Some(&raw mut (*a).bucket);
         }
         let b = BUCKETS.get_ptr_mut(first | 1)?;
-        if holds(b, rule, &words) {
+        if holds(b, rule, words) {
             return Some(&raw mut (*b).bucket);
         }
         let (a_used, b_used) = (used(a), used(b));
@@ -277,7 +234,7 @@ fn bucket_for(rule: u32, source: &Ipv6Bytes, config: Option<&Config>) -> Option<
             b
         };
         let evicted = a_used && b_used;
-        claim(victim, rule, &words);
+        claim(victim, rule, words);
         bump_table_stat(table_stat::BUCKET_INSERTS);
         if evicted {
             bump_table_stat(table_stat::BUCKET_EVICTIONS);
