@@ -39,7 +39,8 @@ use crate::{
 /// grows to 88 bytes (`table_prefixes`).
 /// 13: `BLOCK_SUMMARY`, the bitmaps of where the blocklist tries may hold a
 /// prefix (see `summary`), and `Config::summary_generation` (was reserved).
-pub const LAYOUT_VERSION: u32 = 13;
+/// 14: `BLOCK_SUMMARY` holds the host table's bitmaps too (16 MiB).
+pub const LAYOUT_VERSION: u32 = 14;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

@@ -177,21 +177,38 @@ pub const fn host_key_v4(addr: Ipv4Bytes) -> Ipv6Bytes {
     ]
 }
 
-/// The first slot of the set of `words` (a host's or a masked prefix's
-/// address, IPv4-mapped for IPv4, of `mapped_len` bits in the mapped
-/// space: 128 for any host) in a `BLOCK_HOSTS` of `mask + 1` slots
-/// (`Config::host_seed`, `Config::host_mask`): the seeded hash of the rate
-/// limiter's table ([`bucket_hash`](crate::bucket_hash)), with a rule id no
-/// rule has, one per length (a /24 and its first host land apart).
+/// The seeded hash of a `BLOCK_HOSTS` key: `words` (a host's or a masked
+/// prefix's address, IPv4-mapped for IPv4, of `mapped_len` bits in the
+/// mapped space: 128 for any host) with `Config::host_seed`. The rate
+/// limiter's hash ([`bucket_hash`](crate::bucket_hash)), with a rule id no
+/// rule has, one per length (a /24 and its first host land apart). Its low
+/// half names the key's set ([`host_set_of_hash`]); the high half of an
+/// IPv6 /48's names the /48's bit in the table's summary
+/// ([`table_summary_bit_v6`](crate::table_summary_bit_v6)).
+#[inline(always)]
+#[must_use]
+pub const fn host_hash(seed: u64, mapped_len: u32, words: &[u32; 4]) -> u64 {
+    crate::bucket_hash(seed, u32::MAX - (128 - mapped_len), words)
+}
+
+/// The first slot of the set of the key whose [`host_hash`] is `hash`, in a
+/// `BLOCK_HOSTS` of `mask + 1` slots (`Config::host_mask`).
 #[inline(always)]
 #[must_use]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "the low 32 bits, masked to the table"
 )]
+pub const fn host_set_of_hash(hash: u64, mask: u32) -> u32 {
+    (hash as u32) & mask & !(HOST_WAYS - 1)
+}
+
+/// The first slot of the set of `words` (see [`host_hash`]) in a
+/// `BLOCK_HOSTS` of `mask + 1` slots (`Config::host_seed`, `Config::host_mask`).
+#[inline(always)]
+#[must_use]
 pub const fn host_set(seed: u64, mask: u32, mapped_len: u32, words: &[u32; 4]) -> u32 {
-    let tag = u32::MAX - (128 - mapped_len);
-    (crate::bucket_hash(seed, tag, words) as u32) & mask & !(HOST_WAYS - 1)
+    host_set_of_hash(host_hash(seed, mapped_len, words), mask)
 }
 
 /// Sets of `BLOCK_HOSTS` per `u64` word of `BLOCK_HOST_SETS`, the bitmap of

@@ -20,10 +20,19 @@
 //! rebuild that cleared that mark began after the insert, and so finds the
 //! entry in its walk).
 //!
-//! Only the tries are summarised: `BLOCK_HOSTS` is probed first, and what it
-//! holds is never in a trie.
+//! `BLOCK_HOSTS` has bitmaps of its own, alike and in the same generations:
+//! one bit per IPv4 /24 or IPv6 /48 that holds a host-table entry (a host,
+//! an IPv4 /24, an IPv6 /64 or /48: each lies in one bit's span), set by
+//! user space before it places the entry (the program never writes the
+//! table). A source whose bit is clear skips the table's probes, a seeded
+//! hash each: the IPv4 bit is the /24's, the tries' own, and the IPv6 bit
+//! comes from the hash of the source's /48 that its /48 probe uses anyway
+//! (a /48 is finer than a /40: a blocked host does not make the rest of its
+//! provider's /40 probe). What the table holds is never in a trie, so the
+//! two are summarised apart: a blocked host does not send its neighbours to
+//! the trie either.
 
-use crate::{bucket_hash, masked_words};
+use crate::{bucket_hash, host_hash, masked_words};
 
 /// Bits per bitmap: one per IPv4 /24.
 pub const SUMMARY_BITS: u32 = 1 << 24;
@@ -37,9 +46,10 @@ pub const SUMMARY_PREFIX_V6: u8 = 40;
 /// The shortest IPv6 prefix marked bit by bit (2^16 bits); a shorter one
 /// sets the wide word.
 pub const SUMMARY_WIDEST_V6: u8 = 24;
-/// Values of `BLOCK_SUMMARY`: four bitmaps (generation 0 IPv4, IPv6, then
-/// generation 1), then the four wide words in the same order.
-pub const SUMMARY_ENTRIES: u32 = 4 * SUMMARY_WORDS + 4;
+/// Values of `BLOCK_SUMMARY`: the tries' four bitmaps (generation 0 IPv4,
+/// IPv6, then generation 1), the host table's four in the same order, then
+/// the tries' four wide words in the same order.
+pub const SUMMARY_ENTRIES: u32 = 8 * SUMMARY_WORDS + 4;
 
 /// Tag of the IPv6 bit hash (the seed is `Config::host_seed`), apart from
 /// the host table's tags (`u32::MAX - 128` and above) and every rule id.
@@ -52,12 +62,19 @@ pub const fn summary_bitmap(generation: u32, is_v6: bool) -> u32 {
     ((generation & 1) * 2 + is_v6 as u32) * SUMMARY_WORDS
 }
 
+/// The first word of the host table's bitmap of (`generation`, family).
+#[inline(always)]
+#[must_use]
+pub const fn summary_table_bitmap(generation: u32, is_v6: bool) -> u32 {
+    4 * SUMMARY_WORDS + summary_bitmap(generation, is_v6)
+}
+
 /// The wide word of (`generation`, family): non-zero while the family's
 /// tries may hold a prefix too wide for its bitmap.
 #[inline(always)]
 #[must_use]
 pub const fn summary_wide(generation: u32, is_v6: bool) -> u32 {
-    4 * SUMMARY_WORDS + (generation & 1) * 2 + is_v6 as u32
+    8 * SUMMARY_WORDS + (generation & 1) * 2 + is_v6 as u32
 }
 
 /// The bit of the IPv4 /24 of `words` (`source_words` of an IPv4-mapped
@@ -82,6 +99,24 @@ pub const fn summary_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
     (bucket_hash(seed, SUMMARY_TAG, &key) as u32) & (SUMMARY_BITS - 1)
 }
 
+/// The bit of the IPv6 /48 whose [`host_hash`](crate::host_hash) is
+/// `hash48` (`host_hash(seed, 48, /48)`) in the host table's summary: the
+/// hash's high half (its low half names the /48's set).
+#[inline(always)]
+#[must_use]
+pub const fn table_summary_bit_v6(hash48: u64) -> u32 {
+    // The high half: fits.
+    ((hash48 >> 32) as u32) & (SUMMARY_BITS - 1)
+}
+
+/// [`table_summary_bit_v6`] of the /48 of `words` (`source_words` of an
+/// IPv6 address), with `seed` (`Config::host_seed`).
+#[inline(always)]
+#[must_use]
+pub const fn table_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
+    table_summary_bit_v6(host_hash(seed, 48, &masked_words(words, 48)))
+}
+
 /// The word (within its bitmap) and the mask of bit `bit`.
 #[inline(always)]
 #[must_use]
@@ -91,6 +126,7 @@ pub const fn summary_word_bit(bit: u32) -> (u32, u64) {
 
 const _: () = assert!(SUMMARY_BITS.is_multiple_of(64));
 const _: () = assert!(summary_wide(1, true) == SUMMARY_ENTRIES - 1);
-const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));
+const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_table_bitmap(0, false));
+const _: () = assert!(summary_table_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));
 // 203.0.113.7 -> /24 number 0xcb0071.
 const _: () = assert!(summary_bit_v4(&[0, 0, 0xffff_0000, 0x0771_00cb]) == 0x00cb_0071);

@@ -3,8 +3,9 @@
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
     Config, HOST_USED, HOST_WAYS, HostSlot, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
-    TABLE_PREFIXES_V6, host_set, host_set_bit, masked_words, reason, summary_bit_v4,
-    summary_bit_v6, summary_bitmap, summary_wide, summary_word_bit,
+    TABLE_PREFIXES_V6, host_hash, host_set, host_set_bit, host_set_of_hash, masked_words, reason,
+    summary_bit_v4, summary_bit_v6, summary_bitmap, summary_table_bitmap, summary_wide,
+    summary_word_bit, table_summary_bit_v6,
 };
 
 use crate::{
@@ -88,9 +89,9 @@ pub fn block_reason<K: Copy>(
 }
 
 /// Whether the blocklist trie of the source's family may hold a prefix
-/// covering the source `words` (`Packet::source`), by `BLOCK_SUMMARY`: one inlined
-/// array read, or two while the family's wide word is clear. If not, the
-/// trie lookup, whose cost grows with the list, is skipped.
+/// covering the source `words` (`Packet::source`), by `BLOCK_SUMMARY`: one
+/// inlined array read, or two while the family's wide word is clear. If
+/// not, the trie lookup, whose cost grows with the list, is skipped.
 #[inline(always)]
 pub fn trie_may_block(words: &[u32; 4], is_v6: bool, config: &Config) -> bool {
     let generation = config.summary_generation;
@@ -111,14 +112,27 @@ pub fn trie_may_block(words: &[u32; 4], is_v6: bool, config: &Config) -> bool {
         .is_none_or(|w| w & mask != 0)
 }
 
+/// Whether the host table's summary marks `bit` (its IPv4 /24's or IPv6
+/// /48's) in the generation in use: if not, `BLOCK_HOSTS` holds no entry
+/// for the source and its probes are skipped.
+#[inline(always)]
+fn table_marks(bit: u32, is_v6: bool, config: &Config) -> bool {
+    let (word, mask) = summary_word_bit(bit);
+    BLOCK_SUMMARY
+        .get(summary_table_bitmap(config.summary_generation, is_v6) + word)
+        .is_none_or(|w| w & mask != 0)
+}
+
 /// Whether `BLOCK_HOSTS` holds an active entry for the source `words`
-/// (`Packet::source`): for the host, then, while the table holds any
-/// prefixes, for its /24 (IPv4) or its /64 and /48. Each probe is one bit
-/// of `BLOCK_HOST_SETS`, then (for a set in use) up to `HOST_WAYS` inlined
-/// array reads; no kernel call. Only an operator's, the policy's or
-/// `CrowdSec`'s blocks live there (automatic blocks stay in the tries), so
-/// a hit is a `reason::BLOCKLIST` whatever the tries hold. An expired entry
-/// is skipped; the controller's sweep deletes it.
+/// (`Packet::source`): only where the table's summary marks the source's
+/// IPv4 /24 or IPv6 /48 (most unlisted sources stop there), then for the
+/// host and, while the table holds any prefixes, for its /24 (IPv4) or its
+/// /48 and /64 (the /48 first: its hash also named the summary's bit). Each
+/// probe is one bit of `BLOCK_HOST_SETS`, then (for a set in use) up to
+/// `HOST_WAYS` inlined array reads; no kernel call. Only an operator's, the
+/// policy's or `CrowdSec`'s blocks live there (automatic blocks stay in the
+/// tries), so any hit is a `reason::BLOCKLIST` whatever the tries hold. An
+/// expired entry is skipped; the controller's sweep deletes it.
 #[inline(always)]
 pub fn host_blocked(
     words: &[u32; 4],
@@ -129,15 +143,24 @@ pub fn host_blocked(
     if config.block_hosts == 0 {
         return false;
     }
+    let prefixes = config.table_prefixes != 0;
     if is_v6 {
-        probe(config, words, 128, 128, clock)
-            || (config.table_prefixes != 0
-                && (probe(config, words, 64, TABLE_PREFIXES_V6[0], clock)
-                    || probe(config, words, 48, TABLE_PREFIXES_V6[1], clock)))
+        let key48 = masked_words(words, 48);
+        let hash48 = host_hash(config.host_seed, 48, &key48);
+        table_marks(table_summary_bit_v6(hash48), true, config)
+            && ((prefixes
+                && probe_set(
+                    &key48,
+                    host_set_of_hash(hash48, config.host_mask),
+                    TABLE_PREFIXES_V6[1],
+                    clock,
+                ))
+                || probe(config, words, 128, 128, clock)
+                || (prefixes && probe(config, words, 64, TABLE_PREFIXES_V6[0], clock)))
     } else {
-        probe(config, words, 128, 32, clock)
-            || (config.table_prefixes != 0
-                && probe(config, words, 96 + 24, TABLE_PREFIXES_V4[0], clock))
+        table_marks(summary_bit_v4(words), false, config)
+            && (probe(config, words, 128, 32, clock)
+                || (prefixes && probe(config, words, 96 + 24, TABLE_PREFIXES_V4[0], clock)))
     }
 }
 
@@ -154,6 +177,13 @@ fn probe(
 ) -> bool {
     let key = masked_words(words, mapped_len);
     let first = host_set(config.host_seed, config.host_mask, mapped_len, &key);
+    probe_set(&key, first, prefix_len, clock)
+}
+
+/// Whether the set of `BLOCK_HOSTS` starting at `first` (`key`'s) holds an
+/// active entry for (`key`, `prefix_len`).
+#[inline(always)]
+fn probe_set(key: &[u32; 4], first: u32, prefix_len: u8, clock: &mut CoarseClock) -> bool {
     let (word, bit) = host_set_bit(first);
     if BLOCK_HOST_SETS.get(word).is_none_or(|w| w & bit == 0) {
         return false;
@@ -166,7 +196,7 @@ fn probe(
         // the program runs); user space writes a new entry's key and
         // fields in place before its `HOST_USED` bit (see `HostSlot`).
         let expires_at_ns = unsafe {
-            if !holds(slot, &key, prefix_len) {
+            if !holds(slot, key, prefix_len) {
                 continue;
             }
             (&raw const (*slot).expires_at_ns).read_volatile()

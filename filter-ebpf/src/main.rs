@@ -85,11 +85,11 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
     // A blocked host, /24, /64 or /48 (most of a large blocklist) is found
-    // in `BLOCK_HOSTS` (keyed by `packet.source`'s words) without a
-    // trie lookup.
+    // in `BLOCK_HOSTS` (keyed by `packet.source`'s words) without a trie
+    // lookup. The table and the tries are looked in only where
+    // `BLOCK_SUMMARY` says they may hold an entry covering the source: most
+    // unlisted sources skip both.
     let host = config.is_some_and(|c| host_blocked(&packet.source, packet.is_v6, c, &mut clock));
-    // The tries are looked in only where they may hold a prefix covering
-    // the source: most unlisted sources of a large list skip them.
     let in_trie = !host && config.is_none_or(|c| trie_may_block(&packet.source, packet.is_v6, c));
     let (allowed, blocked) = if packet.is_v6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);

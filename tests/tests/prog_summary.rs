@@ -14,7 +14,12 @@ use filter_common::{
     xdp_action,
 };
 use filter_ctl::{
-    maps::{ListKind, loader::Capacities, summary::SummaryUse},
+    maps::{
+        ListKind,
+        hosts::{Placed, table_key},
+        loader::Capacities,
+        summary::SummaryUse,
+    },
     spec::{
         cidr::Cidr,
         rule::{AutoblockSpec, LimitSpec},
@@ -46,6 +51,14 @@ fn marks(test: &ProgTest, generation: u32, addr: &str) -> bool {
     test.reader()
         .summary()
         .and_then(|s| s.marks(generation, ip(addr)))
+        .expect("reading BLOCK_SUMMARY")
+}
+
+/// Whether generation `generation` of the host table's summary marks `addr`.
+fn marks_table(test: &ProgTest, generation: u32, addr: &str) -> bool {
+    test.reader()
+        .summary()
+        .and_then(|s| s.marks_table(generation, ip(addr)))
         .expect("reading BLOCK_SUMMARY")
 }
 
@@ -175,6 +188,166 @@ fn an_unmarked_ipv6_entry_is_found_and_an_expired_one_is_not() {
             ),
         ],
     );
+}
+
+/// The host table's summary: what the controller places is marked first
+/// (an IPv4 host's /24, an IPv6 host's /48), apart from the tries'; a table
+/// entry placed without its mark is never probed (the program trusts the
+/// summary); the sweep finds the missing mark and rebuilds.
+#[test]
+fn an_unmarked_table_entry_is_not_probed() {
+    if skip_unless_root("an_unmarked_table_entry_is_not_probed") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.block(&["198.18.10.1", "2001:db8:10::1", "2001:db8:11::/48"]);
+    let before = generation(&test);
+    for (what, addr) in [
+        ("the IPv4 host's /24", "198.18.10.200"),
+        ("the IPv6 host's /48", "2001:db8:10:ffff::1"),
+        ("the IPv6 /48", "2001:db8:11:1::1"),
+    ] {
+        assert!(marks_table(&test, before, addr), "{what}: {addr}");
+        assert!(!marks(&test, before, addr), "{what}: not the tries'");
+    }
+    assert!(!marks_table(&test, before, "198.18.11.1"), "the next /24");
+    assert!(
+        !marks_table(&test, before, "2001:db8:12::1"),
+        "the next /48 (of the same /40)"
+    );
+
+    // Placed by hand, without marks (the controller's counts of table
+    // entries are already above zero).
+    let filter = test.filter();
+    let table = filter.host_table().expect("BLOCK_HOSTS");
+    for cidr in ["198.18.20.1", "2001:db8:20::1"] {
+        let key = table_key(&cidr.parse().expect("a prefix")).expect("a table key");
+        let entry = ListEntry {
+            prefix_len: key.prefix_len,
+            ..ListEntry::default()
+        };
+        assert_eq!(
+            table.place_unmarked(&key, entry).expect("placing"),
+            Placed::New
+        );
+    }
+    drop(filter);
+    // Not table cases: the reference model, which has no summary, would
+    // find the entries.
+    for (what, frame) in [
+        ("unmarked IPv4 host", udp4("198.18.20.1", 53)),
+        ("unmarked IPv6 host", udp6("2001:db8:20::1", 53)),
+    ] {
+        assert_eq!(test.run(&frame), xdp_action::PASS, "{what}: not probed");
+    }
+
+    // The sweep finds the marks missing and rebuilds.
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_lacking, "{sweep:?}");
+    let rebuilt = test
+        .filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert_eq!((rebuilt.table_v4, rebuilt.table_v6), (2, 3), "{rebuilt:?}");
+    assert_eq!((rebuilt.bits_v4, rebuilt.bits_v6), (0, 0), "{rebuilt:?}");
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_lacking,
+        "repaired"
+    );
+    run_table(
+        &test,
+        &[
+            Case::new(
+                "IPv4 host, marked: found",
+                udp4("198.18.20.1", 53),
+                BLOCKLIST,
+            ),
+            Case::new(
+                "IPv6 host, marked: found",
+                udp6("2001:db8:20::1", 53),
+                BLOCKLIST,
+            ),
+            Case::new(
+                "its /24's other hosts: probed, not held",
+                udp4("198.18.20.2", 53),
+                PASS,
+            ),
+            Case::new("the IPv6 /48", udp6("2001:db8:11:ff::1", 53), BLOCKLIST),
+            Case::new("the first IPv4 host", udp4("198.18.10.1", 53), BLOCKLIST),
+        ],
+    );
+}
+
+/// Removed hosts leave stale marks in the host table's summary until they
+/// outnumber the needed ones (and a thousand); the sweep then rebuilds it.
+#[test]
+fn many_removed_hosts_make_the_table_summary_stale() {
+    if skip_unless_root("many_removed_hosts_make_the_table_summary_stale") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&Capacities {
+        list: 4096,
+        ..small_capacities()
+    });
+    // 2,048 hosts in as many /24s (list entries only: no packet is sent
+    // from or to them).
+    let hosts: Vec<Cidr> = (0..2048_u32)
+        .map(|i| {
+            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
+            format!("{a}.{b}.{c}.7").parse().expect("a host")
+        })
+        .collect();
+    test.filter()
+        .list_insert(
+            ListKind::Block,
+            &hosts,
+            None,
+            filter_ctl::maps::lists::Merge::Replace,
+        )
+        .expect("blocking 2,048 hosts");
+    // The hosts the table holds: those whose set was full went to the
+    // trie, and are marked in the tries' summary instead.
+    let filter = test.filter();
+    let table = filter.host_table().expect("BLOCK_HOSTS");
+    let in_table: Vec<Cidr> = hosts
+        .iter()
+        .filter(|c| {
+            let key = table_key(c).expect("a table key");
+            table.find(&key).expect("reading BLOCK_HOSTS").is_some()
+        })
+        .copied()
+        .collect();
+    drop(filter);
+    let held = in_table.len() as u64;
+    assert!(held > 1500, "{held} of 2,048 in the table");
+    let listed = in_use(&test);
+    assert_eq!(
+        (listed.table_v4, listed.bits_v4),
+        (held, 2048 - held),
+        "{listed:?}"
+    );
+    test.filter()
+        .list_remove(ListKind::Block, &in_table[..1000])
+        .expect("unblocking 1,000");
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_stale,
+        "1,000 stale bits, and more needed"
+    );
+    test.filter()
+        .list_remove(ListKind::Block, &in_table[1000..in_table.len() - 148])
+        .expect("unblocking all but 148");
+    let sweep = test.reader().sweep_scan().expect("scan");
+    assert!(
+        sweep.summary_stale,
+        "over 1,024 stale bits against 148 needed"
+    );
+    let rebuilt = test
+        .filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert_eq!(rebuilt.table_v4, 148);
 }
 
 /// Prefixes of every width, the trie's lengths (the host table's are never

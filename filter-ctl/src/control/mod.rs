@@ -637,8 +637,13 @@ impl Controller {
                 match filter.rebuild_stale_summary(&sweep) {
                     Ok(None) => {}
                     Ok(Some(marked)) => info!(
-                        "rebuilt the blocklist summary: {} IPv4 and {} IPv6 bits marked (wide: IPv4 {}, IPv6 {})",
-                        marked.bits_v4, marked.bits_v6, marked.wide_v4, marked.wide_v6
+                        "rebuilt the blocklist summary: {} IPv4 and {} IPv6 bits marked for the tries (wide: IPv4 {}, IPv6 {}), {} and {} for the host table",
+                        marked.bits_v4,
+                        marked.bits_v6,
+                        marked.wide_v4,
+                        marked.wide_v6,
+                        marked.table_v4,
+                        marked.table_v6
                     ),
                     Err(err) => warn!("rebuilding the blocklist summary failed: {err:#}"),
                 }

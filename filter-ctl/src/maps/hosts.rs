@@ -242,19 +242,30 @@ impl HostTable {
         }
     }
 
+    /// [`Self::place_in`] without marking the table's summary: the program
+    /// does not probe for the entry until a rebuild of `BLOCK_SUMMARY` marks
+    /// it (what a test of the sweep's repair needs; the controller always
+    /// marks).
+    pub fn place_unmarked(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
+        self.place_in(self.set_of(key), key, entry, || Ok(()))
+    }
+
     /// Puts `entry` for `key` into the slot holding it, else into a free
     /// slot of its set, unless the set has overflowed: a host missing from
     /// such a set may be in the trie, so it goes there (no lookup needed,
-    /// never two places). A full set is marked overflowed. The caller has
-    /// raised the program's counts for a new entry (`Config::block_hosts`,
-    /// and `Config::table_prefixes` for a prefix).
-    pub fn place(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
-        self.place_in(self.set_of(key), key, entry)
-    }
-
-    /// [`Self::place`] with `key`'s set already known (`first`, from
-    /// [`Self::set_of`]).
-    pub fn place_in(&self, first: u32, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
+    /// never two places). A full set is marked overflowed. `first` is the
+    /// key's set ([`Self::set_of`]); `mark` marks the key in the table's
+    /// summary (`Summary::mark_table_entry`), called before a new entry
+    /// becomes visible to the program. The caller has raised the program's
+    /// counts for a new entry (`Config::block_hosts`, and
+    /// `Config::table_prefixes` for a prefix).
+    pub fn place_in(
+        &self,
+        first: u32,
+        key: &TableKey,
+        entry: ListEntry,
+        mark: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Placed> {
         debug_assert_eq!(first, self.set_of(key), "the key's own set");
         if let Some(index) = self.slot_in(first, key)? {
             let entry = ListEntry {
@@ -279,7 +290,9 @@ impl HostTable {
             self.write_state(first, first_state | HOST_OVERFLOWED)?;
             return Ok(Placed::Trie);
         };
-        // Address and entry first, then the set's bit, the used bit last.
+        // The summary's mark, address and entry first, then the set's bit,
+        // the used bit last.
+        mark()?;
         let state = self.read(free)?.state;
         let ptr = self.slots.ptr(free)?;
         // SAFETY: as `read`; the slot is unused, so the program ignores it.

@@ -57,6 +57,14 @@ pub struct InsertReport {
 /// Entries with their stored values.
 type Entries = Vec<(Cidr, ListEntry)>;
 
+/// The prefixes of `entries` active at `now`.
+fn active_cidrs(entries: &[(Cidr, ListEntry)], now: u64) -> impl Iterator<Item = &Cidr> {
+    entries
+        .iter()
+        .filter(move |(_, e)| e.is_active(now))
+        .map(|(c, _)| c)
+}
+
 /// Entries per list and family (active ones), as of a sweep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ListCounts {
@@ -389,6 +397,7 @@ impl Filter {
             raised.add(key);
         }
         self.add_to_table_count(raised, TableCount::default())?;
+        let summary = self.summary()?;
         let mut new = TableCount::default();
         for (i, (cidr, entry)) in hosts.into_iter().enumerate() {
             if let Some(Some((_, ahead))) = keys.get(i + PREFETCH_AHEAD) {
@@ -397,7 +406,9 @@ impl Filter {
             let Some((key, first)) = keys[i] else {
                 continue;
             };
-            match table.place_in(first, &key, entry)? {
+            // Marked before it is placed: the program must not skip the
+            // probes of a source the table holds.
+            match table.place_in(first, &key, entry, || summary.mark_table_entry(&cidr))? {
                 Placed::Trie => rest.push((cidr, entry)),
                 placed => {
                     if placed == Placed::New {
@@ -920,21 +931,20 @@ impl Filter {
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut entries = self.trie_entries_raw(kind.into())?;
             if kind == ListKind::Block {
-                // Read after the walk: every entry it found was marked
+                let table = self.host_table()?;
+                let in_table = table.entries()?;
+                // Read after the walks: every entry they found was marked
                 // before it was written (an automatic block just after),
                 // and marks since only add.
                 let needed = summary::needed(
-                    entries
-                        .iter()
-                        .filter(|(_, e)| e.is_active(now))
-                        .map(|(c, _)| c),
+                    active_cidrs(&entries, now),
+                    active_cidrs(&in_table, now),
                     config.host_seed,
                 );
                 let summary = self.summary()?;
                 let in_use = self.config()?.summary_generation;
                 summary_lacking = summary.lacks(in_use, &needed)?;
                 summary_stale = summary.in_use(in_use)?.worth_rebuilding(&needed.marks);
-                let table = self.host_table()?;
                 let marked = table.overflowed_sets()?;
                 if !marked.is_empty() {
                     // Sets some host of which the tries still hold.
@@ -948,7 +958,6 @@ impl Filter {
                         marked.into_iter().filter(|s| !held.contains(s)).collect();
                     stale_overflows = (!stale.is_empty()).then_some((generation, stale));
                 }
-                let in_table = table.entries()?;
                 // An edit since `config` was read may have added entries (the
                 // scan then finds more, never fewer) or removed some (a
                 // resync that finds nothing to change).

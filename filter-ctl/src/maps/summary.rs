@@ -1,8 +1,9 @@
 //! `BLOCK_SUMMARY`: the bitmaps of where the blocklist tries may hold a
-//! prefix (see `filter_common::summary`), memory-mapped. User space marks
-//! both generations before it writes a trie entry, and rebuilds the unused
-//! generation from a walk of the tries when removed entries have left many
-//! stale bits; both under the edit lock.
+//! prefix and where `BLOCK_HOSTS` may hold an entry (see
+//! `filter_common::summary`), memory-mapped. User space marks both
+//! generations before it writes a trie entry or places a table entry, and
+//! rebuilds the unused generation from a walk of the tries and the table
+//! when removed entries have left many stale bits; both under the edit lock.
 
 use std::{
     net::IpAddr,
@@ -13,7 +14,7 @@ use anyhow::{Context as _, ensure};
 use filter_common::{
     SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6, SUMMARY_WORDS,
     host_key_v4, maps, prefix_mask32, source_words, summary_bit_v4, summary_bit_v6, summary_bitmap,
-    summary_wide, summary_word_bit,
+    summary_table_bitmap, summary_wide, summary_word_bit, table_bit_v6,
 };
 
 use super::{Filter, Tries, barrier::wait_for_running_programs, mapping::Mapping};
@@ -24,33 +25,47 @@ use crate::spec::cidr::Cidr;
 const STALE_BITS_TOLERATED: u64 = 1024;
 
 /// How much of a generation is marked: set bits of each family's bitmap
-/// (of [`filter_common::SUMMARY_BITS`]), and each family's wide word.
+/// of the tries (of [`filter_common::SUMMARY_BITS`]), each family's wide
+/// word, and set bits of each family's bitmap of the host table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SummaryUse {
     pub bits_v4: u64,
     pub bits_v6: u64,
     pub wide_v4: bool,
     pub wide_v6: bool,
+    pub table_v4: u64,
+    pub table_v6: u64,
 }
 
 impl SummaryUse {
-    /// Set bits of both bitmaps.
+    /// Set bits of both bitmaps of the tries.
     #[must_use]
     pub const fn bits(&self) -> u64 {
         self.bits_v4 + self.bits_v6
     }
 
+    /// Set bits of both bitmaps of the host table.
+    #[must_use]
+    pub const fn table_bits(&self) -> u64 {
+        self.table_v4 + self.table_v6
+    }
+
     /// Whether a generation marked as `self` carries enough stale marks,
-    /// against what the tries' entries `needed`, to be worth a rebuild: a
-    /// wide word no entry needs (every source of the family looks in the
-    /// trie), or more stale bits than needed ones (more than half of the
-    /// lookups the bitmap lets through are needless).
+    /// against what the tries' and the table's entries `needed`, to be
+    /// worth a rebuild: a wide word no entry needs (every source of the
+    /// family looks in the trie), or, in the tries' bitmaps or the table's,
+    /// more stale bits than needed ones (more than half of the lookups or
+    /// probes the bitmap lets through are needless).
     #[must_use]
     pub const fn worth_rebuilding(&self, needed: &Self) -> bool {
-        let stale = self.bits().saturating_sub(needed.bits());
+        const fn too_stale(marked: u64, needed: u64) -> bool {
+            let stale = marked.saturating_sub(needed);
+            stale > STALE_BITS_TOLERATED && stale > needed
+        }
         (self.wide_v4 && !needed.wide_v4)
             || (self.wide_v6 && !needed.wide_v6)
-            || (stale > STALE_BITS_TOLERATED && stale > needed.bits())
+            || too_stale(self.bits(), needed.bits())
+            || too_stale(self.table_bits(), needed.table_bits())
     }
 }
 
@@ -98,36 +113,95 @@ fn for_each_mark(cidr: &Cidr, seed: u64, visit: &mut impl FnMut(u32, u64)) -> bo
     }
 }
 
-/// What the tries' entries need marked: a bitmap of this process's own
-/// per family (IPv4, then IPv6), and its counts.
+/// The two summaries of `BLOCK_SUMMARY`: of the blocklist tries, and of
+/// the host table (`BLOCK_HOSTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layer {
+    Tries,
+    Table,
+}
+
+impl Layer {
+    /// The first word of this layer's bitmap of (`generation`, family).
+    const fn bitmap(self, generation: u32, is_v6: bool) -> u32 {
+        match self {
+            Self::Tries => summary_bitmap(generation, is_v6),
+            Self::Table => summary_table_bitmap(generation, is_v6),
+        }
+    }
+
+    /// This layer's bitmap of `is_v6`'s family in [`Needed::bitmaps`].
+    const fn needed_index(self, is_v6: bool) -> usize {
+        (match self {
+            Self::Tries => 0,
+            Self::Table => 2,
+        } + is_v6 as usize)
+            * SUMMARY_WORDS as usize
+    }
+}
+
+/// [`for_each_mark`] in `layer`'s bitmaps: the host table's IPv6 bit is
+/// the entry's /48's (`filter_common::table_bit_v6`; a table entry is a
+/// /48, a /64 or a host), its IPv4 bit the /24's, as the tries'.
+fn for_each_layer_mark(
+    layer: Layer,
+    cidr: &Cidr,
+    seed: u64,
+    visit: &mut impl FnMut(u32, u64),
+) -> bool {
+    match (layer, cidr) {
+        (Layer::Table, Cidr::V6 { addr, .. }) => {
+            let (word, mask) = summary_word_bit(table_bit_v6(seed, &source_words(addr)));
+            visit(word, mask);
+            true
+        }
+        _ => for_each_mark(cidr, seed, visit),
+    }
+}
+
+/// What the tries' and the table's entries need marked: bitmaps of this
+/// process's own (the tries' IPv4, IPv6, then the table's), and their counts.
 pub struct Needed {
     bitmaps: Vec<u64>,
     pub marks: SummaryUse,
 }
 
-/// What `cidrs` (the tries' entries) need marked.
+/// What `trie_cidrs` (the tries' entries) and `table_cidrs` (the host
+/// table's) need marked.
 #[must_use]
-pub fn needed<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, seed: u64) -> Needed {
-    let mut bitmaps = vec![0_u64; 2 * SUMMARY_WORDS as usize];
+pub fn needed<'a>(
+    trie_cidrs: impl IntoIterator<Item = &'a Cidr>,
+    table_cidrs: impl IntoIterator<Item = &'a Cidr>,
+    seed: u64,
+) -> Needed {
+    let mut bitmaps = vec![0_u64; 4 * SUMMARY_WORDS as usize];
     let mut marks = SummaryUse::default();
-    for cidr in cidrs {
-        let is_v6 = matches!(cidr, Cidr::V6 { .. });
-        let base = if is_v6 { SUMMARY_WORDS } else { 0 };
-        let marked = for_each_mark(cidr, seed, &mut |word, mask| {
-            bitmaps[(base + word) as usize] |= mask;
+    let mut mark = |layer: Layer, cidr: &Cidr| {
+        let base = layer.needed_index(matches!(cidr, Cidr::V6 { .. }));
+        let marked = for_each_layer_mark(layer, cidr, seed, &mut |word, mask| {
+            bitmaps[base + word as usize] |= mask;
         });
         if !marked {
             marks.wide_v6 = true;
         }
-    }
-    let count = |words: &[u64]| words.iter().map(|w| u64::from(w.count_ones())).sum();
-    let (v4, v6) = bitmaps.split_at(SUMMARY_WORDS as usize);
-    marks.bits_v4 = count(v4);
-    marks.bits_v6 = count(v6);
+    };
+    trie_cidrs.into_iter().for_each(|c| mark(Layer::Tries, c));
+    table_cidrs.into_iter().for_each(|c| mark(Layer::Table, c));
+    let count = |layer: Layer, is_v6| {
+        let base = layer.needed_index(is_v6);
+        bitmaps[base..base + SUMMARY_WORDS as usize]
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    };
+    marks.bits_v4 = count(Layer::Tries, false);
+    marks.bits_v6 = count(Layer::Tries, true);
+    marks.table_v4 = count(Layer::Table, false);
+    marks.table_v6 = count(Layer::Table, true);
     Needed { bitmaps, marks }
 }
 
-/// `BLOCK_SUMMARY`, mapped whole (8 MiB), with the seed of its IPv6 hash.
+/// `BLOCK_SUMMARY`, mapped whole (16 MiB), with the seed of its IPv6 hash.
 pub struct Summary {
     words: Mapping<u64>,
     seed: u64,
@@ -159,89 +233,136 @@ impl Summary {
     /// Marks `cidrs` in both generations: before they are written to the
     /// blocklist tries.
     pub fn mark<'a>(&self, cidrs: impl IntoIterator<Item = &'a Cidr>) -> anyhow::Result<()> {
-        self.mark_generations(cidrs, &[0, 1])
+        self.mark_generations(Layer::Tries, cidrs, &[0, 1])
+    }
+
+    /// Marks `cidr` (a host, an IPv4 /24, an IPv6 /64 or /48) in both
+    /// generations of the host table's bitmaps: before it is placed in
+    /// `BLOCK_HOSTS`, whose used bit, stored after a release fence, orders it.
+    pub fn mark_table_entry(&self, cidr: &Cidr) -> anyhow::Result<()> {
+        self.mark_bits(Layer::Table, cidr, &[0, 1])
     }
 
     fn mark_generations<'a>(
         &self,
+        layer: Layer,
         cidrs: impl IntoIterator<Item = &'a Cidr>,
         generations: &[u32],
     ) -> anyhow::Result<()> {
         for cidr in cidrs {
-            let is_v6 = matches!(cidr, Cidr::V6 { .. });
-            let mut failed = None;
-            let marked = for_each_mark(cidr, self.seed, &mut |word, mask| {
-                for &generation in generations {
-                    match self.word(summary_bitmap(generation, is_v6) + word) {
-                        // A load first: most words of a large load's wide
-                        // prefixes are set already, and a locked OR costs more.
-                        Ok(w) if w.load(Ordering::Relaxed) & mask != mask => {
-                            w.fetch_or(mask, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            if !marked {
-                for &generation in generations {
-                    self.word(summary_wide(generation, is_v6))?
-                        .store(1, Ordering::Relaxed);
-                }
-            }
+            self.mark_bits(layer, cidr, generations)?;
         }
-        // The marks before the trie writes that follow.
+        // The marks before the writes that follow.
         fence(Ordering::SeqCst);
         Ok(())
     }
 
-    /// Whether `generation` marks `addr`: its /24's or /40's bit, or its
-    /// family's wide word (a source the program would look up in the trie).
-    pub fn marks(&self, generation: u32, addr: IpAddr) -> anyhow::Result<bool> {
+    /// Sets `cidr`'s bits in `layer`'s bitmaps of `generations` (or its
+    /// family's wide word).
+    fn mark_bits(&self, layer: Layer, cidr: &Cidr, generations: &[u32]) -> anyhow::Result<()> {
+        let is_v6 = matches!(cidr, Cidr::V6 { .. });
+        let mut failed = None;
+        let marked = for_each_layer_mark(layer, cidr, self.seed, &mut |word, mask| {
+            for &generation in generations {
+                match self.word(layer.bitmap(generation, is_v6) + word) {
+                    // A load first: most words of a large load's wide
+                    // prefixes are set already, and a locked OR costs more.
+                    Ok(w) if w.load(Ordering::Relaxed) & mask != mask => {
+                        w.fetch_or(mask, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Table entries are hosts and /24s to /64s, a bit each.
+        ensure!(
+            marked || layer == Layer::Tries,
+            "{cidr} is too wide for the host table's summary"
+        );
+        if !marked {
+            for &generation in generations {
+                self.word(summary_wide(generation, is_v6))?
+                    .store(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `addr`'s bit (its /24's, or its /40's or /48's) is set in `layer`'s bitmap of
+    /// `generation`, and whether `addr` is IPv6.
+    fn bit_set(&self, layer: Layer, generation: u32, addr: IpAddr) -> anyhow::Result<(bool, bool)> {
         let (is_v6, bit) = match addr {
             IpAddr::V4(v4) => (
                 false,
                 summary_bit_v4(&source_words(&host_key_v4(v4.octets()))),
             ),
-            IpAddr::V6(v6) => (true, summary_bit_v6(self.seed, &source_words(&v6.octets()))),
+            IpAddr::V6(v6) => {
+                let words = source_words(&v6.octets());
+                let bit = match layer {
+                    Layer::Tries => summary_bit_v6(self.seed, &words),
+                    Layer::Table => table_bit_v6(self.seed, &words),
+                };
+                (true, bit)
+            }
         };
         let (word, mask) = summary_word_bit(bit);
-        Ok(self
-            .word(summary_wide(generation, is_v6))?
+        let set = self
+            .word(layer.bitmap(generation, is_v6) + word)?
             .load(Ordering::Relaxed)
-            != 0
+            & mask
+            != 0;
+        Ok((set, is_v6))
+    }
+
+    /// Whether `generation` marks `addr` for the tries: its /24's or /40's
+    /// bit, or its family's wide word (a source the program would look up
+    /// in the trie).
+    pub fn marks(&self, generation: u32, addr: IpAddr) -> anyhow::Result<bool> {
+        let (set, is_v6) = self.bit_set(Layer::Tries, generation, addr)?;
+        Ok(set
             || self
-                .word(summary_bitmap(generation, is_v6) + word)?
+                .word(summary_wide(generation, is_v6))?
                 .load(Ordering::Relaxed)
-                & mask
                 != 0)
     }
 
+    /// Whether `generation` marks `addr` for the host table: its /24's or
+    /// /48's bit (a source whose probes the program would make).
+    pub fn marks_table(&self, generation: u32, addr: IpAddr) -> anyhow::Result<bool> {
+        Ok(self.bit_set(Layer::Table, generation, addr)?.0)
+    }
+
     /// Whether `generation` lacks a mark that `needed` has: an entry of the
-    /// tries whose sources the program would not look up (only a writer
-    /// that skipped its marks, or maps made apart from their tries, leave
-    /// one). A family whose wide word is set lacks nothing.
+    /// tries or the table whose sources the program would not look up
+    /// (only a writer that skipped its marks, or maps made apart from their
+    /// summary, leave one). A family whose wide word is set lacks nothing
+    /// in its tries' bitmap.
     pub fn lacks(&self, generation: u32, needed: &Needed) -> anyhow::Result<bool> {
         for is_v6 in [false, true] {
-            if self
+            let wide = self
                 .word(summary_wide(generation, is_v6))?
                 .load(Ordering::Relaxed)
-                != 0
-            {
-                continue;
-            }
-            if is_v6 && needed.marks.wide_v6 {
+                != 0;
+            if !wide && is_v6 && needed.marks.wide_v6 {
                 return Ok(true);
             }
-            let base = summary_bitmap(generation, is_v6);
-            let own = if is_v6 { SUMMARY_WORDS } else { 0 };
-            for word in 0..SUMMARY_WORDS {
-                let want = needed.bitmaps[(own + word) as usize];
-                if want != 0 && self.word(base + word)?.load(Ordering::Relaxed) & want != want {
-                    return Ok(true);
+            let layers: &[Layer] = if wide {
+                &[Layer::Table]
+            } else {
+                &[Layer::Tries, Layer::Table]
+            };
+            for &layer in layers {
+                let base = layer.bitmap(generation, is_v6);
+                let own = layer.needed_index(is_v6);
+                for word in 0..SUMMARY_WORDS {
+                    let want = needed.bitmaps[own + word as usize];
+                    if want != 0 && self.word(base + word)?.load(Ordering::Relaxed) & want != want {
+                        return Ok(true);
+                    }
                 }
             }
         }
@@ -250,8 +371,8 @@ impl Summary {
 
     /// How much of `generation` is marked.
     pub fn in_use(&self, generation: u32) -> anyhow::Result<SummaryUse> {
-        let bits = |is_v6| -> anyhow::Result<u64> {
-            let base = summary_bitmap(generation, is_v6);
+        let bits = |layer: Layer, is_v6| -> anyhow::Result<u64> {
+            let base = layer.bitmap(generation, is_v6);
             let mut set = 0;
             for word in 0..SUMMARY_WORDS {
                 set += u64::from(self.word(base + word)?.load(Ordering::Relaxed).count_ones());
@@ -265,20 +386,29 @@ impl Summary {
                 != 0)
         };
         Ok(SummaryUse {
-            bits_v4: bits(false)?,
-            bits_v6: bits(true)?,
+            bits_v4: bits(Layer::Tries, false)?,
+            bits_v6: bits(Layer::Tries, true)?,
             wide_v4: wide(false)?,
             wide_v6: wide(true)?,
+            table_v4: bits(Layer::Table, false)?,
+            table_v6: bits(Layer::Table, true)?,
         })
     }
 
     /// Clears `generation` (not the one in use).
     fn clear(&self, generation: u32) -> anyhow::Result<()> {
-        for is_v6 in [false, true] {
-            let base = summary_bitmap(generation, is_v6);
+        for (layer, is_v6) in [
+            (Layer::Tries, false),
+            (Layer::Tries, true),
+            (Layer::Table, false),
+            (Layer::Table, true),
+        ] {
+            let base = layer.bitmap(generation, is_v6);
             for word in 0..SUMMARY_WORDS {
                 self.word(base + word)?.store(0, Ordering::Relaxed);
             }
+        }
+        for is_v6 in [false, true] {
             self.word(summary_wide(generation, is_v6))?
                 .store(0, Ordering::Relaxed);
         }
@@ -298,7 +428,7 @@ impl Filter {
     }
 
     /// Rebuilds the generation of `BLOCK_SUMMARY` not in use from a walk of
-    /// the blocklist tries, then switches the program to it, and waits until
+    /// the blocklist tries and the host table, then switches the program to it, and waits until
     /// no packet still reads the old one (the next rebuild clears it). Needs
     /// the edit lock: no other process writes the tries meanwhile, and the
     /// program's automatic blocks mark both generations after their insert
@@ -316,7 +446,12 @@ impl Filter {
         let entries = self
             .trie_entries_raw(Tries::Block)
             .context("walking the blocklist tries to rebuild their summary")?;
-        summary.mark_generations(entries.iter().map(|(c, _)| c), &[next])?;
+        summary.mark_generations(Layer::Tries, entries.iter().map(|(c, _)| c), &[next])?;
+        let in_table = self
+            .host_table()?
+            .entries()
+            .context("walking the host table to rebuild its summary")?;
+        summary.mark_generations(Layer::Table, in_table.iter().map(|(c, _)| c), &[next])?;
         self.update_config(|c| {
             c.summary_generation = next;
             Ok(())
@@ -385,14 +520,56 @@ mod tests {
         };
         let live = |bits, wide_v6| SummaryUse {
             bits_v4: bits,
-            bits_v6: 0,
-            wide_v4: false,
             wide_v6,
+            ..SummaryUse::default()
         };
         assert!(!live(10_000, false).worth_rebuilding(&needed));
         assert!(live(10_001, false).worth_rebuilding(&needed));
         assert!(live(5000, true).worth_rebuilding(&needed));
         assert!(!live(1024, false).worth_rebuilding(&SummaryUse::default()));
         assert!(live(1025, false).worth_rebuilding(&SummaryUse::default()));
+    }
+
+    #[test]
+    fn the_host_tables_stale_marks_count_apart_from_the_tries() {
+        let needed = SummaryUse {
+            bits_v4: 5000,
+            table_v4: 3000,
+            table_v6: 2000,
+            ..SummaryUse::default()
+        };
+        let live = |tries, table| SummaryUse {
+            bits_v4: tries,
+            table_v4: table,
+            ..SummaryUse::default()
+        };
+        assert!(!live(5000, 10_000).worth_rebuilding(&needed));
+        assert!(live(5000, 10_001).worth_rebuilding(&needed));
+        // The tries' needed bits do not excuse the table's stale ones.
+        assert!(live(0, 10_001).worth_rebuilding(&needed));
+        assert!(!live(10_000, 5000).worth_rebuilding(&needed));
+    }
+
+    #[test]
+    fn needed_marks_the_tries_and_the_table_apart() {
+        let tries: Vec<Cidr> = ["198.51.100.0/25", "2001:db8::/32"]
+            .iter()
+            .map(|c| c.parse().expect("a prefix"))
+            .collect();
+        let table: Vec<Cidr> = ["203.0.113.7/32", "203.0.113.0/24", "2001:db8:1::/48"]
+            .iter()
+            .map(|c| c.parse().expect("a prefix"))
+            .collect();
+        let needed = needed(&tries, &table, 7);
+        assert_eq!(
+            needed.marks,
+            SummaryUse {
+                bits_v4: 1,
+                bits_v6: 256,
+                table_v4: 1,
+                table_v6: 1,
+                ..SummaryUse::default()
+            }
+        );
     }
 }
