@@ -52,7 +52,14 @@ pub fn filter(ctx: XdpContext) -> u32 {
     // more stays alive on the (nearly full) stack.
     let why = match parse::parse(&ctx) {
         Ok(Parsed::Ip(packet)) => {
-            let (why, rule, shadow) = decide(&packet, len);
+            // One copy of the decision per family: the family is then a
+            // constant, and an IPv4 source's first three words (the mapped
+            // prefix) fold into what the hashes and compares do with them.
+            let (why, rule, shadow) = if packet.is_v6 {
+                decide::<true>(&packet, len)
+            } else {
+                decide::<false>(&packet, len)
+            };
             if reason::is_drop(why) {
                 events::sampled_drop(ifindex, why, rule, Some(&packet), len);
             }
@@ -80,7 +87,8 @@ pub fn filter(ctx: XdpContext) -> u32 {
 /// The reason of an IP packet's verdict, the id of the rule that decided it
 /// (or `NO_RULE` when a list or no rule did), and the shadow reason of a
 /// would-be drop (`reason::PASS` for none).
-fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
+#[inline(always)]
+fn decide<const V6: bool>(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
@@ -89,9 +97,9 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     // lookup. The table and the tries are looked in only where
     // `BLOCK_SUMMARY` says they may hold an entry covering the source: most
     // unlisted sources skip both.
-    let host = config.is_some_and(|c| host_blocked(&packet.source, packet.is_v6, c, &mut clock));
-    let in_trie = !host && config.is_none_or(|c| trie_may_block(&packet.source, packet.is_v6, c));
-    let (allowed, blocked) = if packet.is_v6 {
+    let host = config.is_some_and(|c| host_blocked(&packet.source, V6, c, &mut clock));
+    let in_trie = !host && config.is_none_or(|c| trie_may_block(&packet.source, V6, c));
+    let (allowed, blocked) = if V6 {
         let allow = config.is_none_or(|c| c.allow_v6_entries != 0);
         (
             allow && listed(&ALLOW_V6, 128, packet.source_bytes(), &mut clock),
@@ -122,7 +130,7 @@ fn decide(packet: &Packet, len: u64) -> (u32, u16, u32) {
     }
     // A shadow policy's blocks, in tries of their own: looked up only while
     // there are some, and never part of the verdict.
-    let shadow_blocked = if packet.is_v6 {
+    let shadow_blocked = if V6 {
         config.is_some_and(|c| c.shadow_v6_entries != 0)
             && listed(&SHADOW_BLOCK_V6, 128, packet.source_bytes(), &mut clock)
     } else {

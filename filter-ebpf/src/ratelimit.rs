@@ -36,12 +36,10 @@ pub fn rule_for(packet: &Packet, config: Option<&Config>) -> (u32, Option<&'stat
             .get(base + u32::from(packet.dst_port))
             .copied()
             .unwrap_or(DEFAULT_RULE);
-        let id = rule_id(slot);
-        // Id 0 is no port rule; an empty slot (a rule being removed) falls
-        // back to the default.
-        if let Some(rule) = RULES
-            .get(slot)
-            .filter(|r| id != DEFAULT_RULE && r.action != 0)
+        // Id 0 is no port rule (most ports: the rule is not read); an empty
+        // slot (a rule being removed) falls back to the default.
+        if rule_id(slot) != DEFAULT_RULE
+            && let Some(rule) = RULES.get(slot).filter(|r| r.action != 0)
         {
             return (slot, Some(rule));
         }
