@@ -441,5 +441,31 @@ so they compare with part 1 but come from other runs and other versions of the p
   0.82 → 0.75 s median. `list --json`: one sort per family on two threads instead of two \
   sorts of everything, and no `String` per listed entry (0.60 → 0.46 s here; part 4's \
   figure also holds reading the 77 MB of output through a pipe).
+- **Per-packet cost, 2026-12-04** (issue 18, target 1): the allowed rows were at \
+  1.31–1.37× xdp-filter and the blocked /24 and /48 at 0.82× and 0.84×. By hand \
+  (`bpftool prog run … repeat 3000000`, part 1's rules, 5–7 interleaved rounds per A/B \
+  pair; part 1 alone, `filter-bench --part 1 --rounds 5`, for the results), in order: \
+  (1) `allows-misaligned-mem-access` (LLVM 22) for the BPF build, so that header fields \
+  and addresses are read in whole words: 4,808 → 4,515 instructions, allowed IPv4 111 → \
+  105 ns. (2) The packet's source kept as the four `u32` words every hash and compare \
+  uses, not 16 bytes that LLVM kept in 16 stack slots and reassembled for each use: \
+  4,191 instructions, allowed IPv4 105 → 88 ns (1.10×), blocked /24 64 → 55, blocked /48 \
+  70 → 62. (3) The host table summarised like the tries, in `BLOCK_SUMMARY` (one bit per \
+  IPv4 /24, and per IPv6 /48 from the high half of the /48's hash, whose low half names \
+  the /48 probe's set): an unlisted source skips the table's probes, a seeded hash each \
+  (with nothing blocked, the allowed rows were 13 and 19 ns cheaper, the measure of what \
+  the probes cost): allowed IPv4 89 → 82, IPv6 101 → 90, blocked /48 67 → 58 (its /48 \
+  is now probed first, with the hash the summary's bit came from). A first version \
+  with the table's IPv6 bit per /40, the tries' own, made IPv6 slower (102 → 105): \
+  part 1's allowed source shares its /40 with the blocked ones, as neighbours of a \
+  blocked address often do. (4) The decision inlined once per family, so the family is \
+  a constant in each copy (5,399 instructions), and no `RULES` read for a port without \
+  a rule: allowed IPv4 78 → 77, IPv6 86 → 83. Part 1 after all four: allowed rows \
+  0.95–0.99×, over a port limit 1.00×, blocked 0.63–0.78×. Measured and not changed: \
+  the rate limiter's whole cost is 27–29 ns of an allowed packet (with no limit set, \
+  allowed IPv4 55 ns against 82), of which the compare-and-swap is 2 ns and the bucket \
+  hash about 1 ns (a trivial hash in its place); the rest is spread over the rule's \
+  lookups, the clock, the bucket's compare and the counters, and spills: the program \
+  keeps more values live than BPF has registers.
 
 ";
