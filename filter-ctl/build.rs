@@ -8,7 +8,10 @@
 //! kernels >= 5.12 support it. And `allows-misaligned-mem-access` (LLVM 22):
 //! an address is read from the packet in whole words, not byte by byte. The
 //! verifier accepts misaligned packet and map-value reads on architectures
-//! with efficient unaligned access (x86-64, arm64); stack slots stay aligned.
+//! with efficient unaligned access (x86-64, arm64), never misaligned stack
+//! slots: LLVM keeps those aligned in what it generates today, which nothing
+//! guarantees; every test loads the program, so a build that breaks it fails
+//! them.
 use std::{
     env, fs,
     path::{Path, PathBuf},

@@ -49,8 +49,8 @@ pub use ratelimit::{
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 pub use summary::{
     SUMMARY_BITS, SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6,
-    SUMMARY_WORDS, summary_bit_v4, summary_bit_v6, summary_bitmap, summary_table_bitmap,
-    summary_wide, summary_word_bit, table_bit_v6, table_summary_bit_v6,
+    SUMMARY_WORDS, TABLE_SUMMARY_PREFIX_V6, summary_bit_v4, summary_bit_v6, summary_bitmap,
+    summary_table_bitmap, summary_wide, summary_word_bit, table_bit_v6, table_summary_bit_v6,
 };
 
 #[cfg(feature = "user")]

@@ -1,7 +1,8 @@
 //! `BLOCK_SUMMARY`: where in the address space the blocklist tries may hold
 //! a prefix, so that a source they cannot block skips the trie lookup, the
 //! one cost of a packet that grows with the list (an LPM trie has two
-//! children per node: a lookup in a million entries walks twenty-odd).
+//! children per node: a lookup in a million entries walks twenty-odd); and
+//! where the host table may hold an entry (see below).
 //!
 //! One bit per IPv4 /24 (indexed directly) and one per IPv6 /40 (hashed
 //! into as many bits), set for every /24 or /40 that a trie entry covers or
@@ -55,7 +56,7 @@ pub const SUMMARY_ENTRIES: u32 = 8 * SUMMARY_WORDS + 4;
 /// the host table's tags (`u32::MAX - 128` and above) and every rule id.
 const SUMMARY_TAG: u32 = u32::MAX - 256;
 
-/// The first word of the bitmap of (`generation`, family).
+/// The first word of the tries' bitmap of (`generation`, family).
 #[inline(always)]
 #[must_use]
 pub const fn summary_bitmap(generation: u32, is_v6: bool) -> u32 {
@@ -99,6 +100,11 @@ pub const fn summary_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
     (bucket_hash(seed, SUMMARY_TAG, &key) as u32) & (SUMMARY_BITS - 1)
 }
 
+/// Prefix length one IPv6 bit of the host table's bitmaps stands for: the
+/// table's shortest IPv6 length (every entry lies in one such prefix), the
+/// one the program probes first.
+pub const TABLE_SUMMARY_PREFIX_V6: u8 = 48;
+
 /// The bit of the IPv6 /48 whose [`host_hash`](crate::host_hash) is
 /// `hash48` (`host_hash(seed, 48, /48)`) in the host table's summary: the
 /// hash's high half (its low half names the /48's set).
@@ -114,7 +120,8 @@ pub const fn table_summary_bit_v6(hash48: u64) -> u32 {
 #[inline(always)]
 #[must_use]
 pub const fn table_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
-    table_summary_bit_v6(host_hash(seed, 48, &masked_words(words, 48)))
+    let len = TABLE_SUMMARY_PREFIX_V6 as u32;
+    table_summary_bit_v6(host_hash(seed, len, &masked_words(words, len)))
 }
 
 /// The word (within its bitmap) and the mask of bit `bit`.
@@ -125,6 +132,8 @@ pub const fn summary_word_bit(bit: u32) -> (u32, u64) {
 }
 
 const _: () = assert!(SUMMARY_BITS.is_multiple_of(64));
+const _: () = assert!(crate::TABLE_PREFIXES_V6[1] == TABLE_SUMMARY_PREFIX_V6);
+const _: () = assert!(crate::TABLE_PREFIXES_V6[0] >= TABLE_SUMMARY_PREFIX_V6);
 const _: () = assert!(summary_wide(1, true) == SUMMARY_ENTRIES - 1);
 const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_table_bitmap(0, false));
 const _: () = assert!(summary_table_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));

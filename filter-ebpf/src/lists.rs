@@ -3,9 +3,9 @@
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use filter_common::{
     Config, HOST_USED, HOST_WAYS, HostSlot, ListEntry, ORIGIN_AUTO, TABLE_PREFIXES_V4,
-    TABLE_PREFIXES_V6, host_hash, host_set, host_set_bit, host_set_of_hash, masked_words, reason,
-    summary_bit_v4, summary_bit_v6, summary_bitmap, summary_table_bitmap, summary_wide,
-    summary_word_bit, table_summary_bit_v6,
+    TABLE_PREFIXES_V6, TABLE_SUMMARY_PREFIX_V6, host_hash, host_set, host_set_bit,
+    host_set_of_hash, masked_words, reason, summary_bit_v4, summary_bit_v6, summary_bitmap,
+    summary_table_bitmap, summary_wide, summary_word_bit, table_summary_bit_v6,
 };
 
 use crate::{
@@ -145,8 +145,10 @@ pub fn host_blocked(
     }
     let prefixes = config.table_prefixes != 0;
     if is_v6 {
-        let key48 = masked_words(words, 48);
-        let hash48 = host_hash(config.host_seed, 48, &key48);
+        // The /48 (`TABLE_PREFIXES_V6[1]`, asserted in filter-common).
+        let len = u32::from(TABLE_SUMMARY_PREFIX_V6);
+        let key48 = masked_words(words, len);
+        let hash48 = host_hash(config.host_seed, len, &key48);
         table_marks(table_summary_bit_v6(hash48), true, config)
             && ((prefixes
                 && probe_set(

@@ -53,8 +53,9 @@ pub fn filter(ctx: XdpContext) -> u32 {
     let why = match parse::parse(&ctx) {
         Ok(Parsed::Ip(packet)) => {
             // One copy of the decision per family: the family is then a
-            // constant, and an IPv4 source's first three words (the mapped
-            // prefix) fold into what the hashes and compares do with them.
+            // constant in each, its branches gone (and LLVM may fold an
+            // IPv4 source's mapped-prefix words into the hashes and
+            // compares).
             let (why, rule, shadow) = if packet.is_v6 {
                 decide::<true>(&packet, len)
             } else {

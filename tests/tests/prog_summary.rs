@@ -200,12 +200,18 @@ fn an_unmarked_table_entry_is_not_probed() {
         return;
     }
     let test = ProgTest::new();
-    test.block(&["198.18.10.1", "2001:db8:10::1", "2001:db8:11::/48"]);
+    test.block(&[
+        "198.18.10.1",
+        "2001:db8:10::1",
+        "2001:db8:11::/48",
+        "2001:db8:13:1::/64",
+    ]);
     let before = generation(&test);
     for (what, addr) in [
         ("the IPv4 host's /24", "198.18.10.200"),
         ("the IPv6 host's /48", "2001:db8:10:ffff::1"),
         ("the IPv6 /48", "2001:db8:11:1::1"),
+        ("the IPv6 /64's /48", "2001:db8:13:2::1"),
     ] {
         assert!(marks_table(&test, before, addr), "{what}: {addr}");
         assert!(!marks(&test, before, addr), "{what}: not the tries'");
@@ -214,6 +220,11 @@ fn an_unmarked_table_entry_is_not_probed() {
     assert!(
         !marks_table(&test, before, "2001:db8:12::1"),
         "the next /48 (of the same /40)"
+    );
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(
+        !sweep.summary_lacking && !sweep.summary_stale,
+        "the controller marked what it placed: {sweep:?}"
     );
 
     // Placed by hand, without marks (the controller's counts of table
@@ -249,7 +260,7 @@ fn an_unmarked_table_entry_is_not_probed() {
         .rebuild_stale_summary(&sweep)
         .expect("rebuilding")
         .expect("a rebuild");
-    assert_eq!((rebuilt.table_v4, rebuilt.table_v6), (2, 3), "{rebuilt:?}");
+    assert_eq!((rebuilt.table_v4, rebuilt.table_v6), (2, 4), "{rebuilt:?}");
     assert_eq!((rebuilt.bits_v4, rebuilt.bits_v6), (0, 0), "{rebuilt:?}");
     assert!(
         !test.reader().sweep_scan().expect("scan").summary_lacking,
@@ -274,6 +285,12 @@ fn an_unmarked_table_entry_is_not_probed() {
                 PASS,
             ),
             Case::new("the IPv6 /48", udp6("2001:db8:11:ff::1", 53), BLOCKLIST),
+            Case::new("the IPv6 /64", udp6("2001:db8:13:1::9", 53), BLOCKLIST),
+            Case::new(
+                "the /64's /48 beside it: probed, not held",
+                udp6("2001:db8:13:2::9", 53),
+                PASS,
+            ),
             Case::new("the first IPv4 host", udp4("198.18.10.1", 53), BLOCKLIST),
         ],
     );
@@ -332,7 +349,7 @@ fn many_removed_hosts_make_the_table_summary_stale() {
         .expect("unblocking 1,000");
     assert!(
         !test.reader().sweep_scan().expect("scan").summary_stale,
-        "1,000 stale bits, and more needed"
+        "1,000 stale bits: within the tolerance of 1,024"
     );
     test.filter()
         .list_remove(ListKind::Block, &in_table[1000..in_table.len() - 148])
@@ -347,7 +364,11 @@ fn many_removed_hosts_make_the_table_summary_stale() {
         .rebuild_stale_summary(&sweep)
         .expect("rebuilding")
         .expect("a rebuild");
-    assert_eq!(rebuilt.table_v4, 148);
+    assert_eq!(
+        (rebuilt.table_v4, rebuilt.bits_v4),
+        (148, 2048 - held),
+        "the tries' marks are the hosts that did not fit: {rebuilt:?}"
+    );
 }
 
 /// Prefixes of every width, the trie's lengths (the host table's are never

@@ -7,8 +7,8 @@
 //! syscall per slot, and orders its stores so that the program never
 //! matches a half-written slot.
 //!
-//! The order of the stores (address and entry, the set's bit, the used bit)
-//! is what the program sees on x86-64, whose stores stay in order; on a
+//! The order of the stores (the key's mark in `BLOCK_SUMMARY`, address and
+//! entry, the set's bit, the used bit) is what the program sees on x86-64, whose stores stay in order; on a
 //! weakly ordered CPU a host just added may miss, or one just removed match,
 //! for a moment (the program's loads have no acquire order).
 //!
@@ -109,7 +109,7 @@ pub fn table_key(cidr: &Cidr) -> Option<TableKey> {
     }
 }
 
-/// Where [`HostTable::place`] put a host.
+/// Where [`HostTable::place_in`] put a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placed {
     /// Its slot held it already: the entry was replaced.
@@ -246,6 +246,7 @@ impl HostTable {
     /// does not probe for the entry until a rebuild of `BLOCK_SUMMARY` marks
     /// it (what a test of the sweep's repair needs; the controller always
     /// marks).
+    #[doc(hidden)]
     pub fn place_unmarked(&self, key: &TableKey, entry: ListEntry) -> anyhow::Result<Placed> {
         self.place_in(self.set_of(key), key, entry, || Ok(()))
     }

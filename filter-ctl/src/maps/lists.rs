@@ -92,13 +92,15 @@ pub struct Sweep {
     /// [`Filter::resync_table_counts`].
     pub table_counts_high: bool,
     /// Whether the generation of `BLOCK_SUMMARY` in use carries enough
-    /// stale marks, against what the blocklist tries' active entries need,
-    /// to be rebuilt ([`SummaryUse::worth_rebuilding`]), for
+    /// stale marks, against what the blocklist tries' and the host table's
+    /// active entries need, to be rebuilt
+    /// ([`SummaryUse::worth_rebuilding`]), for
     /// [`Filter::rebuild_stale_summary`].
     pub summary_stale: bool,
-    /// Whether that generation lacked a mark the tries' active entries
-    /// need ([`Summary::lacks`](summary::Summary::lacks)): their sources
-    /// went unblocked until [`Filter::rebuild_stale_summary`] rebuilds it.
+    /// Whether that generation lacked a mark the tries' or the table's
+    /// active entries need ([`Summary::lacks`](summary::Summary::lacks)):
+    /// their sources went unblocked until [`Filter::rebuild_stale_summary`]
+    /// rebuilds it.
     pub summary_lacking: bool,
 }
 
