@@ -87,6 +87,27 @@ fn repairs_the_missing_mark(test: &ProgTest, source: &str) {
     );
 }
 
+/// Blocks `{a}.{b}.{c}.{last}` (a host or a prefix) in each of 2,048
+/// consecutive /24s from 100.64.0.0 (list entries only: no packet is sent
+/// from or to them), and returns them.
+fn block_one_in_each_of_2048_slash_24s(test: &ProgTest, last: &str) -> Vec<Cidr> {
+    let cidrs: Vec<Cidr> = (0..2048_u32)
+        .map(|i| {
+            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
+            format!("{a}.{b}.{c}.{last}").parse().expect("a prefix")
+        })
+        .collect();
+    test.filter()
+        .list_insert(
+            ListKind::Block,
+            &cidrs,
+            None,
+            filter_ctl::maps::lists::Merge::Replace,
+        )
+        .expect("blocking one entry in each of 2,048 /24s");
+    cidrs
+}
+
 fn v6_bytes(text: &str) -> Ipv6Bytes {
     text.parse::<std::net::Ipv6Addr>()
         .expect("an IPv6 address")
@@ -307,22 +328,7 @@ fn many_removed_hosts_make_the_table_summary_stale() {
         list: 4096,
         ..small_capacities()
     });
-    // 2,048 hosts in as many /24s (list entries only: no packet is sent
-    // from or to them).
-    let hosts: Vec<Cidr> = (0..2048_u32)
-        .map(|i| {
-            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
-            format!("{a}.{b}.{c}.7").parse().expect("a host")
-        })
-        .collect();
-    test.filter()
-        .list_insert(
-            ListKind::Block,
-            &hosts,
-            None,
-            filter_ctl::maps::lists::Merge::Replace,
-        )
-        .expect("blocking 2,048 hosts");
+    let hosts = block_one_in_each_of_2048_slash_24s(&test, "7");
     // The hosts the table holds: those whose set was full went to the
     // trie, and are marked in the tries' summary instead.
     let filter = test.filter();
@@ -509,22 +515,7 @@ fn many_removed_prefixes_make_the_summary_stale() {
         list: 4096,
         ..small_capacities()
     });
-    // 2,048 /25s in as many /24s (list entries only: no packet is sent
-    // from or to them).
-    let prefixes: Vec<Cidr> = (0..2048_u32)
-        .map(|i| {
-            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
-            format!("{a}.{b}.{c}.128/25").parse().expect("a prefix")
-        })
-        .collect();
-    test.filter()
-        .list_insert(
-            ListKind::Block,
-            &prefixes,
-            None,
-            filter_ctl::maps::lists::Merge::Replace,
-        )
-        .expect("blocking 2,048 /25s");
+    let prefixes = block_one_in_each_of_2048_slash_24s(&test, "128/25");
     assert_eq!(in_use(&test).bits_v4, 2048);
     test.filter()
         .list_remove(ListKind::Block, &prefixes[..1000])
