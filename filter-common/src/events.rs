@@ -99,7 +99,8 @@ impl DropEvent {
 /// Drop sampling: `SAMPLING` (set by user space) holds, per reason, the
 /// 1-in-N rate (0 = no events), and at [`CAP`](sampling::CAP) the most
 /// events one CPU emits per second; `SAMPLE_STATE` (per CPU) holds each
-/// reason's drops since its last event and the cap's window.
+/// reason's countdown (the drops to skip before its next event: 0 samples
+/// the next drop) and the cap's window.
 pub mod sampling {
     use crate::reason;
 

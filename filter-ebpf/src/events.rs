@@ -20,33 +20,32 @@ const CAP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Reports one drop in `SAMPLING[why]` of its reason (1 in N, N set by user
 /// space; 0 = none), at most `SAMPLING[CAP]` events per CPU per second. The
-/// drop path only: a passed packet never gets here. The count is inlined
-/// (two array lookups); only a sampled drop pays for the call below.
+/// drop path only: a passed packet never gets here. Every drop pays one
+/// inlined per-CPU read and a decrement (`SAMPLE_STATE[why]` counts down the
+/// drops to skip before the next event); only the drop it reaches 0 on
+/// reads the rate, and only a sampled drop pays for the call below.
 #[inline(always)]
 pub fn sampled_drop(ifindex: u32, why: u32, rule: u16, packet: Option<&Packet>, len: u64) {
+    let Some(left) = SAMPLE_STATE.get_ptr_mut(why) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot of a map value, valid for this run; no other
+    // CPU writes it and this program does not run twice at once on a CPU.
+    unsafe {
+        if *left != 0 {
+            *left -= 1;
+            return;
+        }
+    }
+    // A rate of 0 leaves the count at 0: each drop reads the rate again,
+    // so a reason turned on samples from its next drop.
     let one_in = match SAMPLING.get(why) {
         Some(&n) if n != 0 => n,
         _ => return,
     };
-    let Some(seen) = SAMPLE_STATE.get_ptr_mut(why) else {
-        return;
-    };
-    // Every `one_in`-th drop on this CPU: a counter that wraps at the rate
-    // (a 64-bit modulo is a division, tens of cycles on every drop).
-    // SAFETY: a per-CPU slot of a map value, valid for this run; no other
-    // CPU writes it and this program does not run twice at once on a CPU.
-    let due = unsafe {
-        *seen += 1;
-        if *seen >= u64::from(one_in) {
-            *seen = 0;
-            true
-        } else {
-            false
-        }
-    };
-    if due {
-        emit_drop(ifindex, why, rule, packet, len);
-    }
+    // SAFETY: as above.
+    unsafe { *left = u64::from(one_in - 1) };
+    emit_drop(ifindex, why, rule, packet, len);
 }
 
 /// Sends one drop event, unless this CPU reached its cap. Not inlined: a

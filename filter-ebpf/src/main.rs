@@ -29,7 +29,7 @@ mod ratelimit;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use filter_common::{LAYOUT_VERSION, NO_RULE, reason, rule_id};
+use filter_common::{IPV4_MAPPED_WORD, LAYOUT_VERSION, NO_RULE, reason, rule_id};
 
 use crate::{
     clock::CoarseClock,
@@ -90,6 +90,21 @@ pub fn filter(ctx: XdpContext) -> u32 {
 /// would-be drop (`reason::PASS` for none).
 #[inline(always)]
 fn decide<const V6: bool>(packet: &Packet, len: u64) -> (u32, u16, u32) {
+    // The family and an IPv4 source's mapped-prefix words as constants in
+    // this copy, not values read back from the parser's stack slots: LLVM
+    // folds them into every hash and compare of the source.
+    let packet = &if V6 {
+        Packet {
+            is_v6: true,
+            ..*packet
+        }
+    } else {
+        Packet {
+            is_v6: false,
+            source: [0, 0, IPV4_MAPPED_WORD, packet.source[3]],
+            ..*packet
+        }
+    };
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);

@@ -21,7 +21,8 @@ pub static IFACE_NAMES: Array<[u8; iface::NAME_LEN]> = Array::pinned(iface::SLOT
 /// Drop sampling rates per reason and the per-CPU cap (`events::sampling`; set by user space).
 #[map]
 pub static SAMPLING: Array<u32> = Array::pinned(sampling::ENTRIES, 0);
-/// Per-CPU drop counts per reason and the cap's window (`events::sampling`).
+/// Per-CPU countdowns per reason (drops to skip before the next event) and
+/// the cap's window (`events::sampling`).
 #[map]
 pub static SAMPLE_STATE: PerCpuArray<u64> = PerCpuArray::pinned(sampling::STATE_ENTRIES, 0);
 /// Counters about the program's own tables (`table_stat::*`).
