@@ -40,7 +40,10 @@ use crate::{
 /// 13: `BLOCK_SUMMARY`, the bitmaps of where the blocklist tries may hold a
 /// prefix (see `summary`), and `Config::summary_generation` (was reserved).
 /// 14: `BLOCK_SUMMARY` holds the host table's bitmaps too (16 MiB).
-pub const LAYOUT_VERSION: u32 = 14;
+/// 15: [`BucketSlot`] is 48 bytes (the used flag a bit of the rule's word,
+/// the window's count a `u32`), and `BUCKETS` is memory-mapped (its values
+/// start on a page).
+pub const LAYOUT_VERSION: u32 = 15;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

@@ -42,7 +42,7 @@ pub use lists::{
 pub use ratelimit::{
     Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, IPV4_MAPPED_WORD,
     MAX_RULES, ONLY_FROM_KEY_BITS, OnlyFromBytes, PORT_INDEX_ENTRIES, PORT_INDEX_UDP_BASE,
-    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule,
+    RULE_DROP, RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RULE_SLOTS, RateRule, SLOT_USED,
     TICKS_PER_NS, TICKS_PER_SEC, bucket_hash, bucket_set, only_from_key_data, other_slot, rule_id,
     source_bytes, source_words,
 };

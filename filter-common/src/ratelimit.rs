@@ -110,8 +110,9 @@ pub struct BucketKey {
     pub source: Ipv6Bytes,
 }
 
-/// GCRA state of one (rule, source). Updated with atomic compare-and-swap so
-/// the limit holds across CPUs.
+/// GCRA state of one (rule, source), as user space reads and writes it (a
+/// [`BucketSlot`] holds it packed). Updated by the program with atomic
+/// compare-and-swap so the limit holds across CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
@@ -130,15 +131,85 @@ pub struct Bucket {
 /// two slots of its set ([`bucket_set`], [`bucket_set`]` + 1`), or nowhere.
 /// A packet whose key is in neither claims the empty slot of the set, or the
 /// one whose bucket is nearest to full (earlier arrival time), and resets it.
+///
+/// 48 bytes, a [`Bucket`] and its [`BucketKey`] packed: the used flag is a
+/// bit of the rule's word (so a slot's key is one compare of five words),
+/// and the window's count a `u32` beside the source (it never exceeds
+/// `RateRule::autoblock_after`). `BUCKETS` is memory-mapped, so its values
+/// start on a page: a set is 96 bytes, and the words a packet reads from
+/// the first slot of its set (key and packet time, 32 bytes) never straddle
+/// two cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketSlot {
-    /// The (rule, source) the slot holds, if `used`.
-    pub key: BucketKey,
-    /// 1 if the slot holds a bucket, 0 if it is empty.
-    pub used: u32,
-    /// Its GCRA state; 8-byte aligned (the program updates it atomically).
-    pub bucket: Bucket,
+    /// The rule id ([`BucketKey::rule`]) with [`SLOT_USED`] set while the
+    /// slot holds a bucket; 0 when it is empty.
+    pub tagged_rule: u32,
+    /// [`BucketKey::source`].
+    pub source: Ipv6Bytes,
+    /// [`Bucket::over_limit`].
+    pub over_limit: u32,
+    /// [`Bucket::packet_tat`]; the three `u64`s are 8-byte aligned (the
+    /// program updates them atomically).
+    pub packet_tat: u64,
+    /// [`Bucket::byte_tat`].
+    pub byte_tat: u64,
+    /// [`Bucket::window_start_ns`].
+    pub window_start_ns: u64,
+}
+
+/// The bit of [`BucketSlot::tagged_rule`] that marks a slot in use (rule
+/// ids are below [`MAX_RULES`]).
+pub const SLOT_USED: u32 = 1 << 31;
+
+impl BucketSlot {
+    /// A used slot holding `key` with `bucket` (an over-limit count beyond
+    /// `u32::MAX` is kept as `u32::MAX`).
+    #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "checked against u32::MAX first"
+    )]
+    pub const fn new(key: &BucketKey, bucket: &Bucket) -> Self {
+        Self {
+            tagged_rule: key.rule | SLOT_USED,
+            source: key.source,
+            over_limit: if bucket.over_limit > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                bucket.over_limit as u32
+            },
+            packet_tat: bucket.packet_tat,
+            byte_tat: bucket.byte_tat,
+            window_start_ns: bucket.window_start_ns,
+        }
+    }
+
+    /// Whether the slot holds a bucket.
+    #[must_use]
+    pub const fn is_used(&self) -> bool {
+        self.tagged_rule & SLOT_USED != 0
+    }
+
+    /// The (rule, source) the slot holds, if it is used.
+    #[must_use]
+    pub const fn key(&self) -> BucketKey {
+        BucketKey {
+            rule: self.tagged_rule & !SLOT_USED,
+            source: self.source,
+        }
+    }
+
+    /// The slot's bucket.
+    #[must_use]
+    pub const fn bucket(&self) -> Bucket {
+        Bucket {
+            packet_tat: self.packet_tat,
+            byte_tat: self.byte_tat,
+            window_start_ns: self.window_start_ns,
+            over_limit: self.over_limit as u64,
+        }
+    }
 }
 
 const HASH_MUL_1: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -267,21 +338,25 @@ const _: () = assert!(size_of::<BucketKey>() == 20);
 const _: () = assert!(offset_of!(BucketKey, rule) == 0);
 const _: () = assert!(offset_of!(BucketKey, source) == 4);
 
-// The program updates the four words atomically, by offset: keep them u64s
-// in this order, 8-byte aligned.
+// What user space reads and writes of a slot (`BucketSlot::bucket`, `new`).
 const _: () = assert!(size_of::<Bucket>() == 32);
 const _: () = assert!(offset_of!(Bucket, packet_tat) == 0);
 const _: () = assert!(offset_of!(Bucket, byte_tat) == 8);
 const _: () = assert!(offset_of!(Bucket, window_start_ns) == 16);
 const _: () = assert!(offset_of!(Bucket, over_limit) == 24);
 
-// The program reads a slot's key as five u32 words and its bucket's four
-// u64 words in place: at most 64 bytes per tracked source, words aligned.
-const _: () = assert!(size_of::<BucketSlot>() == 56);
+// The program reads a slot's key as five u32 words and its bucket's u64
+// words in place, by offset: at most 64 bytes per tracked source, words
+// aligned, and a set's first slot's key and packet time in one cache line.
+const _: () = assert!(size_of::<BucketSlot>() == 48);
 const _: () = assert!(core::mem::align_of::<BucketSlot>() == 8);
-const _: () = assert!(offset_of!(BucketSlot, key) == 0);
-const _: () = assert!(offset_of!(BucketSlot, used) == 20);
-const _: () = assert!(offset_of!(BucketSlot, bucket) == 24);
+const _: () = assert!(offset_of!(BucketSlot, tagged_rule) == 0);
+const _: () = assert!(offset_of!(BucketSlot, source) == 4);
+const _: () = assert!(offset_of!(BucketSlot, over_limit) == 20);
+const _: () = assert!(offset_of!(BucketSlot, packet_tat) == 24);
+const _: () = assert!(offset_of!(BucketSlot, byte_tat) == 32);
+const _: () = assert!(offset_of!(BucketSlot, window_start_ns) == 40);
+const _: () = assert!(MAX_RULES <= SLOT_USED);
 
 const _: () = assert!(MAX_RULES.is_power_of_two());
 const _: () = assert!(rule_id(MAX_RULES + 5) == 5 && other_slot(5) == MAX_RULES + 5);

@@ -14,7 +14,8 @@
 //! is set, every source of the family looks in the trie.
 //!
 //! Two generations, one in use (`Config::summary_generation`): a rebuild
-//! clears the other, marks every entry of the tries into it, then switches.
+//! clears the other, marks every entry of the tries and of the host table
+//! into it, then switches.
 //! Every writer marks both generations, so that no mark is lost to a
 //! rebuild: user space (under the edit lock, which a rebuild holds) before
 //! it writes an entry, the program after it inserts an automatic block (a

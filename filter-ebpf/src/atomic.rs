@@ -1,4 +1,4 @@
-//! Atomic updates of 64-bit map words shared by all CPUs.
+//! Atomic updates of map words shared by all CPUs.
 //!
 //! The BPF target offers no `AtomicU64::compare_exchange`; the kernel has
 //! BPF_CMPXCHG, reached through the `atomic_cxchg` intrinsic. Aligned 64-bit
@@ -6,7 +6,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use filter_common::Bucket;
+use filter_common::BucketSlot;
 
 /// Attempts at a contended compare-and-swap before giving up.
 pub const CAS_ATTEMPTS: usize = 4;
@@ -15,31 +15,64 @@ pub const CAS_ATTEMPTS: usize = 4;
 #[derive(Clone, Copy)]
 pub struct SharedWord(*mut u64);
 
-/// The four words of a bucket.
+/// The words of a slot's bucket.
 pub struct BucketWords {
     pub packet_tat: SharedWord,
     pub byte_tat: SharedWord,
     pub window_start_ns: SharedWord,
-    pub over_limit: SharedWord,
+    pub over_limit: SharedCount,
 }
 
 impl BucketWords {
     /// # Safety
-    /// `bucket` points to a map value, valid and 8-byte aligned for the rest
+    /// `slot` points to a map value, valid and 8-byte aligned for the rest
     /// of the program's run.
     #[inline(always)]
-    pub unsafe fn new(bucket: *mut Bucket) -> Self {
-        // SAFETY: `bucket` is valid (caller); taking a field's address reads
-        // nothing, and every field is an aligned u64 (offsets asserted in
-        // filter-common).
+    pub unsafe fn new(slot: *mut BucketSlot) -> Self {
+        // SAFETY: `slot` is valid (caller); taking a field's address reads
+        // nothing, and every field is aligned to its size (offsets asserted
+        // in filter-common).
         unsafe {
             Self {
-                packet_tat: SharedWord(&raw mut (*bucket).packet_tat),
-                byte_tat: SharedWord(&raw mut (*bucket).byte_tat),
-                window_start_ns: SharedWord(&raw mut (*bucket).window_start_ns),
-                over_limit: SharedWord(&raw mut (*bucket).over_limit),
+                packet_tat: SharedWord(&raw mut (*slot).packet_tat),
+                byte_tat: SharedWord(&raw mut (*slot).byte_tat),
+                window_start_ns: SharedWord(&raw mut (*slot).window_start_ns),
+                over_limit: SharedCount(&raw mut (*slot).over_limit),
             }
         }
+    }
+}
+
+/// A `u32` count inside a map value that other CPUs update concurrently.
+#[derive(Clone, Copy)]
+pub struct SharedCount(*mut u32);
+
+impl SharedCount {
+    #[inline(always)]
+    pub fn store(self, value: u32) {
+        // SAFETY: valid and aligned for the program's run (`BucketWords::new`).
+        unsafe { self.0.write_volatile(value) }
+    }
+
+    /// Atomically adds one and returns the new value (0 if every attempt
+    /// lost a race), by compare-and-swap (see [`SharedWord::increment`]).
+    #[inline(always)]
+    pub fn increment(self) -> u32 {
+        for _ in 0..CAS_ATTEMPTS {
+            // SAFETY: as in `store`.
+            let current = unsafe { self.0.read_volatile() };
+            let next = current.saturating_add(1);
+            // SAFETY: as in `store`.
+            let (_, swapped) = unsafe {
+                atomic_cxchg::<u32, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                    self.0, current, next,
+                )
+            };
+            if swapped {
+                return next;
+            }
+        }
+        0
     }
 }
 

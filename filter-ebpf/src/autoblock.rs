@@ -44,7 +44,7 @@ pub fn note_over_limit(
         bucket.over_limit.store(0);
     }
     let seen = bucket.over_limit.increment();
-    if seen < u64::from(rule.autoblock_after) {
+    if seen < rule.autoblock_after {
         return;
     }
     // Threshold reached: block, and start counting afresh, so that after the

@@ -83,8 +83,9 @@ pub static PORT_RULE_INDEX: Array<u32> = Array::pinned(PORT_INDEX_ENTRIES, 0);
 pub static ONLY_FROM: LpmTrie<OnlyFromBytes, u8> = LpmTrie::pinned(capacity::ONLY_FROM, 0);
 /// GCRA state per (rule, aggregated source): a 2-way set-associative table
 /// (`filter_common::BucketSlot`), sized by user space (a power of two).
+/// Memory-mapped only so that its values start on a page (see `BucketSlot`).
 #[map]
-pub static BUCKETS: Array<BucketSlot> = Array::pinned(capacity::BUCKETS, 0);
+pub static BUCKETS: Array<BucketSlot> = Array::pinned(capacity::BUCKETS, BPF_F_MMAPABLE);
 /// Records for user space (`filter_common::events`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

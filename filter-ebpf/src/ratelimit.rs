@@ -3,11 +3,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use filter_common::{
-    Bucket, BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
+    BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE, RULE_DROP,
-    RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, TICKS_PER_NS, bucket_set,
-    coarse_clock_suffices, masked_words, only_from_key_data, prefix_mask32, reason, rule_id,
-    table_stat,
+    RULE_FLAG_ONLY_FROM, RULE_FLAG_SHADOW, RULE_LIMIT, RateRule, SLOT_USED, TICKS_PER_NS,
+    bucket_set, coarse_clock_suffices, masked_words, only_from_key_data, prefix_mask32, reason,
+    rule_id, table_stat,
 };
 
 use crate::{
@@ -170,13 +170,13 @@ fn within_limit(
     clock: &mut CoarseClock,
 ) -> bool {
     let now = now_ns.wrapping_mul(TICKS_PER_NS);
-    let Some(bucket) = bucket_for(id, source, config) else {
+    let Some(slot) = bucket_for(id, source, config) else {
         // BUCKETS unreadable (should not happen): fail open, counted as pass.
         return true;
     };
     let byte_cost = len.wrapping_mul(rule.byte_interval);
     // SAFETY: `bucket_for` returns a live map value.
-    let words = unsafe { BucketWords::new(bucket) };
+    let words = unsafe { BucketWords::new(slot) };
     // Look at the byte bucket before charging anything, so that a packet the
     // byte limit refuses does not use up the packet allowance.
     let ok = (rule.byte_interval == 0 || conforms(words.byte_tat, now, rule.byte_tolerance))
@@ -195,7 +195,7 @@ fn within_limit(
     ok
 }
 
-/// The bucket of (`rule`, `source`), claimed if missing: `BUCKETS` is a
+/// The slot of (`rule`, `source`), claimed if missing: `BUCKETS` is a
 /// 2-way set-associative array (`filter_common::BucketSlot`). A key lives in
 /// one of the two slots of its set; a new key takes the set's empty slot,
 /// else the one whose bucket is nearest to full (the earlier theoretical
@@ -211,7 +211,7 @@ fn within_limit(
 /// the same as an eviction: a few packets more pass, none is wrongly dropped
 /// beyond what a fresh bucket allows.
 #[inline(always)]
-fn bucket_for(rule: u32, words: &[u32; 4], config: Option<&Config>) -> Option<*mut Bucket> {
+fn bucket_for(rule: u32, words: &[u32; 4], config: Option<&Config>) -> Option<*mut BucketSlot> {
     let (seed, mask) = config.map_or((0, 0), |c| (c.bucket_seed, c.bucket_mask));
     let first = bucket_set(seed, mask, rule, words);
     let a = BUCKETS.get_ptr_mut(first)?;
@@ -219,11 +219,11 @@ fn bucket_for(rule: u32, words: &[u32; 4], config: Option<&Config>) -> Option<*m
     // program runs).
     unsafe {
         if holds(a, rule, words) {
-            return Some(&raw mut (*a).bucket);
+            return Some(a);
         }
         let b = BUCKETS.get_ptr_mut(first | 1)?;
         if holds(b, rule, words) {
-            return Some(&raw mut (*b).bucket);
+            return Some(b);
         }
         let (a_used, b_used) = (used(a), used(b));
         let victim = if !a_used || (b_used && full_at(a) <= full_at(b)) {
@@ -237,12 +237,13 @@ fn bucket_for(rule: u32, words: &[u32; 4], config: Option<&Config>) -> Option<*m
         if evicted {
             bump_table_stat(table_stat::BUCKET_EVICTIONS);
         }
-        Some(&raw mut (*victim).bucket)
+        Some(victim)
     }
 }
 
-/// The slot's key as the five `u32` words the program compares: rule, then
-/// the source's words (`filter_common::source_words`), read in place.
+/// The slot's key as the five `u32` words the program compares: the tagged
+/// rule, then the source's words (`filter_common::source_words`), read in
+/// place.
 ///
 /// # Safety
 /// `slot` points to a live `BUCKETS` value.
@@ -253,7 +254,7 @@ unsafe fn key_word(slot: *mut BucketSlot, i: usize) -> u32 {
     unsafe { slot.cast::<u32>().add(i).read_volatile() }
 }
 
-/// Whether `slot` holds (`rule`, `words`).
+/// Whether `slot` holds (`rule`, `words`): its tagged rule says used too.
 ///
 /// # Safety
 /// As [`key_word`].
@@ -261,8 +262,7 @@ unsafe fn key_word(slot: *mut BucketSlot, i: usize) -> u32 {
 unsafe fn holds(slot: *mut BucketSlot, rule: u32, words: &[u32; 4]) -> bool {
     // SAFETY: as the caller's.
     unsafe {
-        used(slot)
-            && key_word(slot, 0) == rule
+        key_word(slot, 0) == rule | SLOT_USED
             && key_word(slot, 1) == words[0]
             && key_word(slot, 2) == words[1]
             && key_word(slot, 3) == words[2]
@@ -274,8 +274,8 @@ unsafe fn holds(slot: *mut BucketSlot, rule: u32, words: &[u32; 4]) -> bool {
 /// As [`key_word`].
 #[inline(always)]
 unsafe fn used(slot: *mut BucketSlot) -> bool {
-    // SAFETY: as the caller's; `used` is an aligned u32.
-    unsafe { (&raw const (*slot).used).read_volatile() != 0 }
+    // SAFETY: as the caller's; the tagged rule is an aligned u32.
+    unsafe { (&raw const (*slot).tagged_rule).read_volatile() & SLOT_USED != 0 }
 }
 
 /// When the slot's bucket is full again: the later of its two theoretical
@@ -285,8 +285,8 @@ unsafe fn used(slot: *mut BucketSlot) -> bool {
 /// As [`key_word`].
 #[inline(always)]
 unsafe fn full_at(slot: *mut BucketSlot) -> u64 {
-    // SAFETY: as the caller's; the bucket's words are aligned u64s.
-    let words = unsafe { BucketWords::new(&raw mut (*slot).bucket) };
+    // SAFETY: as the caller's.
+    let words = unsafe { BucketWords::new(slot) };
     let (p, b) = (words.packet_tat.load(), words.byte_tat.load());
     if p > b { p } else { b }
 }
@@ -299,18 +299,18 @@ unsafe fn full_at(slot: *mut BucketSlot) -> u64 {
 unsafe fn claim(slot: *mut BucketSlot, rule: u32, words: &[u32; 4]) {
     // SAFETY: as the caller's; every field written is an aligned word.
     unsafe {
-        let bucket = BucketWords::new(&raw mut (*slot).bucket);
+        let bucket = BucketWords::new(slot);
         bucket.packet_tat.store(0);
         bucket.byte_tat.store(0);
         bucket.window_start_ns.store(0);
         bucket.over_limit.store(0);
         let key = slot.cast::<u32>();
-        key.write_volatile(rule);
         key.add(1).write_volatile(words[0]);
         key.add(2).write_volatile(words[1]);
         key.add(3).write_volatile(words[2]);
         key.add(4).write_volatile(words[3]);
-        (&raw mut (*slot).used).write_volatile(1);
+        // Last: the tagged rule marks the slot used and names its rule.
+        key.write_volatile(rule | SLOT_USED);
     }
 }
 

@@ -608,7 +608,7 @@ impl ProgTest {
         for (_, slot) in buckets.used().expect("reading BUCKETS") {
             model
                 .buckets
-                .insert((slot.key.rule, slot.key.source), slot.bucket);
+                .insert((slot.key().rule, slot.key().source), slot.bucket());
         }
         model
     }

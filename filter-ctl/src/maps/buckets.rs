@@ -71,7 +71,13 @@ impl Buckets {
         let first = set_of(&self.config, rule, source);
         for index in [first, first | 1] {
             let slot = self.slots.get(&index, 0).context("reading BUCKETS")?;
-            if slot.used != 0 && slot.key.rule == rule && slot.key.source == *source {
+            if slot.is_used()
+                && slot.key()
+                    == (BucketKey {
+                        rule,
+                        source: *source,
+                    })
+            {
                 return Ok(Some((index, slot)));
             }
         }
@@ -80,14 +86,14 @@ impl Buckets {
 
     /// The bucket of (rule, source), if the table has it.
     pub fn bucket(&self, rule: u32, source: &Ipv6Bytes) -> anyhow::Result<Option<Bucket>> {
-        Ok(self.find(rule, source)?.map(|(_, slot)| slot.bucket))
+        Ok(self.find(rule, source)?.map(|(_, slot)| slot.bucket()))
     }
 
     /// Every used slot: (index, slot). One batch read of the whole table.
     pub fn used(&self) -> anyhow::Result<Vec<(u32, BucketSlot)>> {
         let mut out = Vec::new();
         let read = batch::lookup_all::<u32, BucketSlot>(&self.data, &mut |index, slot| {
-            if slot.used != 0 {
+            if slot.is_used() {
                 out.push((index, slot));
             }
             Ok(())
@@ -95,7 +101,7 @@ impl Buckets {
         if !read {
             for index in 0..self.capacity() {
                 let slot = self.slots.get(&index, 0).context("reading BUCKETS")?;
-                if slot.used != 0 {
+                if slot.is_used() {
                     out.push((index, slot));
                 }
             }
@@ -117,11 +123,7 @@ impl Buckets {
             let index = if *set == 1 { first | 1 } else { first };
             *set = 1;
             indexes.push(index);
-            slots.push(BucketSlot {
-                key: *key,
-                used: 1,
-                bucket: *bucket,
-            });
+            slots.push(BucketSlot::new(key, bucket));
         }
         batch::update(&self.data, &indexes, &slots, 0)
             .map_err(|e| anyhow::Error::new(e.error).context("writing BUCKETS by batches"))?;
@@ -140,7 +142,7 @@ pub fn forget(filter: &Filter, id: u32) -> anyhow::Result<()> {
     let doomed: Vec<u32> = table
         .used()?
         .into_iter()
-        .filter(|(_, slot)| slot.key.rule == id)
+        .filter(|(_, slot)| slot.key().rule == id)
         .map(|(index, _)| index)
         .collect();
     if doomed.is_empty() {
