@@ -467,5 +467,37 @@ so they compare with part 1 but come from other runs and other versions of the p
   hash about 1 ns (a trivial hash in its place); the rest is spread over the rule's \
   lookups, the clock, the bucket's compare and the counters, and spills: the program \
   keeps more values live than BPF has registers.
+- **Floods, 2026-12-05** (issue 18, targets 2 and 4), each step measured with part 3 \
+  alone (`filter-bench --part 3 --rounds 3`), two to four runs per build, builds \
+  alternated; the figures are the runs' medians of per-round ratios. (1) An IPv4 \
+  source's three mapped-prefix words as constants in the IPv4 copy of the decision, \
+  folded into its hashes and compares (5,572 → 5,552 instructions), and drop \
+  sampling as a per-CPU countdown (a drop not sampled reads and decrements one \
+  per-CPU word; the rate is read only by the drop the count reaches 0 on): the \
+  spoofed flood 0.42–0.44 → 0.46–0.53 of the spread ceiling and 3.2–3.3× → 3.3–3.9× \
+  the nftables meter, the blocked source 1.27–1.28 → 1.33–1.40× xdp-filter, the rest \
+  within run-to-run noise; per packet 1–2 ns less for allowed IPv4 (`bpftool prog run`, \
+  9 interleaved rounds). Kept. (2) Tracking-table slots of 48 bytes instead of 56 (the \
+  used flag a bit of the rule's word, the window's count a `u32`), the map \
+  memory-mapped so that its values start on a page and a set's first slot is read \
+  from one cache line: 56 → 48 B of kernel memory per tracked source; the floods \
+  within the noise of the runs (spoofed 0.47–0.50 against 0.46–0.53). A first try \
+  with 64-byte slots (one per cache line) gave the spoofed flood about +7% in one \
+  run but 64 B per source. Kept at 48. (3) Reading the first slot of the source's \
+  set before the list checks, so that its cache miss would overlap them (the rule \
+  looked up first, the hash computed twice): spoofed flood 0.48 → 0.40–0.41, blocked \
+  source 1.33 → 1.26–1.31. Dropped. **What bounds the spoofed flood here:** each of \
+  the 100,000 sources passes its first packet of a round (a second has passed since \
+  its last), about 100,000 of a round's 2,000,000 frames, and each goes up the stack \
+  to the socket: \"no filter (closed port)\" puts that at about 1.4 µs a frame (0.68–0.71 \
+  Mpps), some 140 ms of a round that takes 600 ms, while the spread ceiling's 2,000,000 \
+  frames take 310 ms. A limiter that cost nothing per dropped frame would reach at most \
+  about 2,000,000 / 450 ms = 4.4 Mpps, 68% of the ceiling; 60% leaves it about 20 ns a \
+  frame, and its one unavoidable read, a random line of the 48 MiB tracking table, \
+  misses the caches and the TLB (BPF maps are in 4 KiB pages), which the profile of \
+  part 3 shows as the program's share. The nftables meter and iptables hashlimit pass \
+  as many packets (their \"passed\" column), so the 4× target against them does not \
+  suffer from the passes alone; ours drops at 3.3–3.6× the meter and 2.7–2.9× \
+  hashlimit on this machine. Not met.
 
 ";

@@ -631,7 +631,7 @@ impl Controller {
                 }
                 if sweep.summary_lacking {
                     warn!(
-                        "the blocklist summary lacked marks that blocklist entries need (their sources were not looked up, unless an automatic block was being added as the sweep looked); rebuilding it"
+                        "the blocklist summary lacked marks that blocklist entries need (their sources were not looked up, unless an automatic block or an edit was being written as the sweep looked); rebuilding it"
                     );
                 }
                 match filter.rebuild_stale_summary(&sweep) {
