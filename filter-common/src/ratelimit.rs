@@ -367,6 +367,38 @@ const _: () = assert!(only_from_prefix_len(128) == ONLY_FROM_KEY_BITS);
 mod tests {
     use super::*;
 
+    /// A slot keeps the key and bucket it was made from, marks itself used
+    /// in the rule's word (for every rule id, the default's 0 included), and
+    /// keeps an over-limit count too large for its `u32` as `u32::MAX`.
+    #[test]
+    fn a_slot_packs_its_key_and_bucket() {
+        assert!(!BucketSlot::default().is_used(), "an empty slot is unused");
+        let mut source = [0u8; 16];
+        source[15] = 7;
+        for rule in [DEFAULT_RULE, 1, MAX_RULES - 1] {
+            let key = BucketKey { rule, source };
+            let bucket = Bucket {
+                packet_tat: 1,
+                byte_tat: 2,
+                window_start_ns: 3,
+                over_limit: 4,
+            };
+            let slot = BucketSlot::new(&key, &bucket);
+            assert!(slot.is_used());
+            assert_eq!(slot.tagged_rule, rule | SLOT_USED);
+            assert_eq!(slot.key(), key);
+            assert_eq!(slot.bucket(), bucket);
+            let huge = Bucket {
+                over_limit: u64::MAX,
+                ..bucket
+            };
+            assert_eq!(
+                BucketSlot::new(&key, &huge).bucket().over_limit,
+                u64::from(u32::MAX)
+            );
+        }
+    }
+
     #[test]
     fn only_from_key_is_slot_then_source() {
         let mut source = [0u8; 16];
