@@ -134,8 +134,8 @@ pub struct Bucket {
 ///
 /// 48 bytes, a [`Bucket`] and its [`BucketKey`] packed: the used flag is a
 /// bit of the rule's word (so a slot's key is one compare of five words),
-/// and the window's count a `u32` beside the source (it never exceeds
-/// `RateRule::autoblock_after`). `BUCKETS` is memory-mapped, so its values
+/// and the window's count a `u32` beside the source (it is reset on
+/// reaching `RateRule::autoblock_after`, a `u32`, and saturates). `BUCKETS` is memory-mapped, so its values
 /// start on a page: a set is 96 bytes, and the words a packet reads from
 /// the first slot of its set (key and packet time, 32 bytes) never straddle
 /// two cache lines.

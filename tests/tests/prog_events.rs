@@ -155,8 +155,9 @@ fn sampling(rates: &[&str], cap: u32) -> Sampling {
 }
 
 /// With 1-in-1 sampling every drop of the reason is an event carrying the
-/// packet's details; with 1-in-10, every tenth drop on a CPU, standing for
-/// ten; passed packets and reasons sampled at 0 write none.
+/// packet's details; with 1-in-10, one drop in ten on a CPU (its first, then
+/// every tenth), standing for ten; passed packets and reasons sampled at 0
+/// write none.
 #[test]
 fn drops_are_sampled_one_in_n_with_their_details() {
     if skip_unless_root("drops_are_sampled_one_in_n_with_their_details") {
@@ -204,20 +205,32 @@ fn drops_are_sampled_one_in_n_with_their_details() {
         assert_eq!(event.ifindex, TEST_RUN_IFINDEX);
     }
 
+    // A new rate takes effect at the next drop: 1 in 1,000 samples its
+    // first drop and then counts down 999, which setting 1 in 10 cancels.
+    test.filter()
+        .set_sampling(&sampling(&["blocklist=1000"], 0))
+        .expect("setting sampling");
+    drain(&mut ring);
+    assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+    let events: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
+    assert_eq!(events.len(), 1, "the first drop at 1 in 1,000 is sampled");
+    assert_eq!(events[0].weight, 1000);
     test.filter()
         .set_sampling(&sampling(&["blocklist=10"], 0))
         .expect("setting sampling");
-    drain(&mut ring);
     let before = test.reason_packets_per_cpu(BLOCKLIST)[0];
-    for _ in 0..100 {
+    assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
+    let first: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
+    assert_eq!(first.len(), 1, "the new rate samples the next drop");
+    for _ in 1..100 {
         assert_eq!(test.run(&udp4(bad, 7000)), xdp_action::DROP);
     }
     let after = test.reason_packets_per_cpu(BLOCKLIST)[0];
     assert_eq!(after - before, 100, "the drops ran on CPU 0");
-    let events: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
-    // The per-CPU count starts over at each event: every tenth drop is one.
-    assert_eq!(events.len(), 10, "1 in 10 of 100 drops");
-    assert!(events.iter().all(|e| e.weight == 10));
+    let rest: Vec<DropEvent> = drain(&mut ring).iter().map(|r| drop_event(r)).collect();
+    // Each event starts the CPU's count over: drops 1, 11, ..., 91.
+    assert_eq!(first.len() + rest.len(), 10, "1 in 10 of 100 drops");
+    assert!(first.iter().chain(&rest).all(|e| e.weight == 10));
 
     // The per-CPU cap: at most 3 events a second.
     test.filter()
