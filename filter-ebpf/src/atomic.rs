@@ -54,8 +54,11 @@ impl SharedCount {
         unsafe { self.0.write_volatile(value) }
     }
 
-    /// Atomically adds one and returns the new value (0 if every attempt
-    /// lost a race), by compare-and-swap (see [`SharedWord::increment`]).
+    /// Atomically adds one (saturating) and returns the new value (0 if
+    /// every attempt lost a race). A compare-and-swap loop, not
+    /// `atomic_xadd`: with this toolchain the fetched value of `atomic_xadd`
+    /// came back wrong (the differential test caught the missed automatic
+    /// blocks).
     #[inline(always)]
     pub fn increment(self) -> u32 {
         for _ in 0..CAS_ATTEMPTS {
@@ -107,21 +110,6 @@ impl SharedWord {
             )
         };
         swapped
-    }
-
-    /// Atomically adds one and returns the new value (0 if every attempt lost a race).
-    /// A compare-and-swap loop, not `atomic_xadd`: with this toolchain the
-    /// fetched value of `atomic_xadd` came back wrong (the differential test
-    /// caught the missed automatic blocks).
-    #[inline(always)]
-    pub fn increment(self) -> u64 {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self.load();
-            if self.compare_exchange(current, current + 1) {
-                return current + 1;
-            }
-        }
-        0
     }
 
     /// Sets the bits of `mask` by a compare-and-swap, even where they are
