@@ -135,10 +135,10 @@ pub struct Bucket {
 /// 48 bytes, a [`Bucket`] and its [`BucketKey`] packed: the used flag is a
 /// bit of the rule's word (so a slot's key is one compare of five words),
 /// and the window's count a `u32` beside the source (it is reset on
-/// reaching `RateRule::autoblock_after`, a `u32`, and saturates). `BUCKETS` is memory-mapped, so its values
-/// start on a page: a set is 96 bytes, and the words a packet reads from
-/// the first slot of its set (key and packet time, 32 bytes) never straddle
-/// two cache lines.
+/// reaching `RateRule::autoblock_after`, a `u32`, and saturates).
+/// `BUCKETS` is memory-mapped, so its values start on a page: a set is 96
+/// bytes, and the words a packet reads from the first slot of its set (key
+/// and packet time, 32 bytes) never straddle two cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketSlot {

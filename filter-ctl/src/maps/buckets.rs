@@ -69,15 +69,13 @@ impl Buckets {
     /// The slot holding (rule, source) and its content, if the table has it.
     pub fn find(&self, rule: u32, source: &Ipv6Bytes) -> anyhow::Result<Option<(u32, BucketSlot)>> {
         let first = set_of(&self.config, rule, source);
+        let key = BucketKey {
+            rule,
+            source: *source,
+        };
         for index in [first, first | 1] {
             let slot = self.slots.get(&index, 0).context("reading BUCKETS")?;
-            if slot.is_used()
-                && slot.key()
-                    == (BucketKey {
-                        rule,
-                        source: *source,
-                    })
-            {
+            if slot.is_used() && slot.key() == key {
                 return Ok(Some((index, slot)));
             }
         }
