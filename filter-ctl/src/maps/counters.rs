@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray};
 use filter_common::{Counter, RuleCounter, iface, maps, reason, stats_index, table_stat};
 use serde::Serialize;
 
@@ -139,17 +139,10 @@ impl Filter {
         if names.get(&ifindex, 0).context("reading IFACE_NAMES")? == raw {
             return Ok(());
         }
-        let mut stats: PerCpuArray<MapData, Counter> = self.per_cpu_array(maps::STATS)?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| e)
-            .context("counting CPUs")?;
-        for why in 0..reason::COUNT {
-            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
-                .context("building zero counters")?;
-            stats
-                .set(stats_index(ifindex, why), zeros, 0)
-                .context("resetting STATS")?;
-        }
+        self.zero_per_cpu::<Counter>(
+            maps::STATS,
+            (0..reason::COUNT).map(|why| stats_index(ifindex, why)),
+        )?;
         names.set(ifindex, raw, 0).context("writing IFACE_NAMES")
     }
 
@@ -215,13 +208,7 @@ impl Filter {
 
     /// Zeroes a rule id's counters (a new rule starts from nothing).
     pub fn reset_rule_counters(&self, id: u32) -> anyhow::Result<()> {
-        let mut stats: PerCpuArray<MapData, RuleCounter> = self.per_cpu_array(maps::RULE_STATS)?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| e)
-            .context("counting CPUs")?;
-        let zeros = PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
-            .context("building zero counters")?;
-        stats.set(id, zeros, 0).context("resetting RULE_STATS")
+        self.zero_per_cpu::<RuleCounter>(maps::RULE_STATS, [id])
     }
 
     /// One of the `table_stat` counters, summed over CPUs.

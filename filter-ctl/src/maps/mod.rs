@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::{
     Pod,
-    maps::{Array, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie},
 };
 use filter_common::{Config, maps};
 
@@ -221,6 +221,26 @@ impl Filter {
     pub fn per_cpu_array<V: Pod>(&self, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
         PerCpuArray::try_from(self.map(name)?)
             .with_context(|| format!("map {name} is not the expected per-CPU array"))
+    }
+
+    /// Sets the entries `indexes` of the per-CPU array `name` to
+    /// `V::default()` on every CPU.
+    pub fn zero_per_cpu<V: Pod + Default>(
+        &self,
+        name: &str,
+        indexes: impl IntoIterator<Item = u32>,
+    ) -> anyhow::Result<()> {
+        let mut map: PerCpuArray<MapData, V> = self.per_cpu_array(name)?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        for index in indexes {
+            let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+                .with_context(|| format!("building zero values of {name}"))?;
+            map.set(index, zeros, 0)
+                .with_context(|| format!("resetting {name}"))?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {

@@ -5,7 +5,7 @@
 use std::{fmt, str::FromStr};
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, MapData};
 use filter_common::{events::sampling, maps, reason};
 
 use super::Filter;
@@ -122,18 +122,7 @@ impl Filter {
             .context("writing SAMPLING")?;
         // Each CPU counts down to a reason's next event: from 0, a new rate
         // samples the next drop instead of waiting out the old rate's count.
-        let mut countdowns: PerCpuArray<MapData, u64> = self.per_cpu_array(maps::SAMPLE_STATE)?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| e)
-            .context("counting CPUs")?;
-        for why in 0..reason::COUNT {
-            let zeros =
-                PerCpuValues::try_from(vec![0u64; cpus]).context("building zero countdowns")?;
-            countdowns
-                .set(why, zeros, 0)
-                .context("resetting SAMPLE_STATE")?;
-        }
-        Ok(())
+        self.zero_per_cpu::<u64>(maps::SAMPLE_STATE, 0..reason::COUNT)
     }
 }
 
