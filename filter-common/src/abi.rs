@@ -43,7 +43,9 @@ use crate::{
 /// 15: [`BucketSlot`] is 48 bytes (the used flag a bit of the rule's word,
 /// the window's count a `u32`), and `BUCKETS` is memory-mapped (its values
 /// start on a page).
-pub const LAYOUT_VERSION: u32 = 15;
+/// 16: `BLOCK_HOSTS` holds IPv4 /16 to /32 and IPv6 /40 to /64 and /128;
+/// `BLOCK_SUMMARY` ends with the table's length masks (see `summary`).
+pub const LAYOUT_VERSION: u32 = 16;
 
 /// Name of the program's `u32` symbol holding [`LAYOUT_VERSION`].
 pub const LAYOUT_VERSION_SYMBOL: &str = "FILTER_LAYOUT_VERSION";

@@ -64,7 +64,8 @@ pub struct Config {
     pub host_overflows: u32,
     /// Used slots of `BLOCK_HOSTS` that hold a prefix, not a host, kept
     /// like [`Config::block_hosts`]: while 0 the program probes the table
-    /// for the packet's host only, not for its /24 (IPv4) or /64 and /48.
+    /// for the packet's host only, and does not read its region's length
+    /// mask.
     pub table_prefixes: u32,
     /// Which generation of `BLOCK_SUMMARY` the program reads (0 or 1;
     /// see `summary`): user space switches it once it has rebuilt the

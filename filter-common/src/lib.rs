@@ -35,9 +35,10 @@ pub use config::{
 pub use events::{AutoBlockEvent, DropEvent, EVENT_AUTOBLOCK, EVENT_DROP, EventHeader, NO_RULE};
 pub use lists::{
     HOST_OVERFLOWED, HOST_SETS_PER_WORD, HOST_USED, HOST_WAYS, HostSlot, Ipv4Bytes, Ipv6Bytes,
-    ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY, TABLE_PREFIXES_V4,
-    TABLE_PREFIXES_V6, host_hash, host_key_v4, host_set, host_set_bit, host_set_of_hash,
-    host_set_words, host_slots, in_host_table, masked_words, prefix_mask32,
+    ListEntry, ORIGIN_AUTO, ORIGIN_CLI, ORIGIN_CROWDSEC, ORIGIN_POLICY, TABLE_LENGTHS_V4,
+    TABLE_LENGTHS_V6, TABLE_LONGEST_V6, TABLE_SHORTEST_V4, TABLE_SHORTEST_V6, host_hash,
+    host_key_v4, host_set, host_set_bit, host_set_of_hash, host_set_words, host_slots,
+    in_host_table, masked_words, prefix_mask32, table_length_bit,
 };
 pub use ratelimit::{
     Bucket, BucketKey, BucketSlot, DEFAULT_RULE, IPPROTO_TCP, IPPROTO_UDP, IPV4_MAPPED_WORD,
@@ -49,8 +50,9 @@ pub use ratelimit::{
 pub use stats::{Counter, RuleCounter, STATS_ENTRIES, iface, stats_index, table_stat};
 pub use summary::{
     SUMMARY_BITS, SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6,
-    SUMMARY_WORDS, TABLE_SUMMARY_PREFIX_V6, summary_bit_v4, summary_bit_v6, summary_bitmap,
-    summary_table_bitmap, summary_wide, summary_word_bit, table_bit_v6, table_summary_bit_v6,
+    SUMMARY_WORDS, TABLE_REGIONS_V4, TABLE_REGIONS_V6, TABLE_SUMMARY_PREFIX_V6, summary_bit_v4,
+    summary_bit_v6, summary_bitmap, summary_table_bitmap, summary_wide, summary_word_bit,
+    table_bit_v6, table_lengths_word, table_region_v4, table_region_v6, table_summary_bit_v6,
 };
 
 #[cfg(feature = "user")]

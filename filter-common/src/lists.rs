@@ -4,12 +4,16 @@
 //! tries keyed by network-order addresses.
 //!
 //! Blocked hosts (IPv4 /32, IPv6 /128: most of a large blocklist) and the
-//! prefixes of the lengths blocklists are mostly made of besides
-//! ([`TABLE_PREFIXES_V4`], [`TABLE_PREFIXES_V6`]) live beside the tries in
-//! `BLOCK_HOSTS`, a 4-way set-associative array of [`HostSlot`]s keyed by
-//! (address, prefix length): a probe is a few inlined array reads, where a
-//! trie lookup is a kernel call whose cost grows with the trie. An entry
-//! whose set is full goes into the trie as before.
+//! prefixes of the table's lengths (IPv4 /16 to /31, IPv6 /40 to /64: see
+//! [`in_host_table`]) live beside the tries in `BLOCK_HOSTS`, a 4-way
+//! set-associative array of [`HostSlot`]s keyed by (address, prefix
+//! length): a probe is a few inlined array reads, where a trie lookup is a
+//! kernel call whose cost grows with the trie. A packet probes its host,
+//! then each prefix length that the table holds in the source's region
+//! (`filter_common::summary`'s length masks), so a list's size does not
+//! change what a packet costs. An entry whose set is full goes into the
+//! trie as before; so do the lengths the table does not hold (the widest
+//! prefixes, and IPv6 /65 to /127).
 
 use core::mem::{offset_of, size_of};
 
@@ -61,24 +65,43 @@ impl ListEntry {
     }
 }
 
-/// IPv4 prefix lengths that `BLOCK_HOSTS` holds besides hosts (/32): a
-/// packet probes the table once for each, while it holds any
-/// (`Config::table_prefixes`). Blocklists are mostly hosts and /24s.
-pub const TABLE_PREFIXES_V4: [u8; 1] = [24];
-/// IPv6 prefix lengths that `BLOCK_HOSTS` holds besides hosts (/128): a
-/// site's /48 and a subnet's /64, most of an IPv6 blocklist's prefixes.
-pub const TABLE_PREFIXES_V6: [u8; 2] = [64, 48];
+/// The shortest IPv4 prefix `BLOCK_HOSTS` holds: a /16 is one region of
+/// the table's IPv4 length masks (`filter_common::summary`), and a wider
+/// prefix would mark too many of them. Lengths /16 to /31 are the masks'
+/// bits 0 to 15; hosts (/32) are probed whatever the mask says.
+pub const TABLE_SHORTEST_V4: u8 = 16;
+/// The shortest IPv6 prefix `BLOCK_HOSTS` holds (a /40 marks 256 /48s).
+pub const TABLE_SHORTEST_V6: u8 = 40;
+/// The longest IPv6 prefix `BLOCK_HOSTS` holds besides hosts (/128): a
+/// subnet's /64. Lengths /40 to /64 are the IPv6 masks' bits 0 to 24.
+pub const TABLE_LONGEST_V6: u8 = 64;
+/// Prefix lengths (hosts apart) of each family's length masks.
+pub const TABLE_LENGTHS_V4: u32 = 32 - TABLE_SHORTEST_V4 as u32;
+pub const TABLE_LENGTHS_V6: u32 = (TABLE_LONGEST_V6 - TABLE_SHORTEST_V6) as u32 + 1;
 
 /// Whether `BLOCK_HOSTS` holds a blocked prefix of `prefix_len` bits (of an
-/// IPv6 prefix if `is_v6`): a host, or one of the table's prefix lengths.
+/// IPv6 prefix if `is_v6`): a host, or a prefix of the table's lengths
+/// (IPv4 /16 to /31, IPv6 /40 to /64). The two families' lengths differ,
+/// so a slot's length tells its family.
 #[must_use]
 pub const fn in_host_table(is_v6: bool, prefix_len: u8) -> bool {
     if is_v6 {
-        prefix_len == 128
-            || prefix_len == TABLE_PREFIXES_V6[0]
-            || prefix_len == TABLE_PREFIXES_V6[1]
+        prefix_len == 128 || (prefix_len >= TABLE_SHORTEST_V6 && prefix_len <= TABLE_LONGEST_V6)
     } else {
-        prefix_len == 32 || prefix_len == TABLE_PREFIXES_V4[0]
+        prefix_len >= TABLE_SHORTEST_V4 && prefix_len <= 32
+    }
+}
+
+/// The bit of a table prefix of `prefix_len` bits in its region's length
+/// mask (`filter_common::summary`); 0 for a host, which has none.
+#[must_use]
+pub const fn table_length_bit(is_v6: bool, prefix_len: u8) -> u32 {
+    if !in_host_table(is_v6, prefix_len) || prefix_len == if is_v6 { 128 } else { 32 } {
+        0
+    } else if is_v6 {
+        1 << (prefix_len - TABLE_SHORTEST_V6)
+    } else {
+        1 << (prefix_len - TABLE_SHORTEST_V4)
     }
 }
 
@@ -144,7 +167,7 @@ pub struct HostSlot {
     /// As [`ListEntry::origin`] (never [`ORIGIN_AUTO`]).
     pub origin: u8,
     /// As [`ListEntry::prefix_len`]: 32 for an IPv4 host, 128 for IPv6, or
-    /// a table prefix length ([`TABLE_PREFIXES_V4`], [`TABLE_PREFIXES_V6`]);
+    /// a table prefix length (see [`in_host_table`]);
     /// part of the key (`addr` alone does not tell a /24 from its first host).
     pub prefix_len: u8,
     /// As [`ListEntry::rule`].
@@ -264,9 +287,16 @@ const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[1] == 0x0000_ffff);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 48)[2] == 0);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 64)[1] == u32::MAX);
 const _: () = assert!(masked_words(&[u32::MAX; 4], 128)[3] == u32::MAX);
-const _: () = assert!(in_host_table(false, 24) && !in_host_table(false, 23));
+const _: () = assert!(in_host_table(false, 16) && in_host_table(false, 24));
+const _: () = assert!(!in_host_table(false, 15) && !in_host_table(false, 33));
 const _: () =
-    assert!(in_host_table(true, 48) && in_host_table(true, 64) && !in_host_table(true, 56));
+    assert!(in_host_table(true, 40) && in_host_table(true, 56) && in_host_table(true, 64));
+const _: () = assert!(!in_host_table(true, 39) && !in_host_table(true, 65));
+// No length is both families' (a slot's length tells its family).
+const _: () = assert!(TABLE_SHORTEST_V6 > 32);
+const _: () = assert!(table_length_bit(false, 31) == 1 << 15 && table_length_bit(false, 32) == 0);
+const _: () = assert!(table_length_bit(true, 64) == 1 << 24 && table_length_bit(true, 128) == 0);
+const _: () = assert!(TABLE_LENGTHS_V4 <= 32 && TABLE_LENGTHS_V6 <= 32);
 const _: () =
     assert!(host_slots(1_048_576) == 1_048_576 && host_slots(5) == 8 && host_slots(0) == 4);
 const _: () = assert!(host_set_words(1_048_576) == 4096 && host_set_words(4) == 1);

@@ -28,11 +28,22 @@
 //! user space before it places the entry (the program never writes the
 //! table). A source whose bit is clear skips the table's probes, a seeded
 //! hash each: the IPv4 bit is the /24's, the tries' own, and the IPv6 bit
-//! comes from the hash of the source's /48 that its /48 probe uses anyway
+//! comes from the hash of the source's /48 (the region of its length mask)
 //! (a /48 is finer than a /40: a blocked host does not make the rest of its
 //! provider's /40 probe). What the table holds is never in a trie, so the
 //! two are summarised apart: a blocked host does not send its neighbours to
 //! the trie either.
+//!
+//! Last, the host table's *length masks*: for each region (an IPv4 /16,
+//! indexed directly; an IPv6 /48, hashed into [`TABLE_REGIONS_V6`]), one
+//! `u32` with a bit per prefix length the table holds there
+//! ([`table_length_bit`](crate::table_length_bit)): a source whose table
+//! bit is set probes its host, then only the lengths its region's mask
+//! names, longest first. Set by user space before it places a prefix (the
+//! program never writes the table) and never cleared by a removal: a stale
+//! bit costs a probe, never a verdict. One generation only: user space, the
+//! one writer, rebuilds the masks in place under the edit lock (it clears
+//! only bits no entry needs).
 
 use crate::{bucket_hash, host_hash, masked_words};
 
@@ -48,10 +59,16 @@ pub const SUMMARY_PREFIX_V6: u8 = 40;
 /// The shortest IPv6 prefix marked bit by bit (2^16 bits); a shorter one
 /// sets the wide word.
 pub const SUMMARY_WIDEST_V6: u8 = 24;
+/// Regions of the host table's IPv4 length masks: one per /16.
+pub const TABLE_REGIONS_V4: u32 = 1 << 16;
+/// Regions of the host table's IPv6 length masks: /48s hashed into as many.
+pub const TABLE_REGIONS_V6: u32 = 1 << 20;
 /// Values of `BLOCK_SUMMARY`: the tries' four bitmaps (generation 0 IPv4,
-/// IPv6, then generation 1), the host table's four in the same order, then
-/// the tries' four wide words in the same order.
-pub const SUMMARY_ENTRIES: u32 = 8 * SUMMARY_WORDS + 4;
+/// IPv6, then generation 1), the host table's four in the same order, the
+/// tries' four wide words in the same order, then the host table's length
+/// masks (IPv4 regions, then IPv6; two `u32` masks to a word).
+pub const SUMMARY_ENTRIES: u32 =
+    8 * SUMMARY_WORDS + 4 + TABLE_REGIONS_V4 / 2 + TABLE_REGIONS_V6 / 2;
 
 /// Tag of the IPv6 bit hash (the seed is `Config::host_seed`), apart from
 /// the host table's tags (`u32::MAX - 128` and above) and every rule id.
@@ -125,6 +142,37 @@ pub const fn table_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
     table_summary_bit_v6(host_hash(seed, len, &masked_words(words, len)))
 }
 
+/// The region of the host table's IPv4 length masks of `words`
+/// (`source_words` of an IPv4-mapped address): its /16's number.
+#[inline(always)]
+#[must_use]
+pub const fn table_region_v4(words: &[u32; 4]) -> u32 {
+    words[3].swap_bytes() >> 16
+}
+
+/// The region of the host table's IPv6 length masks of the /48 whose
+/// [`host_hash`](crate::host_hash) is `hash48`: the hash's top bits (its
+/// low half names the /48's set, bits 32 on its summary bit).
+#[inline(always)]
+#[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "the top 20 bits: fits")]
+pub const fn table_region_v6(hash48: u64) -> u32 {
+    (hash48 >> (64 - TABLE_REGIONS_V6.trailing_zeros())) as u32
+}
+
+/// The value of `BLOCK_SUMMARY` that holds the length mask of `region`
+/// (of the family's regions), and the mask's shift in it.
+#[inline(always)]
+#[must_use]
+pub const fn table_lengths_word(region: u32, is_v6: bool) -> (u32, u32) {
+    let index = if is_v6 {
+        TABLE_REGIONS_V4 + (region & (TABLE_REGIONS_V6 - 1))
+    } else {
+        region & (TABLE_REGIONS_V4 - 1)
+    };
+    (8 * SUMMARY_WORDS + 4 + index / 2, (index & 1) * 32)
+}
+
 /// The word (within its bitmap) and the mask of bit `bit`.
 #[inline(always)]
 #[must_use]
@@ -133,9 +181,18 @@ pub const fn summary_word_bit(bit: u32) -> (u32, u64) {
 }
 
 const _: () = assert!(SUMMARY_BITS.is_multiple_of(64));
-const _: () = assert!(crate::TABLE_PREFIXES_V6[1] == TABLE_SUMMARY_PREFIX_V6);
-const _: () = assert!(crate::TABLE_PREFIXES_V6[0] >= TABLE_SUMMARY_PREFIX_V6);
-const _: () = assert!(summary_wide(1, true) == SUMMARY_ENTRIES - 1);
+// Every IPv4 table prefix lies in one /16, every IPv6 one longer than a
+// /48 in one /48, and the program probes the /48 of every source.
+const _: () = assert!(crate::TABLE_SHORTEST_V4 >= 16);
+const _: () = assert!(crate::TABLE_SHORTEST_V6 <= TABLE_SUMMARY_PREFIX_V6);
+const _: () = assert!(TABLE_SUMMARY_PREFIX_V6 <= crate::TABLE_LONGEST_V6);
+const _: () = assert!(summary_wide(1, true) + 1 == table_lengths_word(0, false).0);
+const _: () = assert!(table_lengths_word(TABLE_REGIONS_V6 - 1, true).0 == SUMMARY_ENTRIES - 1);
+const _: () = assert!(table_lengths_word(TABLE_REGIONS_V6 - 1, true).1 == 32);
+const _: () = assert!(TABLE_REGIONS_V4.is_power_of_two() && TABLE_REGIONS_V6.is_power_of_two());
+// 203.0.113.7 -> /16 number 0xcb00.
+const _: () = assert!(table_region_v4(&[0, 0, 0xffff_0000, 0x0771_00cb]) == 0xcb00);
+const _: () = assert!(table_region_v6(u64::MAX) == TABLE_REGIONS_V6 - 1);
 const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_table_bitmap(0, false));
 const _: () = assert!(summary_table_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));
 // 203.0.113.7 -> /24 number 0xcb0071.

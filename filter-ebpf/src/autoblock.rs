@@ -1,7 +1,6 @@
 //! Automatic blocks: a source that keeps exceeding its limit goes on the
 //! blocklist for a while.
 
-use aya_ebpf::maps::lpm_trie::Key;
 use filter_common::{
     Config, DEFAULT_IPV4_SOURCE_PREFIX, DEFAULT_IPV6_SOURCE_PREFIX, ListEntry, ORIGIN_AUTO,
     RateRule, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, source_bytes, summary_bit_v4, summary_bit_v6,
@@ -12,6 +11,7 @@ use crate::{
     atomic::{BucketWords, SharedWord},
     clock::CoarseClock,
     events,
+    lists::{DataOn8, KeyOn8},
     maps::{BLOCK_SUMMARY, BLOCK_V4, BLOCK_V6},
     parse::Packet,
     stats::bump_table_stat,
@@ -71,9 +71,9 @@ pub fn note_over_limit(
     entry.prefix_len = bits as u8;
     let bytes = source_bytes(source);
     let inserted = if packet.is_v6 {
-        BLOCK_V6.insert(Key::new(bits, bytes), entry, 1)
+        BLOCK_V6.insert(&DataOn8::new(bits, bytes).key, entry, 1)
     } else {
-        BLOCK_V4.insert(Key::new(bits, source[3].to_le_bytes()), entry, 1)
+        BLOCK_V4.insert(&KeyOn8::new(bits, source[3].to_le_bytes()).key, entry, 1)
     };
     match inserted {
         Ok(()) => mark_summary(source, packet.is_v6, bits, config),

@@ -53,8 +53,10 @@ pub static BLOCK_HOST_SETS: Array<u64> = Array::pinned(
 );
 /// Where the blocklist tries may hold a prefix (bitmaps of IPv4 /24s and
 /// IPv6 /40s) and where `BLOCK_HOSTS` may hold an entry (of IPv4 /24s and
-/// IPv6 /48s), two generations (`filter_common::summary`). Marked by user
-/// space, which maps it into memory, and by automatic blocks (the tries').
+/// IPv6 /48s), two generations (`filter_common::summary`), then the prefix
+/// lengths `BLOCK_HOSTS` holds per region (IPv4 /16s, hashed IPv6 /48s).
+/// Marked by user space, which maps it into memory, and by automatic blocks
+/// (the tries').
 #[map]
 pub static BLOCK_SUMMARY: Array<u64> = Array::pinned(SUMMARY_ENTRIES, BPF_F_MMAPABLE);
 /// A shadow policy's blocks: matches are counted, never enforced.

@@ -1,7 +1,7 @@
 //! Port rules and per-source rate limits: the rule for a packet, `only-from`
 //! sets, source aggregation, and GCRA buckets shared by all CPUs.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use filter_common::{
     BucketSlot, CLOCK_COARSE, CLOCK_PRECISE, Config, DEFAULT_IPV4_SOURCE_PREFIX,
     DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_RULE, ONLY_FROM_KEY_BITS, PORT_INDEX_UDP_BASE, RULE_DROP,
@@ -14,6 +14,7 @@ use crate::{
     atomic::{BucketWords, CAS_ATTEMPTS, SharedWord},
     autoblock,
     clock::{self, CoarseClock},
+    lists::KeyOn8,
     maps::{BUCKETS, ONLY_FROM, PORT_RULE_INDEX, RULES},
     parse::{self, Packet},
     stats::bump_table_stat,
@@ -136,7 +137,9 @@ fn rate_clock_ns(rule: &RateRule, config: Option<&Config>) -> u64 {
 #[inline(always)]
 fn only_from_allows(slot: u32, packet: &Packet) -> bool {
     let data = only_from_key_data(slot, packet.source_bytes());
-    ONLY_FROM.get(Key::new(ONLY_FROM_KEY_BITS, data)).is_some()
+    ONLY_FROM
+        .get(&KeyOn8::new(ONLY_FROM_KEY_BITS, data).key)
+        .is_some()
 }
 
 /// The source as a rate-limit key (`Packet::source`'s words), masked to

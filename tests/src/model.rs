@@ -309,15 +309,21 @@ impl<const N: usize> ListItem<N> {
 }
 
 /// The prefix lengths of a family's entries in `BLOCK_HOSTS`, in the order
-/// the program probes them: the host, then the table's prefix lengths.
+/// the program probes them: the host, then the table's prefix lengths,
+/// longest first (the program probes only those its region's length mask
+/// names, which is every length the table holds there).
 fn table_lengths<const N: usize>() -> Vec<u32> {
-    let (host, prefixes): (u32, &[u8]) = if N == 4 {
-        (32, &filter_common::TABLE_PREFIXES_V4)
+    let (host, shortest, longest) = if N == 4 {
+        (32, filter_common::TABLE_SHORTEST_V4, 31)
     } else {
-        (128, &filter_common::TABLE_PREFIXES_V6)
+        (
+            128,
+            filter_common::TABLE_SHORTEST_V6,
+            filter_common::TABLE_LONGEST_V6,
+        )
     };
     std::iter::once(host)
-        .chain(prefixes.iter().map(|&p| u32::from(p)))
+        .chain((u32::from(shortest)..=u32::from(longest)).rev())
         .collect()
 }
 
@@ -465,9 +471,9 @@ fn block_reason<const N: usize>(
     addr: [u8; N],
     now_ns: u64,
 ) -> Option<u32> {
-    // An operator's block of the host itself or of its /24 (/64, /48), in
-    // `BLOCK_HOSTS`: no trie lookup (an expired one is skipped and stays for
-    // the sweep).
+    // An operator's block of the host itself or of a prefix of the table's
+    // lengths, in `BLOCK_HOSTS`: no trie lookup (an expired one is skipped
+    // and stays for the sweep).
     if list.table_blocks(addr, now_ns) {
         return Some(reason::BLOCKLIST);
     }
@@ -886,22 +892,24 @@ mod tests {
     #[test]
     fn block_lookups_look_through_automatic_matches() {
         let mut list = PrefixList::<4>::default();
-        list.insert_manual([198, 18, 0, 0], 16, 0);
+        // A /15: a length only the tries hold (a /16 would be in the table,
+        // probed before the trie).
+        list.insert_manual([198, 18, 0, 0], 15, 0);
         for prefix in [29, 30, 31, 32] {
             auto_block(&mut list, [198, 18, 1, 4], prefix);
         }
         auto_block(&mut list, [198, 18, 2, 4], 30);
-        auto_block(&mut list, [198, 19, 1, 0], 30);
-        list.insert_manual([198, 19, 2, 2], 32, 0);
+        auto_block(&mut list, [198, 20, 1, 0], 30);
+        list.insert_manual([198, 20, 2, 2], 32, 0);
         let at = |list: &mut PrefixList<4>, addr| block_reason(list, addr, 1);
         // Automatic blocks, then the operator's block under them.
         assert_eq!(at(&mut list, [198, 18, 1, 5]), Some(reason::BLOCKLIST));
         assert_eq!(at(&mut list, [198, 18, 2, 5]), Some(reason::BLOCKLIST));
         // Four automatic blocks deep: the operator's block is not reached.
         assert_eq!(at(&mut list, [198, 18, 1, 4]), Some(reason::AUTOBLOCK));
-        assert_eq!(at(&mut list, [198, 19, 1, 1]), Some(reason::AUTOBLOCK));
-        assert_eq!(at(&mut list, [198, 19, 2, 2]), Some(reason::BLOCKLIST));
-        assert_eq!(at(&mut list, [198, 20, 0, 1]), None);
+        assert_eq!(at(&mut list, [198, 20, 1, 1]), Some(reason::AUTOBLOCK));
+        assert_eq!(at(&mut list, [198, 20, 2, 2]), Some(reason::BLOCKLIST));
+        assert_eq!(at(&mut list, [198, 21, 0, 1]), None);
     }
 
     fn udp(src: &str) -> Vec<u8> {

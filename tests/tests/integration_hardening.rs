@@ -609,11 +609,12 @@ fn a_capacity_that_differs_from_the_pins_is_refused() {
     assert_code(&out, exit::INCOMPATIBLE, "a different --list-capacity");
     assert!(text(&out).contains("holds 100 entries"), "{}", text(&out));
     // Without the option the pinned maps are adopted, capacity and all.
-    // (Prefixes, not hosts: blocked hosts have a table of their own beside
-    // the tries, `BLOCK_HOSTS`, as many slots as the list capacity.)
+    // (IPv6 /72s, a length only the tries hold: hosts and most prefixes
+    // have a table of their own beside the tries, `BLOCK_HOSTS`, as many
+    // slots as the list capacity.)
     let mut second = ctl.run_background(&lab.dst, &[&lab.dst_if]);
     let entries: Vec<String> = (0..101)
-        .map(|i| format!("198.18.{}.{}/31", 200 + i / 64, (i % 64) * 4))
+        .map(|i| format!("2001:db8:c8:{i:x}::/72"))
         .collect();
     let mut args = vec!["block"];
     args.extend(entries.iter().map(String::as_str));

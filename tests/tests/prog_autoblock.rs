@@ -248,9 +248,10 @@ fn a_block_lookup_follows_four_automatic_matches() {
         return;
     }
     let test = ProgTest::new();
-    // The operator's blocks in the tries, under the automatic ones (a /24
-    // or /48 would be in the host table, found before any trie lookup).
-    test.block(&["198.18.76.0/25", "198.18.77.0/25", "2001:db8:76::/56"]);
+    // The operator's blocks in the tries, under the automatic ones: lengths
+    // only the tries hold (an IPv4 /16 to /31 or an IPv6 /40 to /64 would be
+    // in the host table, found before any trie lookup).
+    test.block(&["198.18.0.0/15", "2001:db8::/36"]);
     test.block_raw(
         &[
             "198.18.76.0/29",

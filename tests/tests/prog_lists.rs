@@ -201,7 +201,8 @@ fn expiring_entries() {
     // Expired longest matches over a permanent covering prefix.
     test.block(&["198.18.8.0/24", "2001:db8:8::/48"]);
     test.block_ttl(&["198.18.8.8", "2001:db8:8::8"], gone);
-    // Four nested expired entries over a permanent /16.
+    // Four nested expired entries over a permanent /16, all in the host
+    // table (whose probes skip expired entries, every length in turn).
     test.block(&["198.18.0.0/16"]);
     test.block_ttl(
         &[
@@ -212,6 +213,10 @@ fn expiring_entries() {
         ],
         gone,
     );
+    // Two nested expired entries over a permanent /36, all of lengths only
+    // the tries hold (whose lookups delete expired matches).
+    test.block(&["2001:db8:9000::/36"]);
+    test.block_ttl(&["2001:db8:9000::/72", "2001:db8:9000::/96"], gone);
     // Far in the future.
     test.block_ttl(&["198.18.10.10", "2001:db8:10::/64"], hour);
     std::thread::sleep(Duration::from_millis(50));
@@ -253,6 +258,11 @@ fn expiring_entries() {
             BLOCKLIST,
         ),
         Case::new(
+            "two nested expired trie entries inside a permanent /36",
+            Frame::ipv6(frames::udp6(ip6("2001:db8:9000::1"), 53)).build(),
+            BLOCKLIST,
+        ),
+        Case::new(
             "block for an hour, IPv4",
             Frame::ipv4(frames::udp4(ip4("198.18.10.10"), 53)).build(),
             BLOCKLIST,
@@ -270,10 +280,10 @@ fn expiring_entries() {
     ];
     run_table(&test, &cases);
     // Expired entries the program met are gone from the tries. Expired
-    // hosts and /24s (in `BLOCK_HOSTS`) were skipped and stay for the sweep.
+    // hosts and prefixes in `BLOCK_HOSTS` were skipped and stay for the sweep.
     let stored = || blocklist(&test);
     let left = stored();
-    for deleted in ["198.18.9.0/30", "198.18.9.0/26"] {
+    for deleted in ["2001:db8:9000::/96", "2001:db8:9000::/72"] {
         assert!(
             !left.iter().any(|c| c == deleted),
             "{deleted} expired and was looked up, yet is still stored: {left:?}"
@@ -284,6 +294,9 @@ fn expiring_entries() {
         "2001:db8:8::8/128",
         "198.19.6.6/32",
         "198.18.9.0/24",
+        "198.18.9.0/26",
+        "198.18.9.0/28",
+        "198.18.9.0/30",
     ];
     for host in hosts {
         assert!(
@@ -305,27 +318,26 @@ fn expiring_entries() {
 /// More than four nested expired entries in a trie: the lookup skips (and
 /// deletes) four, deletes the fifth too but gives up, so one packet from
 /// inside a permanently blocked prefix passes; the next one is blocked.
-/// (The innermost is a /31: a /32 would be a host in `BLOCK_HOSTS`.)
+/// (IPv6 lengths only the tries hold: a /32 around /72 to /127s.)
 #[test]
 fn five_nested_expired_entries() {
     if skip_unless_root("five_nested_expired_entries") {
         return;
     }
     let test = ProgTest::new();
-    test.block(&["198.18.0.0/16"]);
-    // Lengths the host table does not hold (a /24 would go there).
+    test.block(&["2001:db8::/32"]);
     test.block_ttl(
         &[
-            "198.18.9.0/25",
-            "198.18.9.0/26",
-            "198.18.9.0/28",
-            "198.18.9.0/30",
-            "198.18.9.0/31",
+            "2001:db8:9::/72",
+            "2001:db8:9::/80",
+            "2001:db8:9::/96",
+            "2001:db8:9::/112",
+            "2001:db8:9::/127",
         ],
         Duration::from_millis(1),
     );
     std::thread::sleep(Duration::from_millis(50));
-    let frame = Frame::ipv4(frames::udp4(ip4("198.18.9.0"), 53)).build();
+    let frame = Frame::ipv6(frames::udp6(ip6("2001:db8:9::"), 53)).build();
     let stored = || blocklist(&test);
     run_table(
         &test,
@@ -337,19 +349,21 @@ fn five_nested_expired_entries() {
     );
     assert_eq!(
         stored(),
-        ["198.18.0.0/16"],
+        ["2001:db8::/32"],
         "all five expired entries deleted"
     );
     run_table(
         &test,
         &[Case::new("the same source again", frame, BLOCKLIST)],
     );
-    assert_eq!(stored(), ["198.18.0.0/16"]);
+    assert_eq!(stored(), ["2001:db8::/32"]);
 }
 
-/// The blocklist's IPv4 /24s and IPv6 /64s and /48s live in `BLOCK_HOSTS`
-/// beside its hosts, keyed by (address, prefix length): a /24 and its
-/// first host are two entries, each blocked and removed on its own; the
+/// The blocklist's prefixes of the table's lengths (IPv4 /16 to /31, IPv6
+/// /40 to /64) live in `BLOCK_HOSTS` beside its hosts, keyed by (address,
+/// prefix length): a /24 and its first host are two entries, each blocked
+/// and removed on its own; several lengths may share a region (nested or
+/// not), and an IPv6 prefix wider than a /48 covers each of its /48s. The
 /// program probes for prefixes only while the table holds some
 /// (`Config::table_prefixes`), and lengths the table does not hold stay in
 /// the tries.
@@ -372,63 +386,86 @@ fn table_prefixes_beside_hosts() {
     };
     let v4 = |ip: &str| Frame::ipv4(frames::udp4(ip4(ip), 53)).build();
     let v6 = |ip: &str| Frame::ipv6(frames::udp6(ip6(ip), 53)).build();
-    test.block(&[
-        "198.18.50.0/24",
-        "198.18.50.0",
-        "2001:db8:51::/48",
-        "2001:db8:52:1::/64",
-        "2001:db8:52:1::",
-        "198.18.53.0/25",
-        "2001:db8:54::/56",
-    ]);
-    for cidr in [
+    let table = [
         "198.18.50.0/24",
         "198.18.50.0/32",
         "2001:db8:51::/48",
         "2001:db8:52:1::/64",
         "2001:db8:52:1::/128",
-    ] {
+        "198.18.53.0/25",
+        "2001:db8:54::/56",
+        "198.18.64.0/20",
+        "198.18.66.0/23",
+        "2001:db8:60::/44",
+    ];
+    // Lengths only the tries hold: an IPv6 /36 and /72.
+    let tries = ["2001:db8:f000::/36", "2001:db8:55:1::/72"];
+    test.block(&[&table[..], &tries[..]].concat());
+    for cidr in table {
         assert!(in_table(cidr), "{cidr} is in the table");
     }
-    assert_eq!(config().block_hosts, 5);
-    assert_eq!(config().table_prefixes, 3);
+    assert_eq!(config().block_hosts, 10);
+    assert_eq!(config().table_prefixes, 8);
     let mut listed = blocklist(&test);
     listed.sort();
-    assert_eq!(
-        listed,
-        [
-            "198.18.50.0/24",
-            "198.18.50.0/32",
-            "198.18.53.0/25",
-            "2001:db8:51::/48",
-            "2001:db8:52:1::/128",
-            "2001:db8:52:1::/64",
-            "2001:db8:54::/56",
-        ],
-        "each entry listed once, as given"
-    );
+    let mut expected: Vec<String> = [&table[..], &tries[..]]
+        .concat()
+        .iter()
+        .map(|c| (*c).to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "each entry listed once, as given");
     run_table(
         &test,
         &[
             Case::new("a /24's first host", v4("198.18.50.0"), BLOCKLIST),
             Case::new("inside a /24", v4("198.18.50.200"), BLOCKLIST),
             Case::new("next to a /24", v4("198.18.49.255"), PASS),
-            Case::new("inside a /25 (trie)", v4("198.18.53.127"), BLOCKLIST),
+            Case::new("inside a /25", v4("198.18.53.127"), BLOCKLIST),
             Case::new("past a /25", v4("198.18.53.128"), PASS),
+            Case::new("inside a /20", v4("198.18.79.255"), BLOCKLIST),
+            Case::new("inside a /23 inside the /20", v4("198.18.67.1"), BLOCKLIST),
+            Case::new("past a /20", v4("198.18.80.0"), PASS),
             Case::new("inside a /48", v6("2001:db8:51:ffff::1"), BLOCKLIST),
             Case::new("next to a /48", v6("2001:db8:50:ffff::1"), PASS),
             Case::new("inside a /64", v6("2001:db8:52:1::9"), BLOCKLIST),
             Case::new("next to a /64", v6("2001:db8:52:2::9"), PASS),
-            Case::new("inside a /56 (trie)", v6("2001:db8:54:ff::1"), BLOCKLIST),
+            Case::new("inside a /56", v6("2001:db8:54:ff::1"), BLOCKLIST),
+            Case::new("a /44's first /48", v6("2001:db8:60::1"), BLOCKLIST),
+            Case::new("a /44's last /48", v6("2001:db8:6f:ffff::1"), BLOCKLIST),
+            Case::new("past a /44", v6("2001:db8:70::1"), PASS),
+            Case::new("inside a /36 (trie)", v6("2001:db8:f123::1"), BLOCKLIST),
+            Case::new("inside a /72 (trie)", v6("2001:db8:55:1:ff::1"), BLOCKLIST),
+            Case::new("past a /72", v6("2001:db8:55:1:100::1"), PASS),
         ],
     );
 
-    // The /24 out: its first host stays blocked, the rest of it passes.
+    // The /20 out: the /23 inside it stays blocked.
     let unblock = |cidrs: &[&str]| {
         let cidrs: Vec<filter_ctl::spec::cidr::Cidr> =
             cidrs.iter().map(|c| c.parse().expect("cidr")).collect();
         test.filter().unblock(&cidrs).expect("unblocking");
     };
+    unblock(&[
+        "198.18.64.0/20",
+        "198.18.53.0/25",
+        "2001:db8:54::/56",
+        "2001:db8:60::/44",
+    ]);
+    assert_eq!(config().table_prefixes, 4);
+    run_table(
+        &test,
+        &[
+            Case::new("the /23, still blocked", v4("198.18.67.1"), BLOCKLIST),
+            Case::new("the rest of the /20", v4("198.18.79.255"), PASS),
+            Case::new("the /25, unblocked", v4("198.18.53.1"), PASS),
+            Case::new("the /56, unblocked", v6("2001:db8:54:ff::1"), PASS),
+            Case::new("the /44, unblocked", v6("2001:db8:6f:ffff::1"), PASS),
+        ],
+    );
+    unblock(&["198.18.66.0/23", "2001:db8:f000::/36", "2001:db8:55:1::/72"]);
+
+    // The /24 out: its first host stays blocked, the rest of it passes.
     unblock(&["198.18.50.0/24", "2001:db8:52:1::/64"]);
     assert!(!in_table("198.18.50.0/24") && in_table("198.18.50.0/32"));
     assert_eq!(config().table_prefixes, 1);
@@ -447,13 +484,7 @@ fn table_prefixes_beside_hosts() {
     );
 
     // Everything out: both counts at 0, nothing blocked.
-    unblock(&[
-        "198.18.50.0",
-        "2001:db8:51::/48",
-        "2001:db8:52:1::",
-        "198.18.53.0/25",
-        "2001:db8:54::/56",
-    ]);
+    unblock(&["198.18.50.0", "2001:db8:51::/48", "2001:db8:52:1::"]);
     assert!(blocklist(&test).is_empty(), "{:?}", blocklist(&test));
     assert_eq!((config().block_hosts, config().table_prefixes), (0, 0));
     run_table(

@@ -9,7 +9,7 @@ use std::{net::IpAddr, time::Duration};
 
 use aya::maps::{MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use filter_common::{
-    Ipv4Bytes, Ipv6Bytes, ListEntry, maps,
+    Ipv4Bytes, Ipv6Bytes, ListEntry, ORIGIN_CLI, maps,
     reason::{AUTOBLOCK, BLOCKLIST, PASS, RATELIMIT},
     xdp_action,
 };
@@ -91,12 +91,7 @@ fn repairs_the_missing_mark(test: &ProgTest, source: &str) {
 /// consecutive /24s from 100.64.0.0 (list entries only: no packet is sent
 /// from or to them), and returns them.
 fn block_one_in_each_of_2048_slash_24s(test: &ProgTest, last: &str) -> Vec<Cidr> {
-    let cidrs: Vec<Cidr> = (0..2048_u32)
-        .map(|i| {
-            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
-            format!("{a}.{b}.{c}.{last}").parse().expect("a prefix")
-        })
-        .collect();
+    let cidrs = one_in_each_of_2048_slash_24s(last);
     test.filter()
         .list_insert(
             ListKind::Block,
@@ -106,6 +101,17 @@ fn block_one_in_each_of_2048_slash_24s(test: &ProgTest, last: &str) -> Vec<Cidr>
         )
         .expect("blocking one entry in each of 2,048 /24s");
     cidrs
+}
+
+/// `last` (a host byte, or a host byte and a prefix length) in each of
+/// 2,048 consecutive /24s.
+fn one_in_each_of_2048_slash_24s(last: &str) -> Vec<Cidr> {
+    (0..2048_u32)
+        .map(|i| {
+            let [a, b, c, _] = (0x6440_0000_u32 + (i << 8)).to_be_bytes();
+            format!("{a}.{b}.{c}.{last}").parse().expect("a prefix")
+        })
+        .collect()
 }
 
 fn v6_bytes(text: &str) -> Ipv6Bytes {
@@ -377,8 +383,8 @@ fn many_removed_hosts_make_the_table_summary_stale() {
     );
 }
 
-/// Prefixes of every width, the trie's lengths (the host table's are never
-/// in a trie), marked where they cover and nowhere else; an IPv6 prefix
+/// Prefixes of every width in the tries, marked where they cover and
+/// nowhere else; an IPv6 prefix
 /// shorter than /24 sets the family's wide word; a rebuild after removals
 /// drops their marks, and what stays listed still blocks.
 #[test]
@@ -387,14 +393,20 @@ fn prefixes_of_every_width_are_marked_where_they_cover() {
         return;
     }
     let test = ProgTest::new();
-    test.block(&[
-        "198.18.64.0/20",
-        "198.18.64.64/26",
-        "198.18.96.128/25",
-        "198.19.0.0/16",
-        "2001:db8:1:200::/56",
-        "2001:db8:4000::/34",
-    ]);
+    // Written straight into the tries, as entries whose host-table set was
+    // full are (all but the /34 are of the table's lengths).
+    test.block_raw(
+        &[
+            "198.18.64.0/20",
+            "198.18.64.64/26",
+            "198.18.96.128/25",
+            "198.19.0.0/16",
+            "2001:db8:1:200::/56",
+            "2001:db8:4000::/34",
+        ],
+        ORIGIN_CLI,
+        0,
+    );
     let before = generation(&test);
     let inside = [
         ("IPv4 /20", "198.18.79.255"),
@@ -515,7 +527,14 @@ fn many_removed_prefixes_make_the_summary_stale() {
         list: 4096,
         ..small_capacities()
     });
-    let prefixes = block_one_in_each_of_2048_slash_24s(&test, "128/25");
+    // In the tries (a /25 placed by an edit would be in the host table).
+    let prefixes = one_in_each_of_2048_slash_24s("128/25");
+    let texts: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    test.block_raw(
+        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+        ORIGIN_CLI,
+        0,
+    );
     assert_eq!(in_use(&test).bits_v4, 2048);
     test.filter()
         .list_remove(ListKind::Block, &prefixes[..1000])
@@ -700,4 +719,127 @@ fn hosts_overflowing_the_table_are_marked() {
         .filter(|h| test.run(&udp4(h, 53)) != xdp_action::DROP)
         .collect();
     assert!(leaked.is_empty(), "blocked hosts passed: {leaked:?}");
+}
+
+/// The host table's length mask of `addr`'s region.
+fn table_lengths(test: &ProgTest, addr: &str) -> u32 {
+    test.reader()
+        .summary()
+        .and_then(|s| s.table_lengths(ip(addr)))
+        .expect("reading BLOCK_SUMMARY")
+}
+
+/// The host table's length masks: placing a prefix sets its length's bit
+/// in the mask of each region it covers or lies in (its IPv4 /16; each of
+/// an IPv6 /40 to /47's /48s, or an IPv6 /48 to /64's own /48, hashed), so
+/// a source probes the lengths its region holds and no others. A removal
+/// leaves its bit until a rebuild, which clears it; a needed bit missing
+/// makes the sweep rebuild.
+#[test]
+fn the_table_names_the_lengths_each_region_holds() {
+    if skip_unless_root("the_table_names_the_lengths_each_region_holds") {
+        return;
+    }
+    let test = ProgTest::new();
+    test.block(&[
+        "198.18.40.0/22",
+        "198.18.40.7",
+        "198.18.60.0/28",
+        "2001:db8:40::/44",
+        "2001:db8:51:10::/60",
+    ]);
+    let v4 = |len: u32| 1_u32 << (len - 16);
+    let v6 = |len: u32| 1_u32 << (len - 40);
+    assert_eq!(
+        table_lengths(&test, "198.18.200.1"),
+        v4(22) | v4(28),
+        "198.18.0.0/16 holds a /22 and a /28 (a host needs no bit)"
+    );
+    assert_eq!(table_lengths(&test, "198.19.0.1"), 0, "198.19.0.0/16");
+    for slash48 in ["2001:db8:40::1", "2001:db8:47:ffff::1", "2001:db8:4f::1"] {
+        assert_ne!(table_lengths(&test, slash48) & v6(44), 0, "{slash48}");
+    }
+    assert_ne!(table_lengths(&test, "2001:db8:51::1") & v6(60), 0);
+    run_table(
+        &test,
+        &[
+            Case::new("inside the /22", udp4("198.18.43.255", 53), BLOCKLIST),
+            Case::new("past the /22", udp4("198.18.44.0", 53), PASS),
+            Case::new("inside the /28", udp4("198.18.60.15", 53), BLOCKLIST),
+            Case::new("past the /28", udp4("198.18.60.16", 53), PASS),
+            Case::new(
+                "the /44's last /48",
+                udp6("2001:db8:4f:ff::1", 53),
+                BLOCKLIST,
+            ),
+            Case::new("inside the /60", udp6("2001:db8:51:1f::1", 53), BLOCKLIST),
+            Case::new("past the /60", udp6("2001:db8:51:20::1", 53), PASS),
+        ],
+    );
+
+    // Removed: the bits stay (a needless probe) until a rebuild clears them.
+    test.filter()
+        .list_remove(
+            ListKind::Block,
+            &cidrs(&["198.18.40.0/22", "2001:db8:51:10::/60"]),
+        )
+        .expect("unblocking");
+    assert_eq!(table_lengths(&test, "198.18.200.1"), v4(22) | v4(28));
+    run_table(
+        &test,
+        &[
+            Case::new("the /22, gone", udp4("198.18.41.1", 53), PASS),
+            Case::new("its host stays", udp4("198.18.40.7", 53), BLOCKLIST),
+            Case::new("the /60, gone", udp6("2001:db8:51:1f::1", 53), PASS),
+        ],
+    );
+    test.filter().rebuild_summary().expect("rebuilding");
+    assert_eq!(table_lengths(&test, "198.18.200.1"), v4(28));
+    assert_eq!(table_lengths(&test, "2001:db8:51::1") & v6(60), 0);
+    assert_ne!(table_lengths(&test, "2001:db8:4f::1") & v6(44), 0);
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(!sweep.summary_stale, "just rebuilt");
+
+    // A prefix placed without its length's bit is never probed, even where
+    // the table's bitmap marks its /24 (a host there), until the sweep finds
+    // the bit missing and rebuilds. (Not a table case: the reference model,
+    // which has no summary, would find the entry.)
+    test.block(&["198.18.70.5"]);
+    let key = table_key(&cidrs(&["198.18.70.0/24"])[0]).expect("a table length");
+    let filter = test.filter();
+    filter
+        .update_config(|c| {
+            c.block_hosts += 1;
+            c.table_prefixes += 1;
+            Ok(())
+        })
+        .expect("counting the entry");
+    let placed = filter
+        .host_table()
+        .and_then(|t| t.place_unmarked(&key, ListEntry::default()))
+        .expect("placing by hand");
+    drop(filter);
+    assert_eq!(placed, Placed::New);
+    assert!(marks_table(&test, generation(&test), "198.18.70.1"));
+    assert_eq!(table_lengths(&test, "198.18.70.1") & v4(24), 0);
+    assert_eq!(
+        test.run(&udp4("198.18.70.1", 53)),
+        xdp_action::PASS,
+        "a /24 without its length's bit: not probed"
+    );
+    let sweep = test.reader().sweep_scan().expect("sweep scan");
+    assert!(sweep.summary_lacking, "{sweep:?}");
+    test.filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert_ne!(table_lengths(&test, "198.18.70.1") & v4(24), 0);
+    run_table(
+        &test,
+        &[Case::new(
+            "marked by the rebuild",
+            udp4("198.18.70.1", 53),
+            BLOCKLIST,
+        )],
+    );
 }

@@ -1,5 +1,5 @@
 //! `BLOCK_HOSTS`: blocked hosts (IPv4 /32, IPv6 /128) and prefixes of the
-//! table's lengths (IPv4 /24, IPv6 /64 and /48) beside the blocklist
+//! table's lengths (IPv4 /16 to /31, IPv6 /40 to /64) beside the blocklist
 //! tries, a 4-way set-associative array of [`HostSlot`]s (see
 //! `filter_common::lists`), and `BLOCK_HOST_SETS`, one bit per set in use.
 //! Both are memory-mapped (`BPF_F_MMAPABLE`): user space, their only writer
@@ -28,8 +28,8 @@ use std::{
 
 use anyhow::ensure;
 use filter_common::{
-    HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, TABLE_PREFIXES_V4,
-    host_key_v4, host_set, host_set_bit, host_set_words, in_host_table, maps, source_words,
+    HOST_OVERFLOWED, HOST_USED, HOST_WAYS, HostSlot, Ipv6Bytes, ListEntry, host_key_v4, host_set,
+    host_set_bit, host_set_words, in_host_table, maps, source_words,
 };
 
 use super::{Filter, mapping::Mapping};
@@ -80,8 +80,8 @@ impl TableKey {
 
     /// The key of the entry in `slot`.
     fn of_slot(slot: &HostSlot) -> Self {
-        // The table's IPv4 lengths (32, 24) are none of its IPv6 ones.
-        let is_v6 = slot.prefix_len != 32 && !TABLE_PREFIXES_V4.contains(&slot.prefix_len);
+        // The table's IPv4 lengths are none of its IPv6 ones.
+        let is_v6 = !in_host_table(false, slot.prefix_len);
         Self {
             addr: slot.addr,
             prefix_len: slot.prefix_len,
@@ -91,7 +91,7 @@ impl TableKey {
 }
 
 /// The `BLOCK_HOSTS` key of `cidr` if the table holds prefixes like it: a
-/// host (IPv4 /32, IPv6 /128), an IPv4 /24, an IPv6 /64 or /48.
+/// host (IPv4 /32, IPv6 /128), an IPv4 /16 to /31, an IPv6 /40 to /64.
 #[must_use]
 pub fn table_key(cidr: &Cidr) -> Option<TableKey> {
     match *cidr {

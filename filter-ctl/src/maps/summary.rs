@@ -13,8 +13,10 @@ use std::{
 use anyhow::{Context as _, ensure};
 use filter_common::{
     SUMMARY_ENTRIES, SUMMARY_PREFIX_V4, SUMMARY_PREFIX_V6, SUMMARY_WIDEST_V6, SUMMARY_WORDS,
-    host_key_v4, maps, prefix_mask32, source_words, summary_bit_v4, summary_bit_v6, summary_bitmap,
-    summary_table_bitmap, summary_wide, summary_word_bit, table_bit_v6,
+    TABLE_REGIONS_V4, TABLE_REGIONS_V6, TABLE_SUMMARY_PREFIX_V6, host_hash, host_key_v4, maps,
+    masked_words, prefix_mask32, source_words, summary_bit_v4, summary_bit_v6, summary_bitmap,
+    summary_table_bitmap, summary_wide, summary_word_bit, table_bit_v6, table_length_bit,
+    table_lengths_word, table_region_v4, table_region_v6,
 };
 
 use super::{Filter, Tries, barrier::wait_for_running_programs, mapping::Mapping};
@@ -140,9 +142,25 @@ impl Layer {
     }
 }
 
-/// [`for_each_mark`] in `layer`'s bitmaps: the host table's IPv6 bit is
-/// the entry's /48's (`filter_common::table_bit_v6`; a table entry is a
-/// /48, a /64 or a host), its IPv4 bit the /24's, as the tries'.
+/// Calls `visit` with each /48 (its `source_words`) of an IPv6 table entry:
+/// its own for a /48 or longer, each of a /40 to /47's.
+fn for_each_slash48(addr: &[u8; 16], prefix: u8, visit: &mut impl FnMut(&[u32; 4])) {
+    let span = TABLE_SUMMARY_PREFIX_V6.saturating_sub(prefix);
+    // The first 48 bits (six bytes) counted up from the prefix's first /48.
+    let mut top = [0_u8; 8];
+    top[2..].copy_from_slice(&addr[..6]);
+    let first = u64::from_be_bytes(top) & !((1_u64 << span) - 1);
+    for n in 0..1_u64 << span {
+        let mut slash48 = [0_u8; 16];
+        slash48[..6].copy_from_slice(&(first + n).to_be_bytes()[2..]);
+        visit(&source_words(&slash48));
+    }
+}
+
+/// [`for_each_mark`] in `layer`'s bitmaps: the host table's IPv6 bits are
+/// its entry's /48s' (`filter_common::table_bit_v6`; a table entry is a
+/// host, or a /40 to /64: 256 /48s at most), its IPv4 bits the /24s', as
+/// the tries'.
 fn for_each_layer_mark(
     layer: Layer,
     cidr: &Cidr,
@@ -150,19 +168,57 @@ fn for_each_layer_mark(
     visit: &mut impl FnMut(u32, u64),
 ) -> bool {
     match (layer, cidr) {
-        (Layer::Table, Cidr::V6 { addr, .. }) => {
-            let (word, mask) = summary_word_bit(table_bit_v6(seed, &source_words(addr)));
-            visit(word, mask);
+        (Layer::Table, Cidr::V6 { addr, prefix }) => {
+            for_each_slash48(addr, *prefix, &mut |words| {
+                let (word, mask) = summary_word_bit(table_bit_v6(seed, words));
+                visit(word, mask);
+            });
             true
         }
         _ => for_each_mark(cidr, seed, visit),
     }
 }
 
+/// Calls `visit` with (index among all regions, bit) of each length-mask
+/// bit that the host table's prefix `cidr` needs (none for a host): IPv4
+/// regions first, then IPv6 (see `filter_common::summary`).
+fn for_each_length_bit(cidr: &Cidr, seed: u64, visit: &mut impl FnMut(u32, u32)) {
+    match *cidr {
+        Cidr::V4 { addr, prefix } => {
+            let bit = table_length_bit(false, prefix);
+            if bit != 0 {
+                visit(table_region_v4(&source_words(&host_key_v4(addr))), bit);
+            }
+        }
+        Cidr::V6 { addr, prefix } => {
+            let bit = table_length_bit(true, prefix);
+            if bit != 0 {
+                let len = u32::from(TABLE_SUMMARY_PREFIX_V6);
+                for_each_slash48(&addr, prefix, &mut |words| {
+                    let region = table_region_v6(host_hash(seed, len, words));
+                    visit(TABLE_REGIONS_V4 + region, bit);
+                });
+            }
+        }
+    }
+}
+
+/// The value of `BLOCK_SUMMARY` and the shift of the length mask of
+/// region `index` (among all regions: IPv4 first).
+const fn length_word(index: u32) -> (u32, u32) {
+    if index < TABLE_REGIONS_V4 {
+        table_lengths_word(index, false)
+    } else {
+        table_lengths_word(index - TABLE_REGIONS_V4, true)
+    }
+}
+
 /// What the tries' and the table's entries need marked: bitmaps of this
-/// process's own (the tries' IPv4, IPv6, then the table's), and their counts.
+/// process's own (the tries' IPv4, IPv6, then the table's), the table's
+/// length masks (IPv4 regions, then IPv6), and the bitmaps' counts.
 pub struct Needed {
     bitmaps: Vec<u64>,
+    lengths: Vec<u32>,
     pub marks: SummaryUse,
 }
 
@@ -175,6 +231,7 @@ pub fn needed<'a>(
     seed: u64,
 ) -> Needed {
     let mut bitmaps = vec![0_u64; 4 * SUMMARY_WORDS as usize];
+    let mut lengths = vec![0_u32; (TABLE_REGIONS_V4 + TABLE_REGIONS_V6) as usize];
     let mut marks = SummaryUse::default();
     let mut mark = |layer: Layer, cidr: &Cidr| {
         let base = layer.needed_index(matches!(cidr, Cidr::V6 { .. }));
@@ -186,7 +243,10 @@ pub fn needed<'a>(
         }
     };
     trie_cidrs.into_iter().for_each(|c| mark(Layer::Tries, c));
-    table_cidrs.into_iter().for_each(|c| mark(Layer::Table, c));
+    for cidr in table_cidrs {
+        mark(Layer::Table, cidr);
+        for_each_length_bit(cidr, seed, &mut |index, bit| lengths[index as usize] |= bit);
+    }
     let count = |layer: Layer, is_v6| {
         let base = layer.needed_index(is_v6);
         bitmaps[base..base + SUMMARY_WORDS as usize]
@@ -198,7 +258,11 @@ pub fn needed<'a>(
     marks.bits_v6 = count(Layer::Tries, true);
     marks.table_v4 = count(Layer::Table, false);
     marks.table_v6 = count(Layer::Table, true);
-    Needed { bitmaps, marks }
+    Needed {
+        bitmaps,
+        lengths,
+        marks,
+    }
 }
 
 /// `BLOCK_SUMMARY`, mapped whole (16 MiB), with the seed of its IPv6 hash.
@@ -236,11 +300,43 @@ impl Summary {
         self.mark_generations(Layer::Tries, cidrs, &[0, 1])
     }
 
-    /// Marks `cidr` (a host, an IPv4 /24, an IPv6 /64 or /48) in both
-    /// generations of the host table's bitmaps: before it is placed in
-    /// `BLOCK_HOSTS`, whose used bit, stored after a release fence, orders it.
+    /// Marks `cidr` (a host, or a prefix of the table's lengths) in both
+    /// generations of the host table's bitmaps, and a prefix's length in its
+    /// regions' length masks: before it is placed in `BLOCK_HOSTS`, whose
+    /// used bit, stored after a release fence, orders it.
     pub fn mark_table_entry(&self, cidr: &Cidr) -> anyhow::Result<()> {
-        self.mark_bits(Layer::Table, cidr, &[0, 1])
+        self.mark_bits(Layer::Table, cidr, &[0, 1])?;
+        let mut failed = None;
+        for_each_length_bit(cidr, self.seed, &mut |index, bit| {
+            let (value, shift) = length_word(index);
+            let mask = u64::from(bit) << shift;
+            match self.word(value) {
+                Ok(w) if w.load(Ordering::Relaxed) & mask != mask => {
+                    w.fetch_or(mask, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Writes the table's length masks as `needed` has them, in place (one
+    /// generation: the program only reads them, and user space writes them
+    /// under the edit lock). Clears only bits no entry needs, so a packet
+    /// never misses a length the table holds.
+    fn rewrite_lengths(&self, needed: &[u32]) -> anyhow::Result<()> {
+        for (pair, masks) in needed.chunks(2).enumerate() {
+            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^21 regions")]
+            let (value, _) = length_word(2 * pair as u32);
+            let want = u64::from(masks[0]) | (u64::from(masks.get(1).copied().unwrap_or(0)) << 32);
+            let word = self.word(value)?;
+            if word.load(Ordering::Relaxed) != want {
+                word.store(want, Ordering::Relaxed);
+            }
+        }
+        fence(Ordering::SeqCst);
+        Ok(())
     }
 
     fn mark_generations<'a>(
@@ -278,7 +374,7 @@ impl Summary {
         if let Some(e) = failed {
             return Err(e);
         }
-        // Table entries are hosts and /24s to /64s, a bit each.
+        // Table entries are hosts and /16s to /64s, 256 bits at most.
         ensure!(
             marked || layer == Layer::Tries,
             "{cidr} is too wide for the host table's summary"
@@ -336,12 +432,42 @@ impl Summary {
         Ok(self.bit_set(Layer::Table, generation, addr)?.0)
     }
 
+    /// The host table's length mask of `addr`'s region (see
+    /// `filter_common::summary`): bit `i` for the family's shortest table
+    /// length plus `i`.
+    pub fn table_lengths(&self, addr: IpAddr) -> anyhow::Result<u32> {
+        let (index, shift) = match addr {
+            IpAddr::V4(v4) => table_lengths_word(
+                table_region_v4(&source_words(&host_key_v4(v4.octets()))),
+                false,
+            ),
+            IpAddr::V6(v6) => {
+                let len = u32::from(TABLE_SUMMARY_PREFIX_V6);
+                let words = masked_words(&source_words(&v6.octets()), len);
+                table_lengths_word(table_region_v6(host_hash(self.seed, len, &words)), true)
+            }
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "one u32 mask of the word")]
+        Ok((self.word(index)?.load(Ordering::Relaxed) >> shift) as u32)
+    }
+
     /// Whether `generation` lacks a mark that `needed` has: an entry of the
     /// tries or the table whose sources the program would not look up
     /// (only a writer that skipped its marks, or maps made apart from their
     /// summary, leave one). A family whose wide word is set lacks nothing
     /// in its tries' bitmap.
     pub fn lacks(&self, generation: u32, needed: &Needed) -> anyhow::Result<bool> {
+        for (index, &want) in needed.lengths.iter().enumerate() {
+            if want == 0 {
+                continue;
+            }
+            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^21 regions")]
+            let (value, shift) = length_word(index as u32);
+            let mask = u64::from(want) << shift;
+            if self.word(value)?.load(Ordering::Relaxed) & mask != mask {
+                return Ok(true);
+            }
+        }
         for is_v6 in [false, true] {
             let wide = self
                 .word(summary_wide(generation, is_v6))?
@@ -452,6 +578,8 @@ impl Filter {
             .entries()
             .context("walking the host table to rebuild its summary")?;
         summary.mark_generations(Layer::Table, in_table.iter().map(|(c, _)| c), &[next])?;
+        let table_cidrs: Vec<Cidr> = in_table.iter().map(|(c, _)| *c).collect();
+        summary.rewrite_lengths(&needed(&[], &table_cidrs, summary.seed).lengths)?;
         self.update_config(|c| {
             c.summary_generation = next;
             Ok(())
