@@ -61,8 +61,10 @@ pub const SUMMARY_PREFIX_V6: u8 = 40;
 pub const SUMMARY_WIDEST_V6: u8 = 24;
 /// Regions of the host table's IPv4 length masks: one per /16.
 pub const TABLE_REGIONS_V4: u32 = 1 << 16;
-/// Regions of the host table's IPv6 length masks: /48s hashed into as many.
-pub const TABLE_REGIONS_V6: u32 = 1 << 20;
+/// Regions of the host table's IPv6 length masks: /48s hashed into as many
+/// (8 MiB). A source whose region it shares with other /48s' prefixes pays
+/// a probe for each length they add (the seed is random per map creation).
+pub const TABLE_REGIONS_V6: u32 = 1 << 21;
 /// Values of `BLOCK_SUMMARY`: the tries' four bitmaps (generation 0 IPv4,
 /// IPv6, then generation 1), the host table's four in the same order, the
 /// tries' four wide words in the same order, then the host table's length
@@ -155,7 +157,7 @@ pub const fn table_region_v4(words: &[u32; 4]) -> u32 {
 /// low half names the /48's set, bits 32 on its summary bit).
 #[inline(always)]
 #[must_use]
-#[expect(clippy::cast_possible_truncation, reason = "the top 20 bits: fits")]
+#[expect(clippy::cast_possible_truncation, reason = "the top 21 bits: fits")]
 pub const fn table_region_v6(hash48: u64) -> u32 {
     (hash48 >> (64 - TABLE_REGIONS_V6.trailing_zeros())) as u32
 }

@@ -327,7 +327,7 @@ impl Summary {
     /// never misses a length the table holds.
     fn rewrite_lengths(&self, needed: &[u32]) -> anyhow::Result<()> {
         for (pair, masks) in needed.chunks(2).enumerate() {
-            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^21 regions")]
+            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^22 regions")]
             let (value, _) = length_word(2 * pair as u32);
             let want = u64::from(masks[0]) | (u64::from(masks.get(1).copied().unwrap_or(0)) << 32);
             let word = self.word(value)?;
@@ -461,7 +461,7 @@ impl Summary {
             if want == 0 {
                 continue;
             }
-            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^21 regions")]
+            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^22 regions")]
             let (value, shift) = length_word(index as u32);
             let mask = u64::from(want) << shift;
             if self.word(value)?.load(Ordering::Relaxed) & mask != mask {
