@@ -41,6 +41,11 @@ use crate::{
 };
 
 #[xdp]
+// aya's macro wraps this function in the program's entry point, which calls
+// it: inlined, a packet saves a BPF-to-BPF call and its return (7-8 ns per
+// packet here, where a return goes through the SRSO thunk). LLVM inlined it
+// only while it was small enough; now it always is.
+#[inline(always)]
 pub fn filter(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     #[expect(
