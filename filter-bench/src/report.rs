@@ -503,5 +503,40 @@ so they compare with part 1 but come from other runs and other versions of the p
   as many packets (their \"passed\" column), so the 4× target against them does not \
   suffer from the passes alone; ours drops at 3.3–3.6× the meter and 2.7–2.9× \
   hashlimit on this machine. Not met.
+- **Every mid-length prefix in the host table, 2026-12-05** (issue 18, target 3): the \
+  host table took IPv4 /16 to /31 and IPv6 /40 to /64, placed by length only, and \
+  `BLOCK_SUMMARY` gained a length mask per region (a `u32` per IPv4 /16, indexed \
+  directly, and per IPv6 /48 hashed into 2^21 regions: 8.25 MiB, one generation, \
+  written only by `filter-ctl`, before it places a prefix, and rebuilt in place with the \
+  summary). A source whose table bit is set probes its host, then each length its \
+  region's mask names, longest first. The earlier spike (\"Prefix lengths probed in \
+  the host table\", above) gave up on this: probes in a loop, inlined or bounded, made \
+  the verifier walk every iteration again for each of the states the parse reaches \
+  the probes in (E2BIG at 1M instructions even capped at 8 lengths, again here), and \
+  through `bpf_loop` every source paid for its region's lengths. Here the table's gate \
+  bit (per IPv4 /24, per hashed IPv6 /48) keeps unlisted sources from probing at all, \
+  and one `bpf_loop` callback per length (which the kernel inlines into a loop of \
+  BPF-to-BPF calls) passes at 222,000 verified instructions. Two \
+  verifier refusals on the way: a callback that kept the caller's clock doubled the \
+  states per iteration (each probe now reads the clock only on a match), and the new \
+  frame layout put aya's packed LPM key on a misaligned slot (\"misaligned stack \
+  access\"): trie keys now sit in 8-byte aligned wrappers. Part 2 (`filter-bench \
+  --part 2 --rounds 5`, this build against 95ccef4, alternated): a listed /20 at 1M \
+  entries 1.12–1.19× its cost at one entry (2.28–2.31× in the trie), a listed /56 \
+  1.02–1.08× (2.62–3.07×); the /24 and /48 rows stay flat; the trie-only lengths left \
+  (IPv4 wider than /16, IPv6 wider than /40 or /65 to /127) still grow (the /36 row, \
+  2.8–3.0×). With 2^20 IPv6 regions, one seed in two runs put other prefixes' lengths in \
+  the /56's region (1.49×: a probe per foreign length); 2^21 gave 1.02–1.08× in three \
+  runs. Part 1 against 95ccef4 (two alternations): a blocked /24 49–51 → 57–59 ns and a \
+  blocked /48 47 → 62–65 (the runtime-length probe), both still 0.54–0.59× xdp-filter; \
+  probing the longest length inline before the loop did not change them (dropped). \
+  The 1M load 0.70 s (part 4), maps 116.2 MiB with 1M entries. Kept. \
+  Found on the way: aya's `#[xdp]` wraps the program in an entry point that calls it, and \
+  LLVM had kept that call (a BPF-to-BPF call and return per packet); once the probes left \
+  the body small enough it was inlined, and `#[inline(always)]` now keeps it so: part 1, \
+  every row 6–8 ns faster (malformed 33 → 26 ns, blocked host 46–47 → 39–40, allowed \
+  55 → 47–49). Part 3 (two alternations, 3 rounds) did not show it beyond the noise: \
+  blocked source 0.81–0.81 → 0.83–0.84 of the ceiling, port limit 0.76–0.77 → \
+  0.76–0.79.
 
 ";
