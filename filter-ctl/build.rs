@@ -9,9 +9,11 @@
 //! an address is read from the packet in whole words, not byte by byte. The
 //! verifier accepts misaligned packet and map-value reads on architectures
 //! with efficient unaligned access (x86-64, arm64), never misaligned stack
-//! slots: LLVM keeps those aligned in what it generates today, which nothing
-//! guarantees; every test loads the program, so a build that breaks it fails
-//! them.
+//! slots. LLVM does not keep those aligned by itself: it copied a 16-byte
+//! address 8 bytes at a time into aya's packed LPM key wherever the frame
+//! put it, so the program builds its trie keys in 8-byte aligned wrappers
+//! (`DataOn8`, `KeyOn8` in filter-ebpf's `lists`); every test loads the
+//! program, so a build that breaks it fails them.
 use std::{
     env, fs,
     path::{Path, PathBuf},

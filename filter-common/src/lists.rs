@@ -205,9 +205,10 @@ pub const fn host_key_v4(addr: Ipv4Bytes) -> Ipv6Bytes {
 /// mapped space: 128 for any host) with `Config::host_seed`. The rate
 /// limiter's hash ([`bucket_hash`](crate::bucket_hash)), with a rule id no
 /// rule has, one per length (a /24 and its first host land apart). Its low
-/// half names the key's set ([`host_set_of_hash`]); the high half of an
-/// IPv6 /48's names the /48's bit in the table's summary
-/// ([`table_summary_bit_v6`](crate::table_summary_bit_v6)).
+/// half names the key's set ([`host_set_of_hash`]); an IPv6 /48's also
+/// names the /48's bit in the table's summary (its high half:
+/// [`table_summary_bit_v6`](crate::table_summary_bit_v6)) and its region of
+/// the length masks (its low bits: [`table_region_v6`](crate::table_region_v6)).
 #[inline(always)]
 #[must_use]
 pub const fn host_hash(seed: u64, mapped_len: u32, words: &[u32; 4]) -> u64 {

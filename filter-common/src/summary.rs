@@ -23,10 +23,10 @@
 //! entry in its walk).
 //!
 //! `BLOCK_HOSTS` has bitmaps of its own, alike and in the same generations:
-//! one bit per IPv4 /24 or IPv6 /48 that holds a host-table entry (a host,
-//! an IPv4 /24, an IPv6 /64 or /48: each lies in one bit's span), set by
-//! user space before it places the entry (the program never writes the
-//! table). A source whose bit is clear skips the table's probes, a seeded
+//! one bit per IPv4 /24 or IPv6 /48 that a host-table entry covers or lies
+//! in (a host or a /24 to /31 sets one, an IPv4 /16 up to 256, an IPv6 /40
+//! up to 256 hashed /48s), set by user space before it places the entry
+//! (the program never writes the table). A source whose bit is clear skips the table's probes, a seeded
 //! hash each: the IPv4 bit is the /24's, the tries' own, and the IPv6 bit
 //! comes from the hash of the source's /48 (the region of its length mask)
 //! (a /48 is finer than a /40: a blocked host does not make the rest of its
@@ -120,9 +120,9 @@ pub const fn summary_bit_v6(seed: u64, words: &[u32; 4]) -> u32 {
     (bucket_hash(seed, SUMMARY_TAG, &key) as u32) & (SUMMARY_BITS - 1)
 }
 
-/// Prefix length one IPv6 bit of the host table's bitmaps stands for: the
-/// table's shortest IPv6 length (every entry lies in one such prefix), the
-/// one the program probes first.
+/// Prefix length one IPv6 bit of the host table's bitmaps, and one region
+/// of its length masks, stands for: a /48 (hashed), which an entry of the
+/// table's IPv6 lengths covers (a /40 to /47) or lies in.
 pub const TABLE_SUMMARY_PREFIX_V6: u8 = 48;
 
 /// The bit of the IPv6 /48 whose [`host_hash`](crate::host_hash) is
@@ -153,13 +153,15 @@ pub const fn table_region_v4(words: &[u32; 4]) -> u32 {
 }
 
 /// The region of the host table's IPv6 length masks of the /48 whose
-/// [`host_hash`](crate::host_hash) is `hash48`: the hash's top bits (its
-/// low half names the /48's set, bits 32 on its summary bit).
+/// [`host_hash`](crate::host_hash) is `hash48`: the hash's low bits (which
+/// also name the /48's own set), not bits 32 to 55 (its summary bit): an
+/// unlisted /48 whose summary bit it shares with a listed one does not
+/// share its region more often for that.
 #[inline(always)]
 #[must_use]
-#[expect(clippy::cast_possible_truncation, reason = "the top 21 bits: fits")]
+#[expect(clippy::cast_possible_truncation, reason = "the low 21 bits")]
 pub const fn table_region_v6(hash48: u64) -> u32 {
-    (hash48 >> (64 - TABLE_REGIONS_V6.trailing_zeros())) as u32
+    (hash48 as u32) & (TABLE_REGIONS_V6 - 1)
 }
 
 /// The value of `BLOCK_SUMMARY` that holds the length mask of `region`
@@ -195,6 +197,7 @@ const _: () = assert!(TABLE_REGIONS_V4.is_power_of_two() && TABLE_REGIONS_V6.is_
 // 203.0.113.7 -> /16 number 0xcb00.
 const _: () = assert!(table_region_v4(&[0, 0, 0xffff_0000, 0x0771_00cb]) == 0xcb00);
 const _: () = assert!(table_region_v6(u64::MAX) == TABLE_REGIONS_V6 - 1);
+const _: () = assert!(table_region_v6(0xffff_ffff_0000_0000) == 0);
 const _: () = assert!(summary_bitmap(1, true) + SUMMARY_WORDS == summary_table_bitmap(0, false));
 const _: () = assert!(summary_table_bitmap(1, true) + SUMMARY_WORDS == summary_wide(0, false));
 // 203.0.113.7 -> /24 number 0xcb0071.

@@ -5,8 +5,9 @@ use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use filter_common::Config;
 
 /// The coarse clock (`CLOCK_MONOTONIC` at the last tick, nearly free), read
-/// at most once per packet and only when something needs it: list expiry
-/// does not need more than a few ms of precision.
+/// at most once per packet and only when something needs it (the host
+/// table's length probes read their own, on a match with an expiry): list
+/// expiry does not need more than a few ms of precision.
 pub struct CoarseClock(u64);
 
 impl CoarseClock {

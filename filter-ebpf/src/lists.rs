@@ -250,10 +250,12 @@ fn table_lengths(region: u32, is_v6: bool) -> u32 {
 /// Whether the table holds an active prefix for `words` of one of the
 /// lengths `mask` names (bit `i`: the family's shortest table length plus
 /// `i`), longest first (any active one blocks). One `bpf_loop` call of
-/// [`probe_length`] per length: the verifier checks the callback once, where
-/// a loop in the program would have it walk every iteration again for each
-/// of the many states the packet's parse reaches this point in (it refused
-/// that as too complex). The kernel inlines the loop.
+/// [`probe_length`] per length: the verifier checks the callback as one
+/// function (until its state settles), where a loop in the program would
+/// have it walk every iteration again for each of the many states the
+/// packet's parse reaches this point in (it refused that as too complex).
+/// Recent kernels inline the helper into a loop of BPF-to-BPF calls; from
+/// 5.17 on it is at most a helper call per length.
 #[inline(always)]
 fn probe_lengths<const V6: bool>(mask: u32, words: &[u32; 4], config: &Config) -> bool {
     let count = if V6 {

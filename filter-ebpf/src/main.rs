@@ -113,9 +113,9 @@ fn decide<const V6: bool>(packet: &Packet, len: u64) -> (u32, u16, u32) {
     let mut clock = CoarseClock::new();
     // Most filters have an empty allowlist: skip its lookup then.
     let config = CONFIG.get(0);
-    // A blocked host, /24, /64 or /48 (most of a large blocklist) is found
-    // in `BLOCK_HOSTS` (keyed by `packet.source`'s words) without a trie
-    // lookup. The table and the tries are looked in only where
+    // A blocked host, IPv4 /16 to /31 or IPv6 /40 to /64 (most of a large
+    // blocklist) is found in `BLOCK_HOSTS` (keyed by `packet.source`'s
+    // words) without a trie lookup. The table and the tries are looked in only where
     // `BLOCK_SUMMARY` says they may hold an entry covering the source: most
     // unlisted sources skip both.
     let host = config.is_some_and(|c| host_blocked(&packet.source, V6, c, &mut clock));

@@ -30,8 +30,10 @@ const PACKAGES: &[&str] = &[
     "systemd",
 ];
 
-/// The oldest kernel with everything the XDP program uses (BPF atomics with fetch).
-const MIN_KERNEL: (u32, u32) = (5, 12);
+/// The oldest kernel with everything the XDP program uses: BPF atomics with
+/// fetch (5.12) and the `bpf_loop` helper (5.17), which the host table's
+/// length probes call.
+const MIN_KERNEL: (u32, u32) = (5, 17);
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_LINKER_VERSION: &str = "^0.13";
 /// Where the `CrowdSec` binaries are unpacked (`usr/bin/crowdsec`,

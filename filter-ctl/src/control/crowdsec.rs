@@ -457,9 +457,10 @@ impl Applier {
             .iter()
             .zip(&found)
             // An operator's or the policy's entry holds the prefix; an
-            // automatic block does not (a ban of a host, an IPv4 /24 or an
-            // IPv6 /64 or /48 goes in beside it, in the host table; a ban of
-            // another range replaces it in the trie, as it outlasts it).
+            // automatic block does not (a ban of a host, an IPv4 /16 to /31
+            // or an IPv6 /40 to /64 goes in beside it, in the host table; a
+            // ban of another range replaces it in the trie, as it outlasts
+            // it).
             .filter(|(_, e)| {
                 e.is_some_and(|e| {
                     e.origin != ORIGIN_CROWDSEC && e.origin != ORIGIN_AUTO && e.is_active(now_mono)

@@ -1,9 +1,12 @@
 //! `BLOCK_SUMMARY`: the bitmaps of where the blocklist tries may hold a
-//! prefix and where `BLOCK_HOSTS` may hold an entry (see
-//! `filter_common::summary`), memory-mapped. User space marks both
-//! generations before it writes a trie entry or places a table entry, and
-//! rebuilds the unused generation from a walk of the tries and the table
-//! when removed entries have left many stale bits; both under the edit lock.
+//! prefix and where `BLOCK_HOSTS` may hold an entry, and the table's length
+//! masks (see `filter_common::summary`), memory-mapped. User space marks
+//! both generations (and a prefix's length) before it writes a trie entry
+//! or places a table entry, and rebuilds the unused generation from a walk
+//! of the tries and the table, and the masks in place, when removed entries
+//! have left many stale bits; both under the edit lock. Stale mask bits
+//! alone never start a rebuild (each costs a probe, never a verdict): they
+//! go with the next one.
 
 use std::{
     net::IpAddr,
@@ -265,7 +268,7 @@ pub fn needed<'a>(
     }
 }
 
-/// `BLOCK_SUMMARY`, mapped whole (16 MiB), with the seed of its IPv6 hash.
+/// `BLOCK_SUMMARY`, mapped whole (24.25 MiB), with the seed of its IPv6 hash.
 pub struct Summary {
     words: Mapping<u64>,
     seed: u64,
