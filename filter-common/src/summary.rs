@@ -26,11 +26,11 @@
 //! one bit per IPv4 /24 or IPv6 /48 that a host-table entry covers or lies
 //! in (a host or a /24 to /31 sets one, an IPv4 /16 up to 256, an IPv6 /40
 //! up to 256 hashed /48s), set by user space before it places the entry
-//! (the program never writes the table). A source whose bit is clear skips the table's probes, a seeded
-//! hash each: the IPv4 bit is the /24's, the tries' own, and the IPv6 bit
-//! comes from the hash of the source's /48 (the region of its length mask)
-//! (a /48 is finer than a /40: a blocked host does not make the rest of its
-//! provider's /40 probe). What the table holds is never in a trie, so the
+//! (the program never writes the table). A source whose bit is clear skips
+//! the table's probes, a seeded hash each: the IPv4 bit is the /24's, the
+//! tries' own, and the IPv6 bit comes from the hash of the source's /48,
+//! which also names its length mask's region (a /48 is finer than a /40: a
+//! blocked host does not make the rest of its provider's /40 probe). What the table holds is never in a trie, so the
 //! two are summarised apart: a blocked host does not send its neighbours to
 //! the trie either.
 //!
