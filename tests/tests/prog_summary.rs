@@ -383,6 +383,79 @@ fn many_removed_hosts_make_the_table_summary_stale() {
     );
 }
 
+/// Removed prefixes leave stale bits in the table's length masks, each a
+/// needless probe for the sources of its region; once they outnumber the
+/// needed ones (and a thousand) the sweep rebuilds, even while the table's
+/// bitmap, which the hosts beside them keep needed, is not stale.
+#[test]
+fn many_removed_prefixes_make_the_length_masks_stale() {
+    if skip_unless_root("many_removed_prefixes_make_the_length_masks_stale") {
+        return;
+    }
+    let test = ProgTest::with_capacities(&Capacities {
+        list: 16384,
+        ..small_capacities()
+    });
+    // A host and its /64 in each of 2,048 IPv6 /48s.
+    let (hosts, slash64s): (Vec<Cidr>, Vec<Cidr>) = (0..2048_u32)
+        .map(|i| {
+            let host: Cidr = format!("2001:db8:{i:x}::1").parse().expect("a host");
+            let prefix: Cidr = format!("2001:db8:{i:x}::/64").parse().expect("a /64");
+            (host, prefix)
+        })
+        .unzip();
+    for list in [&hosts, &slash64s] {
+        test.filter()
+            .list_insert(
+                ListKind::Block,
+                list,
+                None,
+                filter_ctl::maps::lists::Merge::Replace,
+            )
+            .expect("blocking 2,048 entries");
+    }
+    let slash64 = 1_u32 << (64 - 40);
+    assert_ne!(table_lengths(&test, "2001:db8:7ff::2") & slash64, 0);
+    let table_marked = in_use(&test).table_v6;
+    test.filter()
+        .list_remove(ListKind::Block, &slash64s[..1000])
+        .expect("unblocking 1,000 /64s");
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_stale,
+        "1,000 stale length bits: within the tolerance of 1,024"
+    );
+    test.filter()
+        .list_remove(ListKind::Block, &slash64s[1000..])
+        .expect("unblocking the other /64s");
+    assert_eq!(in_use(&test).table_v6, table_marked, "the hosts keep them");
+    assert_ne!(
+        table_lengths(&test, "2001:db8:7ff::2") & slash64,
+        0,
+        "stale until a rebuild"
+    );
+    let sweep = test.reader().sweep_scan().expect("scan");
+    assert!(
+        sweep.summary_stale,
+        "2,048 stale length bits against none needed"
+    );
+    test.filter()
+        .rebuild_stale_summary(&sweep)
+        .expect("rebuilding")
+        .expect("a rebuild");
+    assert_eq!(table_lengths(&test, "2001:db8:7ff::2") & slash64, 0);
+    assert!(
+        !test.reader().sweep_scan().expect("scan").summary_stale,
+        "just rebuilt"
+    );
+    run_table(
+        &test,
+        &[
+            Case::new("a host stays", udp6("2001:db8:7ff::1", 53), BLOCKLIST),
+            Case::new("its /64, gone", udp6("2001:db8:7ff::2", 53), PASS),
+        ],
+    );
+}
+
 /// Prefixes of every width in the tries, marked where they cover and
 /// nowhere else; an IPv6 prefix
 /// shorter than /24 sets the family's wide word; a rebuild after removals

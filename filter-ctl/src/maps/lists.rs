@@ -94,7 +94,8 @@ pub struct Sweep {
     /// Whether the generation of `BLOCK_SUMMARY` in use carries enough
     /// stale marks, against what the blocklist tries' and the host table's
     /// active entries need, to be rebuilt
-    /// ([`SummaryUse::worth_rebuilding`]), for
+    /// ([`SummaryUse::worth_rebuilding`]), or the table's length masks do
+    /// ([`Summary::lengths_stale`](summary::Summary::lengths_stale)), for
     /// [`Filter::rebuild_stale_summary`].
     pub summary_stale: bool,
     /// Whether that generation lacked a mark the tries' or the table's
@@ -946,7 +947,8 @@ impl Filter {
                 let summary = self.summary()?;
                 let in_use = self.config()?.summary_generation;
                 summary_lacking = summary.lacks(in_use, &needed)?;
-                summary_stale = summary.in_use(in_use)?.worth_rebuilding(&needed.marks);
+                summary_stale = summary.in_use(in_use)?.worth_rebuilding(&needed.marks)
+                    || summary.lengths_stale(&needed)?;
                 let marked = table.overflowed_sets()?;
                 if !marked.is_empty() {
                     // Sets some host of which the tries still hold.

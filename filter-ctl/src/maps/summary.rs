@@ -4,9 +4,8 @@
 //! both generations (and a prefix's length) before it writes a trie entry
 //! or places a table entry, and rebuilds the unused generation from a walk
 //! of the tries and the table, and the masks in place, when removed entries
-//! have left many stale bits; both under the edit lock. Stale mask bits
-//! alone never start a rebuild (each costs a probe, never a verdict): they
-//! go with the next one.
+//! have left many stale bits (in the bitmaps or in the masks); both under
+//! the edit lock.
 
 use std::{
     net::IpAddr,
@@ -25,9 +24,18 @@ use filter_common::{
 use super::{Filter, Tries, barrier::wait_for_running_programs, mapping::Mapping};
 use crate::spec::cidr::Cidr;
 
-/// Stale bits (set, but needed by no entry) a generation may carry before a
-/// sweep rebuilds it: at least this many, and more than the needed ones.
+/// Stale bits (set, but needed by no entry) a generation, or the table's
+/// length masks, may carry before a sweep rebuilds it: at least this many,
+/// and more than the needed ones.
 const STALE_BITS_TOLERATED: u64 = 1024;
+
+/// Whether `marked` set bits, of which `needed` are needed, carry more
+/// stale ones than tolerated (more than half of the lookups or probes they
+/// let through would be needless).
+const fn too_stale(marked: u64, needed: u64) -> bool {
+    let stale = marked.saturating_sub(needed);
+    stale > STALE_BITS_TOLERATED && stale > needed
+}
 
 /// How much of a generation is marked: set bits of each family's bitmap
 /// of the tries (of [`filter_common::SUMMARY_BITS`]), each family's wide
@@ -63,10 +71,6 @@ impl SummaryUse {
     /// probes the bitmap lets through are needless).
     #[must_use]
     pub const fn worth_rebuilding(&self, needed: &Self) -> bool {
-        const fn too_stale(marked: u64, needed: u64) -> bool {
-            let stale = marked.saturating_sub(needed);
-            stale > STALE_BITS_TOLERATED && stale > needed
-        }
         (self.wide_v4 && !needed.wide_v4)
             || (self.wide_v6 && !needed.wide_v6)
             || too_stale(self.bits(), needed.bits())
@@ -216,6 +220,17 @@ const fn length_word(index: u32) -> (u32, u32) {
     }
 }
 
+/// Each value of `BLOCK_SUMMARY` that holds length masks, with the two
+/// masks of `lengths` (one per region, IPv4 regions first) it should hold.
+fn length_values(lengths: &[u32]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    lengths.chunks(2).enumerate().map(|(pair, masks)| {
+        #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^22 regions")]
+        let (value, _) = length_word(2 * pair as u32);
+        let high = masks.get(1).copied().unwrap_or(0);
+        (value, u64::from(masks[0]) | (u64::from(high) << 32))
+    })
+}
+
 /// What the tries' and the table's entries need marked: bitmaps of this
 /// process's own (the tries' IPv4, IPv6, then the table's), the table's
 /// length masks (IPv4 regions, then IPv6), and the bitmaps' counts.
@@ -329,10 +344,7 @@ impl Summary {
     /// under the edit lock). Clears only bits no entry needs, so a packet
     /// never misses a length the table holds.
     fn rewrite_lengths(&self, needed: &[u32]) -> anyhow::Result<()> {
-        for (pair, masks) in needed.chunks(2).enumerate() {
-            #[expect(clippy::cast_possible_truncation, reason = "fewer than 2^22 regions")]
-            let (value, _) = length_word(2 * pair as u32);
-            let want = u64::from(masks[0]) | (u64::from(masks.get(1).copied().unwrap_or(0)) << 32);
+        for (value, want) in length_values(needed) {
             let word = self.word(value)?;
             if word.load(Ordering::Relaxed) != want {
                 word.store(want, Ordering::Relaxed);
@@ -340,6 +352,21 @@ impl Summary {
         }
         fence(Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether the table's length masks carry enough bits that no entry of
+    /// the table needs (`needed`: removed prefixes leave theirs) to be
+    /// worth a rebuild, by the bitmaps' measure: each costs a probe of the
+    /// sources of its region whose table bit is set, never a verdict.
+    pub fn lengths_stale(&self, needed: &Needed) -> anyhow::Result<bool> {
+        let (mut marked, mut wanted) = (0_u64, 0_u64);
+        for (value, want) in length_values(&needed.lengths) {
+            let have = self.word(value)?.load(Ordering::Relaxed);
+            // Bits set that are not wanted, and the wanted ones.
+            marked += u64::from((have & !want).count_ones() + want.count_ones());
+            wanted += u64::from(want.count_ones());
+        }
+        Ok(too_stale(marked, wanted))
     }
 
     fn mark_generations<'a>(
