@@ -24,6 +24,8 @@ pub const CROWDSEC_DIR: &str = "/opt/filter-ctl-deps/crowdsec";
 /// The LAPI's port inside the test's namespace (each test has its own).
 pub const PORT: u16 = 8080;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often [`Lapi::cscli_ok`] tries again after `SQLite`'s lock error.
+const CSCLI_LOCKED_RETRIES: usize = 5;
 
 /// `crowdsec`'s path, if setup unpacked it.
 #[must_use]
@@ -139,7 +141,7 @@ db_config:
   log_level: info
   type: sqlite
   db_path: {d}/data/crowdsec.db
-  use_wal: false
+  use_wal: true
 api:
   client:
     insecure_skip_verify: false
@@ -233,9 +235,18 @@ prometheus:
             .expect("running cscli")
     }
 
-    /// Runs `cscli ARGS` and asserts that it succeeded.
+    /// Runs `cscli ARGS` and asserts that it succeeded. `SQLite`'s
+    /// "database is locked" (the LAPI's write raced its own reads) fails
+    /// the write as a whole, so the command is tried again, a few times.
     pub fn cscli_ok(&self, args: &[&str]) {
-        let out = self.cscli(args);
+        let mut out = self.cscli(args);
+        for _ in 0..CSCLI_LOCKED_RETRIES {
+            if out.status.success() || !text(&out).contains("database is locked") {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+            out = self.cscli(args);
+        }
         assert!(out.status.success(), "cscli {args:?}: {}", text(&out));
     }
 }
