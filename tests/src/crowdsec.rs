@@ -24,7 +24,7 @@ pub const CROWDSEC_DIR: &str = "/opt/filter-ctl-deps/crowdsec";
 /// The LAPI's port inside the test's namespace (each test has its own).
 pub const PORT: u16 = 8080;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often [`Lapi::cscli_ok`] tries again after `SQLite`'s lock error.
+/// How often [`Lapi::cscli`] tries again after `SQLite`'s lock error.
 const CSCLI_LOCKED_RETRIES: usize = 5;
 
 /// `crowdsec`'s path, if setup unpacked it.
@@ -223,8 +223,29 @@ prometheus:
         fs::read_to_string(self.dir.join("lapi.log")).unwrap_or_default()
     }
 
-    /// Runs `cscli -c CONFIG ARGS` in the namespace.
+    /// Runs `cscli -c CONFIG ARGS` in the namespace. `SQLite`'s "database
+    /// is locked" (a write that raced the running LAPI's own use of the
+    /// database) fails the command as a whole, so it is tried again, a few
+    /// times; any other outcome is returned as it is.
     pub fn cscli(&self, args: &[&str]) -> Output {
+        let mut out = self.cscli_once(args);
+        for _ in 0..CSCLI_LOCKED_RETRIES {
+            if out.status.success() || !text(&out).contains("database is locked") {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+            out = self.cscli_once(args);
+        }
+        out
+    }
+
+    /// Runs `cscli ARGS` (as [`Lapi::cscli`]) and asserts that it succeeded.
+    pub fn cscli_ok(&self, args: &[&str]) {
+        let out = self.cscli(args);
+        assert!(out.status.success(), "cscli {args:?}: {}", text(&out));
+    }
+
+    fn cscli_once(&self, args: &[&str]) -> Output {
         let (_, cscli) = binaries().expect("CrowdSec unpacked");
         self.nsenter(&cscli)
             .arg("-c")
@@ -233,21 +254,6 @@ prometheus:
             .stdin(Stdio::null())
             .output()
             .expect("running cscli")
-    }
-
-    /// Runs `cscli ARGS` and asserts that it succeeded. `SQLite`'s
-    /// "database is locked" (the LAPI's write raced its own reads) fails
-    /// the write as a whole, so the command is tried again, a few times.
-    pub fn cscli_ok(&self, args: &[&str]) {
-        let mut out = self.cscli(args);
-        for _ in 0..CSCLI_LOCKED_RETRIES {
-            if out.status.success() || !text(&out).contains("database is locked") {
-                break;
-            }
-            thread::sleep(Duration::from_millis(200));
-            out = self.cscli(args);
-        }
-        assert!(out.status.success(), "cscli {args:?}: {}", text(&out));
     }
 }
 
