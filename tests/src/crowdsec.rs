@@ -24,8 +24,8 @@ pub const CROWDSEC_DIR: &str = "/opt/filter-ctl-deps/crowdsec";
 /// The LAPI's port inside the test's namespace (each test has its own).
 pub const PORT: u16 = 8080;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often [`Lapi::cscli`] tries again after `SQLite`'s lock error.
-const CSCLI_LOCKED_RETRIES: usize = 5;
+/// How long [`Lapi::cscli`] tries again after `SQLite`'s lock error.
+const CSCLI_LOCKED_FOR: Duration = Duration::from_secs(10);
 
 /// `crowdsec`'s path, if setup unpacked it.
 #[must_use]
@@ -225,18 +225,22 @@ prometheus:
 
     /// Runs `cscli -c CONFIG ARGS` in the namespace. `SQLite`'s "database
     /// is locked" (a write that raced the running LAPI's own use of the
-    /// database) fails the command as a whole, so it is tried again, a few
-    /// times; any other outcome is returned as it is.
+    /// database) fails the command as a whole, so it is tried again, for up
+    /// to [`CSCLI_LOCKED_FOR`]; any other outcome is returned as it is.
     pub fn cscli(&self, args: &[&str]) -> Output {
-        let mut out = self.cscli_once(args);
-        for _ in 0..CSCLI_LOCKED_RETRIES {
-            if out.status.success() || !text(&out).contains("database is locked") {
-                break;
+        let deadline = Instant::now() + CSCLI_LOCKED_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let out = self.cscli_once(args);
+            if out.status.success()
+                || !text(&out).contains("database is locked")
+                || Instant::now() >= deadline
+            {
+                return out;
             }
-            thread::sleep(Duration::from_millis(200));
-            out = self.cscli_once(args);
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
-        out
     }
 
     /// Runs `cscli ARGS` (as [`Lapi::cscli`]) and asserts that it succeeded.

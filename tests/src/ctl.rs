@@ -18,6 +18,8 @@ use crate::netns::{NetNs, unique_id};
 
 /// How long `run` may take to attach before the test fails.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`Controller::shows`] waits for a line to reach its output.
+pub const OUTPUT_WITHIN: Duration = Duration::from_secs(5);
 
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
 
@@ -554,6 +556,23 @@ impl Controller {
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether its output shows `needle` within [`OUTPUT_WITHIN`]: what it
+    /// printed reaches [`Controller::output`] through reader threads, a
+    /// moment after the event it tells of.
+    #[must_use]
+    pub fn shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + OUTPUT_WITHIN;
+        loop {
+            if self.output().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything it printed so far (stdout, then stderr).

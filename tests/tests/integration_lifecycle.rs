@@ -97,9 +97,7 @@ fn sigkill_keeps_enforcement_and_a_new_run_adopts_the_pinned_link() {
     // the maps (and so the lists and counters) are kept.
     let mut second = ctl.run_background(&lab.dst, &[&lab.dst_if]);
     assert!(
-        second
-            .output()
-            .contains("existing pinned link, program replaced in place"),
+        second.shows("existing pinned link, program replaced in place"),
         "the new run did not adopt the pinned link:\n{}",
         second.output()
     );

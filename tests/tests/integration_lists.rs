@@ -334,6 +334,9 @@ fn block_with_ttl_expires_by_itself() {
         }
     }
     let first = first_through.expect("the TTL block never expired");
+    // A probe that passed but was read only after the next one was sent
+    // (a loaded machine) passed too: count what arrived, not the last.
+    let passed = 1 + count_from(&receiver.drain(QUIET, DRAIN_MAX), src) as u64;
     // The entry expires ttl after it was written, between `issued` and `returned`.
     assert!(
         first >= issued + ttl,
@@ -351,8 +354,8 @@ fn block_with_ttl_expires_by_itself() {
     );
     assert_eq!(
         ctl.packets("blocklist"),
-        sent - 1,
-        "all probes but the last were blocked"
+        sent - passed,
+        "all probes but those that passed were blocked"
     );
     assert_eq!(ctl.list_json()["blocklist"], serde_json::json!([]));
 
@@ -373,15 +376,18 @@ fn expired_nested_entries_never_unblock_a_covering_prefix() {
     let src = lab.add_src_v4(0x21);
     ctl.ok(&["block", &lab.v4_net()]);
     // Four expired entries nested over `src` inside the permanent /24: the
-    // program skips (and deletes) up to four in one lookup.
+    // program skips (and deletes) up to four in one lookup. Their time to
+    // live leaves room for the five commands on a loaded machine.
     for prefix in ["/26", "/28", "/30", "/32"] {
-        ctl.ok(&["block", &format!("{src}{prefix}"), "--ttl", "1s"]);
+        ctl.ok(&["block", &format!("{src}{prefix}"), "--ttl", "3s"]);
     }
+    let last_written = Instant::now();
     assert_eq!(
         ctl.list_json()["blocklist"].as_array().map(Vec::len),
         Some(5)
     );
-    std::thread::sleep(Duration::from_millis(1300));
+    let expired = last_written + Duration::from_millis(3300);
+    std::thread::sleep(expired.saturating_duration_since(Instant::now()));
 
     assert_eq!(udp_send(&lab.src, src, dst, 3, Duration::from_millis(5)), 3);
     let got = count_from(&receiver.drain(QUIET, DRAIN_MAX), src);
@@ -491,9 +497,10 @@ fn block_issued_during_traffic_takes_effect_at_once() {
         millis(last_sent, returned)
     );
     // And, as the receiver sees it, nothing arrives after the block returned
-    // (plus the receiver thread's scheduling delay).
+    // (plus the receiver thread's scheduling delay, which a loaded machine
+    // stretches: the check above, by send time, is the exact one).
     assert!(
-        last_read <= returned + Duration::from_millis(200),
+        last_read <= returned + Duration::from_secs(1),
         "a datagram was read {:.1} ms after `block` returned",
         millis(last_read, returned)
     );

@@ -103,9 +103,12 @@ fn rate_limit_holds_a_flooder_to_rate_and_burst_and_spares_a_well_behaved_source
             >= 5.0 * f64::from(u32::try_from(RATE).expect("small rate")),
         "the flood was too slow to test the limit"
     );
+    // Never more than the limit allows (5% for the clocks' edges); less by
+    // up to 10%, as a sender the loaded machine stalls for longer than a
+    // burst's worth (100 ms) leaves allowance unused.
     assert!(
-        (received_f - expected).abs() <= 0.05 * expected,
-        "flooder got {flood_received} through, expected {expected:.1} ± 5%"
+        received_f <= 1.05 * expected && received_f >= 0.90 * expected,
+        "flooder got {flood_received} through, expected {expected:.1} (-10% to +5%)"
     );
     assert_eq!(
         polite_received, polite_sent,
@@ -249,8 +252,10 @@ fn flooder_is_autoblocked_and_released_after_the_block_time() {
     );
     // The block started after the flood did and before it was listed.
     assert!(released >= flood_start + block_for, "released too early");
+    // Late by at most a probe's round (a send and a drain of 50 to 100 ms,
+    // stretched on a loaded machine) and the receiver's scheduling.
     assert!(
-        released <= listed_at + block_for + Duration::from_millis(500),
+        released <= listed_at + block_for + Duration::from_millis(1500),
         "released too late"
     );
     assert_eq!(ctl.list_json()["autoblock"], serde_json::json!([]));

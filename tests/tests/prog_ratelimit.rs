@@ -251,14 +251,16 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
             ..Default::default()
         },
     );
-    // Packets: 10, never refilled. Bytes: 1 ms a byte, 150 ms of tolerance,
-    // so 60-byte frames 100 ms apart always conform.
+    // Packets: 10, never refilled. Bytes: 5 ms a byte (300 ms a 60-byte
+    // frame), 600 ms of tolerance: three frames at once conform, a fourth
+    // only 300 ms later (the margin a loaded machine has to run the seven
+    // cases below), and frames 500 ms apart always do.
     let ms = 1_000_000 * filter_common::TICKS_PER_NS;
     test.patch_rule(id, |rule| {
         rule.packet_interval = SLOW;
         rule.packet_tolerance = 9 * SLOW;
-        rule.byte_interval = ms;
-        rule.byte_tolerance = 150 * ms;
+        rule.byte_interval = 5 * ms;
+        rule.byte_tolerance = 600 * ms;
     });
     let src = "198.18.72.1";
     let frame = Frame::ipv4(frames::tcp4(ip4(src), 7002).trailer(vec![0; 6])).build();
@@ -266,7 +268,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
     let mut cases = Vec::new();
     for i in 1..=3 {
         cases.push(Case::new(
-            format!("{} ms of bytes", 60 * i),
+            format!("{} ms of bytes", 300 * i),
             frame.clone(),
             PASS,
         ));
@@ -293,7 +295,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
     );
     assert_eq!(charged(model.buckets[&(id, key)].packet_tat), 3);
 
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     let mut after_refill = vec![PASS; 7];
     after_refill.extend([RATELIMIT, RATELIMIT]);
     for (i, reason) in after_refill.into_iter().enumerate() {
@@ -306,7 +308,7 @@ fn byte_refused_packets_do_not_use_up_the_packet_allowance() {
                 reason,
             )],
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -340,12 +342,13 @@ fn coarse_clock_limits_the_same() {
             Case::new("over", udp4(src, 7003), RATELIMIT),
         ],
     );
-    // 20 packets a second, burst 1: after a pause of 200 ms (50 ticks at
-    // most 4 ms each) the bucket has refilled.
+    // 2 packets a second, burst 1: a second packet within 500 ms is over
+    // (a wide margin for a loaded machine between the two runs), and after
+    // a pause of 600 ms (ticks of at most 4 ms) the bucket has refilled.
     let live = test.limit(
         "udp/7004",
         &LimitSpec {
-            rate: Some(20),
+            rate: Some(2),
             burst: Some(1),
             ..Default::default()
         },
@@ -358,8 +361,8 @@ fn coarse_clock_limits_the_same() {
         XDP_DROP_ACTION,
         "second, at once, is over"
     );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(test.run(&frame), XDP_PASS_ACTION, "refilled after 200 ms");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(test.run(&frame), XDP_PASS_ACTION, "refilled after 600 ms");
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: the time of the last tick.
